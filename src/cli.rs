@@ -1,0 +1,273 @@
+//! Command-line interface: the commands and their exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat};
+use crate::pipeline::{self, PipelineError};
+use crate::sink::SinkError;
+use crate::source::{self, connect_sql, preflight, ConnParams, Severity, SourceError};
+
+/// Exit code: a runtime failure not covered below.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: the config file is missing or invalid.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code: the server setup is wrong (wal_level, privileges, missing slot...); the message says how to fix it.
+pub const EXIT_SETUP: u8 = 3;
+/// Exit code: a sink failed for good.
+pub const EXIT_SINK: u8 = 4;
+
+/// Stream Postgres changes from a logical replication slot.
+#[derive(Debug, Parser)]
+#[command(name = "walcast", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format, overriding the config file (`text` or `json`).
+    #[arg(long, global = true, value_parser = parse_log_format)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream changes until SIGINT/SIGTERM (then drain and confirm).
+    Run {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the config file, then check the server (wal_level, privileges, slot, publication, tables).
+    Check {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a throwaway Postgres with a sample catalogue and a workload, stream it to stdout.
+    Demo {
+        /// Port for the throwaway cluster.
+        #[arg(long, default_value_t = crate::demo::DEFAULT_PORT)]
+        port: u16,
+        /// Milliseconds between workload transactions.
+        #[arg(long, default_value_t = crate::demo::DEFAULT_WORKLOAD_INTERVAL_MS)]
+        interval_ms: u64,
+    },
+    /// Inspect or manage the replication slot.
+    Slot {
+        /// What to do with the slot.
+        #[command(subcommand)]
+        action: SlotAction,
+    },
+}
+
+/// Slot actions.
+#[derive(Debug, Subcommand)]
+pub enum SlotAction {
+    /// Show confirmed_flush_lsn, restart_lsn, active pid, retained WAL, wal_status.
+    Status {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the slot (pgoutput) and the publication if missing.
+    Create {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Drop the slot (Postgres then stops retaining WAL for it; walcast loses its position).
+    Drop {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected `text` or `json`".into()),
+    }
+}
+
+/// Run a parsed command; `shutdown` is cancelled on SIGINT/SIGTERM.
+pub async fn execute(cli: Cli, shutdown: CancellationToken) -> ExitCode {
+    match cli.command {
+        Command::Run { config } => {
+            let Some(config) = load(&config, cli.log_format) else { return ExitCode::from(EXIT_CONFIG) };
+            match pipeline::run(&config, shutdown).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => report_pipeline_error(&e),
+            }
+        }
+        Command::Check { config } => {
+            let Some(config) = load(&config, cli.log_format) else { return ExitCode::from(EXIT_CONFIG) };
+            check(&config).await
+        }
+        Command::Demo { port, interval_ms } => {
+            crate::telemetry::init(cli.log_format.unwrap_or_default(), "info");
+            match crate::demo::run(port, interval_ms, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("walcast demo: {e:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+        Command::Slot { action } => slot(action, cli.log_format).await,
+    }
+}
+
+/// Load the config and install logging; prints the error (naming the field) on failure.
+fn load(path: &Path, log_format: Option<LogFormat>) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => {
+            crate::telemetry::init(log_format.unwrap_or(c.log.format), &c.log.level);
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("walcast: {e}");
+            None
+        }
+    }
+}
+
+fn report_pipeline_error(e: &PipelineError) -> ExitCode {
+    tracing::error!(error = %e, "stopped");
+    eprintln!("walcast: {e}");
+    ExitCode::from(match e {
+        PipelineError::Config(_) => EXIT_CONFIG,
+        PipelineError::Source(SourceError::Setup { .. }) => EXIT_SETUP,
+        PipelineError::Source(_) => EXIT_FAILURE,
+        PipelineError::Sink(SinkError::Render { .. }) => EXIT_FAILURE,
+        PipelineError::Sink(_) => EXIT_SINK,
+    })
+}
+
+async fn check(config: &Config) -> ExitCode {
+    let params = match ConnParams::from_config(&config.source) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("walcast: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!("ok    config is valid");
+    let findings = preflight(config, &params).await;
+    let mut failed = false;
+    for f in &findings {
+        let tag = match f.severity {
+            Severity::Ok => "ok  ",
+            Severity::Warning => "warn",
+            Severity::Failure => {
+                failed = true;
+                "FAIL"
+            }
+        };
+        println!("{tag}  {}", f.message);
+        if let Some(fix) = &f.fix {
+            println!("      fix: {fix}");
+        }
+    }
+    if failed {
+        println!("check failed: fix the FAIL lines above and run `walcast check` again");
+        ExitCode::from(EXIT_SETUP)
+    } else {
+        println!("check passed");
+        ExitCode::SUCCESS
+    }
+}
+
+async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
+    let path = match &action {
+        SlotAction::Status { config, .. } | SlotAction::Create { config } | SlotAction::Drop { config } => config.clone(),
+    };
+    let Some(config) = load(&path, log_format) else { return ExitCode::from(EXIT_CONFIG) };
+    let slot_name = config.source.slot.clone();
+    let result: Result<(), SourceError> = async {
+        let params = ConnParams::from_config(&config.source).map_err(|e| SourceError::setup(e.to_string(), "fix the config file"))?;
+        let client = connect_sql(&params).await?;
+        let query_err = |e: tokio_postgres::Error| {
+            SourceError::from_server(e.as_db_error().map(|d| d.code().code()), &e.to_string(), &params, &slot_name)
+        };
+        match action {
+            SlotAction::Status { json, .. } => {
+                let info = source::slot_info(&client, &slot_name).await.map_err(query_err)?;
+                print_slot_status(&slot_name, info.as_ref(), json);
+                if info.is_none() {
+                    return Err(SourceError::setup(format!("slot {slot_name:?} does not exist"), "create it with `walcast slot create --config FILE`"));
+                }
+            }
+            SlotAction::Create { .. } => {
+                let src = &config.source;
+                source::ensure_publication(&client, &src.publication, &src.table_selectors(), true).await?;
+                match source::slot_info(&client, &slot_name).await.map_err(query_err)? {
+                    Some(_) => println!("slot {slot_name:?} already exists"),
+                    None => {
+                        let lsn = source::create_slot(&client, &slot_name).await.map_err(query_err)?;
+                        println!("created slot {slot_name:?} at {lsn}");
+                    }
+                }
+            }
+            SlotAction::Drop { .. } => {
+                source::drop_slot(&client, &slot_name).await.map_err(query_err)?;
+                println!("dropped slot {slot_name:?}");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walcast: {e}");
+            ExitCode::from(if matches!(e, SourceError::Setup { .. }) { EXIT_SETUP } else { EXIT_FAILURE })
+        }
+    }
+}
+
+fn print_slot_status(name: &str, info: Option<&source::SlotInfo>, json: bool) {
+    let lsn = |l: Option<crate::lsn::Lsn>| l.map(|l| l.to_string());
+    if json {
+        let value = match info {
+            None => serde_json::json!({ "slot": name, "exists": false }),
+            Some(i) => serde_json::json!({
+                "slot": name,
+                "exists": true,
+                "plugin": i.plugin,
+                "database": i.database,
+                "active": i.active,
+                "active_pid": i.active_pid,
+                "confirmed_flush_lsn": lsn(i.confirmed_flush_lsn),
+                "restart_lsn": lsn(i.restart_lsn),
+                "current_wal_lsn": lsn(i.current_wal_lsn),
+                "retained_wal_bytes": i.retained_wal_bytes,
+                "wal_status": i.wal_status,
+            }),
+        };
+        println!("{value}");
+        return;
+    }
+    let Some(i) = info else {
+        println!("slot {name}: does not exist");
+        return;
+    };
+    let show = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!("slot                 {name}");
+    println!("plugin               {}", show(i.plugin.clone()));
+    println!("database             {}", show(i.database.clone()));
+    println!("active pid           {}", i.active_pid.map(|p| p.to_string()).unwrap_or_else(|| "- (not streaming)".into()));
+    println!("confirmed_flush_lsn  {}", show(lsn(i.confirmed_flush_lsn)));
+    println!("restart_lsn          {}", show(lsn(i.restart_lsn)));
+    println!("current wal lsn      {}", show(lsn(i.current_wal_lsn)));
+    println!("retained wal bytes   {}", i.retained_wal_bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into()));
+    println!("wal_status           {}", show(i.wal_status.clone()));
+}

@@ -1,0 +1,588 @@
+//! The configuration file: serde structs, defaults, and validation that names the offending field.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default Postgres port.
+pub const DEFAULT_PORT: u16 = 5432;
+/// Default replication slot name.
+pub const DEFAULT_SLOT: &str = "walcast";
+/// Default publication name.
+pub const DEFAULT_PUBLICATION: &str = "walcast";
+/// Default `application_name` shown in `pg_stat_activity` / `pg_stat_replication`.
+pub const DEFAULT_APPLICATION_NAME: &str = "walcast";
+/// Default interval between standby status updates while progress is made.
+pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
+/// Default connect timeout for the SQL connection.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Default largest number of changes handed to the sinks in one batch.
+pub const DEFAULT_BATCH_MAX_CHANGES: usize = 4_096;
+/// Default number of batches that may wait for each sink (bounds memory).
+pub const DEFAULT_SINK_QUEUE_BATCHES: usize = 4;
+/// Default number of replication events buffered between the socket reader and the decoder.
+pub const DEFAULT_SOURCE_BUFFER_EVENTS: usize = 8_192;
+/// Default time a shutdown waits for the sinks to finish before giving up on the rest.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
+/// Default first retry delay.
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = 200;
+/// Default longest retry delay.
+pub const DEFAULT_RETRY_MAX_MS: u64 = 30_000;
+/// Default JSON-lines destination (`-` is standard output).
+pub const DEFAULT_JSONL_PATH: &str = "-";
+
+/// A configuration problem, naming the field (dotted path) it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown field, wrong type, ...).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Parser message; it names the field and line.
+        message: String,
+    },
+    /// A field has a value walcast cannot use.
+    #[error("config field `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `source.port`.
+        field: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// Config errors never fix themselves.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+
+    fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { field: field.to_string(), reason: reason.into() }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Postgres database to stream from.
+    pub source: SourceConfig,
+    /// Batching and memory bounds between decode and the sinks.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Retry policy for retryable errors (connection lost, sink unavailable).
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Where changes go. At least one sink must be configured.
+    #[serde(default)]
+    pub sinks: SinksConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// TLS mode for both the SQL and the replication connection (libpq's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS, without verifying the server certificate.
+    Require,
+    /// TLS, verifying the certificate chain but not the host name.
+    VerifyCa,
+    /// TLS, verifying the chain and that the certificate names the host.
+    VerifyFull,
+}
+
+/// Connection and replication settings.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Host name or IP address of the Postgres server (a path starting with `/` is a socket directory).
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Database to stream from (logical slots belong to one database).
+    pub database: String,
+    /// Role to connect as; needs REPLICATION (or superuser) and SELECT on the published tables.
+    pub user: String,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Path of a file whose content (trailing newline removed) is the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// TLS mode: `disable`, `require`, `verify-ca`, `verify-full`.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// CA certificate file (PEM) for `verify-ca` / `verify-full`; system roots are not used.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Logical replication slot walcast reads from.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication that selects the streamed tables.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// Create the slot when it does not exist (otherwise a missing slot stops walcast).
+    #[serde(default = "default_true")]
+    pub create_slot: bool,
+    /// Create the publication when it does not exist (otherwise a missing one stops walcast).
+    #[serde(default = "default_true")]
+    pub create_publication: bool,
+    /// Tables to stream: `schema.table`, or `schema.*` for every table of a schema. Used to
+    /// create the publication and by `walcast check`; an existing publication is not altered.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// `application_name` of walcast's connections.
+    #[serde(default = "default_application_name")]
+    pub application_name: String,
+    /// Milliseconds between standby status updates while the confirmed position moves.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+    /// Milliseconds to wait for a connection before treating the server as unreachable.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+// Hand-written so the resolved password can never reach a log line through `{:?}`.
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("sslmode", &self.sslmode)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("tables", &self.tables)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Batching and bounded-memory settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Largest number of changes in one batch. A batch is handed over as soon as nothing more
+    /// is ready to read, so this only bounds batches under load; it never adds latency.
+    #[serde(default = "default_batch_max_changes")]
+    pub batch_max_changes: usize,
+    /// Batches that may queue for each sink before reading slows down (backpressure).
+    #[serde(default = "default_sink_queue_batches")]
+    pub sink_queue_batches: usize,
+    /// Replication events buffered between the socket reader and the decoder.
+    #[serde(default = "default_source_buffer_events")]
+    pub source_buffer_events: usize,
+    /// Milliseconds a shutdown (SIGINT/SIGTERM) waits for the sinks to make what was read durable.
+    /// What is not durable by then is not confirmed and is streamed again on the next start.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_changes: DEFAULT_BATCH_MAX_CHANGES,
+            sink_queue_batches: DEFAULT_SINK_QUEUE_BATCHES,
+            source_buffer_events: DEFAULT_SOURCE_BUFFER_EVENTS,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Exponential backoff with jitter for retryable errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First delay, in milliseconds.
+    #[serde(default = "default_retry_initial_ms")]
+    pub initial_ms: u64,
+    /// Largest delay, in milliseconds. Retries go on forever.
+    #[serde(default = "default_retry_max_ms")]
+    pub max_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { initial_ms: DEFAULT_RETRY_INITIAL_MS, max_ms: DEFAULT_RETRY_MAX_MS }
+    }
+}
+
+/// The configured sinks.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    /// JSON lines, one change per line (stdout or a file).
+    #[serde(default)]
+    pub jsonl: Option<JsonlSinkConfig>,
+}
+
+/// JSON-lines sink settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkConfig {
+    /// `-` for standard output, otherwise a file appended to (and fsynced before a batch counts
+    /// as durable).
+    #[serde(default = "default_jsonl_path")]
+    pub path: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings (logs go to standard error; `RUST_LOG` overrides the level).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Level filter, in `RUST_LOG` syntax (e.g. `info`, `walcast=debug`).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: default_log_level() }
+    }
+}
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+fn default_slot() -> String {
+    DEFAULT_SLOT.to_string()
+}
+fn default_publication() -> String {
+    DEFAULT_PUBLICATION.to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_application_name() -> String {
+    DEFAULT_APPLICATION_NAME.to_string()
+}
+fn default_status_interval_ms() -> u64 {
+    DEFAULT_STATUS_INTERVAL_MS
+}
+fn default_connect_timeout_ms() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_batch_max_changes() -> usize {
+    DEFAULT_BATCH_MAX_CHANGES
+}
+fn default_sink_queue_batches() -> usize {
+    DEFAULT_SINK_QUEUE_BATCHES
+}
+fn default_source_buffer_events() -> usize {
+    DEFAULT_SOURCE_BUFFER_EVENTS
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    DEFAULT_SHUTDOWN_TIMEOUT_MS
+}
+fn default_retry_initial_ms() -> u64 {
+    DEFAULT_RETRY_INITIAL_MS
+}
+fn default_retry_max_ms() -> u64 {
+    DEFAULT_RETRY_MAX_MS
+}
+fn default_jsonl_path() -> String {
+    DEFAULT_JSONL_PATH.to_string()
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every value; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.source;
+        if s.host.trim().is_empty() {
+            return Err(ConfigError::invalid("source.host", "must not be empty"));
+        }
+        if s.port == 0 {
+            return Err(ConfigError::invalid("source.port", "must be between 1 and 65535"));
+        }
+        if s.database.trim().is_empty() {
+            return Err(ConfigError::invalid("source.database", "must not be empty"));
+        }
+        if s.user.trim().is_empty() {
+            return Err(ConfigError::invalid("source.user", "must not be empty"));
+        }
+        if s.password_env.is_some() && s.password_file.is_some() {
+            return Err(ConfigError::invalid(
+                "source.password_file",
+                "set either password_env or password_file, not both",
+            ));
+        }
+        validate_identifier("source.slot", &s.slot, true)?;
+        validate_identifier("source.publication", &s.publication, false)?;
+        for (i, t) in s.tables.iter().enumerate() {
+            TableSelector::parse(t)
+                .map_err(|reason| ConfigError::invalid(&format!("source.tables[{i}]"), reason))?;
+        }
+        if matches!(s.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) && s.sslrootcert.is_none() {
+            return Err(ConfigError::invalid(
+                "source.sslrootcert",
+                "verify-ca and verify-full need the CA certificate file of the server",
+            ));
+        }
+        if s.status_interval_ms == 0 || s.status_interval_ms > 30_000 {
+            return Err(ConfigError::invalid(
+                "source.status_interval_ms",
+                "must be between 1 and 30000 (the server drops a silent client after wal_sender_timeout, 60 s by default)",
+            ));
+        }
+        if s.connect_timeout_ms == 0 {
+            return Err(ConfigError::invalid("source.connect_timeout_ms", "must be positive"));
+        }
+        let p = &self.pipeline;
+        if p.batch_max_changes == 0 || p.batch_max_changes > 1_000_000 {
+            return Err(ConfigError::invalid(
+                "pipeline.batch_max_changes",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if p.sink_queue_batches == 0 || p.sink_queue_batches > 1_024 {
+            return Err(ConfigError::invalid("pipeline.sink_queue_batches", "must be between 1 and 1024"));
+        }
+        if p.source_buffer_events == 0 || p.source_buffer_events > 1_000_000 {
+            return Err(ConfigError::invalid(
+                "pipeline.source_buffer_events",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.retry.initial_ms == 0 {
+            return Err(ConfigError::invalid("retry.initial_ms", "must be positive"));
+        }
+        if self.retry.max_ms < self.retry.initial_ms {
+            return Err(ConfigError::invalid("retry.max_ms", "must be at least retry.initial_ms"));
+        }
+        match &self.sinks.jsonl {
+            None => {
+                return Err(ConfigError::invalid(
+                    "sinks",
+                    "configure at least one sink, e.g. [sinks.jsonl] path = \"-\"",
+                ))
+            }
+            Some(j) if j.path.trim().is_empty() => {
+                return Err(ConfigError::invalid("sinks.jsonl.path", "must be `-` or a file path"))
+            }
+            Some(_) => {}
+        }
+        self.log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl SourceConfig {
+    /// The password, read from the environment variable or file named in the config.
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(var) = &self.password_env {
+            return match std::env::var(var) {
+                Ok(v) => Ok(Some(v)),
+                Err(_) => Err(ConfigError::invalid(
+                    "source.password_env",
+                    format!("environment variable {var} is not set (or not UTF-8)"),
+                )),
+            };
+        }
+        if let Some(path) = &self.password_file {
+            return match std::fs::read_to_string(path) {
+                Ok(v) => Ok(Some(v.trim_end_matches(['\n', '\r']).to_string())),
+                Err(e) => Err(ConfigError::invalid(
+                    "source.password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Standby status update interval.
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_millis(self.status_interval_ms)
+    }
+
+    /// Connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Parsed `tables` entries (validated by [`Config::validate`]).
+    pub fn table_selectors(&self) -> Vec<TableSelector> {
+        self.tables.iter().filter_map(|t| TableSelector::parse(t).ok()).collect()
+    }
+}
+
+/// One `tables` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSelector {
+    /// `schema.table`.
+    Table {
+        /// Schema name.
+        schema: String,
+        /// Table name.
+        table: String,
+    },
+    /// `schema.*`.
+    Schema(String),
+}
+
+impl TableSelector {
+    /// Parse `schema.table` or `schema.*`. Names are taken literally (case-sensitive, as stored
+    /// in the catalog), never spliced into SQL unquoted.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (schema, table) = s
+            .split_once('.')
+            .ok_or_else(|| format!("{s:?} must be `schema.table` or `schema.*`"))?;
+        if schema.is_empty() || table.is_empty() || table.contains('.') {
+            return Err(format!("{s:?} must be `schema.table` or `schema.*`"));
+        }
+        if table == "*" {
+            Ok(TableSelector::Schema(schema.to_string()))
+        } else {
+            Ok(TableSelector::Table { schema: schema.to_string(), table: table.to_string() })
+        }
+    }
+}
+
+/// Slot names are restricted by Postgres to lower-case letters, digits and underscores; other
+/// identifiers only need to be non-empty and short enough.
+fn validate_identifier(field: &str, value: &str, slot_rules: bool) -> Result<(), ConfigError> {
+    if value.is_empty() || value.len() > 63 {
+        return Err(ConfigError::invalid(field, "must be 1 to 63 characters"));
+    }
+    if slot_rules && !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(ConfigError::invalid(
+            field,
+            "may contain only lower-case letters, digits and underscores (a Postgres rule for slot names)",
+        ));
+    }
+    if value.contains('\'') || value.contains('"') || value.contains('\0') {
+        return Err(ConfigError::invalid(field, "must not contain quotes"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[source]
+host = "127.0.0.1"
+database = "app"
+user = "walcast"
+tables = ["public.orders", "shop.*"]
+
+[sinks.jsonl]
+path = "-"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.source.port, DEFAULT_PORT);
+        assert_eq!(c.source.slot, DEFAULT_SLOT);
+        assert_eq!(c.pipeline.batch_max_changes, DEFAULT_BATCH_MAX_CHANGES);
+        assert_eq!(
+            c.source.table_selectors(),
+            vec![
+                TableSelector::Table { schema: "public".into(), table: "orders".into() },
+                TableSelector::Schema("shop".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = MINIMAL.replace("user = \"walcast\"", "user = \"walcast\"\nslot_nmae = \"x\"");
+        let err = parse(&text).expect_err("unknown field").to_string();
+        assert!(err.contains("slot_nmae"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases = [
+            (MINIMAL.replace("host = \"127.0.0.1\"", "host = \"\""), "source.host"),
+            (MINIMAL.replace("database = \"app\"", "database = \"app\"\nslot = \"Bad-Name\""), "source.slot"),
+            (MINIMAL.replace("\"shop.*\"", "\"shop\""), "source.tables[1]"),
+            (format!("{MINIMAL}\n[pipeline]\nbatch_max_changes = 0\n"), "pipeline.batch_max_changes"),
+            (MINIMAL.replace("[sinks.jsonl]\npath = \"-\"", ""), "sinks"),
+            (format!("{MINIMAL}\n[retry]\ninitial_ms = 500\nmax_ms = 100\n"), "retry.max_ms"),
+        ];
+        for (text, field) in cases {
+            let err = parse(&text).expect_err(field).to_string();
+            assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let text = MINIMAL.replace("host = \"127.0.0.1\"", "host = \"h\"\nport = \"x\"");
+        let err = parse(&text).expect_err("wrong type").to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn password_never_in_debug() {
+        std::env::set_var("WALCAST_TEST_SECRET_PW", "hunter2");
+        let text = MINIMAL.replace("user = \"walcast\"", "user = \"walcast\"\npassword_env = \"WALCAST_TEST_SECRET_PW\"");
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.source.password().expect("set").as_deref(), Some("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,311 @@
+//! The change event: one row change (or truncate) with its transaction context.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use super::pgoutput::{Datum, OldTuple, OldTupleKind};
+use super::relation::Relation;
+use super::value::write_json_value;
+use super::DecodeError;
+use crate::lsn::Lsn;
+
+/// Kind of row change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// INSERT.
+    Insert,
+    /// UPDATE.
+    Update,
+    /// DELETE.
+    Delete,
+    /// TRUNCATE of the table.
+    Truncate,
+}
+
+/// Options of a TRUNCATE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TruncateOptions {
+    /// TRUNCATE ... CASCADE.
+    pub cascade: bool,
+    /// TRUNCATE ... RESTART IDENTITY.
+    pub restart_identity: bool,
+}
+
+/// One change as it flows from decode to the sinks.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// LSN of the change's WAL record (several changes of one multi-insert share it).
+    pub lsn: Lsn,
+    /// End LSN of the transaction's commit record: unique per transaction, increasing in commit
+    /// order, and the position walcast confirms once this transaction is durable.
+    pub commit_lsn: Lsn,
+    /// Transaction id.
+    pub xid: u32,
+    /// Commit timestamp, microseconds since 2000-01-01 UTC.
+    pub commit_ts: i64,
+    /// Position of this change inside its transaction, from 0.
+    pub seq: u64,
+    /// The relation as described when the change was decoded.
+    pub relation: Arc<Relation>,
+    /// Kind of change.
+    pub op: Op,
+    /// Old key or old row (updates and deletes, when the server sent one).
+    pub old: Option<OldTuple>,
+    /// New row (inserts and updates).
+    pub new: Option<Vec<Datum>>,
+    /// TRUNCATE options.
+    pub truncate: TruncateOptions,
+}
+
+impl Op {
+    /// Lower-case name used in change events (`insert`, `update`, `delete`, `truncate`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+        }
+    }
+}
+
+impl Change {
+    /// Append this change as one JSON object (no trailing newline), in the line format documented
+    /// in docs/events.md. Field order is fixed so lines diff and grep well.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        use std::io::Write as _;
+        let rel = &*self.relation;
+        // Writing into a Vec<u8> cannot fail.
+        let _ = write!(
+            out,
+            "{{\"lsn\":\"{}\",\"commit_lsn\":\"{}\",\"xid\":{},\"commit_ts\":\"",
+            self.lsn, self.commit_lsn, self.xid
+        );
+        write_pg_timestamp(out, self.commit_ts);
+        let _ = write!(out, "\",\"seq\":{},\"schema\":", self.seq);
+        write_json_str(out, &rel.schema);
+        out.extend_from_slice(b",\"table\":");
+        write_json_str(out, &rel.table);
+        out.extend_from_slice(b",\"op\":\"");
+        out.extend_from_slice(self.op.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"key\":");
+        match self.key_source() {
+            Some(values) if rel.key_columns().next().is_some() => {
+                write_object(out, rel, values, |i| rel.columns[i].key)?
+            }
+            _ => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"before\":");
+        match &self.old {
+            Some(old) => {
+                let key_only = old.kind == OldTupleKind::Key;
+                write_object(out, rel, &old.values, |i| !key_only || rel.columns[i].key)?
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"after\":");
+        match &self.new {
+            Some(new) => write_object(out, rel, new, |_| true)?,
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"unchanged\":[");
+        if let Some(new) = &self.new {
+            let mut first = true;
+            for (col, datum) in rel.columns.iter().zip(new) {
+                if matches!(datum, Datum::Unchanged) {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    write_json_str(out, &col.name);
+                }
+            }
+        }
+        out.push(b']');
+        if self.op == Op::Truncate {
+            let _ = write!(
+                out,
+                ",\"truncate\":{{\"cascade\":{},\"restart_identity\":{}}}",
+                self.truncate.cascade, self.truncate.restart_identity
+            );
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
+    /// The tuple the primary key is read from: the new row, or for deletes the old key/row.
+    fn key_source(&self) -> Option<&[Datum]> {
+        match (&self.new, &self.old) {
+            (Some(new), _) => Some(new),
+            (None, Some(old)) => Some(&old.values),
+            (None, None) => None,
+        }
+    }
+}
+
+/// `{"col": value, ...}` over the columns `include` selects; unchanged TOAST values are left out
+/// (they are listed in `unchanged` instead, never rendered as null).
+fn write_object(
+    out: &mut Vec<u8>,
+    rel: &Relation,
+    values: &[Datum],
+    include: impl Fn(usize) -> bool,
+) -> Result<(), DecodeError> {
+    if values.len() != rel.columns.len() {
+        return Err(DecodeError::ColumnCount {
+            relation: rel.qualified_name(),
+            expected: rel.columns.len(),
+            got: values.len(),
+        });
+    }
+    out.push(b'{');
+    let mut first = true;
+    for (i, (col, datum)) in rel.columns.iter().zip(values).enumerate() {
+        if !include(i) || matches!(datum, Datum::Unchanged) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json_str(out, &col.name);
+        out.push(b':');
+        match datum {
+            Datum::Null | Datum::Unchanged => out.extend_from_slice(b"null"),
+            Datum::Text(text) => write_json_value(out, col.type_oid, text)?,
+            // walcast never asks for binary output; keep the bytes rather than guess a format.
+            Datum::Binary(bytes) => {
+                out.push(b'"');
+                out.extend_from_slice(BASE64.encode(bytes).as_bytes());
+                out.push(b'"');
+            }
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// A JSON string literal.
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping is correct and fast; writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Microseconds since 2000-01-01 UTC (Postgres's epoch) as ISO 8601 with microseconds and `Z`.
+pub fn write_pg_timestamp(out: &mut Vec<u8>, micros_since_2000: i64) {
+    use std::io::Write as _;
+    const UNIX_TO_PG_DAYS: i64 = 10_957;
+    let secs = micros_since_2000.div_euclid(1_000_000);
+    let micros = micros_since_2000.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400) + UNIX_TO_PG_DAYS;
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    );
+}
+
+/// Days since 1970-01-01 -> (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's public-domain civil-from-days algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Column, ReplicaIdentity};
+    use bytes::Bytes;
+
+    fn rel() -> Arc<Relation> {
+        let col = |name: &str, key, type_oid| Column { key, name: name.into(), type_oid, type_modifier: -1 };
+        Arc::new(Relation {
+            oid: 16_384,
+            schema: "public".into(),
+            table: "t\"q".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![col("id", true, 23), col("body", false, 25), col("n", false, 23)],
+        })
+    }
+
+    fn text(s: &str) -> Datum {
+        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn render(c: &Change) -> serde_json::Value {
+        let mut out = Vec::new();
+        c.write_json(&mut out).expect("renders");
+        serde_json::from_slice(&out).expect("valid json")
+    }
+
+    fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
+        Change {
+            lsn: Lsn(0x10),
+            commit_lsn: Lsn(0x1_0000_0020),
+            xid: 7,
+            commit_ts: 0,
+            seq: 3,
+            relation: rel(),
+            op,
+            old,
+            new,
+            truncate: TruncateOptions::default(),
+        }
+    }
+
+    #[test]
+    fn update_with_unchanged_toast_lists_it_and_omits_it() {
+        let c = change(Op::Update, None, Some(vec![text("1"), Datum::Unchanged, Datum::Null]));
+        let v = render(&c);
+        assert_eq!(v["lsn"], "0/10");
+        assert_eq!(v["commit_lsn"], "1/20");
+        assert_eq!(v["commit_ts"], "2000-01-01T00:00:00.000000Z");
+        assert_eq!(v["table"], "t\"q");
+        assert_eq!(v["op"], "update");
+        assert_eq!(v["key"], serde_json::json!({"id": 1}));
+        assert_eq!(v["after"], serde_json::json!({"id": 1, "n": null}));
+        assert_eq!(v["unchanged"], serde_json::json!(["body"]));
+        assert!(v.get("truncate").is_none());
+    }
+
+    #[test]
+    fn delete_takes_key_from_old_key_tuple() {
+        let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("5"), Datum::Null, Datum::Null] };
+        let v = render(&change(Op::Delete, Some(old), None));
+        assert_eq!(v["key"], serde_json::json!({"id": 5}));
+        assert_eq!(v["before"], serde_json::json!({"id": 5}));
+        assert_eq!(v["after"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn column_count_mismatch_is_an_error() {
+        let c = change(Op::Insert, None, Some(vec![text("1")]));
+        assert!(matches!(c.write_json(&mut Vec::new()), Err(DecodeError::ColumnCount { .. })));
+    }
+
+    #[test]
+    fn timestamps_render_in_utc() {
+        let mut out = Vec::new();
+        // 2026-11-22 16:33:20.123456 UTC
+        write_pg_timestamp(&mut out, 848_680_400_123_456);
+        assert_eq!(String::from_utf8(out).expect("ascii"), "2026-11-22T16:33:20.123456Z");
+        let mut out = Vec::new();
+        write_pg_timestamp(&mut out, -1);
+        assert_eq!(String::from_utf8(out).expect("ascii"), "1999-12-31T23:59:59.999999Z");
+    }
+}

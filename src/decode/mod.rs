@@ -1,0 +1,75 @@
+//! pgoutput (protocol version 1) decoding: wire messages, the relation cache, and text values -> JSON.
+//!
+//! The decoder is zero-copy for column values: a [`Datum::Text`] is a slice of the `XLogData`
+//! payload it came from, so a change costs one allocation for its column vector and nothing per
+//! value until a sink renders it.
+
+mod change;
+mod pgoutput;
+#[cfg(test)]
+mod proptests;
+mod relation;
+mod value;
+
+pub use change::{Change, Op, TruncateOptions};
+pub use pgoutput::{
+    parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin,
+    RelationBody, ReplicaIdentity, TypeBody,
+};
+pub use relation::{Relation, RelationCache};
+pub use value::{to_json_value, write_json_value};
+
+/// What can go wrong while decoding. Every variant is permanent: the same bytes decode the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The message ended before a field it announces.
+    #[error("pgoutput message {tag:?} truncated: needed {needed} more bytes at offset {offset}")]
+    Truncated {
+        /// Message tag byte, as a char.
+        tag: char,
+        /// Offset in the message where the read started.
+        offset: usize,
+        /// Bytes missing.
+        needed: usize,
+    },
+    /// An unknown message tag (not part of protocol version 1).
+    #[error("unknown pgoutput message tag {0:?}: walcast speaks pgoutput proto_version 1")]
+    UnknownTag(u8),
+    /// A field held a value the protocol does not allow.
+    #[error("malformed pgoutput message {tag:?}: {reason}")]
+    Malformed {
+        /// Message tag byte, as a char.
+        tag: char,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A change referred to a relation OID no Relation message has described on this connection.
+    #[error("change for relation oid {0} arrived before its Relation message; the stream is out of sync, reconnect")]
+    UnknownRelation(u32),
+    /// A tuple has a different number of columns than its relation.
+    #[error("relation {relation} has {expected} columns but a tuple carried {got}")]
+    ColumnCount {
+        /// Qualified relation name.
+        relation: String,
+        /// Columns in the cached relation.
+        expected: usize,
+        /// Columns in the tuple.
+        got: usize,
+    },
+    /// A text value was not valid for its type (or not UTF-8).
+    #[error("value of type oid {type_oid} is not valid: {reason}")]
+    Value {
+        /// The column's type OID.
+        type_oid: u32,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl DecodeError {
+    /// Decode errors are about bytes already received; retrying the same bytes cannot help.
+    /// (A reconnect re-reads the stream, which is the source's decision, not this one.)
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DecodeError::UnknownRelation(_))
+    }
+}

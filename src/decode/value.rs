@@ -1,0 +1,1256 @@
+//! Text-format column values -> JSON.
+//!
+//! The walsender session is pinned to `datestyle=ISO,YMD`, `intervalstyle=iso_8601`,
+//! `timezone=UTC`, `extra_float_digits=3` and `bytea_output=hex`, so each built-in type's output
+//! has one known shape. Values are validated as they are copied straight into the caller's
+//! buffer: whatever is written is valid JSON, and nothing is allocated for scalar values.
+//! Numbers are copied digit for digit (never through `f64`), so no precision is lost.
+
+use base64::Engine as _;
+
+use super::DecodeError;
+
+/// Built-in type OIDs (Postgres 15 `pg_type`) that get a rule other than "JSON string".
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const OID: u32 = 26;
+    pub const JSON: u32 = 114;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const TIMETZ: u32 = 1266;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+}
+
+/// Postgres's `MAXDIM`: arrays have at most six dimensions.
+const MAX_ARRAY_DIMS: usize = 6;
+
+/// Why a value was rejected; turned into [`DecodeError::Value`] (with the OID) only on failure,
+/// so the success path never formats anything.
+type Fail = &'static str;
+
+/// Append the JSON form of one text-format value of type `type_oid` to `out`.
+///
+/// Rules, by type: `bool` -> `true`/`false`; `int2`/`int4`/`int8`/`oid` -> numbers (range
+/// checked); `float4`/`float8` -> numbers, with `NaN`/`Infinity`/`-Infinity` as strings;
+/// `numeric` -> a string of its exact text; `json`/`jsonb` -> embedded JSON (whitespace between
+/// tokens dropped, so one value stays on one line); `bytea` -> base64 string; `date`,
+/// `timestamp`, `timestamptz`, `time`, `timetz` -> ISO 8601 strings (`T` separator, `Z` for UTC,
+/// `+hh:mm` offsets, BC years as astronomical negative years); built-in array types -> JSON
+/// arrays of their elements converted by the element type's rule; everything else (text types,
+/// `uuid`, `interval`, network, geometric, range, ... and unknown OIDs) -> a JSON string of the
+/// text.
+///
+/// On error `out` is left as it was.
+pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), DecodeError> {
+    let start = out.len();
+    let result = match array_element(type_oid) {
+        Some((elem, delim)) => write_array(out, elem, delim, text),
+        None => write_scalar(out, type_oid, text),
+    };
+    result.map_err(|reason| {
+        out.truncate(start);
+        DecodeError::Value { type_oid, reason: reason.to_owned() }
+    })
+}
+
+/// The JSON form of one text-format value, as a `serde_json::Value`.
+pub fn to_json_value(type_oid: u32, text: &[u8]) -> Result<serde_json::Value, DecodeError> {
+    let mut out = Vec::with_capacity(text.len() + 8);
+    write_json_value(&mut out, type_oid, text)?;
+    serde_json::from_slice(&out).map_err(|e| DecodeError::Value { type_oid, reason: e.to_string() })
+}
+
+/// One non-array value (also used for array elements).
+#[inline]
+fn write_scalar(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), Fail> {
+    match type_oid {
+        oid::BOOL => match text {
+            b"t" => out.extend_from_slice(b"true"),
+            b"f" => out.extend_from_slice(b"false"),
+            _ => return Err("bool is not 't' or 'f'"),
+        },
+        oid::INT2 => write_int(out, text, i16::MAX as u64, 1 << 15)?,
+        oid::INT4 => write_int(out, text, i32::MAX as u64, 1 << 31)?,
+        oid::INT8 => write_int(out, text, i64::MAX as u64, 1 << 63)?,
+        oid::OID => write_int(out, text, u64::from(u32::MAX), 0)?,
+        oid::FLOAT4 | oid::FLOAT8 => write_float(out, text)?,
+        oid::NUMERIC => write_numeric(out, text)?,
+        oid::JSON | oid::JSONB => write_json_text(out, text)?,
+        oid::BYTEA => write_bytea(out, text)?,
+        oid::DATE => write_date(out, text)?,
+        oid::TIMESTAMP => write_timestamp(out, text, false)?,
+        oid::TIMESTAMPTZ => write_timestamp(out, text, true)?,
+        oid::TIME => write_time(out, text, false)?,
+        oid::TIMETZ => write_time(out, text, true)?,
+        oid::UUID => write_uuid(out, text)?,
+        _ => write_string(out, text)?,
+    }
+    Ok(())
+}
+
+/// Element type and delimiter of every built-in array type in Postgres 15's `pg_type`.
+/// `box` is the only built-in type whose `typdelim` is not ','.
+pub(super) fn array_element(array_oid: u32) -> Option<(u32, u8)> {
+    let elem = match array_oid {
+        1000 => 16,   // bool
+        1001 => 17,   // bytea
+        1002 => 18,   // "char"
+        1003 => 19,   // name
+        1016 => 20,   // int8
+        1005 => 21,   // int2
+        1006 => 22,   // int2vector
+        1007 => 23,   // int4
+        1008 => 24,   // regproc
+        1009 => 25,   // text
+        1028 => 26,   // oid
+        1010 => 27,   // tid
+        1011 => 28,   // xid
+        1012 => 29,   // cid
+        1013 => 30,   // oidvector
+        210 => 71,    // pg_type (row type)
+        270 => 75,    // pg_attribute (row type)
+        272 => 81,    // pg_proc (row type)
+        273 => 83,    // pg_class (row type)
+        199 => 114,   // json
+        143 => 142,   // xml
+        271 => 5069,  // xid8
+        1017 => 600,  // point
+        1018 => 601,  // lseg
+        1019 => 602,  // path
+        1020 => return Some((603, b';')), // box
+        1027 => 604,  // polygon
+        629 => 628,   // line
+        1021 => 700,  // float4
+        1022 => 701,  // float8
+        719 => 718,   // circle
+        791 => 790,   // money
+        1040 => 829,  // macaddr
+        1041 => 869,  // inet
+        651 => 650,   // cidr
+        775 => 774,   // macaddr8
+        1034 => 1033, // aclitem
+        1014 => 1042, // bpchar
+        1015 => 1043, // varchar
+        1182 => 1082, // date
+        1183 => 1083, // time
+        1115 => 1114, // timestamp
+        1185 => 1184, // timestamptz
+        1187 => 1186, // interval
+        1270 => 1266, // timetz
+        1561 => 1560, // bit
+        1563 => 1562, // varbit
+        1231 => 1700, // numeric
+        2201 => 1790, // refcursor
+        2207 => 2202, // regprocedure
+        2208 => 2203, // regoper
+        2209 => 2204, // regoperator
+        2210 => 2205, // regclass
+        4192 => 4191, // regcollation
+        2211 => 2206, // regtype
+        4097 => 4096, // regrole
+        4090 => 4089, // regnamespace
+        2951 => 2950, // uuid
+        3221 => 3220, // pg_lsn
+        3643 => 3614, // tsvector
+        3644 => 3642, // gtsvector
+        3645 => 3615, // tsquery
+        3735 => 3734, // regconfig
+        3770 => 3769, // regdictionary
+        3807 => 3802, // jsonb
+        4073 => 4072, // jsonpath
+        2949 => 2970, // txid_snapshot
+        5039 => 5038, // pg_snapshot
+        3905 => 3904, // int4range
+        3907 => 3906, // numrange
+        3909 => 3908, // tsrange
+        3911 => 3910, // tstzrange
+        3913 => 3912, // daterange
+        3927 => 3926, // int8range
+        6150 => 4451, // int4multirange
+        6151 => 4532, // nummultirange
+        6152 => 4533, // tsmultirange
+        6153 => 4534, // tstzmultirange
+        6155 => 4535, // datemultirange
+        6157 => 4536, // int8multirange
+        2287 => 2249, // record
+        1263 => 2275, // cstring
+        _ => return None,
+    };
+    Some((elem, b','))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strings
+
+/// 0: copy as is; otherwise the character after the backslash ('u' for `\u00XX`).
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// A JSON string of `text`, which must be UTF-8.
+#[inline]
+fn write_string(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
+    if std::str::from_utf8(text).is_err() {
+        return Err("not valid UTF-8");
+    }
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    let mut run = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let esc = ESCAPE[usize::from(b)];
+        if esc == 0 {
+            continue;
+        }
+        out.extend_from_slice(&text[run..i]);
+        if esc == b'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', esc]);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&text[run..]);
+    out.push(b'"');
+    Ok(())
+}
+
+/// A JSON string of text already checked to need no escaping (ASCII, no quote or backslash).
+#[inline]
+fn write_plain_string(out: &mut Vec<u8>, text: &[u8]) {
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(text);
+    out.push(b'"');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbers
+
+/// An integer copied as is after checking it is `-?(0|[1-9][0-9]*)` within `[-max_neg, max_pos]`
+/// (a leading zero would not be JSON; Postgres never prints one).
+#[inline]
+fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Result<(), Fail> {
+    let (neg, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return Err("integer has no digits");
+    }
+    if digits.len() > 1 && digits[0] == b'0' {
+        return Err("integer has a leading zero");
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        let d = d.wrapping_sub(b'0');
+        if d > 9 {
+            return Err("integer has a non-digit");
+        }
+        v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))).ok_or("integer out of range")?;
+    }
+    if v > if neg { max_neg } else { max_pos } {
+        return Err("integer out of range for its type");
+    }
+    out.extend_from_slice(text);
+    Ok(())
+}
+
+/// Length of the JSON number (RFC 8259 grammar) that `text` starts with; 0 if none.
+fn json_number_len(text: &[u8]) -> usize {
+    let n = text.len();
+    let mut i = 0;
+    if i < n && text[i] == b'-' {
+        i += 1;
+    }
+    let digits = |i: usize| text[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    match text.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i += digits(i),
+        _ => return 0,
+    }
+    if text.get(i) == Some(&b'.') {
+        let d = digits(i + 1);
+        if d == 0 {
+            return 0;
+        }
+        i += 1 + d;
+    }
+    if matches!(text.get(i), Some(b'e' | b'E')) {
+        let mut j = i + 1;
+        if matches!(text.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        let d = digits(j);
+        if d == 0 {
+            return 0;
+        }
+        i = j + d;
+    }
+    i
+}
+
+/// float4/float8: a number as printed (shortest exact form with `extra_float_digits=3`);
+/// the non-finite values have no JSON number form, so they become strings.
+fn write_float(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
+    match text {
+        b"NaN" | b"Infinity" | b"-Infinity" => write_plain_string(out, text),
+        _ if !text.is_empty() && json_number_len(text) == text.len() => out.extend_from_slice(text),
+        _ => return Err("not a floating-point number"),
+    }
+    Ok(())
+}
+
+/// numeric: a string, so no consumer rounds it through a double.
+fn write_numeric(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
+    let valid = match text {
+        b"NaN" | b"Infinity" | b"-Infinity" => true,
+        _ => {
+            let body = text.strip_prefix(b"-").unwrap_or(text);
+            let (int, frac) = match body.iter().position(|&b| b == b'.') {
+                Some(dot) => (&body[..dot], Some(&body[dot + 1..])),
+                None => (body, None),
+            };
+            !int.is_empty()
+                && int.iter().all(u8::is_ascii_digit)
+                && frac.is_none_or(|f| !f.is_empty() && f.iter().all(u8::is_ascii_digit))
+        }
+    };
+    if !valid {
+        return Err("not a numeric value");
+    }
+    write_plain_string(out, text);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// uuid, bytea
+
+fn write_uuid(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
+    let valid = text.len() == 36
+        && text.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    if !valid {
+        return Err("not a uuid");
+    }
+    write_plain_string(out, text);
+    Ok(())
+}
+
+/// Hex digit values; 0xff marks a non-hex byte.
+static HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// bytea in hex output (`\x0a0b`) -> standard base64, decoded and encoded in stack-sized chunks
+/// so large values need no temporary heap buffer.
+fn write_bytea(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
+    let hex = text.strip_prefix(b"\\x").ok_or("bytea is not in hex format (\\x...)")?;
+    if hex.len() % 2 != 0 {
+        return Err("bytea hex has an odd number of digits");
+    }
+    // A multiple of 3, so only the last chunk can need base64 padding.
+    const CHUNK: usize = 768;
+    let mut buf = [0u8; CHUNK];
+    out.reserve(hex.len() / 2 / 3 * 4 + 6);
+    out.push(b'"');
+    for pairs in hex.chunks(CHUNK * 2) {
+        let n = pairs.len() / 2;
+        for (dst, pair) in buf.iter_mut().zip(pairs.chunks_exact(2)) {
+            let (hi, lo) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+            if (hi | lo) == 0xff {
+                return Err("bytea has a non-hex digit");
+            }
+            *dst = (hi << 4) | lo;
+        }
+        let at = out.len();
+        let len = base64::encoded_len(n, true).ok_or("bytea too large")?;
+        out.resize(at + len, 0);
+        base64::engine::general_purpose::STANDARD
+            .encode_slice(&buf[..n], &mut out[at..])
+            .map_err(|_| "base64 buffer too small")?;
+    }
+    out.push(b'"');
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dates and times (datestyle ISO)
+
+/// Count of leading ASCII digits.
+#[inline]
+fn digit_run(text: &[u8]) -> usize {
+    text.iter().take_while(|b| b.is_ascii_digit()).count()
+}
+
+/// Splits a trailing " BC" off.
+#[inline]
+fn split_bc(text: &[u8]) -> (&[u8], bool) {
+    match text.strip_suffix(b" BC") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    }
+}
+
+/// Parses `YYYY-MM-DD` at the start of `text` (the year may have more digits); returns the
+/// year digits, the `-MM-DD` part and the rest.
+fn split_date(text: &[u8]) -> Result<(&[u8], &[u8], &[u8]), Fail> {
+    let y = digit_run(text);
+    if !(4..=9).contains(&y) {
+        return Err("date has a bad year");
+    }
+    let md = text.get(y..y + 6).ok_or("date is too short")?;
+    let ok = md[0] == b'-' && md[3] == b'-' && md[1..3].iter().chain(&md[4..6]).all(u8::is_ascii_digit);
+    if !ok {
+        return Err("date is not YYYY-MM-DD");
+    }
+    Ok((&text[..y], md, &text[y + 6..]))
+}
+
+/// Writes the year, turning a BC year into an ISO 8601 (astronomical) one: 1 BC is year 0,
+/// 44 BC is -0043.
+fn write_year(out: &mut Vec<u8>, year: &[u8], bc: bool) -> Result<(), Fail> {
+    if !bc {
+        out.extend_from_slice(year);
+        return Ok(());
+    }
+    // At most nine digits (checked by split_date), so this fits a u32.
+    let y = year.iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+    let astronomical = y.checked_sub(1).ok_or("year 0 BC does not exist")?;
+    if astronomical > 0 {
+        out.push(b'-');
+    }
+    let mut digits = [b'0'; 10];
+    let mut i = digits.len();
+    let mut v = astronomical;
+    loop {
+        i -= 1;
+        digits[i] += (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Zero-pad to four digits, like Postgres prints years.
+    out.extend_from_slice(&digits[i.min(digits.len() - 4)..]);
+    Ok(())
+}
+
+/// `HH:MM:SS` with optional fraction at the start of `text`; returns its length.
+fn time_len(text: &[u8]) -> Result<usize, Fail> {
+    let t = text.get(..8).ok_or("time is too short")?;
+    let ok = t[2] == b':' && t[5] == b':' && [0, 1, 3, 4, 6, 7].iter().all(|&i| t[i].is_ascii_digit());
+    if !ok {
+        return Err("time is not HH:MM:SS");
+    }
+    if text.get(8) == Some(&b'.') {
+        let f = digit_run(&text[9..]);
+        if f == 0 {
+            return Err("time has an empty fraction");
+        }
+        return Ok(9 + f);
+    }
+    Ok(8)
+}
+
+/// A UTC offset `+HH`, `+HH:MM` or `+HH:MM:SS` (the whole of `text`) as `Z` (zero), `+HH:MM`
+/// or `+HH:MM:SS`.
+fn write_offset(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
+    let ok = matches!(text.first(), Some(b'+' | b'-'))
+        && matches!(text.len(), 3 | 6 | 9)
+        && text[1..].iter().enumerate().all(|(i, b)| if i % 3 == 2 { *b == b':' } else { b.is_ascii_digit() });
+    if !ok {
+        return Err("bad UTC offset");
+    }
+    if text[1..].iter().all(|&b| b == b'0' || b == b':') {
+        out.push(b'Z');
+    } else {
+        out.extend_from_slice(text);
+        if text.len() == 3 {
+            out.extend_from_slice(b":00");
+        }
+    }
+    Ok(())
+}
+
+fn write_date(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
+    if text == b"infinity" || text == b"-infinity" {
+        write_plain_string(out, text);
+        return Ok(());
+    }
+    let (text, bc) = split_bc(text);
+    let (year, md, rest) = split_date(text)?;
+    if !rest.is_empty() {
+        return Err("date has trailing characters");
+    }
+    out.push(b'"');
+    write_year(out, year, bc)?;
+    out.extend_from_slice(md);
+    out.push(b'"');
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff][offset][ BC]` -> `[-]YYYY-MM-DDTHH:MM:SS[.ffffff][Z|offset]`.
+fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), Fail> {
+    if text == b"infinity" || text == b"-infinity" {
+        write_plain_string(out, text);
+        return Ok(());
+    }
+    let (text, bc) = split_bc(text);
+    let (year, md, rest) = split_date(text)?;
+    let rest = rest.strip_prefix(b" ").ok_or("timestamp has no time part")?;
+    let t = time_len(rest)?;
+    let (time, offset) = rest.split_at(t);
+    if with_tz == offset.is_empty() {
+        return Err(if with_tz { "timestamptz has no UTC offset" } else { "timestamp has trailing characters" });
+    }
+    out.push(b'"');
+    write_year(out, year, bc)?;
+    out.extend_from_slice(md);
+    out.push(b'T');
+    out.extend_from_slice(time);
+    if with_tz {
+        write_offset(out, offset)?;
+    }
+    out.push(b'"');
+    Ok(())
+}
+
+/// time stays as printed; timetz gets its offset in ISO 8601 form.
+fn write_time(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), Fail> {
+    let t = time_len(text)?;
+    let (time, offset) = text.split_at(t);
+    if with_tz == offset.is_empty() {
+        return Err(if with_tz { "timetz has no UTC offset" } else { "time has trailing characters" });
+    }
+    out.push(b'"');
+    out.extend_from_slice(time);
+    if with_tz {
+        write_offset(out, offset)?;
+    }
+    out.push(b'"');
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// json / jsonb
+
+/// Container nesting for the JSON checker: one bit per level (1 = object). The first 128
+/// levels live inline; deeper documents (legal in Postgres) spill to the heap.
+struct Nesting {
+    inline: u128,
+    spill: Vec<bool>,
+    depth: usize,
+}
+
+impl Nesting {
+    fn push(&mut self, object: bool) {
+        if self.depth < 128 {
+            let bit = 1u128 << self.depth;
+            if object {
+                self.inline |= bit;
+            } else {
+                self.inline &= !bit;
+            }
+        } else {
+            self.spill.push(object);
+        }
+        self.depth += 1;
+    }
+
+    /// Pops a level; `Some(is_object)` of the popped level.
+    fn pop(&mut self) -> Option<bool> {
+        let object = self.top()?;
+        self.depth -= 1;
+        if self.depth >= 128 {
+            self.spill.pop();
+        }
+        Some(object)
+    }
+
+    fn top(&self) -> Option<bool> {
+        match self.depth {
+            0 => None,
+            d if d <= 128 => Some((self.inline >> (d - 1)) & 1 == 1),
+            _ => self.spill.last().copied(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum JsonState {
+    /// A value is required.
+    Value,
+    /// Just after '[': a value or ']'.
+    ValueOrClose,
+    /// Just after '{': a key or '}'.
+    KeyOrClose,
+    /// After ',' in an object.
+    Key,
+    /// After a key.
+    Colon,
+    /// After a value inside a container.
+    CommaOrClose,
+    /// The top-level value is complete.
+    Done,
+}
+
+/// json/jsonb: validated and embedded as JSON. Whitespace between tokens is dropped: `json`
+/// keeps the text as entered, newlines included, and a raw newline would split a JSON-lines
+/// record.
+fn write_json_text(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
+    if std::str::from_utf8(text).is_err() {
+        return Err("json is not valid UTF-8");
+    }
+    out.reserve(text.len());
+    let mut nest = Nesting { inline: 0, spill: Vec::new(), depth: 0 };
+    let mut state = JsonState::Value;
+    let n = text.len();
+    let mut i = 0;
+    loop {
+        while i < n && matches!(text[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        let Some(&b) = text.get(i) else { break };
+        let after_value = |nest: &Nesting| if nest.depth == 0 { JsonState::Done } else { JsonState::CommaOrClose };
+        state = match (state, b) {
+            (JsonState::CommaOrClose, b',') => {
+                out.push(b',');
+                i += 1;
+                if nest.top() == Some(true) {
+                    JsonState::Key
+                } else {
+                    JsonState::Value
+                }
+            }
+            (JsonState::CommaOrClose | JsonState::KeyOrClose, b'}') | (JsonState::CommaOrClose | JsonState::ValueOrClose, b']') => {
+                if nest.pop() != Some(b == b'}') {
+                    return Err("json has mismatched brackets");
+                }
+                out.push(b);
+                i += 1;
+                after_value(&nest)
+            }
+            (JsonState::KeyOrClose | JsonState::Key, b'"') => {
+                i = copy_json_string(out, text, i)?;
+                JsonState::Colon
+            }
+            (JsonState::Colon, b':') => {
+                out.push(b':');
+                i += 1;
+                JsonState::Value
+            }
+            (JsonState::Value | JsonState::ValueOrClose, _) => match b {
+                b'{' | b'[' => {
+                    nest.push(b == b'{');
+                    out.push(b);
+                    i += 1;
+                    if b == b'{' {
+                        JsonState::KeyOrClose
+                    } else {
+                        JsonState::ValueOrClose
+                    }
+                }
+                b'"' => {
+                    i = copy_json_string(out, text, i)?;
+                    after_value(&nest)
+                }
+                b't' | b'f' | b'n' => {
+                    let word: &[u8] = match b {
+                        b't' => b"true",
+                        b'f' => b"false",
+                        _ => b"null",
+                    };
+                    if !text[i..].starts_with(word) {
+                        return Err("json has an invalid literal");
+                    }
+                    out.extend_from_slice(word);
+                    i += word.len();
+                    after_value(&nest)
+                }
+                _ => {
+                    let len = json_number_len(&text[i..]);
+                    if len == 0 {
+                        return Err("json has an invalid token");
+                    }
+                    out.extend_from_slice(&text[i..i + len]);
+                    i += len;
+                    after_value(&nest)
+                }
+            },
+            _ => return Err("json has an unexpected character"),
+        };
+    }
+    if state != JsonState::Done {
+        return Err("json ends early");
+    }
+    Ok(())
+}
+
+/// Copies the JSON string starting at `text[start] == '"'`, checking escapes (including
+/// surrogate pairs, which Postgres checks too); returns the index after the closing quote.
+fn copy_json_string(out: &mut Vec<u8>, text: &[u8], start: usize) -> Result<usize, Fail> {
+    let mut i = start + 1;
+    loop {
+        let &b = text.get(i).ok_or("json string is not terminated")?;
+        match b {
+            b'"' => break,
+            b'\\' => {
+                match text.get(i + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                    Some(b'u') => {
+                        let unit = hex4(text, i + 2)?;
+                        i += 6;
+                        if (0xdc00..0xe000).contains(&unit) {
+                            return Err("json has a lone low surrogate");
+                        }
+                        if (0xd800..0xdc00).contains(&unit) {
+                            let low = if text.get(i..i + 2) == Some(b"\\u") { hex4(text, i + 2)? } else { 0 };
+                            if !(0xdc00..0xe000).contains(&low) {
+                                return Err("json has a lone high surrogate");
+                            }
+                            i += 6;
+                        }
+                    }
+                    _ => return Err("json string has a bad escape"),
+                }
+            }
+            0..=0x1f => return Err("json string has a control character"),
+            _ => i += 1,
+        }
+    }
+    out.extend_from_slice(&text[start..=i]);
+    Ok(i + 1)
+}
+
+fn hex4(text: &[u8], at: usize) -> Result<u32, Fail> {
+    let h = text.get(at..at + 4).ok_or("json \\u escape is short")?;
+    h.iter().try_fold(0u32, |acc, &d| match HEX_VALUE[usize::from(d)] {
+        0xff => Err("json \\u escape has a non-hex digit"),
+        v => Ok((acc << 4) | u32::from(v)),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arrays
+
+#[derive(Clone, Copy)]
+enum ArrayState {
+    /// Just after '{': an element, '{' or '}'.
+    Open,
+    /// After a delimiter: an element or '{'.
+    Delim,
+    /// After an element or a '}': a delimiter or '}'.
+    Item,
+}
+
+/// An array in `array_out` format -> a JSON array (nested for more dimensions).
+fn write_array(out: &mut Vec<u8>, elem: u32, delim: u8, text: &[u8]) -> Result<(), Fail> {
+    match text.first() {
+        // Explicit bounds ("[0:1]={1,2}") are printed only when a lower bound is not 1. A JSON
+        // array cannot carry them and dropping them would silently shift every index, so the
+        // value is kept whole as a string.
+        Some(b'[') => return write_string(out, text),
+        Some(b'{') => {}
+        _ => return Err("array does not start with '{'"),
+    }
+    // Unescaped quoted elements; allocated only if an element has a backslash.
+    let mut scratch = Vec::new();
+    let n = text.len();
+    let mut depth = 0usize;
+    let mut state = ArrayState::Open;
+    let mut i = 0;
+    loop {
+        let &b = text.get(i).ok_or("array ends early")?;
+        match (state, b) {
+            (ArrayState::Open | ArrayState::Delim, b'{') => {
+                depth += 1;
+                if depth > MAX_ARRAY_DIMS {
+                    return Err("array has too many dimensions");
+                }
+                out.push(b'[');
+                i += 1;
+                state = ArrayState::Open;
+            }
+            (ArrayState::Open | ArrayState::Item, b'}') => {
+                out.push(b']');
+                i += 1;
+                depth -= 1;
+                if depth == 0 {
+                    if i != n {
+                        return Err("array has trailing characters");
+                    }
+                    return Ok(());
+                }
+                state = ArrayState::Item;
+            }
+            (ArrayState::Item, _) if b == delim => {
+                out.push(b',');
+                i += 1;
+                state = ArrayState::Delim;
+            }
+            (ArrayState::Open | ArrayState::Delim, b'"') => {
+                i += 1;
+                let body = &text[i..];
+                let end = body.iter().position(|&c| c == b'"' || c == b'\\').ok_or("array element is not terminated")?;
+                let value: &[u8] = if body[end] == b'"' {
+                    i += end + 1;
+                    &body[..end]
+                } else {
+                    // Backslash escapes: unescape into the scratch buffer.
+                    scratch.clear();
+                    let mut j = 0;
+                    loop {
+                        match body.get(j) {
+                            None => return Err("array element is not terminated"),
+                            Some(b'"') => break,
+                            Some(b'\\') => {
+                                scratch.push(*body.get(j + 1).ok_or("array element is not terminated")?);
+                                j += 2;
+                            }
+                            Some(&c) => {
+                                scratch.push(c);
+                                j += 1;
+                            }
+                        }
+                    }
+                    i += j + 1;
+                    &scratch
+                };
+                write_scalar(out, elem, value)?;
+                state = ArrayState::Item;
+            }
+            (ArrayState::Open | ArrayState::Delim, _) => {
+                let body = &text[i..];
+                let end = body.iter().position(|&c| c == delim || c == b'}').ok_or("array ends early")?;
+                let value = &body[..end];
+                if value.is_empty() || value.iter().any(|&c| matches!(c, b'{' | b'"' | b'\\')) {
+                    return Err("array has a malformed element");
+                }
+                if value.eq_ignore_ascii_case(b"NULL") {
+                    out.extend_from_slice(b"null");
+                } else {
+                    write_scalar(out, elem, value)?;
+                }
+                i += end;
+                state = ArrayState::Item;
+            }
+            _ => return Err("array is malformed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn js(oid: u32, text: &str) -> Value {
+        to_json_value(oid, text.as_bytes()).unwrap_or_else(|e| panic!("{oid} {text:?}: {e}"))
+    }
+
+    fn raw(oid: u32, text: &[u8]) -> String {
+        let mut out = Vec::new();
+        write_json_value(&mut out, oid, text).unwrap_or_else(|e| panic!("{oid} {text:?}: {e}"));
+        String::from_utf8(out).unwrap()
+    }
+
+    fn err(oid: u32, text: &[u8]) {
+        let mut out = b"keep".to_vec();
+        let r = write_json_value(&mut out, oid, text);
+        assert!(
+            matches!(r, Err(DecodeError::Value { type_oid, .. }) if type_oid == oid),
+            "{oid} {text:?} should fail, got {r:?} / {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(out, b"keep", "output must be untouched on error");
+    }
+
+    #[test]
+    fn bool_values() {
+        assert_eq!(raw(16, b"t"), "true");
+        assert_eq!(raw(16, b"f"), "false");
+        for bad in [&b""[..], b"true", b"T", b"tt"] {
+            err(16, bad);
+        }
+    }
+
+    #[test]
+    fn integers_are_copied_digit_for_digit() {
+        assert_eq!(raw(20, b"9223372036854775807"), "9223372036854775807");
+        assert_eq!(raw(20, b"-9223372036854775808"), "-9223372036854775808");
+        assert_eq!(raw(23, b"-2147483648"), "-2147483648");
+        assert_eq!(raw(23, b"0"), "0");
+        assert_eq!(raw(21, b"32767"), "32767");
+        assert_eq!(raw(21, b"-32768"), "-32768");
+        assert_eq!(raw(26, b"4294967295"), "4294967295");
+        err(21, b"32768");
+        err(21, b"-32769");
+        err(23, b"2147483648");
+        err(20, b"9223372036854775808");
+        err(20, b"99999999999999999999999");
+        err(26, b"-1");
+        err(26, b"4294967296");
+        for bad in [&b""[..], b"-", b"+1", b"01", b"1.0", b"1e3", b" 1", b"1 ", b"0x10", b"--1"] {
+            err(23, bad);
+        }
+    }
+
+    #[test]
+    fn floats() {
+        assert_eq!(raw(701, b"1.5"), "1.5");
+        assert_eq!(raw(701, b"-0"), "-0");
+        assert_eq!(raw(701, b"1e+100"), "1e+100");
+        assert_eq!(raw(701, b"1.2345e-05"), "1.2345e-05");
+        assert_eq!(raw(701, b"0.30000000000000004"), "0.30000000000000004");
+        assert_eq!(raw(700, b"3.4028235e+38"), "3.4028235e+38");
+        assert_eq!(js(701, "NaN"), json!("NaN"));
+        assert_eq!(js(700, "Infinity"), json!("Infinity"));
+        assert_eq!(js(701, "-Infinity"), json!("-Infinity"));
+        for bad in [&b""[..], b"nan", b"inf", b"1.", b".5", b"1e", b"01", b"1,5", b"+1"] {
+            err(701, bad);
+        }
+    }
+
+    #[test]
+    fn numeric_is_an_exact_string() {
+        assert_eq!(raw(1700, b"123456789012345678901234567890.000000000000000001"), "\"123456789012345678901234567890.000000000000000001\"");
+        assert_eq!(js(1700, "-0.5"), json!("-0.5"));
+        assert_eq!(js(1700, "NaN"), json!("NaN"));
+        assert_eq!(js(1700, "Infinity"), json!("Infinity"));
+        assert_eq!(js(1700, "-Infinity"), json!("-Infinity"));
+        for bad in [&b""[..], b"-", b"1.", b".1", b"1e5", b"abc", b"1\"", b"nan"] {
+            err(1700, bad);
+        }
+    }
+
+    #[test]
+    fn text_types_are_escaped_strings() {
+        for oid in [25, 1043, 1042, 19, 18, 999_999] {
+            assert_eq!(js(oid, "plain"), json!("plain"));
+        }
+        assert_eq!(raw(25, b"a\"b\\c\nd\te\r\x08\x0c\x01\x1f"), r#""a\"b\\c\nd\te\r\b\f\u0001\u001f""#);
+        assert_eq!(js(25, "ünïcödé ✓ 𝄞"), json!("ünïcödé ✓ 𝄞"));
+        assert_eq!(raw(25, b""), "\"\"");
+        assert_eq!(raw(25, b"/\x7f"), "\"/\x7f\"");
+        err(25, b"\xff");
+        err(1043, b"ok\xc3");
+        err(424242, b"\xed\xa0\x80");
+    }
+
+    #[test]
+    fn string_typed_builtins() {
+        let cases: &[(u32, &str)] = &[
+            (142, "<a>b</a>"),
+            (790, "$1,234.56"),
+            (869, "192.168.0.1/24"),
+            (650, "10.0.0.0/8"),
+            (829, "08:00:2b:01:02:03"),
+            (774, "08:00:2b:01:02:03:04:05"),
+            (1560, "101"),
+            (1562, "10101"),
+            (3614, "'a' 'b':2"),
+            (3615, "'a' & 'b'"),
+            (600, "(1,2)"),
+            (628, "{1,2,3}"),
+            (601, "[(1,2),(3,4)]"),
+            (603, "(3,4),(1,2)"),
+            (602, "((1,2),(3,4))"),
+            (604, "((1,2),(3,4),(5,6))"),
+            (718, "<(1,2),3>"),
+            (3904, "[1,5)"),
+            (4451, "{[1,5), [7,9)}"),
+            (3220, "16/B374D848"),
+            (1186, "P1Y2M3DT4H5M6S"),
+            (1186, "PT-0.5S"),
+            (5069, "18446744073709551615"),
+            (28, "4294967295"),
+        ];
+        for &(oid, text) in cases {
+            assert_eq!(js(oid, text), json!(text), "oid {oid}");
+        }
+    }
+
+    #[test]
+    fn uuid() {
+        let u = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        assert_eq!(js(2950, u), json!(u));
+        err(2950, b"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1");
+        err(2950, b"a0eebc99x9c0b-4ef8-bb6d-6bb9bd380a11");
+        err(2950, b"g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    }
+
+    #[test]
+    fn json_is_embedded() {
+        assert_eq!(js(3802, r#"{"a": 1, "b": [true, null, "x"]}"#), json!({"a": 1, "b": [true, null, "x"]}));
+        assert_eq!(raw(3802, br#"{"a": 1, "b": [1, 2]}"#), r#"{"a":1,"b":[1,2]}"#);
+        assert_eq!(raw(114, b" {\n  \"a\" :\t\"x y\\n\"\r\n} "), r#"{"a":"x y\n"}"#);
+        assert_eq!(raw(114, b"12.5e-3"), "12.5e-3");
+        assert_eq!(raw(114, b"\"s\""), "\"s\"");
+        assert_eq!(raw(114, b"[]"), "[]");
+        assert_eq!(raw(114, b"{}"), "{}");
+        assert_eq!(raw(114, br#""\ud83d\ude00 \u0000""#), r#""\ud83d\ude00 \u0000""#);
+        assert_eq!(js(114, r#"[[[[{"k":[-0.0,1E5]}]]]]"#), json!([[[[{"k": [-0.0, 1e5]}]]]]));
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        assert_eq!(raw(114, deep.as_bytes()), deep);
+        let bad: &[&[u8]] = &[
+            b"",
+            b" ",
+            b"{",
+            b"[1,]",
+            b"[1 2]",
+            b"{\"a\" 1}",
+            b"{\"a\":}",
+            b"{1:2}",
+            b"[}",
+            b"{]",
+            b"tru",
+            b"truex",
+            b"nul",
+            b"01",
+            b"1.",
+            b"-",
+            b"1 2",
+            b"\"a",
+            b"\"\\x\"",
+            b"\"\\u12\"",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"\\ud800\\u0041\"",
+            b"\"a\nb\"",
+            b"NaN",
+            b"\"\xff\"",
+            b"[1]]",
+            b"{\"a\":1,}",
+            b"1}",
+        ];
+        for b in bad {
+            err(114, b);
+            err(3802, b);
+        }
+    }
+
+    #[test]
+    fn bytea_to_base64() {
+        assert_eq!(js(17, "\\x"), json!(""));
+        assert_eq!(js(17, "\\x0a0b"), json!("Cgs="));
+        assert_eq!(js(17, "\\xDEADbeef"), json!("3q2+7w=="));
+        assert_eq!(js(17, "\\x000102"), json!("AAEC"));
+        // Longer than one chunk, and not a multiple of 3 in total.
+        let bytes: Vec<u8> = (0..2000u32).map(|i| (i * 7) as u8).collect();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let expect = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        assert_eq!(js(17, &format!("\\x{hex}")), json!(expect));
+        for bad in [&b""[..], b"0a0b", b"\\x0", b"\\x0g", b"\\xzz", b"\\X0a", b"\\\\x0a", b"\\x0a "] {
+            err(17, bad);
+        }
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(js(1082, "2026-11-22"), json!("2026-11-22"));
+        assert_eq!(js(1082, "infinity"), json!("infinity"));
+        assert_eq!(js(1082, "-infinity"), json!("-infinity"));
+        assert_eq!(js(1082, "0044-03-15 BC"), json!("-0043-03-15"));
+        assert_eq!(js(1082, "0001-01-01 BC"), json!("0000-01-01"));
+        assert_eq!(js(1082, "0002-01-01 BC"), json!("-0001-01-01"));
+        assert_eq!(js(1082, "4714-11-24 BC"), json!("-4713-11-24"));
+        assert_eq!(js(1082, "10000-01-01 BC"), json!("-9999-01-01"));
+        assert_eq!(js(1082, "10001-01-01 BC"), json!("-10000-01-01"));
+        assert_eq!(js(1082, "5874897-12-31"), json!("5874897-12-31"));
+        for bad in [&b""[..], b"2026-11", b"26-11-22", b"2026/11/22", b"2026-1-22", b"2026-11-22 ", b"0000-01-01 BC", b"2026-11-22 AD", b"Infinity"] {
+            err(1082, bad);
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(js(1114, "2026-11-22 16:33:20.123456"), json!("2026-11-22T16:33:20.123456"));
+        assert_eq!(js(1114, "2026-11-22 16:33:20"), json!("2026-11-22T16:33:20"));
+        assert_eq!(js(1114, "0044-03-15 12:00:00 BC"), json!("-0043-03-15T12:00:00"));
+        assert_eq!(js(1114, "infinity"), json!("infinity"));
+        assert_eq!(js(1114, "-infinity"), json!("-infinity"));
+        assert_eq!(js(1184, "2026-11-22 16:33:20.123456+00"), json!("2026-11-22T16:33:20.123456Z"));
+        assert_eq!(js(1184, "2026-11-22 16:33:20+05:30"), json!("2026-11-22T16:33:20+05:30"));
+        assert_eq!(js(1184, "2026-11-22 16:33:20+05"), json!("2026-11-22T16:33:20+05:00"));
+        assert_eq!(js(1184, "2026-11-22 16:33:20-03"), json!("2026-11-22T16:33:20-03:00"));
+        assert_eq!(js(1184, "1900-01-01 00:00:00+05:30:15"), json!("1900-01-01T00:00:00+05:30:15"));
+        assert_eq!(js(1184, "0044-03-15 12:00:00+00 BC"), json!("-0043-03-15T12:00:00Z"));
+        assert_eq!(js(1184, "-infinity"), json!("-infinity"));
+        for bad in [
+            &b"2026-11-22T16:33:20"[..],
+            b"2026-11-22",
+            b"2026-11-22 16:33",
+            b"2026-11-22 16:33:20.",
+            b"2026-11-22 16:33:20+00",
+            b"2026-11-22 16:33:20 BC BC",
+            b"2026-11-22 1a:33:20",
+        ] {
+            err(1114, bad);
+        }
+        for bad in [&b"2026-11-22 16:33:20"[..], b"2026-11-22 16:33:20+5", b"2026-11-22 16:33:20+05:3", b"2026-11-22 16:33:20 UTC", b"2026-11-22 16:33:20+05:30:15:00", b"2026-11-22 16:33:20+0a"] {
+            err(1184, bad);
+        }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(js(1083, "16:33:20"), json!("16:33:20"));
+        assert_eq!(js(1083, "16:33:20.5"), json!("16:33:20.5"));
+        assert_eq!(js(1083, "24:00:00"), json!("24:00:00"));
+        assert_eq!(js(1266, "16:33:20+00"), json!("16:33:20Z"));
+        assert_eq!(js(1266, "16:33:20.123-07"), json!("16:33:20.123-07:00"));
+        assert_eq!(js(1266, "16:33:20+05:45"), json!("16:33:20+05:45"));
+        err(1083, b"16:33");
+        err(1083, b"16:33:20+00");
+        err(1266, b"16:33:20");
+        err(1266, b"16:33:20Z");
+    }
+
+    #[test]
+    fn arrays() {
+        assert_eq!(js(1007, "{1,2,3}"), json!([1, 2, 3]));
+        assert_eq!(js(1007, "{}"), json!([]));
+        assert_eq!(js(1007, "{{1,2},{3,4}}"), json!([[1, 2], [3, 4]]));
+        assert_eq!(js(1007, "{{{1},{2}},{{3},{NULL}}}"), json!([[[1], [2]], [[3], [null]]]));
+        assert_eq!(js(1016, "{9223372036854775807,NULL,null}"), json!([9223372036854775807_i64, null, null]));
+        assert_eq!(js(1000, "{t,f,NULL}"), json!([true, false, null]));
+        assert_eq!(js(1009, r#"{"a,b","c\"d",NULL,"NULL","",ef}"#), json!(["a,b", "c\"d", null, "NULL", "", "ef"]));
+        assert_eq!(js(1009, r#"{"back\\slash","{}"," sp "}"#), json!(["back\\slash", "{}", " sp "]));
+        assert_eq!(js(1015, "{x}"), json!(["x"]));
+        assert_eq!(js(1014, r#"{"a  "}"#), json!(["a  "]));
+        assert_eq!(js(1231, "{1.5,NaN}"), json!(["1.5", "NaN"]));
+        assert_eq!(js(1022, "{1.5,NaN,-Infinity,1e+100}"), json!([1.5, "NaN", "-Infinity", 1e100]));
+        assert_eq!(js(2951, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"), json!(["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]));
+        assert_eq!(js(3807, r#"{"{\"a\": 1}","[1, 2]",NULL}"#), json!([{"a": 1}, [1, 2], null]));
+        assert_eq!(js(199, r#"{"\"s\"",3}"#), json!(["s", 3]));
+        assert_eq!(js(1001, r#"{"\\x0a0b",NULL}"#), json!(["Cgs=", null]));
+        assert_eq!(js(1182, r#"{2026-11-22,"0044-03-15 BC",infinity}"#), json!(["2026-11-22", "-0043-03-15", "infinity"]));
+        assert_eq!(js(1115, r#"{"2026-11-22 16:33:20"}"#), json!(["2026-11-22T16:33:20"]));
+        assert_eq!(js(1185, r#"{"2026-11-22 16:33:20+00","2026-11-22 16:33:20+05:30"}"#), json!(["2026-11-22T16:33:20Z", "2026-11-22T16:33:20+05:30"]));
+        assert_eq!(js(1183, "{16:33:20}"), json!(["16:33:20"]));
+        assert_eq!(js(1270, "{16:33:20+00}"), json!(["16:33:20Z"]));
+        assert_eq!(js(1187, "{P1Y,PT1S}"), json!(["P1Y", "PT1S"]));
+        assert_eq!(js(1041, "{192.168.0.1/24,::1}"), json!(["192.168.0.1/24", "::1"]));
+        assert_eq!(js(651, "{10.0.0.0/8}"), json!(["10.0.0.0/8"]));
+        assert_eq!(js(1040, "{08:00:2b:01:02:03}"), json!(["08:00:2b:01:02:03"]));
+        assert_eq!(js(1020, "{(1,1),(0,0);(2,2),(1,1)}"), json!(["(1,1),(0,0)", "(2,2),(1,1)"]));
+        assert_eq!(js(1017, r#"{"(1,2)","(3,4)"}"#), json!(["(1,2)", "(3,4)"]));
+        assert_eq!(js(1561, "{101,010}"), json!(["101", "010"]));
+        assert_eq!(js(1563, "{1}"), json!(["1"]));
+        assert_eq!(js(1028, "{1,4294967295}"), json!([1, 4294967295_u32]));
+        assert_eq!(js(1003, "{pg_catalog}"), json!(["pg_catalog"]));
+        assert_eq!(js(143, r#"{"<a x=\"1\"/>"}"#), json!(["<a x=\"1\"/>"]));
+        assert_eq!(js(791, r#"{"$1.00"}"#), json!(["$1.00"]));
+        assert_eq!(js(3643, r#"{"'a' 'b'"}"#), json!(["'a' 'b'"]));
+        assert_eq!(js(3905, r#"{"[1,5)",empty}"#), json!(["[1,5)", "empty"]));
+        assert_eq!(js(1005, "{-32768,32767}"), json!([-32768, 32767]));
+        assert_eq!(js(1021, "{1.5}"), json!([1.5]));
+        assert_eq!(js(1002, r#"{a,"\\"}"#), json!(["a", "\\"]));
+        // Explicit lower bounds cannot be represented: the text is kept.
+        assert_eq!(js(1007, "[0:1]={1,2}"), json!("[0:1]={1,2}"));
+        assert_eq!(js(1007, "[1:1][0:1]={{1,2}}"), json!("[1:1][0:1]={{1,2}}"));
+        // Array-looking values of non-array types stay strings.
+        assert_eq!(js(25, "{1,2}"), json!("{1,2}"));
+        assert_eq!(js(22, "1 2"), json!("1 2"));
+    }
+
+    #[test]
+    fn malformed_arrays() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"1,2",
+            b"{",
+            b"{1",
+            b"{1,",
+            b"{1,}",
+            b"{,1}",
+            b"{1}}",
+            b"{1}x",
+            b"{\"a}",
+            b"{\"a\\",
+            b"{a\"b}",
+            b"{a\\b}",
+            b"{1{2}}",
+            b"{{1}2}",
+            b"{{{{{{{1}}}}}}}",
+            b"}",
+        ];
+        for b in bad {
+            err(1009, b);
+        }
+        err(1007, b"{1,x}");
+        err(1007, b"{\"NULL\"}");
+        err(1000, b"{true}");
+        err(1001, b"{\\x0}");
+        err(1009, b"{\"\xff\"}");
+        // Six dimensions are allowed.
+        assert_eq!(js(1007, "{{{{{{1}}}}}}"), json!([[[[[[1]]]]]]));
+    }
+
+    #[test]
+    fn every_array_maps_to_a_scalar_element() {
+        for array in 0..20_000 {
+            if let Some((elem, delim)) = array_element(array) {
+                assert!(array_element(elem).is_none(), "{array} -> {elem}");
+                assert!(delim == b',' || (array == 1020 && delim == b';'));
+            }
+        }
+        let count = (0..20_000).filter(|&o| array_element(o).is_some()).count();
+        assert_eq!(count, 82, "pg_type.dat (PG15) has 81 array_type_oid entries plus _record");
+    }
+
+    #[test]
+    fn appends_to_existing_output() {
+        let mut out = b"[".to_vec();
+        write_json_value(&mut out, 23, b"1").unwrap();
+        out.push(b',');
+        write_json_value(&mut out, 25, b"x").unwrap();
+        out.push(b']');
+        assert_eq!(out, b"[1,\"x\"]");
+    }
+}

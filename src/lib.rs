@@ -1,0 +1,14 @@
+//! walcast: stream Postgres row changes from a logical replication slot to sinks, confirming the
+//! slot only once every sink made a change durable. See ARCHITECTURE.md for the map.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod lsn;
+pub mod pipeline;
+pub mod retry;
+pub mod sink;
+pub mod source;
+pub mod telemetry;

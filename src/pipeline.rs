@@ -1,0 +1,488 @@
+//! The streaming loop: source -> decode -> sinks -> checkpoint, with reconnects and a clean drain
+//! on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{Config, ConfigError};
+use crate::decode::{self, Change, DecodeError, Message, Op, RelationCache, TruncateOptions};
+use crate::lsn::Lsn;
+use crate::retry::Backoff;
+use crate::sink::{self, Batch, JsonlSink, Sink, SinkError, SinkReport};
+use crate::source::{
+    self, connect_sql, ConnParams, ReplicationStream, SourceError, SourceEvent, StreamSettings,
+};
+
+/// Why the pipeline stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Postgres: a setup problem, or a failure that is not retryable.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A sink failed for good.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+impl PipelineError {
+    /// Errors that reach the caller were already retried where retrying made sense.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PipelineError::Config(e) => e.is_retryable(),
+            PipelineError::Source(e) => e.is_retryable(),
+            PipelineError::Sink(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// What a clean run ended with.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSummary {
+    /// The last LSN confirmed to the slot.
+    pub confirmed: Lsn,
+}
+
+/// Run until `shutdown` is cancelled (then drain and return) or a permanent error.
+pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSummary, PipelineError> {
+    let params = ConnParams::from_config(&config.source)?;
+    let mut backoff = Backoff::new(&config.retry);
+
+    let Some(start) = prepare_slot(config, &params, &mut backoff, &shutdown).await? else {
+        return Ok(RunSummary { confirmed: Lsn::ZERO });
+    };
+
+    // Sinks, each driven by its own task behind a bounded queue.
+    let (report_tx, reports) = mpsc::unbounded_channel();
+    let mut tasks = JoinSet::new();
+    let mut queues = Vec::new();
+    if let Some(j) = &config.sinks.jsonl {
+        let sink = JsonlSink::open(&j.path)?;
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &mut tasks));
+    }
+    drop(report_tx);
+
+    let mut stream = Streamer {
+        config,
+        params,
+        checkpoint: Checkpoint::new(queues.len(), start),
+        queues,
+        reports,
+        tasks,
+        relations: RelationCache::new(),
+        tx: None,
+        batch: Batch::default(),
+        committed_len: 0,
+        backoff,
+    };
+    stream.run(&shutdown).await
+}
+
+/// Make sure the publication and slot exist; returns the slot's confirmed position, or `None`
+/// when shutdown was requested while waiting for the server.
+async fn prepare_slot(
+    config: &Config,
+    params: &ConnParams,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Result<Option<Lsn>, PipelineError> {
+    let src = &config.source;
+    loop {
+        let attempt = async {
+            let client = connect_sql(params).await?;
+            source::ensure_publication(&client, &src.publication, &src.table_selectors(), src.create_publication).await?;
+            let slot = source::slot_info(&client, &src.slot)
+                .await
+                .map_err(|e| SourceError::Query(e.to_string()))?;
+            match slot {
+                Some(s) => Ok::<Lsn, SourceError>(s.confirmed_flush_lsn.unwrap_or_default()),
+                None if src.create_slot => {
+                    let lsn = source::create_slot(&client, &src.slot).await.map_err(|e| {
+                        SourceError::from_server(e.as_db_error().map(|d| d.code().code()), &e.to_string(), params, &src.slot)
+                    })?;
+                    tracing::info!(slot = %src.slot, consistent_point = %lsn, "created replication slot");
+                    Ok(lsn)
+                }
+                None => Err(SourceError::setup(
+                    format!("replication slot {:?} does not exist", src.slot),
+                    "create it with `walcast slot create --config FILE`, or set source.create_slot = true",
+                )),
+            }
+        };
+        let result = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            r = attempt => r,
+        };
+        match result {
+            Ok(lsn) => {
+                backoff.reset();
+                return Ok(Some(lsn));
+            }
+            Err(e) if e.is_retryable() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, attempt = backoff.attempt(), delay_ms = delay.as_millis() as u64, "cannot prepare the slot, retrying");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn spawn_sink<S: Sink>(
+    sink: S,
+    index: usize,
+    config: &Config,
+    reports: &mpsc::UnboundedSender<SinkReport>,
+    tasks: &mut JoinSet<()>,
+) -> mpsc::Sender<Arc<Batch>> {
+    let (tx, rx) = mpsc::channel(config.pipeline.sink_queue_batches);
+    tasks.spawn(sink::drive(sink, index, rx, reports.clone(), Backoff::new(&config.retry)));
+    tx
+}
+
+/// The transaction being read.
+#[derive(Debug, Clone, Copy)]
+struct OpenTx {
+    xid: u32,
+    commit_lsn: Lsn,
+    commit_ts: i64,
+    next_seq: u64,
+}
+
+/// How one replication session ended.
+enum SessionEnd {
+    /// Shutdown requested.
+    Shutdown,
+    /// The connection failed in a retryable way.
+    Lost(SourceError),
+}
+
+struct Streamer<'a> {
+    config: &'a Config,
+    params: ConnParams,
+    checkpoint: Checkpoint,
+    queues: Vec<mpsc::Sender<Arc<Batch>>>,
+    reports: mpsc::UnboundedReceiver<SinkReport>,
+    tasks: JoinSet<()>,
+    relations: RelationCache,
+    tx: Option<OpenTx>,
+    batch: Batch,
+    /// Changes of `batch` that belong to committed transactions.
+    committed_len: usize,
+    backoff: Backoff,
+}
+
+impl Streamer<'_> {
+    async fn run(&mut self, shutdown: &CancellationToken) -> Result<RunSummary, PipelineError> {
+        let mut stream: Option<ReplicationStream> = None;
+        let result = loop {
+            let session = match stream.as_mut() {
+                Some(s) => self.session(s, shutdown).await,
+                None => match self.connect(shutdown).await {
+                    Ok(Some(s)) => {
+                        stream = Some(s);
+                        continue;
+                    }
+                    Ok(None) => Ok(SessionEnd::Shutdown),
+                    Err(e) => Err(e),
+                },
+            };
+            match session {
+                Ok(SessionEnd::Shutdown) => break Ok(()),
+                Ok(SessionEnd::Lost(error)) => {
+                    // The server resends every transaction after the confirmed LSN, so the
+                    // unfinished one is dropped here and read again in full.
+                    self.batch.changes.truncate(self.committed_len);
+                    self.tx = None;
+                    self.relations.clear();
+                    if let Err(e) = self.flush().await {
+                        break Err(e);
+                    }
+                    if let Some(s) = stream.take() {
+                        drop(s);
+                    }
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(%error, attempt = self.backoff.attempt(), delay_ms = delay.as_millis() as u64, "replication connection lost, reconnecting");
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let drained = self.drain(stream).await;
+        result.and(drained)?;
+        Ok(RunSummary { confirmed: self.checkpoint.confirmed() })
+    }
+
+    /// Open a replication session, retrying retryable failures. `None` on shutdown.
+    async fn connect(&mut self, shutdown: &CancellationToken) -> Result<Option<ReplicationStream>, PipelineError> {
+        let src = &self.config.source;
+        loop {
+            let settings = StreamSettings {
+                slot: src.slot.clone(),
+                publication: src.publication.clone(),
+                start: self.checkpoint.confirmed(),
+                status_interval: src.status_interval(),
+                buffer_events: self.config.pipeline.source_buffer_events,
+            };
+            let attempt = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(None),
+                r = ReplicationStream::start(&self.params, &settings) => r,
+            };
+            match attempt {
+                Ok(s) => {
+                    self.backoff.reset();
+                    tracing::info!(slot = %src.slot, publication = %src.publication, start = %settings.start, "streaming");
+                    return Ok(Some(s));
+                }
+                Err(e) if e.is_retryable() => {
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(error = %e, attempt = self.backoff.attempt(), delay_ms = delay.as_millis() as u64, "cannot start replication, retrying");
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Stream until shutdown or a lost connection.
+    async fn session(&mut self, stream: &mut ReplicationStream, shutdown: &CancellationToken) -> Result<SessionEnd, PipelineError> {
+        let max = self.config.pipeline.batch_max_changes;
+        loop {
+            tokio::select! {
+                biased;
+                // 1. Shutdown: stop reading; drain() writes out what was read.
+                _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                // 2. Sink reports: durable positions move the confirmed LSN; a failed sink stops all.
+                Some(report) = self.reports.recv() => self.on_report(report, Some(stream))?,
+                // 3. The replication stream, while the batch has room.
+                event = stream.recv(), if self.batch.changes.len() < max => match event {
+                    Ok(Some(event)) => self.on_event(event, stream)?,
+                    Ok(None) => return Ok(SessionEnd::Lost(SourceError::Connection {
+                        target: self.params.display(),
+                        reason: "the server ended the replication stream".into(),
+                    })),
+                    Err(e) if e.is_retryable() => return Ok(SessionEnd::Lost(e)),
+                    Err(e) => return Err(e.into()),
+                },
+                // 4. Nothing more is ready to read (or the batch is full): hand the batch over now
+                //    rather than wait for a timer, so a quiet stream has no batching delay.
+                _ = std::future::ready(()), if self.has_batch() => self.flush().await?,
+            }
+        }
+    }
+
+    fn has_batch(&self) -> bool {
+        !self.batch.changes.is_empty() || self.batch.checkpoint.is_some()
+    }
+
+    fn on_event(&mut self, event: SourceEvent, stream: &ReplicationStream) -> Result<(), PipelineError> {
+        match event {
+            SourceEvent::Begin(b) => {
+                self.tx = Some(OpenTx { xid: b.xid, commit_lsn: b.final_lsn, commit_ts: b.commit_ts, next_seq: 0 });
+            }
+            SourceEvent::Data { wal_start, payload } => {
+                let message = decode::parse(&payload).map_err(SourceError::from)?;
+                self.on_message(message, wal_start)?;
+            }
+            SourceEvent::Commit(c) => {
+                self.tx = None;
+                self.batch.checkpoint = Some(c.end_lsn);
+                self.batch.checkpoint_commit_ts = Some(c.commit_ts);
+                self.committed_len = self.batch.changes.len();
+            }
+            SourceEvent::Message(m) => {
+                tracing::debug!(prefix = %m.prefix, lsn = %m.lsn, transactional = m.transactional, "logical message");
+            }
+            SourceEvent::KeepAlive { wal_end } => {
+                if let Some(lsn) = self.checkpoint.on_idle(wal_end, self.tx.is_some(), self.has_batch()) {
+                    tracing::debug!(confirmed = %lsn, "idle: confirming server position");
+                    stream.confirm(lsn);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, message: Message, lsn: Lsn) -> Result<(), PipelineError> {
+        let (relation, op, old, new) = match message {
+            Message::Relation(body) => {
+                let rel = self.relations.apply_relation(body);
+                tracing::debug!(relation = %rel.qualified_name(), columns = rel.columns.len(), "relation described");
+                return Ok(());
+            }
+            Message::Type(body) => {
+                self.relations.apply_type(body);
+                return Ok(());
+            }
+            Message::Insert { relation, new } => (relation, Op::Insert, None, Some(new)),
+            Message::Update { relation, old, new } => (relation, Op::Update, old, Some(new)),
+            Message::Delete { relation, old } => (relation, Op::Delete, Some(old), None),
+            Message::Truncate { relations, cascade, restart_identity } => {
+                for oid in relations {
+                    let change = self.change(oid, lsn, Op::Truncate, None, None)?;
+                    self.batch.changes.push(Change { truncate: TruncateOptions { cascade, restart_identity }, ..change });
+                }
+                return Ok(());
+            }
+            // Begin/Commit/Message arrive as their own events; Origin needs no action.
+            Message::Begin(_) | Message::Commit(_) | Message::Origin(_) | Message::Message(_) => return Ok(()),
+        };
+        let change = self.change(relation, lsn, op, old, new)?;
+        self.batch.changes.push(change);
+        Ok(())
+    }
+
+    fn change(
+        &mut self,
+        oid: u32,
+        lsn: Lsn,
+        op: Op,
+        old: Option<decode::OldTuple>,
+        new: Option<Vec<decode::Datum>>,
+    ) -> Result<Change, PipelineError> {
+        let relation = Arc::clone(self.relations.get(oid).map_err(SourceError::from)?);
+        let tx = self.tx.as_mut().ok_or_else(|| {
+            SourceError::from(DecodeError::Malformed { tag: op.as_str().chars().next().unwrap_or('?'), reason: "row change outside a transaction".into() })
+        })?;
+        let seq = tx.next_seq;
+        tx.next_seq += 1;
+        Ok(Change {
+            lsn,
+            commit_lsn: tx.commit_lsn,
+            xid: tx.xid,
+            commit_ts: tx.commit_ts,
+            seq,
+            relation,
+            op,
+            old,
+            new,
+            truncate: TruncateOptions::default(),
+        })
+    }
+
+    fn on_report(&mut self, report: SinkReport, stream: Option<&ReplicationStream>) -> Result<(), PipelineError> {
+        match report {
+            SinkReport::Durable { sink, lsn, .. } => {
+                if let Some(confirmed) = self.checkpoint.on_durable(sink, lsn) {
+                    tracing::trace!(%confirmed, "confirming");
+                    if let Some(s) = stream {
+                        s.confirm(confirmed);
+                    }
+                }
+                Ok(())
+            }
+            SinkReport::Failed { error, .. } => Err(error.into()),
+        }
+    }
+
+    /// Hand the current batch to every sink (waits while a sink's queue is full: backpressure).
+    async fn flush(&mut self) -> Result<(), PipelineError> {
+        if !self.has_batch() {
+            return Ok(());
+        }
+        let capacity = self.config.pipeline.batch_max_changes.min(1024);
+        let batch = Arc::new(std::mem::replace(&mut self.batch, Batch { changes: Vec::with_capacity(capacity), ..Batch::default() }));
+        self.committed_len = 0;
+        if let Some(lsn) = batch.checkpoint {
+            self.checkpoint.on_dispatched(lsn);
+        }
+        for queue in &self.queues {
+            if queue.send(Arc::clone(&batch)).await.is_err() {
+                // The sink task ended: its report says why.
+                while let Some(report) = self.reports.recv().await {
+                    self.on_report(report, None)?;
+                }
+                return Err(SinkError::Fatal { sink: "pipeline", reason: "a sink stopped without reporting why".into() }.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Write out what was read, wait (bounded) for the sinks, confirm the final position.
+    async fn drain(&mut self, stream: Option<ReplicationStream>) -> Result<(), PipelineError> {
+        // An unfinished transaction is resent after restart anyway; keep whole ones only.
+        self.batch.changes.truncate(self.committed_len);
+        let flushed = self.flush().await;
+        self.queues.clear();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.pipeline.shutdown_timeout_ms);
+        let mut failure = flushed.err();
+        loop {
+            let report = tokio::select! {
+                r = self.reports.recv() => r,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(dispatched = %self.checkpoint.dispatched(), confirmed = %self.checkpoint.confirmed(), "sinks did not finish in time; unconfirmed changes will be sent again on restart");
+                    break;
+                }
+            };
+            match report {
+                Some(r) => {
+                    if let Err(e) = self.on_report(r, stream.as_ref()) {
+                        failure.get_or_insert(e);
+                    }
+                }
+                None => break,
+            }
+        }
+        self.tasks.abort_all();
+        let confirmed = self.checkpoint.confirmed();
+        if let Some(s) = stream {
+            s.confirm(confirmed);
+            if let Err(error) = s.stop().await {
+                tracing::debug!(%error, "replication stream did not end cleanly");
+            }
+        }
+        // The stream may close before its last status update went out; advancing the slot over
+        // SQL makes the final position stick either way.
+        if let Err(error) = self.final_confirm(confirmed).await {
+            tracing::warn!(%error, %confirmed, "could not record the final position; changes after the last status update will be sent again");
+        }
+        tracing::info!(%confirmed, "stopped");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn final_confirm(&self, confirmed: Lsn) -> Result<(), SourceError> {
+        let slot = &self.config.source.slot;
+        let client = connect_sql(&self.params).await?;
+        for _ in 0..20 {
+            let info = source::slot_info(&client, slot).await.map_err(|e| SourceError::Query(e.to_string()))?;
+            let Some(info) = info else { return Ok(()) };
+            if info.confirmed_flush_lsn.is_some_and(|c| c >= confirmed) {
+                return Ok(());
+            }
+            if !info.active {
+                client
+                    .execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", &[slot, &confirmed.to_string()])
+                    .await
+                    .map_err(|e| SourceError::Query(e.to_string()))?;
+                return Ok(());
+            }
+            // The walsender is still exiting.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(SourceError::Transient("the slot stayed active after the stream ended".into()))
+    }
+}

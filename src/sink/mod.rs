@@ -1,0 +1,142 @@
+//! Sinks: where batches of changes go, and the task that drives each one with retries.
+
+mod jsonl;
+mod memory;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+pub use jsonl::JsonlSink;
+pub use memory::MemorySink;
+
+use crate::decode::{Change, DecodeError};
+use crate::lsn::Lsn;
+use crate::retry::Backoff;
+
+/// Changes handed to every sink together. Sinks see batches in stream order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The changes, in commit order (a large transaction spans several batches).
+    pub changes: Vec<Change>,
+    /// End LSN of the last transaction that commits inside this batch. Once a sink has made this
+    /// batch (and all before it) durable, every transaction ending at or before it is durable.
+    /// `None` when the batch ends mid-transaction and holds no commit.
+    pub checkpoint: Option<Lsn>,
+    /// Commit timestamp (microseconds since 2000-01-01) of the transaction behind `checkpoint`.
+    pub checkpoint_commit_ts: Option<i64>,
+}
+
+/// A destination for changes.
+pub trait Sink: Send + 'static {
+    /// Short name used in logs and metrics labels (`jsonl`, `elasticsearch`, `kafka`).
+    fn name(&self) -> &'static str;
+
+    /// Make every change of `batch` durable, or fail without having lost anything: after an error
+    /// the same batch is offered again (so a sink must tolerate seeing changes twice).
+    fn write(&mut self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// What went wrong in a sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Writing failed in a way that may pass (disk full, destination briefly unavailable).
+    #[error("{sink}: write failed, will retry: {source}")]
+    Transient {
+        /// Sink name.
+        sink: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The destination is gone for good (closed pipe, fsync failure, unwritable path).
+    #[error("{sink}: {reason}")]
+    Fatal {
+        /// Sink name.
+        sink: &'static str,
+        /// What failed and what to do about it.
+        reason: String,
+    },
+    /// A change could not be rendered (a value Postgres sent is not valid for its type).
+    #[error("cannot render change at {lsn} for {table}: {source}")]
+    Render {
+        /// The change's LSN.
+        lsn: Lsn,
+        /// `schema.table`.
+        table: String,
+        /// The decoding error.
+        source: DecodeError,
+    },
+}
+
+impl SinkError {
+    /// Whether retrying the same batch may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Transient { .. })
+    }
+}
+
+/// What a sink task tells the pipeline.
+#[derive(Debug)]
+pub enum SinkReport {
+    /// Sink `sink` made everything up to `lsn` durable.
+    Durable {
+        /// Index of the sink in the pipeline.
+        sink: usize,
+        /// Highest durable commit end LSN.
+        lsn: Lsn,
+        /// Commit timestamp of that transaction.
+        commit_ts: Option<i64>,
+    },
+    /// Sink `sink` hit an error retrying cannot fix; the pipeline must stop.
+    Failed {
+        /// Index of the sink.
+        sink: usize,
+        /// The error.
+        error: SinkError,
+    },
+}
+
+/// Drive one sink: take batches in order, retry retryable failures forever with backoff, report
+/// durable positions. Returns when the batch channel closes and every batch was written.
+pub async fn drive<S: Sink>(
+    mut sink: S,
+    index: usize,
+    mut batches: mpsc::Receiver<Arc<Batch>>,
+    reports: mpsc::UnboundedSender<SinkReport>,
+    mut backoff: Backoff,
+) {
+    while let Some(batch) = batches.recv().await {
+        loop {
+            match sink.write(&batch).await {
+                Ok(()) => {
+                    backoff.reset();
+                    break;
+                }
+                Err(error) if error.is_retryable() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = sink.name(), %error, attempt = backoff.attempt(), delay_ms = delay.as_millis() as u64, "sink write failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => {
+                    let _ = reports.send(SinkReport::Failed { sink: index, error });
+                    return;
+                }
+            }
+        }
+        if let Some(lsn) = batch.checkpoint {
+            let _ = reports.send(SinkReport::Durable { sink: index, lsn, commit_ts: batch.checkpoint_commit_ts });
+        }
+    }
+}
+
+/// Render `change` as one JSON line (with `\n`) into `out`.
+pub(crate) fn render_line(change: &Change, out: &mut Vec<u8>) -> Result<(), SinkError> {
+    change.write_json(out).map_err(|source| SinkError::Render {
+        lsn: change.lsn,
+        table: change.relation.qualified_name(),
+        source,
+    })?;
+    out.push(b'\n');
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! `walcast check`: everything the server must provide, each failure with its fix.
+
+use tokio_postgres::Client;
+
+use super::sql::{classify, slot_info};
+use super::{quote_ident, ConnParams};
+use crate::config::{Config, TableSelector};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The requirement holds.
+    Ok,
+    /// walcast can run, but something will not work as a user may expect.
+    Warning,
+    /// walcast cannot run until this is fixed.
+    Failure,
+}
+
+/// One checked requirement.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Outcome.
+    pub severity: Severity,
+    /// What was checked and what was found.
+    pub message: String,
+    /// How to fix it (for warnings and failures).
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(message: impl Into<String>) -> Self {
+        Self { severity: Severity::Ok, message: message.into(), fix: None }
+    }
+    fn warn(message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { severity: Severity::Warning, message: message.into(), fix: Some(fix.into()) }
+    }
+    fn fail(message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { severity: Severity::Failure, message: message.into(), fix: Some(fix.into()) }
+    }
+}
+
+/// Run every preflight check against the server. Connection failures are findings too, so the
+/// caller always gets a report.
+pub async fn preflight(config: &Config, params: &ConnParams) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let client = match super::connect_sql(params).await {
+        Ok(c) => {
+            out.push(Finding::ok(format!("connected to {} as {}", params.display(), params.user)));
+            c
+        }
+        Err(e) => {
+            out.push(Finding::fail(format!("cannot connect to {}: {e}", params.display()), "check source.host, source.port, source.database, the credentials and pg_hba.conf"));
+            return out;
+        }
+    };
+    if let Err(e) = run_checks(&client, config, params, &mut out).await {
+        out.push(Finding::fail(format!("a check query failed: {}", classify(&e, params, &config.source.slot)), "see the error above"));
+    }
+    out
+}
+
+async fn run_checks(client: &Client, config: &Config, params: &ConnParams, out: &mut Vec<Finding>) -> Result<(), tokio_postgres::Error> {
+    let src = &config.source;
+
+    let version: i32 = client.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
+    let has_schema_selector = src.table_selectors().iter().any(|t| matches!(t, TableSelector::Schema(_)));
+    if version < 100_000 {
+        out.push(Finding::fail(format!("server version {version} has no pgoutput"), "walcast needs Postgres 10 or newer (15+ recommended)"));
+    } else if version < 150_000 && has_schema_selector {
+        out.push(Finding::fail(
+            format!("server version {version} cannot publish whole schemas (`schema.*` in source.tables)"),
+            "list the tables one by one, or upgrade to Postgres 15+",
+        ));
+    } else {
+        out.push(Finding::ok(format!("server version {version}")));
+    }
+
+    let wal_level: String = client.query_one("SELECT current_setting('wal_level')", &[]).await?.get(0);
+    if wal_level == "logical" {
+        out.push(Finding::ok("wal_level = logical"));
+    } else {
+        out.push(Finding::fail(
+            format!("wal_level is {wal_level}, logical decoding needs logical"),
+            "run ALTER SYSTEM SET wal_level = logical; (or set it in postgresql.conf) and restart Postgres",
+        ));
+    }
+
+    let role = client
+        .query_one("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await?;
+    let (replication, superuser): (bool, bool) = (role.get(0), role.get(1));
+    if replication || superuser {
+        out.push(Finding::ok(format!("role {} may replicate ({})", params.user, if superuser { "superuser" } else { "REPLICATION" })));
+    } else {
+        out.push(Finding::fail(
+            format!("role {} lacks the REPLICATION attribute", params.user),
+            format!("as a superuser: ALTER ROLE {} WITH REPLICATION;", quote_ident(&params.user)),
+        ));
+    }
+
+    let slot = slot_info(client, &src.slot).await?;
+    let limits = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int, \
+                    (SELECT count(*) FROM pg_replication_slots)::int, \
+                    current_setting('max_wal_senders')::int, \
+                    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int",
+            &[],
+        )
+        .await?;
+    let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) = (limits.get(0), limits.get(1), limits.get(2), limits.get(3));
+    match &slot {
+        Some(s) => {
+            if s.slot_type != "logical" || s.plugin.as_deref() != Some("pgoutput") {
+                out.push(Finding::fail(
+                    format!("slot {:?} exists but is a {} slot with plugin {:?}", src.slot, s.slot_type, s.plugin.as_deref().unwrap_or("none")),
+                    "walcast needs a logical pgoutput slot: pick another source.slot name, or drop this slot if nothing else uses it",
+                ));
+            } else if s.database.as_deref() != Some(src.database.as_str()) {
+                out.push(Finding::fail(
+                    format!("slot {:?} belongs to database {:?}, not {:?}", src.slot, s.database.as_deref().unwrap_or(""), src.database),
+                    "logical slots are per database: use another source.slot name",
+                ));
+            } else {
+                let conf = s.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+                out.push(Finding::ok(format!("slot {:?} exists (confirmed_flush_lsn {conf}, wal_status {})", src.slot, s.wal_status.as_deref().unwrap_or("-"))));
+                if s.wal_status.as_deref() == Some("lost") {
+                    out.push(Finding::fail(
+                        format!("slot {:?} has lost WAL it needed (wal_status = lost)", src.slot),
+                        "the changes in between are gone: drop and re-create the slot (walcast slot drop / create) and re-load the data",
+                    ));
+                }
+                if s.active {
+                    out.push(Finding::warn(
+                        format!("slot {:?} is in use by process {}", src.slot, s.active_pid.unwrap_or_default()),
+                        "only one consumer can stream a slot; stop the other one (or this is a running walcast)",
+                    ));
+                }
+            }
+        }
+        None if !src.create_slot => out.push(Finding::fail(
+            format!("slot {:?} does not exist and source.create_slot is false", src.slot),
+            "create it with `walcast slot create --config FILE`, or set source.create_slot = true",
+        )),
+        None if used_slots >= max_slots => out.push(Finding::fail(
+            format!("slot {:?} must be created but all {max_slots} replication slots are used", src.slot),
+            "raise max_replication_slots in postgresql.conf and restart, or drop an unused slot (see pg_replication_slots)",
+        )),
+        None => out.push(Finding::ok(format!("slot {:?} will be created ({used_slots} of {max_slots} slots used)", src.slot))),
+    }
+    if used_senders >= max_senders && !slot.as_ref().is_some_and(|s| s.active) {
+        out.push(Finding::fail(
+            format!("all {max_senders} WAL senders are busy"),
+            "raise max_wal_senders in postgresql.conf and restart Postgres",
+        ));
+    } else {
+        out.push(Finding::ok(format!("{used_senders} of {max_senders} WAL senders busy")));
+    }
+
+    check_publication(client, config, superuser, out).await?;
+    check_tables(client, config, out).await?;
+    Ok(())
+}
+
+async fn check_publication(client: &Client, config: &Config, superuser: bool, out: &mut Vec<Finding>) -> Result<(), tokio_postgres::Error> {
+    let src = &config.source;
+    let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&src.publication]).await?.is_some();
+    if exists {
+        out.push(Finding::ok(format!("publication {:?} exists", src.publication)));
+        return Ok(());
+    }
+    if !src.create_publication {
+        out.push(Finding::fail(
+            format!("publication {:?} does not exist and source.create_publication is false", src.publication),
+            format!("CREATE PUBLICATION {} FOR TABLE ...; or set source.create_publication = true", quote_ident(&src.publication)),
+        ));
+        return Ok(());
+    }
+    let selectors = src.table_selectors();
+    let needs_super = selectors.is_empty() || selectors.iter().any(|t| matches!(t, TableSelector::Schema(_)));
+    if needs_super && !superuser {
+        out.push(Finding::fail(
+            format!("publication {:?} must be created FOR {} which needs a superuser", src.publication, if selectors.is_empty() { "ALL TABLES" } else { "TABLES IN SCHEMA" }),
+            "create the publication once as a superuser (see sql/roles.sql), or list tables one by one that this role owns",
+        ));
+        return Ok(());
+    }
+    let can_create: bool = client
+        .query_one("SELECT has_database_privilege(current_user, current_database(), 'CREATE')", &[])
+        .await?
+        .get(0);
+    if !can_create && !superuser {
+        out.push(Finding::fail(
+            format!("publication {:?} must be created but the role lacks CREATE on the database", src.publication),
+            "GRANT CREATE ON DATABASE ... TO the walcast role, or create the publication yourself",
+        ));
+        return Ok(());
+    }
+    out.push(Finding::ok(format!("publication {:?} will be created", src.publication)));
+    Ok(())
+}
+
+async fn check_tables(client: &Client, config: &Config, out: &mut Vec<Finding>) -> Result<(), tokio_postgres::Error> {
+    // The tables that will be streamed: the publication's when it exists, else the configured ones.
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text, \
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                    has_table_privilege(c.oid, 'SELECT') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND ( \
+                   (EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) \
+                      AND (n.nspname, c.relname) IN (SELECT schemaname::name, tablename::name FROM pg_publication_tables WHERE pubname = $1)) \
+                OR (NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) \
+                      AND ((n.nspname || '.' || c.relname) = ANY($2) OR n.nspname = ANY($3)))) \
+             ORDER BY 1, 2",
+            &[&config.source.publication, &explicit_tables(config), &schemas(config)],
+        )
+        .await?;
+    for sel in config.source.table_selectors() {
+        let found = rows.iter().any(|r| match &sel {
+            TableSelector::Table { schema, table } => r.get::<_, String>(0) == *schema && r.get::<_, String>(1) == *table,
+            TableSelector::Schema(schema) => r.get::<_, String>(0) == *schema,
+        });
+        if !found {
+            let name = match &sel {
+                TableSelector::Table { schema, table } => format!("table {schema}.{table}"),
+                TableSelector::Schema(schema) => format!("schema {schema} (or any table in it)"),
+            };
+            out.push(Finding::fail(format!("{name} from source.tables does not exist or is not in the publication"), "fix the name in source.tables (names are case-sensitive), or add it to the publication"));
+        }
+    }
+    if rows.is_empty() {
+        out.push(Finding::warn("no table will be streamed", "list tables in source.tables, or add tables to the publication"));
+    }
+    for r in &rows {
+        let (schema, table, ident, has_pk, can_select): (String, String, String, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let name = format!("{schema}.{table}");
+        if ident == "n" || (ident == "d" && !has_pk) {
+            out.push(Finding::warn(
+                format!("{name} has no primary key and REPLICA IDENTITY {}: its updates and deletes carry no key (Postgres rejects them while it is published)", if ident == "n" { "NOTHING" } else { "DEFAULT" }),
+                format!("add a primary key, or ALTER TABLE {}.{} REPLICA IDENTITY FULL;", quote_ident(&schema), quote_ident(&table)),
+            ));
+        } else {
+            out.push(Finding::ok(format!("{name} streams with a key")));
+        }
+        if !can_select {
+            out.push(Finding::fail(
+                format!("role cannot SELECT from {name} (needed for snapshots)"),
+                format!("GRANT SELECT ON {}.{} TO the walcast role;", quote_ident(&schema), quote_ident(&table)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn explicit_tables(config: &Config) -> Vec<String> {
+    config
+        .source
+        .table_selectors()
+        .into_iter()
+        .filter_map(|t| match t {
+            TableSelector::Table { schema, table } => Some(format!("{schema}.{table}")),
+            TableSelector::Schema(_) => None,
+        })
+        .collect()
+}
+
+fn schemas(config: &Config) -> Vec<String> {
+    config
+        .source
+        .table_selectors()
+        .into_iter()
+        .filter_map(|t| match t {
+            TableSelector::Schema(s) => Some(s),
+            TableSelector::Table { .. } => None,
+        })
+        .collect()
+}

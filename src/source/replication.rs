@@ -1,0 +1,192 @@
+//! The replication connection: START_REPLICATION on the slot, events in, confirmed LSN out.
+//! Transport, authentication, keepalive replies and standby status updates are done by the
+//! `pgwire-replication` crate; this module adapts its events and classifies its errors.
+
+use bytes::Bytes;
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+
+use super::{ConnParams, SourceError, SESSION_OPTIONS};
+use crate::decode::{Begin, Commit, LogicalMessage};
+use crate::lsn::Lsn;
+
+/// One event from the replication stream, in stream order.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// A transaction starts.
+    Begin(Begin),
+    /// A pgoutput message other than Begin/Commit/Message, still encoded (decode parses it).
+    Data {
+        /// WAL position of the record the message came from.
+        wal_start: Lsn,
+        /// The pgoutput message bytes.
+        payload: Bytes,
+    },
+    /// A transaction committed.
+    Commit(Commit),
+    /// A logical decoding message.
+    Message(LogicalMessage),
+    /// The server has sent everything up to `wal_end`.
+    KeepAlive {
+        /// Server WAL position.
+        wal_end: Lsn,
+    },
+}
+
+/// Settings of one replication session.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Slot to stream.
+    pub slot: String,
+    /// Publication to decode for.
+    pub publication: String,
+    /// Where to start (the server starts at max(this, confirmed_flush_lsn)).
+    pub start: Lsn,
+    /// Standby status update interval.
+    pub status_interval: std::time::Duration,
+    /// Events buffered between the socket reader and the decoder.
+    pub buffer_events: usize,
+}
+
+/// A running replication session.
+pub struct ReplicationStream {
+    client: ReplicationClient,
+    params: ConnParams,
+    slot: String,
+}
+
+impl ReplicationStream {
+    /// Connect and start streaming; returns once the server accepted START_REPLICATION.
+    pub async fn start(params: &ConnParams, settings: &StreamSettings) -> Result<Self, SourceError> {
+        let cfg = ReplicationConfig::new(
+            params.host.clone(),
+            params.user.clone(),
+            params.password.clone().unwrap_or_default(),
+            params.database.clone(),
+            settings.slot.clone(),
+            settings.publication.clone(),
+        )
+        .with_port(params.port)
+        .with_tls(TlsConfig::disabled())
+        .with_start_lsn(settings.start.into())
+        // Report only what walcast confirms, never the requested start.
+        .with_ack_lsn(settings.start.into())
+        .with_status_interval(settings.status_interval)
+        .with_wakeup_interval(std::time::Duration::from_secs(10))
+        .with_buffer_size(settings.buffer_events)
+        .with_options(SESSION_OPTIONS)
+        .with_application_name(params.application_name.clone());
+        let mut client = ReplicationClient::connect(cfg).await.map_err(|e| classify(&e, params, &settings.slot))?;
+        match tokio::time::timeout(params.connect_timeout, client.wait_started()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(classify(&e, params, &settings.slot)),
+            Err(_) => {
+                client.abort();
+                return Err(SourceError::Connection {
+                    target: params.display(),
+                    reason: format!("START_REPLICATION not accepted within {} ms", params.connect_timeout.as_millis()),
+                });
+            }
+        }
+        Ok(Self { client, params: params.clone(), slot: settings.slot.clone() })
+    }
+
+    /// The next event; `Ok(None)` when the stream ended cleanly (after [`stop`](Self::stop)).
+    /// Cancel-safe: dropping the future loses no event.
+    pub async fn recv(&mut self) -> Result<Option<SourceEvent>, SourceError> {
+        loop {
+            let event = match self.client.recv().await {
+                Ok(Some(e)) => e,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(classify(&e, &self.params, &self.slot)),
+            };
+            let mapped = match event {
+                ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                    SourceEvent::Begin(Begin { final_lsn: final_lsn.into(), commit_ts: commit_time_micros, xid })
+                }
+                ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => SourceEvent::Commit(Commit {
+                    flags: 0,
+                    commit_lsn: lsn.into(),
+                    end_lsn: end_lsn.into(),
+                    commit_ts: commit_time_micros,
+                }),
+                ReplicationEvent::XLogData { wal_start, data, .. } => {
+                    SourceEvent::Data { wal_start: wal_start.into(), payload: data }
+                }
+                ReplicationEvent::Message { transactional, lsn, prefix, content } => {
+                    SourceEvent::Message(LogicalMessage { transactional, lsn: lsn.into(), prefix, content })
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => SourceEvent::KeepAlive { wal_end: wal_end.into() },
+                // walcast never sets a stop LSN.
+                ReplicationEvent::StoppedAt { .. } => continue,
+            };
+            return Ok(Some(mapped));
+        }
+    }
+
+    /// Tell the server everything up to `lsn` is durable (monotonic; sent within the status
+    /// interval, and at once when the server asks).
+    pub fn confirm(&self, lsn: Lsn) {
+        self.client.update_applied_lsn(lsn.into());
+    }
+
+    /// End the stream cleanly (CopyDone) and wait for the connection to close.
+    pub async fn stop(mut self) -> Result<(), SourceError> {
+        self.client.shutdown().await.map_err(|e| classify(&e, &self.params, &self.slot))
+    }
+}
+
+impl From<pgwire_replication::Lsn> for Lsn {
+    fn from(l: pgwire_replication::Lsn) -> Self {
+        Lsn(l.as_u64())
+    }
+}
+
+impl From<Lsn> for pgwire_replication::Lsn {
+    fn from(l: Lsn) -> Self {
+        pgwire_replication::Lsn::from_u64(l.0)
+    }
+}
+
+/// pgwire-replication reports server errors as text ending in `(SQLSTATE xxxxx)`.
+fn classify(e: &PgWireError, params: &ConnParams, slot: &str) -> SourceError {
+    match e {
+        PgWireError::Server(text) => {
+            let (message, code) = split_sqlstate(text);
+            SourceError::from_server(code, message, params, slot)
+        }
+        PgWireError::Auth(text) => SourceError::setup(
+            format!("authentication of role {:?} failed on the replication connection: {text}", params.user),
+            "check source.user and the password, and that pg_hba.conf has a `host replication` line for this role and address",
+        ),
+        PgWireError::Tls(text) => SourceError::setup(format!("TLS failed: {text}"), "check source.sslmode and source.sslrootcert"),
+        PgWireError::MessageTooLarge { payload_bytes, limit_bytes } => SourceError::setup(
+            format!("the server sent a {payload_bytes}-byte message, over the {limit_bytes}-byte limit"),
+            "a single row this large cannot be streamed; report it",
+        ),
+        other => SourceError::Connection { target: params.display(), reason: other.to_string() },
+    }
+}
+
+fn split_sqlstate(text: &str) -> (&str, Option<&str>) {
+    match text.rfind("(SQLSTATE ") {
+        Some(i) => {
+            let code = text[i + 10..].trim_end_matches(')').trim();
+            (text[..i].trim_end(), Some(code))
+        }
+        None => (text, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_is_split_off() {
+        assert_eq!(
+            split_sqlstate("replication slot \"x\" does not exist (SQLSTATE 42704)"),
+            ("replication slot \"x\" does not exist", Some("42704"))
+        );
+        assert_eq!(split_sqlstate("boom"), ("boom", None));
+    }
+}

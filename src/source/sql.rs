@@ -1,0 +1,208 @@
+//! The ordinary SQL connection: slot and publication management.
+
+use tokio_postgres::{Client, NoTls};
+
+use super::{ConnParams, SourceError, SESSION_OPTIONS};
+use crate::config::TableSelector;
+use crate::lsn::Lsn;
+
+/// Connect an ordinary SQL session; its connection task runs in the background.
+pub async fn connect_sql(params: &ConnParams) -> Result<Client, SourceError> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&params.host)
+        .port(params.port)
+        .dbname(&params.database)
+        .user(&params.user)
+        .application_name(&params.application_name)
+        .connect_timeout(params.connect_timeout)
+        .options(SESSION_OPTIONS);
+    if let Some(pw) = &params.password {
+        cfg.password(pw);
+    }
+    let (client, connection) = tokio::time::timeout(params.connect_timeout, cfg.connect(NoTls))
+        .await
+        .map_err(|_| SourceError::Connection {
+            target: params.display(),
+            reason: format!("no answer within {} ms", params.connect_timeout.as_millis()),
+        })?
+        .map_err(|e| classify(&e, params, ""))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "sql connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Turn a tokio-postgres error into a classified [`SourceError`].
+pub(crate) fn classify(e: &tokio_postgres::Error, params: &ConnParams, slot: &str) -> SourceError {
+    if let Some(db) = e.as_db_error() {
+        return SourceError::from_server(Some(db.code().code()), db.message(), params, slot);
+    }
+    // No server error: the connection itself failed (refused, reset, closed, timed out).
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    SourceError::Connection { target: params.display(), reason }
+}
+
+/// A row of `pg_replication_slots`, plus how much WAL it holds back.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    /// Slot name.
+    pub name: String,
+    /// Output plugin (walcast needs `pgoutput`).
+    pub plugin: Option<String>,
+    /// `logical` or `physical`.
+    pub slot_type: String,
+    /// Database of a logical slot.
+    pub database: Option<String>,
+    /// Whether a walsender is streaming it now.
+    pub active: bool,
+    /// Pid of that walsender.
+    pub active_pid: Option<i32>,
+    /// Everything at or below this was confirmed by the consumer.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// Oldest WAL the slot still needs.
+    pub restart_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+    /// Bytes of WAL between restart_lsn and the current write position.
+    pub retained_wal_bytes: Option<i64>,
+    /// Current WAL write position of the server.
+    pub current_wal_lsn: Option<Lsn>,
+}
+
+fn parse_lsn(s: Option<String>) -> Option<Lsn> {
+    s.and_then(|s| s.parse().ok())
+}
+
+/// Look a slot up; `None` when it does not exist.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT slot_name::text, plugin::text, slot_type, database::text, active, active_pid, \
+                    confirmed_flush_lsn::text, restart_lsn::text, wal_status, \
+                    (pg_current_wal_lsn() - restart_lsn)::int8, pg_current_wal_lsn()::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|r| SlotInfo {
+        name: r.get(0),
+        plugin: r.get(1),
+        slot_type: r.get(2),
+        database: r.get(3),
+        active: r.get(4),
+        active_pid: r.get(5),
+        confirmed_flush_lsn: parse_lsn(r.get(6)),
+        restart_lsn: parse_lsn(r.get(7)),
+        wal_status: r.get(8),
+        retained_wal_bytes: r.get(9),
+        current_wal_lsn: parse_lsn(r.get(10)),
+    }))
+}
+
+/// Create a logical slot with the pgoutput plugin; returns its consistent point.
+pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .await?;
+    let lsn: String = row.get(0);
+    Ok(lsn.parse().unwrap_or_default())
+}
+
+/// Drop a slot (fails while a walsender is streaming it).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), tokio_postgres::Error> {
+    client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.map(|_| ())
+}
+
+/// `"name"` with embedded quotes doubled: an identifier safe to put in DDL, which cannot take
+/// bind parameters.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Make sure the publication exists: create it for `tables` (or FOR ALL TABLES when the list is
+/// empty) when `create` is set. An existing publication is left as it is. Returns whether it was
+/// created.
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableSelector],
+    create: bool,
+) -> Result<bool, SourceError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(|e| SourceError::Query(e.to_string()))?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    if !create {
+        return Err(SourceError::setup(
+            format!("publication {publication:?} does not exist"),
+            "create it (CREATE PUBLICATION ... FOR TABLE ...) or set source.create_publication = true",
+        ));
+    }
+    let sql = create_publication_sql(publication, tables);
+    client.batch_execute(&sql).await.map_err(|e| match e.as_db_error() {
+        Some(db) if db.code().code() == "42501" => SourceError::setup(
+            format!("cannot create publication {publication:?}: {}", db.message()),
+            "create it as a superuser or the tables' owner (see sql/roles.sql), or grant ownership; FOR TABLES IN SCHEMA and FOR ALL TABLES need a superuser",
+        ),
+        Some(db) => SourceError::setup(
+            format!("cannot create publication {publication:?}: {}", db.message()),
+            "check source.tables: every entry must name an existing table or schema",
+        ),
+        None => SourceError::Query(e.to_string()),
+    })?;
+    tracing::info!(publication, "created publication");
+    Ok(true)
+}
+
+/// The CREATE PUBLICATION statement for a table list (identifiers quoted).
+pub(crate) fn create_publication_sql(publication: &str, tables: &[TableSelector]) -> String {
+    if tables.is_empty() {
+        return format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication));
+    }
+    let mut explicit = Vec::new();
+    let mut schemas = Vec::new();
+    for t in tables {
+        match t {
+            TableSelector::Table { schema, table } => explicit.push(format!("{}.{}", quote_ident(schema), quote_ident(table))),
+            TableSelector::Schema(schema) => schemas.push(quote_ident(schema)),
+        }
+    }
+    let mut parts = Vec::new();
+    if !explicit.is_empty() {
+        parts.push(format!("TABLE {}", explicit.join(", ")));
+    }
+    if !schemas.is_empty() {
+        parts.push(format!("TABLES IN SCHEMA {}", schemas.join(", ")));
+    }
+    format!("CREATE PUBLICATION {} FOR {}", quote_ident(publication), parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publication_sql_quotes_everything() {
+        let tables = vec![
+            TableSelector::Table { schema: "public".into(), table: "or\"ders".into() },
+            TableSelector::Schema("shop".into()),
+        ];
+        assert_eq!(
+            create_publication_sql("pub", &tables),
+            r#"CREATE PUBLICATION "pub" FOR TABLE "public"."or""ders", TABLES IN SCHEMA "shop""#
+        );
+        assert_eq!(create_publication_sql("p", &[]), r#"CREATE PUBLICATION "p" FOR ALL TABLES"#);
+    }
+}

@@ -258,11 +258,12 @@ fn write_plain_string(out: &mut Vec<u8>, text: &[u8]) {
 // Numbers
 
 /// An integer copied as is after checking it is `-?(0|[1-9][0-9]*)` within `[-max_neg, max_pos]`
-/// (a leading zero would not be JSON; Postgres never prints one).
+/// (a leading zero would not be JSON; Postgres never prints one). `max_neg == 0` means unsigned.
 #[inline]
 fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Result<(), Fail> {
     let (neg, digits) = match text {
-        [b'-', rest @ ..] => (true, rest),
+        // Unsigned types (max_neg 0) never print a sign, not even "-0".
+        [b'-', rest @ ..] if max_neg > 0 => (true, rest),
         _ => (false, text),
     };
     if digits.is_empty() {
@@ -934,6 +935,7 @@ mod tests {
         err(20, b"9223372036854775808");
         err(20, b"99999999999999999999999");
         err(26, b"-1");
+        err(26, b"-0");
         err(26, b"4294967296");
         for bad in [&b""[..], b"-", b"+1", b"01", b"1.0", b"1e3", b" 1", b"1 ", b"0x10", b"--1"] {
             err(23, bad);

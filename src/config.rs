@@ -372,6 +372,12 @@ impl Config {
                 "verify-ca and verify-full need the CA certificate file of the server",
             ));
         }
+        if s.sslmode == SslMode::VerifyFull && s.host.parse::<std::net::IpAddr>().is_ok() {
+            return Err(ConfigError::invalid(
+                "source.host",
+                "verify-full checks the host name in the server certificate: use the DNS name the certificate was issued for, not an IP address (or use verify-ca)",
+            ));
+        }
         if s.status_interval_ms == 0 || s.status_interval_ms > 30_000 {
             return Err(ConfigError::invalid(
                 "source.status_interval_ms",
@@ -584,5 +590,19 @@ path = "-"
         let c = parse(&text).expect("valid");
         assert_eq!(c.source.password().expect("set").as_deref(), Some("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped example must stay a valid, complete config.
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/walcast.example.toml");
+        let c = Config::load(&path).expect("config/walcast.example.toml is valid");
+        assert_eq!(c.source.tables.len(), 3);
+        assert!(c.sinks.jsonl.is_some());
     }
 }

@@ -17,6 +17,16 @@ use super::pgoutput::{
 use super::value::{array_element, write_json_value};
 use crate::lsn::Lsn;
 
+/// Default case count; failures are reported (with the shrunk input) but not persisted to a
+/// `proptest-regressions/` file, so test runs never write into the source tree.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Encoder: writes messages the way the server's logicalrep_write_* functions do.
 
@@ -37,7 +47,11 @@ fn put_tuple(out: &mut Vec<u8>, values: &[Datum]) {
             Datum::Null => out.push(b'n'),
             Datum::Unchanged => out.push(b'u'),
             Datum::Text(b) | Datum::Binary(b) => {
-                out.push(if matches!(v, Datum::Text(_)) { b't' } else { b'b' });
+                out.push(if matches!(v, Datum::Text(_)) {
+                    b't'
+                } else {
+                    b'b'
+                });
                 out.extend_from_slice(&(b.len() as i32).to_be_bytes());
                 out.extend_from_slice(b);
             }
@@ -119,7 +133,11 @@ fn encode(m: &Message) -> Vec<u8> {
             o.extend_from_slice(&relation.to_be_bytes());
             put_old(&mut o, old);
         }
-        Message::Truncate { relations, cascade, restart_identity } => {
+        Message::Truncate {
+            relations,
+            cascade,
+            restart_identity,
+        } => {
             o.push(b'T');
             o.extend_from_slice(&(relations.len() as i32).to_be_bytes());
             o.push(u8::from(*cascade) | (u8::from(*restart_identity) << 1));
@@ -170,7 +188,10 @@ fn tuple() -> impl Strategy<Value = Vec<Datum>> {
 }
 
 fn old_tuple() -> impl Strategy<Value = OldTuple> {
-    (prop_oneof![Just(OldTupleKind::Key), Just(OldTupleKind::Full)], tuple())
+    (
+        prop_oneof![Just(OldTupleKind::Key), Just(OldTupleKind::Full)],
+        tuple(),
+    )
         .prop_map(|(kind, values)| OldTuple { kind, values })
 }
 
@@ -181,38 +202,87 @@ fn message() -> impl Strategy<Value = Message> {
         Just(ReplicaIdentity::Full),
         Just(ReplicaIdentity::Index),
     ];
-    let column = (any::<bool>(), name(), any::<u32>(), any::<i32>())
-        .prop_map(|(key, name, type_oid, type_modifier)| Column { key, name, type_oid, type_modifier });
+    let column = (any::<bool>(), name(), any::<u32>(), any::<i32>()).prop_map(
+        |(key, name, type_oid, type_modifier)| Column {
+            key,
+            name,
+            type_oid,
+            type_modifier,
+        },
+    );
     prop_oneof![
-        (any::<u64>(), any::<i64>(), any::<u32>())
-            .prop_map(|(l, ts, xid)| Message::Begin(Begin { final_lsn: Lsn(l), commit_ts: ts, xid })),
+        (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(l, ts, xid)| Message::Begin(Begin {
+            final_lsn: Lsn(l),
+            commit_ts: ts,
+            xid
+        })),
         (any::<u8>(), any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(flags, c, e, ts)| {
-            Message::Commit(Commit { flags, commit_lsn: Lsn(c), end_lsn: Lsn(e), commit_ts: ts })
+            Message::Commit(Commit {
+                flags,
+                commit_lsn: Lsn(c),
+                end_lsn: Lsn(e),
+                commit_ts: ts,
+            })
         }),
-        (any::<u64>(), name()).prop_map(|(l, name)| Message::Origin(Origin { commit_lsn: Lsn(l), name })),
-        (any::<u32>(), namespace(), name(), replica_identity, proptest::collection::vec(column, 0..6)).prop_map(
-            |(oid, namespace, name, replica_identity, columns)| {
-                Message::Relation(RelationBody { oid, namespace, name, replica_identity, columns })
+        (any::<u64>(), name()).prop_map(|(l, name)| Message::Origin(Origin {
+            commit_lsn: Lsn(l),
+            name
+        })),
+        (
+            any::<u32>(),
+            namespace(),
+            name(),
+            replica_identity,
+            proptest::collection::vec(column, 0..6)
+        )
+            .prop_map(|(oid, namespace, name, replica_identity, columns)| {
+                Message::Relation(RelationBody {
+                    oid,
+                    namespace,
+                    name,
+                    replica_identity,
+                    columns,
+                })
+            }),
+        (any::<u32>(), namespace(), name()).prop_map(|(oid, namespace, name)| Message::Type(
+            TypeBody {
+                oid,
+                namespace,
+                name
             }
-        ),
-        (any::<u32>(), namespace(), name())
-            .prop_map(|(oid, namespace, name)| Message::Type(TypeBody { oid, namespace, name })),
+        )),
         (any::<u32>(), tuple()).prop_map(|(relation, new)| Message::Insert { relation, new }),
         (any::<u32>(), proptest::option::of(old_tuple()), tuple())
             .prop_map(|(relation, old, new)| Message::Update { relation, old, new }),
         (any::<u32>(), old_tuple()).prop_map(|(relation, old)| Message::Delete { relation, old }),
-        (proptest::collection::vec(any::<u32>(), 0..6), any::<bool>(), any::<bool>()).prop_map(
-            |(relations, cascade, restart_identity)| Message::Truncate { relations, cascade, restart_identity }
+        (
+            proptest::collection::vec(any::<u32>(), 0..6),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(relations, cascade, restart_identity)| Message::Truncate {
+                relations,
+                cascade,
+                restart_identity
+            }),
+        (any::<bool>(), any::<u64>(), name(), bytes(32)).prop_map(
+            |(transactional, l, prefix, content)| {
+                Message::Message(LogicalMessage {
+                    transactional,
+                    lsn: Lsn(l),
+                    prefix,
+                    content,
+                })
+            }
         ),
-        (any::<bool>(), any::<u64>(), name(), bytes(32)).prop_map(|(transactional, l, prefix, content)| {
-            Message::Message(LogicalMessage { transactional, lsn: Lsn(l), prefix, content })
-        }),
     ]
 }
 
 const TAGS: &[u8] = b"BCORYIUDTM";
 
 proptest! {
+    #![proptest_config(config(256))]
+
     #[test]
     fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = parse(&Bytes::from(data));
@@ -268,8 +338,12 @@ proptest! {
 
 /// Every OID with its own rule, every built-in array type, and two unknown ones.
 fn value_oids() -> Vec<u32> {
-    let mut oids = vec![16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184];
-    oids.extend([1186, 1266, 1700, 2950, 3802, 142, 869, 3904, 4451, 0, 999_999]);
+    let mut oids = vec![
+        16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184,
+    ];
+    oids.extend([
+        1186, 1266, 1700, 2950, 3802, 142, 869, 3904, 4451, 0, 999_999,
+    ]);
     oids.extend((0..7000).filter(|&o| array_element(o).is_some()));
     oids
 }
@@ -297,7 +371,12 @@ const SAMPLES: &[&str] = &[
 ];
 
 fn value_text() -> impl Strategy<Value = Vec<u8>> {
-    let mutated = (proptest::sample::select(SAMPLES), any::<Index>(), 0usize..3, "[-0-9a-fA-Z:.+ {}\",;\\\\\\[\\]=\\x00-\\x1f\u{e9}]{0,3}")
+    let mutated = (
+        proptest::sample::select(SAMPLES),
+        any::<Index>(),
+        0usize..3,
+        "[-0-9a-fA-Z:.+ {}\",;\\\\\\[\\]=\\x00-\\x1f\u{e9}]{0,3}",
+    )
         .prop_map(|(s, at, del, ins)| {
             let mut v = s.as_bytes().to_vec();
             let i = at.index(v.len() + 1);
@@ -325,7 +404,21 @@ fn pg_text_array(items: &[Option<String>]) -> String {
             Some(v) => {
                 let quote = v.is_empty()
                     || v.eq_ignore_ascii_case("NULL")
-                    || v.chars().any(|c| matches!(c, '"' | '\\' | '{' | '}' | ',' | ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
+                    || v.chars().any(|c| {
+                        matches!(
+                            c,
+                            '"' | '\\'
+                                | '{'
+                                | '}'
+                                | ','
+                                | ' '
+                                | '\t'
+                                | '\n'
+                                | '\r'
+                                | '\x0b'
+                                | '\x0c'
+                        )
+                    });
                 if quote {
                     s.push('"');
                     for c in v.chars() {
@@ -348,10 +441,13 @@ fn pg_text_array(items: &[Option<String>]) -> String {
 fn render(oid: u32, text: &[u8]) -> Result<Value, String> {
     let mut out = Vec::new();
     write_json_value(&mut out, oid, text).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&out).map_err(|e| format!("invalid JSON {:?}: {e}", String::from_utf8_lossy(&out)))
+    serde_json::from_slice(&out)
+        .map_err(|e| format!("invalid JSON {:?}: {e}", String::from_utf8_lossy(&out)))
 }
 
 proptest! {
+    #![proptest_config(config(256))]
+
     #[test]
     fn values_render_valid_json_or_error(text in value_text()) {
         for oid in value_oids() {
@@ -443,17 +539,23 @@ const JSON_SAMPLES: &[&str] = &[
 /// Text near the JSON grammar: its alphabet, and samples with a few random edits.
 fn json_text() -> impl Strategy<Value = Vec<u8>> {
     const CHARS: &str = "[\\[\\]{}:,\" \\\\/u0-9a-fA-FtrlsnE.+\\-\\x00-\\x1f\u{e9}]";
-    let regex = |n: &str| proptest::string::string_regex(&format!("{CHARS}{{0,{n}}}")).expect("valid regex");
+    let regex = |n: &str| {
+        proptest::string::string_regex(&format!("{CHARS}{{0,{n}}}")).expect("valid regex")
+    };
     let edit = (any::<Index>(), 0usize..3, regex("2"));
-    let edited = (proptest::sample::select(JSON_SAMPLES), proptest::collection::vec(edit, 1..4)).prop_map(|(s, edits)| {
-        let mut v = s.as_bytes().to_vec();
-        for (at, del, ins) in edits {
-            let i = at.index(v.len() + 1);
-            let del = del.min(v.len() - i);
-            v.splice(i..i + del, ins.into_bytes());
-        }
-        v
-    });
+    let edited = (
+        proptest::sample::select(JSON_SAMPLES),
+        proptest::collection::vec(edit, 1..4),
+    )
+        .prop_map(|(s, edits)| {
+            let mut v = s.as_bytes().to_vec();
+            for (at, del, ins) in edits {
+                let i = at.index(v.len() + 1);
+                let del = del.min(v.len() - i);
+                v.splice(i..i + del, ins.into_bytes());
+            }
+            v
+        });
     prop_oneof![regex("24").prop_map(String::into_bytes), edited]
 }
 
@@ -465,7 +567,7 @@ fn serde_out_of_range(e: &serde_json::Error) -> bool {
 
 proptest! {
     // Cheap cases, and the interesting inputs are sparse: run more of them.
-    #![proptest_config(ProptestConfig::with_cases(2048))]
+    #![proptest_config(config(2048))]
 
     #[test]
     fn json_agrees_with_serde_json(text in json_text()) {
@@ -494,7 +596,8 @@ proptest! {
     fn integers_agree_with_std(text in prop_oneof!["[-+]?0?[0-9]{0,20}", "[-+0-9]{0,6}"]) {
         let canonical = {
             let digits = text.strip_prefix('-').unwrap_or(&text);
-            !text.starts_with('+') && !(digits.len() > 1 && digits.starts_with('0'))
+            let leading_zero = digits.len() > 1 && digits.starts_with('0');
+            !text.starts_with('+') && !leading_zero
         };
         let cases: [(u32, bool); 4] = [
             (21, text.parse::<i16>().is_ok()),

@@ -59,7 +59,10 @@ pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result
     };
     result.map_err(|reason| {
         out.truncate(start);
-        DecodeError::Value { type_oid, reason: reason.to_owned() }
+        DecodeError::Value {
+            type_oid,
+            reason: reason.to_owned(),
+        }
     })
 }
 
@@ -67,7 +70,10 @@ pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result
 pub fn to_json_value(type_oid: u32, text: &[u8]) -> Result<serde_json::Value, DecodeError> {
     let mut out = Vec::with_capacity(text.len() + 8);
     write_json_value(&mut out, type_oid, text)?;
-    serde_json::from_slice(&out).map_err(|e| DecodeError::Value { type_oid, reason: e.to_string() })
+    serde_json::from_slice(&out).map_err(|e| DecodeError::Value {
+        type_oid,
+        reason: e.to_string(),
+    })
 }
 
 /// One non-array value (also used for array elements).
@@ -102,88 +108,88 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), Fai
 /// `box` is the only built-in type whose `typdelim` is not ','.
 pub(super) fn array_element(array_oid: u32) -> Option<(u32, u8)> {
     let elem = match array_oid {
-        1000 => 16,   // bool
-        1001 => 17,   // bytea
-        1002 => 18,   // "char"
-        1003 => 19,   // name
-        1016 => 20,   // int8
-        1005 => 21,   // int2
-        1006 => 22,   // int2vector
-        1007 => 23,   // int4
-        1008 => 24,   // regproc
-        1009 => 25,   // text
-        1028 => 26,   // oid
-        1010 => 27,   // tid
-        1011 => 28,   // xid
-        1012 => 29,   // cid
-        1013 => 30,   // oidvector
-        210 => 71,    // pg_type (row type)
-        270 => 75,    // pg_attribute (row type)
-        272 => 81,    // pg_proc (row type)
-        273 => 83,    // pg_class (row type)
-        199 => 114,   // json
-        143 => 142,   // xml
-        271 => 5069,  // xid8
-        1017 => 600,  // point
-        1018 => 601,  // lseg
-        1019 => 602,  // path
+        1000 => 16,                       // bool
+        1001 => 17,                       // bytea
+        1002 => 18,                       // "char"
+        1003 => 19,                       // name
+        1016 => 20,                       // int8
+        1005 => 21,                       // int2
+        1006 => 22,                       // int2vector
+        1007 => 23,                       // int4
+        1008 => 24,                       // regproc
+        1009 => 25,                       // text
+        1028 => 26,                       // oid
+        1010 => 27,                       // tid
+        1011 => 28,                       // xid
+        1012 => 29,                       // cid
+        1013 => 30,                       // oidvector
+        210 => 71,                        // pg_type (row type)
+        270 => 75,                        // pg_attribute (row type)
+        272 => 81,                        // pg_proc (row type)
+        273 => 83,                        // pg_class (row type)
+        199 => 114,                       // json
+        143 => 142,                       // xml
+        271 => 5069,                      // xid8
+        1017 => 600,                      // point
+        1018 => 601,                      // lseg
+        1019 => 602,                      // path
         1020 => return Some((603, b';')), // box
-        1027 => 604,  // polygon
-        629 => 628,   // line
-        1021 => 700,  // float4
-        1022 => 701,  // float8
-        719 => 718,   // circle
-        791 => 790,   // money
-        1040 => 829,  // macaddr
-        1041 => 869,  // inet
-        651 => 650,   // cidr
-        775 => 774,   // macaddr8
-        1034 => 1033, // aclitem
-        1014 => 1042, // bpchar
-        1015 => 1043, // varchar
-        1182 => 1082, // date
-        1183 => 1083, // time
-        1115 => 1114, // timestamp
-        1185 => 1184, // timestamptz
-        1187 => 1186, // interval
-        1270 => 1266, // timetz
-        1561 => 1560, // bit
-        1563 => 1562, // varbit
-        1231 => 1700, // numeric
-        2201 => 1790, // refcursor
-        2207 => 2202, // regprocedure
-        2208 => 2203, // regoper
-        2209 => 2204, // regoperator
-        2210 => 2205, // regclass
-        4192 => 4191, // regcollation
-        2211 => 2206, // regtype
-        4097 => 4096, // regrole
-        4090 => 4089, // regnamespace
-        2951 => 2950, // uuid
-        3221 => 3220, // pg_lsn
-        3643 => 3614, // tsvector
-        3644 => 3642, // gtsvector
-        3645 => 3615, // tsquery
-        3735 => 3734, // regconfig
-        3770 => 3769, // regdictionary
-        3807 => 3802, // jsonb
-        4073 => 4072, // jsonpath
-        2949 => 2970, // txid_snapshot
-        5039 => 5038, // pg_snapshot
-        3905 => 3904, // int4range
-        3907 => 3906, // numrange
-        3909 => 3908, // tsrange
-        3911 => 3910, // tstzrange
-        3913 => 3912, // daterange
-        3927 => 3926, // int8range
-        6150 => 4451, // int4multirange
-        6151 => 4532, // nummultirange
-        6152 => 4533, // tsmultirange
-        6153 => 4534, // tstzmultirange
-        6155 => 4535, // datemultirange
-        6157 => 4536, // int8multirange
-        2287 => 2249, // record
-        1263 => 2275, // cstring
+        1027 => 604,                      // polygon
+        629 => 628,                       // line
+        1021 => 700,                      // float4
+        1022 => 701,                      // float8
+        719 => 718,                       // circle
+        791 => 790,                       // money
+        1040 => 829,                      // macaddr
+        1041 => 869,                      // inet
+        651 => 650,                       // cidr
+        775 => 774,                       // macaddr8
+        1034 => 1033,                     // aclitem
+        1014 => 1042,                     // bpchar
+        1015 => 1043,                     // varchar
+        1182 => 1082,                     // date
+        1183 => 1083,                     // time
+        1115 => 1114,                     // timestamp
+        1185 => 1184,                     // timestamptz
+        1187 => 1186,                     // interval
+        1270 => 1266,                     // timetz
+        1561 => 1560,                     // bit
+        1563 => 1562,                     // varbit
+        1231 => 1700,                     // numeric
+        2201 => 1790,                     // refcursor
+        2207 => 2202,                     // regprocedure
+        2208 => 2203,                     // regoper
+        2209 => 2204,                     // regoperator
+        2210 => 2205,                     // regclass
+        4192 => 4191,                     // regcollation
+        2211 => 2206,                     // regtype
+        4097 => 4096,                     // regrole
+        4090 => 4089,                     // regnamespace
+        2951 => 2950,                     // uuid
+        3221 => 3220,                     // pg_lsn
+        3643 => 3614,                     // tsvector
+        3644 => 3642,                     // gtsvector
+        3645 => 3615,                     // tsquery
+        3735 => 3734,                     // regconfig
+        3770 => 3769,                     // regdictionary
+        3807 => 3802,                     // jsonb
+        4073 => 4072,                     // jsonpath
+        2949 => 2970,                     // txid_snapshot
+        5039 => 5038,                     // pg_snapshot
+        3905 => 3904,                     // int4range
+        3907 => 3906,                     // numrange
+        3909 => 3908,                     // tsrange
+        3911 => 3910,                     // tstzrange
+        3913 => 3912,                     // daterange
+        3927 => 3926,                     // int8range
+        6150 => 4451,                     // int4multirange
+        6151 => 4532,                     // nummultirange
+        6152 => 4533,                     // tsmultirange
+        6153 => 4534,                     // tstzmultirange
+        6155 => 4535,                     // datemultirange
+        6157 => 4536,                     // int8multirange
+        2287 => 2249,                     // record
+        1263 => 2275,                     // cstring
         _ => return None,
     };
     Some((elem, b','))
@@ -278,7 +284,10 @@ fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Resu
         if d > 9 {
             return Err("integer has a non-digit");
         }
-        v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))).ok_or("integer out of range")?;
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d)))
+            .ok_or("integer out of range")?;
     }
     if v > if neg { max_neg } else { max_pos } {
         return Err("integer out of range for its type");
@@ -390,7 +399,9 @@ static HEX_VALUE: [u8; 256] = {
 /// bytea in hex output (`\x0a0b`) -> standard base64, decoded and encoded in stack-sized chunks
 /// so large values need no temporary heap buffer.
 fn write_bytea(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
-    let hex = text.strip_prefix(b"\\x").ok_or("bytea is not in hex format (\\x...)")?;
+    let hex = text
+        .strip_prefix(b"\\x")
+        .ok_or("bytea is not in hex format (\\x...)")?;
     if hex.len() % 2 != 0 {
         return Err("bytea hex has an odd number of digits");
     }
@@ -402,7 +413,10 @@ fn write_bytea(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     for pairs in hex.chunks(CHUNK * 2) {
         let n = pairs.len() / 2;
         for (dst, pair) in buf.iter_mut().zip(pairs.chunks_exact(2)) {
-            let (hi, lo) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+            let (hi, lo) = (
+                HEX_VALUE[usize::from(pair[0])],
+                HEX_VALUE[usize::from(pair[1])],
+            );
             if (hi | lo) == 0xff {
                 return Err("bytea has a non-hex digit");
             }
@@ -437,19 +451,33 @@ fn split_bc(text: &[u8]) -> (&[u8], bool) {
     }
 }
 
-/// Parses `YYYY-MM-DD` at the start of `text` (the year may have more digits); returns the
-/// year digits, the `-MM-DD` part and the rest.
-fn split_date(text: &[u8]) -> Result<(&[u8], &[u8], &[u8]), Fail> {
+/// A `YYYY-MM-DD` prefix split into the parts that are written differently.
+struct DateParts<'a> {
+    /// Year digits (four or more).
+    year: &'a [u8],
+    /// `-MM-DD`.
+    month_day: &'a [u8],
+    /// Whatever follows the date.
+    rest: &'a [u8],
+}
+
+/// Parses `YYYY-MM-DD` at the start of `text` (the year may have more digits).
+fn split_date(text: &[u8]) -> Result<DateParts<'_>, Fail> {
     let y = digit_run(text);
     if !(4..=9).contains(&y) {
         return Err("date has a bad year");
     }
     let md = text.get(y..y + 6).ok_or("date is too short")?;
-    let ok = md[0] == b'-' && md[3] == b'-' && md[1..3].iter().chain(&md[4..6]).all(u8::is_ascii_digit);
+    let ok =
+        md[0] == b'-' && md[3] == b'-' && md[1..3].iter().chain(&md[4..6]).all(u8::is_ascii_digit);
     if !ok {
         return Err("date is not YYYY-MM-DD");
     }
-    Ok((&text[..y], md, &text[y + 6..]))
+    Ok(DateParts {
+        year: &text[..y],
+        month_day: md,
+        rest: &text[y + 6..],
+    })
 }
 
 /// Writes the year, turning a BC year into an ISO 8601 (astronomical) one: 1 BC is year 0,
@@ -460,7 +488,9 @@ fn write_year(out: &mut Vec<u8>, year: &[u8], bc: bool) -> Result<(), Fail> {
         return Ok(());
     }
     // At most nine digits (checked by split_date), so this fits a u32.
-    let y = year.iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+    let y = year
+        .iter()
+        .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
     let astronomical = y.checked_sub(1).ok_or("year 0 BC does not exist")?;
     if astronomical > 0 {
         out.push(b'-');
@@ -484,7 +514,8 @@ fn write_year(out: &mut Vec<u8>, year: &[u8], bc: bool) -> Result<(), Fail> {
 /// `HH:MM:SS` with optional fraction at the start of `text`; returns its length.
 fn time_len(text: &[u8]) -> Result<usize, Fail> {
     let t = text.get(..8).ok_or("time is too short")?;
-    let ok = t[2] == b':' && t[5] == b':' && [0, 1, 3, 4, 6, 7].iter().all(|&i| t[i].is_ascii_digit());
+    let ok =
+        t[2] == b':' && t[5] == b':' && [0, 1, 3, 4, 6, 7].iter().all(|&i| t[i].is_ascii_digit());
     if !ok {
         return Err("time is not HH:MM:SS");
     }
@@ -503,7 +534,13 @@ fn time_len(text: &[u8]) -> Result<usize, Fail> {
 fn write_offset(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     let ok = matches!(text.first(), Some(b'+' | b'-'))
         && matches!(text.len(), 3 | 6 | 9)
-        && text[1..].iter().enumerate().all(|(i, b)| if i % 3 == 2 { *b == b':' } else { b.is_ascii_digit() });
+        && text[1..].iter().enumerate().all(|(i, b)| {
+            if i % 3 == 2 {
+                *b == b':'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
     if !ok {
         return Err("bad UTC offset");
     }
@@ -524,7 +561,11 @@ fn write_date(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
         return Ok(());
     }
     let (text, bc) = split_bc(text);
-    let (year, md, rest) = split_date(text)?;
+    let DateParts {
+        year,
+        month_day: md,
+        rest,
+    } = split_date(text)?;
     if !rest.is_empty() {
         return Err("date has trailing characters");
     }
@@ -542,12 +583,22 @@ fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), 
         return Ok(());
     }
     let (text, bc) = split_bc(text);
-    let (year, md, rest) = split_date(text)?;
-    let rest = rest.strip_prefix(b" ").ok_or("timestamp has no time part")?;
+    let DateParts {
+        year,
+        month_day: md,
+        rest,
+    } = split_date(text)?;
+    let rest = rest
+        .strip_prefix(b" ")
+        .ok_or("timestamp has no time part")?;
     let t = time_len(rest)?;
     let (time, offset) = rest.split_at(t);
     if with_tz == offset.is_empty() {
-        return Err(if with_tz { "timestamptz has no UTC offset" } else { "timestamp has trailing characters" });
+        return Err(if with_tz {
+            "timestamptz has no UTC offset"
+        } else {
+            "timestamp has trailing characters"
+        });
     }
     out.push(b'"');
     write_year(out, year, bc)?;
@@ -566,7 +617,11 @@ fn write_time(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), Fail>
     let t = time_len(text)?;
     let (time, offset) = text.split_at(t);
     if with_tz == offset.is_empty() {
-        return Err(if with_tz { "timetz has no UTC offset" } else { "time has trailing characters" });
+        return Err(if with_tz {
+            "timetz has no UTC offset"
+        } else {
+            "time has trailing characters"
+        });
     }
     out.push(b'"');
     out.extend_from_slice(time);
@@ -648,7 +703,11 @@ fn write_json_text(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
         return Err("json is not valid UTF-8");
     }
     out.reserve(text.len());
-    let mut nest = Nesting { inline: 0, spill: Vec::new(), depth: 0 };
+    let mut nest = Nesting {
+        inline: 0,
+        spill: Vec::new(),
+        depth: 0,
+    };
     let mut state = JsonState::Value;
     let n = text.len();
     let mut i = 0;
@@ -657,7 +716,13 @@ fn write_json_text(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
             i += 1;
         }
         let Some(&b) = text.get(i) else { break };
-        let after_value = |nest: &Nesting| if nest.depth == 0 { JsonState::Done } else { JsonState::CommaOrClose };
+        let after_value = |nest: &Nesting| {
+            if nest.depth == 0 {
+                JsonState::Done
+            } else {
+                JsonState::CommaOrClose
+            }
+        };
         state = match (state, b) {
             (JsonState::CommaOrClose, b',') => {
                 out.push(b',');
@@ -668,7 +733,8 @@ fn write_json_text(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
                     JsonState::Value
                 }
             }
-            (JsonState::CommaOrClose | JsonState::KeyOrClose, b'}') | (JsonState::CommaOrClose | JsonState::ValueOrClose, b']') => {
+            (JsonState::CommaOrClose | JsonState::KeyOrClose, b'}')
+            | (JsonState::CommaOrClose | JsonState::ValueOrClose, b']') => {
                 if nest.pop() != Some(b == b'}') {
                     return Err("json has mismatched brackets");
                 }
@@ -740,26 +806,28 @@ fn copy_json_string(out: &mut Vec<u8>, text: &[u8], start: usize) -> Result<usiz
         let &b = text.get(i).ok_or("json string is not terminated")?;
         match b {
             b'"' => break,
-            b'\\' => {
-                match text.get(i + 1) {
-                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
-                    Some(b'u') => {
-                        let unit = hex4(text, i + 2)?;
-                        i += 6;
-                        if (0xdc00..0xe000).contains(&unit) {
-                            return Err("json has a lone low surrogate");
-                        }
-                        if (0xd800..0xdc00).contains(&unit) {
-                            let low = if text.get(i..i + 2) == Some(b"\\u") { hex4(text, i + 2)? } else { 0 };
-                            if !(0xdc00..0xe000).contains(&low) {
-                                return Err("json has a lone high surrogate");
-                            }
-                            i += 6;
-                        }
+            b'\\' => match text.get(i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                Some(b'u') => {
+                    let unit = hex4(text, i + 2)?;
+                    i += 6;
+                    if (0xdc00..0xe000).contains(&unit) {
+                        return Err("json has a lone low surrogate");
                     }
-                    _ => return Err("json string has a bad escape"),
+                    if (0xd800..0xdc00).contains(&unit) {
+                        let low = if text.get(i..i + 2) == Some(b"\\u") {
+                            hex4(text, i + 2)?
+                        } else {
+                            0
+                        };
+                        if !(0xdc00..0xe000).contains(&low) {
+                            return Err("json has a lone high surrogate");
+                        }
+                        i += 6;
+                    }
                 }
-            }
+                _ => return Err("json string has a bad escape"),
+            },
             0..=0x1f => return Err("json string has a control character"),
             _ => i += 1,
         }
@@ -770,10 +838,11 @@ fn copy_json_string(out: &mut Vec<u8>, text: &[u8], start: usize) -> Result<usiz
 
 fn hex4(text: &[u8], at: usize) -> Result<u32, Fail> {
     let h = text.get(at..at + 4).ok_or("json \\u escape is short")?;
-    h.iter().try_fold(0u32, |acc, &d| match HEX_VALUE[usize::from(d)] {
-        0xff => Err("json \\u escape has a non-hex digit"),
-        v => Ok((acc << 4) | u32::from(v)),
-    })
+    h.iter()
+        .try_fold(0u32, |acc, &d| match HEX_VALUE[usize::from(d)] {
+            0xff => Err("json \\u escape has a non-hex digit"),
+            v => Ok((acc << 4) | u32::from(v)),
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -837,7 +906,10 @@ fn write_array(out: &mut Vec<u8>, elem: u32, delim: u8, text: &[u8]) -> Result<(
             (ArrayState::Open | ArrayState::Delim, b'"') => {
                 i += 1;
                 let body = &text[i..];
-                let end = body.iter().position(|&c| c == b'"' || c == b'\\').ok_or("array element is not terminated")?;
+                let end = body
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\')
+                    .ok_or("array element is not terminated")?;
                 let value: &[u8] = if body[end] == b'"' {
                     i += end + 1;
                     &body[..end]
@@ -850,7 +922,9 @@ fn write_array(out: &mut Vec<u8>, elem: u32, delim: u8, text: &[u8]) -> Result<(
                             None => return Err("array element is not terminated"),
                             Some(b'"') => break,
                             Some(b'\\') => {
-                                scratch.push(*body.get(j + 1).ok_or("array element is not terminated")?);
+                                scratch.push(
+                                    *body.get(j + 1).ok_or("array element is not terminated")?,
+                                );
                                 j += 2;
                             }
                             Some(&c) => {
@@ -867,7 +941,10 @@ fn write_array(out: &mut Vec<u8>, elem: u32, delim: u8, text: &[u8]) -> Result<(
             }
             (ArrayState::Open | ArrayState::Delim, _) => {
                 let body = &text[i..];
-                let end = body.iter().position(|&c| c == delim || c == b'}').ok_or("array ends early")?;
+                let end = body
+                    .iter()
+                    .position(|&c| c == delim || c == b'}')
+                    .ok_or("array ends early")?;
                 let value = &body[..end];
                 if value.is_empty() || value.iter().any(|&c| matches!(c, b'{' | b'"' | b'\\')) {
                     return Err("array has a malformed element");
@@ -937,7 +1014,18 @@ mod tests {
         err(26, b"-1");
         err(26, b"-0");
         err(26, b"4294967296");
-        for bad in [&b""[..], b"-", b"+1", b"01", b"1.0", b"1e3", b" 1", b"1 ", b"0x10", b"--1"] {
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+1",
+            b"01",
+            b"1.0",
+            b"1e3",
+            b" 1",
+            b"1 ",
+            b"0x10",
+            b"--1",
+        ] {
             err(23, bad);
         }
     }
@@ -953,14 +1041,27 @@ mod tests {
         assert_eq!(js(701, "NaN"), json!("NaN"));
         assert_eq!(js(700, "Infinity"), json!("Infinity"));
         assert_eq!(js(701, "-Infinity"), json!("-Infinity"));
-        for bad in [&b""[..], b"nan", b"inf", b"1.", b".5", b"1e", b"01", b"1,5", b"+1"] {
+        for bad in [
+            &b""[..],
+            b"nan",
+            b"inf",
+            b"1.",
+            b".5",
+            b"1e",
+            b"01",
+            b"1,5",
+            b"+1",
+        ] {
             err(701, bad);
         }
     }
 
     #[test]
     fn numeric_is_an_exact_string() {
-        assert_eq!(raw(1700, b"123456789012345678901234567890.000000000000000001"), "\"123456789012345678901234567890.000000000000000001\"");
+        assert_eq!(
+            raw(1700, b"123456789012345678901234567890.000000000000000001"),
+            "\"123456789012345678901234567890.000000000000000001\""
+        );
         assert_eq!(js(1700, "-0.5"), json!("-0.5"));
         assert_eq!(js(1700, "NaN"), json!("NaN"));
         assert_eq!(js(1700, "Infinity"), json!("Infinity"));
@@ -975,7 +1076,10 @@ mod tests {
         for oid in [25, 1043, 1042, 19, 18, 999_999] {
             assert_eq!(js(oid, "plain"), json!("plain"));
         }
-        assert_eq!(raw(25, b"a\"b\\c\nd\te\r\x08\x0c\x01\x1f"), r#""a\"b\\c\nd\te\r\b\f\u0001\u001f""#);
+        assert_eq!(
+            raw(25, b"a\"b\\c\nd\te\r\x08\x0c\x01\x1f"),
+            r#""a\"b\\c\nd\te\r\b\f\u0001\u001f""#
+        );
         assert_eq!(js(25, "ünïcödé ✓ 𝄞"), json!("ünïcödé ✓ 𝄞"));
         assert_eq!(raw(25, b""), "\"\"");
         assert_eq!(raw(25, b"/\x7f"), "\"/\x7f\"");
@@ -1028,15 +1132,30 @@ mod tests {
 
     #[test]
     fn json_is_embedded() {
-        assert_eq!(js(3802, r#"{"a": 1, "b": [true, null, "x"]}"#), json!({"a": 1, "b": [true, null, "x"]}));
-        assert_eq!(raw(3802, br#"{"a": 1, "b": [1, 2]}"#), r#"{"a":1,"b":[1,2]}"#);
-        assert_eq!(raw(114, b" {\n  \"a\" :\t\"x y\\n\"\r\n} "), r#"{"a":"x y\n"}"#);
+        assert_eq!(
+            js(3802, r#"{"a": 1, "b": [true, null, "x"]}"#),
+            json!({"a": 1, "b": [true, null, "x"]})
+        );
+        assert_eq!(
+            raw(3802, br#"{"a": 1, "b": [1, 2]}"#),
+            r#"{"a":1,"b":[1,2]}"#
+        );
+        assert_eq!(
+            raw(114, b" {\n  \"a\" :\t\"x y\\n\"\r\n} "),
+            r#"{"a":"x y\n"}"#
+        );
         assert_eq!(raw(114, b"12.5e-3"), "12.5e-3");
         assert_eq!(raw(114, b"\"s\""), "\"s\"");
         assert_eq!(raw(114, b"[]"), "[]");
         assert_eq!(raw(114, b"{}"), "{}");
-        assert_eq!(raw(114, br#""\ud83d\ude00 \u0000""#), r#""\ud83d\ude00 \u0000""#);
-        assert_eq!(js(114, r#"[[[[{"k":[-0.0,1E5]}]]]]"#), json!([[[[{"k": [-0.0, 1e5]}]]]]));
+        assert_eq!(
+            raw(114, br#""\ud83d\ude00 \u0000""#),
+            r#""\ud83d\ude00 \u0000""#
+        );
+        assert_eq!(
+            js(114, r#"[[[[{"k":[-0.0,1E5]}]]]]"#),
+            json!([[[[{"k": [-0.0, 1e5]}]]]])
+        );
         let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
         assert_eq!(raw(114, deep.as_bytes()), deep);
         let bad: &[&[u8]] = &[
@@ -1087,7 +1206,16 @@ mod tests {
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let expect = base64::engine::general_purpose::STANDARD.encode(&bytes);
         assert_eq!(js(17, &format!("\\x{hex}")), json!(expect));
-        for bad in [&b""[..], b"0a0b", b"\\x0", b"\\x0g", b"\\xzz", b"\\X0a", b"\\\\x0a", b"\\x0a "] {
+        for bad in [
+            &b""[..],
+            b"0a0b",
+            b"\\x0",
+            b"\\x0g",
+            b"\\xzz",
+            b"\\X0a",
+            b"\\\\x0a",
+            b"\\x0a ",
+        ] {
             err(17, bad);
         }
     }
@@ -1104,24 +1232,61 @@ mod tests {
         assert_eq!(js(1082, "10000-01-01 BC"), json!("-9999-01-01"));
         assert_eq!(js(1082, "10001-01-01 BC"), json!("-10000-01-01"));
         assert_eq!(js(1082, "5874897-12-31"), json!("5874897-12-31"));
-        for bad in [&b""[..], b"2026-11", b"26-11-22", b"2026/11/22", b"2026-1-22", b"2026-11-22 ", b"0000-01-01 BC", b"2026-11-22 AD", b"Infinity"] {
+        for bad in [
+            &b""[..],
+            b"2026-11",
+            b"26-11-22",
+            b"2026/11/22",
+            b"2026-1-22",
+            b"2026-11-22 ",
+            b"0000-01-01 BC",
+            b"2026-11-22 AD",
+            b"Infinity",
+        ] {
             err(1082, bad);
         }
     }
 
     #[test]
     fn timestamps() {
-        assert_eq!(js(1114, "2026-11-22 16:33:20.123456"), json!("2026-11-22T16:33:20.123456"));
-        assert_eq!(js(1114, "2026-11-22 16:33:20"), json!("2026-11-22T16:33:20"));
-        assert_eq!(js(1114, "0044-03-15 12:00:00 BC"), json!("-0043-03-15T12:00:00"));
+        assert_eq!(
+            js(1114, "2026-11-22 16:33:20.123456"),
+            json!("2026-11-22T16:33:20.123456")
+        );
+        assert_eq!(
+            js(1114, "2026-11-22 16:33:20"),
+            json!("2026-11-22T16:33:20")
+        );
+        assert_eq!(
+            js(1114, "0044-03-15 12:00:00 BC"),
+            json!("-0043-03-15T12:00:00")
+        );
         assert_eq!(js(1114, "infinity"), json!("infinity"));
         assert_eq!(js(1114, "-infinity"), json!("-infinity"));
-        assert_eq!(js(1184, "2026-11-22 16:33:20.123456+00"), json!("2026-11-22T16:33:20.123456Z"));
-        assert_eq!(js(1184, "2026-11-22 16:33:20+05:30"), json!("2026-11-22T16:33:20+05:30"));
-        assert_eq!(js(1184, "2026-11-22 16:33:20+05"), json!("2026-11-22T16:33:20+05:00"));
-        assert_eq!(js(1184, "2026-11-22 16:33:20-03"), json!("2026-11-22T16:33:20-03:00"));
-        assert_eq!(js(1184, "1900-01-01 00:00:00+05:30:15"), json!("1900-01-01T00:00:00+05:30:15"));
-        assert_eq!(js(1184, "0044-03-15 12:00:00+00 BC"), json!("-0043-03-15T12:00:00Z"));
+        assert_eq!(
+            js(1184, "2026-11-22 16:33:20.123456+00"),
+            json!("2026-11-22T16:33:20.123456Z")
+        );
+        assert_eq!(
+            js(1184, "2026-11-22 16:33:20+05:30"),
+            json!("2026-11-22T16:33:20+05:30")
+        );
+        assert_eq!(
+            js(1184, "2026-11-22 16:33:20+05"),
+            json!("2026-11-22T16:33:20+05:00")
+        );
+        assert_eq!(
+            js(1184, "2026-11-22 16:33:20-03"),
+            json!("2026-11-22T16:33:20-03:00")
+        );
+        assert_eq!(
+            js(1184, "1900-01-01 00:00:00+05:30:15"),
+            json!("1900-01-01T00:00:00+05:30:15")
+        );
+        assert_eq!(
+            js(1184, "0044-03-15 12:00:00+00 BC"),
+            json!("-0043-03-15T12:00:00Z")
+        );
         assert_eq!(js(1184, "-infinity"), json!("-infinity"));
         for bad in [
             &b"2026-11-22T16:33:20"[..],
@@ -1134,7 +1299,14 @@ mod tests {
         ] {
             err(1114, bad);
         }
-        for bad in [&b"2026-11-22 16:33:20"[..], b"2026-11-22 16:33:20+5", b"2026-11-22 16:33:20+05:3", b"2026-11-22 16:33:20 UTC", b"2026-11-22 16:33:20+05:30:15:00", b"2026-11-22 16:33:20+0a"] {
+        for bad in [
+            &b"2026-11-22 16:33:20"[..],
+            b"2026-11-22 16:33:20+5",
+            b"2026-11-22 16:33:20+05:3",
+            b"2026-11-22 16:33:20 UTC",
+            b"2026-11-22 16:33:20+05:30:15:00",
+            b"2026-11-22 16:33:20+0a",
+        ] {
             err(1184, bad);
         }
     }
@@ -1158,29 +1330,71 @@ mod tests {
         assert_eq!(js(1007, "{1,2,3}"), json!([1, 2, 3]));
         assert_eq!(js(1007, "{}"), json!([]));
         assert_eq!(js(1007, "{{1,2},{3,4}}"), json!([[1, 2], [3, 4]]));
-        assert_eq!(js(1007, "{{{1},{2}},{{3},{NULL}}}"), json!([[[1], [2]], [[3], [null]]]));
-        assert_eq!(js(1016, "{9223372036854775807,NULL,null}"), json!([9223372036854775807_i64, null, null]));
+        assert_eq!(
+            js(1007, "{{{1},{2}},{{3},{NULL}}}"),
+            json!([[[1], [2]], [[3], [null]]])
+        );
+        assert_eq!(
+            js(1016, "{9223372036854775807,NULL,null}"),
+            json!([9223372036854775807_i64, null, null])
+        );
         assert_eq!(js(1000, "{t,f,NULL}"), json!([true, false, null]));
-        assert_eq!(js(1009, r#"{"a,b","c\"d",NULL,"NULL","",ef}"#), json!(["a,b", "c\"d", null, "NULL", "", "ef"]));
-        assert_eq!(js(1009, r#"{"back\\slash","{}"," sp "}"#), json!(["back\\slash", "{}", " sp "]));
+        assert_eq!(
+            js(1009, r#"{"a,b","c\"d",NULL,"NULL","",ef}"#),
+            json!(["a,b", "c\"d", null, "NULL", "", "ef"])
+        );
+        assert_eq!(
+            js(1009, r#"{"back\\slash","{}"," sp "}"#),
+            json!(["back\\slash", "{}", " sp "])
+        );
         assert_eq!(js(1015, "{x}"), json!(["x"]));
         assert_eq!(js(1014, r#"{"a  "}"#), json!(["a  "]));
         assert_eq!(js(1231, "{1.5,NaN}"), json!(["1.5", "NaN"]));
-        assert_eq!(js(1022, "{1.5,NaN,-Infinity,1e+100}"), json!([1.5, "NaN", "-Infinity", 1e100]));
-        assert_eq!(js(2951, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"), json!(["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]));
-        assert_eq!(js(3807, r#"{"{\"a\": 1}","[1, 2]",NULL}"#), json!([{"a": 1}, [1, 2], null]));
+        assert_eq!(
+            js(1022, "{1.5,NaN,-Infinity,1e+100}"),
+            json!([1.5, "NaN", "-Infinity", 1e100])
+        );
+        assert_eq!(
+            js(2951, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"),
+            json!(["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"])
+        );
+        assert_eq!(
+            js(3807, r#"{"{\"a\": 1}","[1, 2]",NULL}"#),
+            json!([{"a": 1}, [1, 2], null])
+        );
         assert_eq!(js(199, r#"{"\"s\"",3}"#), json!(["s", 3]));
         assert_eq!(js(1001, r#"{"\\x0a0b",NULL}"#), json!(["Cgs=", null]));
-        assert_eq!(js(1182, r#"{2026-11-22,"0044-03-15 BC",infinity}"#), json!(["2026-11-22", "-0043-03-15", "infinity"]));
-        assert_eq!(js(1115, r#"{"2026-11-22 16:33:20"}"#), json!(["2026-11-22T16:33:20"]));
-        assert_eq!(js(1185, r#"{"2026-11-22 16:33:20+00","2026-11-22 16:33:20+05:30"}"#), json!(["2026-11-22T16:33:20Z", "2026-11-22T16:33:20+05:30"]));
+        assert_eq!(
+            js(1182, r#"{2026-11-22,"0044-03-15 BC",infinity}"#),
+            json!(["2026-11-22", "-0043-03-15", "infinity"])
+        );
+        assert_eq!(
+            js(1115, r#"{"2026-11-22 16:33:20"}"#),
+            json!(["2026-11-22T16:33:20"])
+        );
+        assert_eq!(
+            js(
+                1185,
+                r#"{"2026-11-22 16:33:20+00","2026-11-22 16:33:20+05:30"}"#
+            ),
+            json!(["2026-11-22T16:33:20Z", "2026-11-22T16:33:20+05:30"])
+        );
         assert_eq!(js(1183, "{16:33:20}"), json!(["16:33:20"]));
         assert_eq!(js(1270, "{16:33:20+00}"), json!(["16:33:20Z"]));
         assert_eq!(js(1187, "{P1Y,PT1S}"), json!(["P1Y", "PT1S"]));
-        assert_eq!(js(1041, "{192.168.0.1/24,::1}"), json!(["192.168.0.1/24", "::1"]));
+        assert_eq!(
+            js(1041, "{192.168.0.1/24,::1}"),
+            json!(["192.168.0.1/24", "::1"])
+        );
         assert_eq!(js(651, "{10.0.0.0/8}"), json!(["10.0.0.0/8"]));
-        assert_eq!(js(1040, "{08:00:2b:01:02:03}"), json!(["08:00:2b:01:02:03"]));
-        assert_eq!(js(1020, "{(1,1),(0,0);(2,2),(1,1)}"), json!(["(1,1),(0,0)", "(2,2),(1,1)"]));
+        assert_eq!(
+            js(1040, "{08:00:2b:01:02:03}"),
+            json!(["08:00:2b:01:02:03"])
+        );
+        assert_eq!(
+            js(1020, "{(1,1),(0,0);(2,2),(1,1)}"),
+            json!(["(1,1),(0,0)", "(2,2),(1,1)"])
+        );
         assert_eq!(js(1017, r#"{"(1,2)","(3,4)"}"#), json!(["(1,2)", "(3,4)"]));
         assert_eq!(js(1561, "{101,010}"), json!(["101", "010"]));
         assert_eq!(js(1563, "{1}"), json!(["1"]));
@@ -1243,7 +1457,10 @@ mod tests {
             }
         }
         let count = (0..20_000).filter(|&o| array_element(o).is_some()).count();
-        assert_eq!(count, 82, "pg_type.dat (PG15) has 81 array_type_oid entries plus _record");
+        assert_eq!(
+            count, 82,
+            "pg_type.dat (PG15) has 81 array_type_oid entries plus _record"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod preflight;
 mod replication;
 mod sql;
+mod tls;
 
 pub use preflight::{preflight, Finding, Severity};
 pub use replication::{ReplicationStream, SourceEvent, StreamSettings};
@@ -31,6 +32,8 @@ pub struct ConnParams {
     password: Option<String>,
     /// TLS mode.
     pub sslmode: SslMode,
+    /// CA certificate for verify-ca / verify-full.
+    pub sslrootcert: Option<std::path::PathBuf>,
     /// `application_name`.
     pub application_name: String,
     /// Connect timeout.
@@ -53,11 +56,9 @@ impl ConnParams {
     /// Parameters from the `[source]` section, reading the password from the environment or file.
     pub fn from_config(cfg: &SourceConfig) -> Result<Self, ConfigError> {
         if cfg.sslmode != SslMode::Disable {
-            // Refuse rather than silently connect in clear text.
-            return Err(ConfigError::Invalid {
-                field: "source.sslmode".into(),
-                reason: "TLS is not implemented yet in this build; use `disable` on a trusted network or a local socket".into(),
-            });
+            // Fail at startup, naming the field, rather than at the first connection.
+            tls::client_config(cfg.sslmode, cfg.sslrootcert.as_deref())
+                .map_err(|reason| ConfigError::Invalid { field: "source.sslrootcert".into(), reason })?;
         }
         Ok(Self {
             host: cfg.host.clone(),
@@ -66,6 +67,7 @@ impl ConnParams {
             user: cfg.user.clone(),
             password: cfg.password()?,
             sslmode: cfg.sslmode,
+            sslrootcert: cfg.sslrootcert.clone(),
             application_name: cfg.application_name.clone(),
             connect_timeout: cfg.connect_timeout(),
         })

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 
 use super::{ConnParams, SourceError, SESSION_OPTIONS};
+use crate::config::SslMode;
 use crate::decode::{Begin, Commit, LogicalMessage};
 use crate::lsn::Lsn;
 
@@ -66,7 +67,7 @@ impl ReplicationStream {
             settings.publication.clone(),
         )
         .with_port(params.port)
-        .with_tls(TlsConfig::disabled())
+        .with_tls(tls_config(params))
         .with_start_lsn(settings.start.into())
         // Report only what walcast confirms, never the requested start.
         .with_ack_lsn(settings.start.into())
@@ -147,6 +148,16 @@ impl From<Lsn> for pgwire_replication::Lsn {
     }
 }
 
+/// The replication connection's TLS settings for the configured sslmode.
+fn tls_config(params: &ConnParams) -> TlsConfig {
+    match params.sslmode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => TlsConfig::verify_ca(params.sslrootcert.clone()),
+        SslMode::VerifyFull => TlsConfig::verify_full(params.sslrootcert.clone()),
+    }
+}
+
 /// pgwire-replication reports server errors as text ending in `(SQLSTATE xxxxx)`.
 fn classify(e: &PgWireError, params: &ConnParams, slot: &str) -> SourceError {
     match e {
@@ -162,6 +173,10 @@ fn classify(e: &PgWireError, params: &ConnParams, slot: &str) -> SourceError {
         PgWireError::MessageTooLarge { payload_bytes, limit_bytes } => SourceError::setup(
             format!("the server sent a {payload_bytes}-byte message, over the {limit_bytes}-byte limit"),
             "a single row this large cannot be streamed; report it",
+        ),
+        PgWireError::Io(io) if io.to_string().contains("invalid peer certificate") => SourceError::setup(
+            format!("TLS failed on the replication connection: {io}"),
+            "check source.sslmode and source.sslrootcert",
         ),
         other => SourceError::Connection { target: params.display(), reason: other.to_string() },
     }

@@ -2,6 +2,9 @@
 
 use tokio_postgres::{Client, NoTls};
 
+use super::tls::{client_config, MakeRustls};
+use crate::config::SslMode;
+
 use super::{ConnParams, SourceError, SESSION_OPTIONS};
 use crate::config::TableSelector;
 use crate::lsn::Lsn;
@@ -19,7 +22,23 @@ pub async fn connect_sql(params: &ConnParams) -> Result<Client, SourceError> {
     if let Some(pw) = &params.password {
         cfg.password(pw);
     }
-    let (client, connection) = tokio::time::timeout(params.connect_timeout, cfg.connect(NoTls))
+    if params.sslmode == SslMode::Disable {
+        return finish_connect(&cfg, NoTls, params).await;
+    }
+    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let tls = client_config(params.sslmode, params.sslrootcert.as_deref())
+        .map_err(|reason| SourceError::setup(format!("TLS setup failed: {reason}"), "check source.sslmode and source.sslrootcert"))?;
+    finish_connect(&cfg, MakeRustls::new(tls), params).await
+}
+
+async fn finish_connect<T>(cfg: &tokio_postgres::Config, tls: T, params: &ConnParams) -> Result<Client, SourceError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    let (client, connection) = tokio::time::timeout(params.connect_timeout, cfg.connect(tls))
         .await
         .map_err(|_| SourceError::Connection {
             target: params.display(),
@@ -46,6 +65,13 @@ pub(crate) fn classify(e: &tokio_postgres::Error, params: &ConnParams, slot: &st
         reason.push_str(": ");
         reason.push_str(&s.to_string());
         source = s.source();
+    }
+    // A certificate the configured CA does not vouch for will not change by retrying.
+    if reason.contains("invalid peer certificate") || reason.contains("server does not support TLS") {
+        return SourceError::setup(
+            format!("TLS with {} failed: {reason}", params.display()),
+            "check source.sslmode and that source.sslrootcert is the CA that signed the server certificate (verify-full also needs the host name in the certificate)",
+        );
     }
     SourceError::Connection { target: params.display(), reason }
 }
@@ -151,7 +177,14 @@ pub async fn ensure_publication(
         ));
     }
     let sql = create_publication_sql(publication, tables);
-    client.batch_execute(&sql).await.map_err(|e| match e.as_db_error() {
+    let created = client.batch_execute(&sql).await;
+    if let Err(e) = &created {
+        // Another walcast (or a person) created it between the check and here: that is fine.
+        if matches!(e.as_db_error().map(|d| d.code().code()), Some("42710" | "23505")) {
+            return Ok(false);
+        }
+    }
+    created.map_err(|e| match e.as_db_error() {
         Some(db) if db.code().code() == "42501" => SourceError::setup(
             format!("cannot create publication {publication:?}: {}", db.message()),
             "create it as a superuser or the tables' owner (see sql/roles.sql), or grant ownership; FOR TABLES IN SCHEMA and FOR ALL TABLES need a superuser",

@@ -161,7 +161,9 @@ async fn check(config: &Config) -> ExitCode {
         }
     };
     println!("ok    config is valid");
-    let findings = preflight(config, &params).await;
+    let mut findings = preflight(config, &params).await;
+    // Kafka sink: brokers reachable, topics exist or can be created.
+    findings.extend(crate::sink::kafka::kafka_findings(config, &params).await);
     let mut failed = false;
     for f in &findings {
         let tag = match f.severity {
@@ -196,7 +198,8 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
         let params = ConnParams::from_config(&config.source).map_err(|e| SourceError::setup(e.to_string(), "fix the config file"))?;
         let client = connect_sql(&params).await?;
         let query_err = |e: tokio_postgres::Error| {
-            SourceError::from_server(e.as_db_error().map(|d| d.code().code()), &e.to_string(), &params, &slot_name)
+            let message = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+            SourceError::from_server(e.as_db_error().map(|d| d.code().code()), &message, &params, &slot_name)
         };
         match action {
             SlotAction::Status { json, .. } => {

@@ -91,6 +91,68 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Prometheus metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Periodic heartbeat written into the WAL so a quiet slot keeps advancing.
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
+}
+
+/// The HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve the endpoint at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address to listen on. Loopback by default: expose it on purpose, not by accident.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+    /// Milliseconds between reads of pg_replication_slots (retained WAL, wal_status, server WAL
+    /// position) on a side connection.
+    #[serde(default = "default_slot_poll_ms")]
+    pub slot_poll_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: default_metrics_listen(), slot_poll_ms: default_slot_poll_ms() }
+    }
+}
+
+/// How the heartbeat is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HeartbeatMode {
+    /// `pg_logical_emit_message(true, 'walcast.heartbeat', ...)`: no table needed.
+    #[default]
+    Message,
+    /// An UPDATE of a one-row table (which must be in the publication), for setups that
+    /// want the heartbeat visible in the sinks.
+    Table,
+}
+
+/// Heartbeat settings. With a heartbeat, a slot whose tables are quiet still advances while the
+/// rest of the database writes, so it does not hold WAL back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Milliseconds between heartbeats; 0 (default) turns it off.
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// `message` (default) or `table`.
+    #[serde(default)]
+    pub mode: HeartbeatMode,
+    /// For `table` mode: the table (`schema.table`), created when missing, one row with id 1.
+    #[serde(default = "default_heartbeat_table")]
+    pub table: String,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self { interval_ms: 0, mode: HeartbeatMode::Message, table: default_heartbeat_table() }
+    }
 }
 
 /// TLS mode for both the SQL and the replication connection (libpq's names).
@@ -234,6 +296,9 @@ pub struct SinksConfig {
     /// JSON lines, one change per line (stdout or a file).
     #[serde(default)]
     pub jsonl: Option<JsonlSinkConfig>,
+    /// Kafka: Debezium-compatible change events, one topic per table (docs/kafka.md).
+    #[serde(default)]
+    pub kafka: Option<KafkaSinkConfig>,
 }
 
 /// JSON-lines sink settings.
@@ -316,6 +381,22 @@ fn default_retry_max_ms() -> u64 {
 }
 fn default_jsonl_path() -> String {
     DEFAULT_JSONL_PATH.to_string()
+}
+/// Default metrics endpoint address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
+/// Default interval between slot polls.
+pub const DEFAULT_SLOT_POLL_MS: u64 = 5_000;
+/// Default heartbeat table for `table` mode.
+pub const DEFAULT_HEARTBEAT_TABLE: &str = "public.walcast_heartbeat";
+
+fn default_metrics_listen() -> String {
+    DEFAULT_METRICS_LISTEN.to_string()
+}
+fn default_slot_poll_ms() -> u64 {
+    DEFAULT_SLOT_POLL_MS
+}
+fn default_heartbeat_table() -> String {
+    DEFAULT_HEARTBEAT_TABLE.to_string()
 }
 fn default_log_level() -> String {
     "info".to_string()
@@ -409,17 +490,35 @@ impl Config {
         if self.retry.max_ms < self.retry.initial_ms {
             return Err(ConfigError::invalid("retry.max_ms", "must be at least retry.initial_ms"));
         }
-        match &self.sinks.jsonl {
-            None => {
+        match (&self.sinks.jsonl, &self.sinks.kafka) {
+            (None, None) => {
                 return Err(ConfigError::invalid(
                     "sinks",
                     "configure at least one sink, e.g. [sinks.jsonl] path = \"-\"",
                 ))
             }
-            Some(j) if j.path.trim().is_empty() => {
+            (Some(j), _) if j.path.trim().is_empty() => {
                 return Err(ConfigError::invalid("sinks.jsonl.path", "must be `-` or a file path"))
             }
-            Some(_) => {}
+            _ => {}
+        }
+        if let Some(k) = &self.sinks.kafka {
+            k.validate()?;
+        }
+        if self.metrics.enabled && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid("metrics.listen", "must be an address with a port, like 127.0.0.1:9187 or 0.0.0.0:9187"));
+        }
+        if self.metrics.slot_poll_ms < 100 {
+            return Err(ConfigError::invalid("metrics.slot_poll_ms", "must be at least 100"));
+        }
+        if self.heartbeat.interval_ms != 0 && self.heartbeat.interval_ms < 100 {
+            return Err(ConfigError::invalid("heartbeat.interval_ms", "must be 0 (off) or at least 100"));
+        }
+        if self.heartbeat.mode == HeartbeatMode::Table {
+            match TableSelector::parse(&self.heartbeat.table) {
+                Ok(TableSelector::Table { .. }) => {}
+                _ => return Err(ConfigError::invalid("heartbeat.table", "must be `schema.table`")),
+            }
         }
         self.log
             .level
@@ -517,6 +616,374 @@ fn validate_identifier(field: &str, value: &str, slot_rules: bool) -> Result<(),
         return Err(ConfigError::invalid(field, "must not contain quotes"));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka sink (issue 4)
+
+/// Default topic prefix (`{prefix}` in the template), also the default `server_name`.
+pub const DEFAULT_KAFKA_PREFIX: &str = "walcast";
+/// Default topic template: Debezium's naming, `<prefix>.<schema>.<table>`.
+pub const DEFAULT_KAFKA_TOPIC_TEMPLATE: &str = "{prefix}.{schema}.{table}";
+/// Default Kafka `client.id`.
+pub const DEFAULT_KAFKA_CLIENT_ID: &str = "walcast";
+/// Default partition count of topics walcast creates.
+pub const DEFAULT_KAFKA_TOPIC_PARTITIONS: i32 = 1;
+/// Default replication factor of topics walcast creates (-1: the broker's `default.replication.factor`).
+pub const DEFAULT_KAFKA_TOPIC_REPLICATION_FACTOR: i32 = -1;
+/// Default producer `linger.ms`: how long records wait to fill a request while more arrive.
+pub const DEFAULT_KAFKA_LINGER_MS: u64 = 5;
+/// Default producer `batch.num.messages`.
+pub const DEFAULT_KAFKA_BATCH_NUM_MESSAGES: u32 = 10_000;
+/// Default producer `batch.size` in bytes.
+pub const DEFAULT_KAFKA_BATCH_SIZE_BYTES: u32 = 1_000_000;
+/// Default producer `message.max.bytes`: larger records go to the dead-letter destination.
+pub const DEFAULT_KAFKA_MESSAGE_MAX_BYTES: u32 = 1_000_000;
+/// Default producer `message.timeout.ms` (= `delivery.timeout.ms`): a record not delivered by
+/// then fails, and the batch is retried.
+pub const DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS: u64 = 30_000;
+/// Default producer `queue.buffering.max.kbytes`: memory for records waiting for the broker.
+pub const DEFAULT_KAFKA_QUEUE_MAX_KBYTES: u32 = 65_536;
+
+/// Compression codec of produced record batches (`compression.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaCompression {
+    /// No compression.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl KafkaCompression {
+    /// librdkafka's name for the codec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaCompression::None => "none",
+            KafkaCompression::Gzip => "gzip",
+            KafkaCompression::Snappy => "snappy",
+            KafkaCompression::Lz4 => "lz4",
+            KafkaCompression::Zstd => "zstd",
+        }
+    }
+}
+
+/// SASL mechanism (`sasl.mechanism`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KafkaSaslMechanism {
+    /// `PLAIN` (use it with TLS only).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// `SCRAM-SHA-256`.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl KafkaSaslMechanism {
+    /// librdkafka's name for the mechanism.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaSaslMechanism::Plain => "PLAIN",
+            KafkaSaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            KafkaSaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// Kafka sink settings (`[sinks.kafka]`); docs/kafka.md describes the records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Comma-separated `host:port` list of brokers to bootstrap from.
+    pub bootstrap_servers: String,
+    /// `client.id` shown in broker logs and quotas.
+    #[serde(default = "default_kafka_client_id")]
+    pub client_id: String,
+    /// `{prefix}` of the topic template; also the default `server_name`.
+    #[serde(default = "default_kafka_prefix")]
+    pub prefix: String,
+    /// `source.name` in every envelope (Debezium's logical server name). Defaults to `prefix`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Topic of each table; placeholders `{prefix}`, `{database}`, `{schema}`, `{table}`.
+    #[serde(default = "default_kafka_topic_template")]
+    pub topic_template: String,
+    /// Per-table settings, keyed by `schema.table`.
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, KafkaTableConfig>,
+    /// Create missing topics (with `topic_partitions` and `topic_replication_factor`) before the
+    /// first record goes to them. With false, every topic must exist (`walcast check` verifies);
+    /// records for a missing topic go to the dead-letter destination.
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    /// Partitions of topics walcast creates.
+    #[serde(default = "default_kafka_topic_partitions")]
+    pub topic_partitions: i32,
+    /// Replication factor of topics walcast creates; -1 uses the broker's default.
+    #[serde(default = "default_kafka_topic_replication_factor")]
+    pub topic_replication_factor: i32,
+    /// Follow each delete with a tombstone (same key, null value) so compacted topics drop the key.
+    #[serde(default = "default_true")]
+    pub tombstones_on_delete: bool,
+    /// Topic for transaction BEGIN/END records (Debezium's transaction metadata); also adds the
+    /// `transaction` block to every envelope. Unset (default): off.
+    #[serde(default)]
+    pub transaction_topic: Option<String>,
+    /// Compression of record batches: `none`, `gzip`, `snappy`, `lz4`, `zstd`.
+    #[serde(default)]
+    pub compression: KafkaCompression,
+    /// Milliseconds records may wait to fill a request while more are coming (`linger.ms`).
+    #[serde(default = "default_kafka_linger_ms")]
+    pub linger_ms: u64,
+    /// Most records in one request batch (`batch.num.messages`).
+    #[serde(default = "default_kafka_batch_num_messages")]
+    pub batch_num_messages: u32,
+    /// Largest request batch in bytes (`batch.size`).
+    #[serde(default = "default_kafka_batch_size_bytes")]
+    pub batch_size_bytes: u32,
+    /// Largest record in bytes (`message.max.bytes`); keep it at or below the broker's and the
+    /// topic's limit. Larger records go to the dead-letter destination.
+    #[serde(default = "default_kafka_message_max_bytes")]
+    pub message_max_bytes: u32,
+    /// Milliseconds a record may take to be delivered, retries included (`message.timeout.ms`).
+    /// Past it the batch fails and is retried from its first record.
+    #[serde(default = "default_kafka_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// Kilobytes of records the producer may buffer (`queue.buffering.max.kbytes`); a full
+    /// buffer slows the stream down, it never drops a record.
+    #[serde(default = "default_kafka_queue_max_kbytes")]
+    pub queue_max_kbytes: u32,
+    /// SASL authentication; unset: none.
+    #[serde(default)]
+    pub sasl: Option<KafkaSaslConfig>,
+    /// TLS to the brokers; unset: plain TCP.
+    #[serde(default)]
+    pub tls: Option<KafkaTlsConfig>,
+    /// Where records that can never be written (too large, topic missing) go; unset: such a
+    /// record stops walcast.
+    #[serde(default)]
+    pub dead_letter: Option<KafkaDeadLetterConfig>,
+}
+
+/// Settings for one table (`[sinks.kafka.tables."schema.table"]`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTableConfig {
+    /// Topic for this table instead of the template's.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Columns that form the record key instead of the replica identity key (Debezium's
+    /// `message.key.columns`). Needed for REPLICA IDENTITY FULL tables, where Postgres marks
+    /// every column as key.
+    #[serde(default)]
+    pub key_columns: Option<Vec<String>>,
+}
+
+/// SASL settings. The password is read from the environment or a file when the producer starts
+/// and is never logged; this struct holds only where it comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSaslConfig {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: KafkaSaslMechanism,
+    /// User name.
+    pub username: String,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Path of a file whose content (trailing newline removed) is the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl KafkaSaslConfig {
+    /// The password, read from the environment variable or file named in the config.
+    pub fn password(&self) -> Result<String, ConfigError> {
+        if let Some(var) = &self.password_env {
+            return std::env::var(var).map_err(|_| {
+                ConfigError::invalid(
+                    "sinks.kafka.sasl.password_env",
+                    format!("environment variable {var} is not set (or not UTF-8)"),
+                )
+            });
+        }
+        if let Some(path) = &self.password_file {
+            return std::fs::read_to_string(path)
+                .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| {
+                    ConfigError::invalid("sinks.kafka.sasl.password_file", format!("cannot read {}: {e}", path.display()))
+                });
+        }
+        Err(ConfigError::invalid("sinks.kafka.sasl", "set password_env or password_file"))
+    }
+}
+
+/// TLS settings (`[sinks.kafka.tls]`; the section's presence turns TLS on).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTlsConfig {
+    /// CA certificate file (PEM) that signed the brokers' certificates; unset: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Dead-letter destination (`[sinks.kafka.dead_letter]`): exactly one of `topic` and `path`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaDeadLetterConfig {
+    /// A topic: the record with its original key and the reason in headers.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// A file of JSON lines `{lsn, commit_lsn, schema, table, key, reason, topic}`, fsynced
+    /// before the batch counts as durable.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+fn default_kafka_client_id() -> String {
+    DEFAULT_KAFKA_CLIENT_ID.to_string()
+}
+fn default_kafka_prefix() -> String {
+    DEFAULT_KAFKA_PREFIX.to_string()
+}
+fn default_kafka_topic_template() -> String {
+    DEFAULT_KAFKA_TOPIC_TEMPLATE.to_string()
+}
+fn default_kafka_topic_partitions() -> i32 {
+    DEFAULT_KAFKA_TOPIC_PARTITIONS
+}
+fn default_kafka_topic_replication_factor() -> i32 {
+    DEFAULT_KAFKA_TOPIC_REPLICATION_FACTOR
+}
+fn default_kafka_linger_ms() -> u64 {
+    DEFAULT_KAFKA_LINGER_MS
+}
+fn default_kafka_batch_num_messages() -> u32 {
+    DEFAULT_KAFKA_BATCH_NUM_MESSAGES
+}
+fn default_kafka_batch_size_bytes() -> u32 {
+    DEFAULT_KAFKA_BATCH_SIZE_BYTES
+}
+fn default_kafka_message_max_bytes() -> u32 {
+    DEFAULT_KAFKA_MESSAGE_MAX_BYTES
+}
+fn default_kafka_message_timeout_ms() -> u64 {
+    DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS
+}
+fn default_kafka_queue_max_kbytes() -> u32 {
+    DEFAULT_KAFKA_QUEUE_MAX_KBYTES
+}
+
+impl KafkaSinkConfig {
+    /// `source.name` of the envelopes.
+    pub fn server_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or(&self.prefix)
+    }
+
+    /// Check every value; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use crate::route::topic::{validate_topic_name, TopicTemplate};
+        let f = |name: &str| format!("sinks.kafka.{name}");
+        let servers: Vec<&str> = self.bootstrap_servers.split(',').map(str::trim).collect();
+        if servers.iter().any(|s| s.is_empty() || !s.contains(':')) {
+            return Err(ConfigError::invalid(&f("bootstrap_servers"), "must be a comma-separated list of host:port"));
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(ConfigError::invalid(&f("client_id"), "must not be empty"));
+        }
+        validate_topic_name(&self.prefix).map_err(|e| ConfigError::invalid(&f("prefix"), e))?;
+        if self.server_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(ConfigError::invalid(&f("server_name"), "must not be empty"));
+        }
+        let template = TopicTemplate::parse(&self.topic_template).map_err(|e| ConfigError::invalid(&f("topic_template"), e))?;
+        validate_topic_name(&template.render(&self.prefix, "db", "schema", "table"))
+            .map_err(|e| ConfigError::invalid(&f("topic_template"), e))?;
+        for (name, table) in &self.tables {
+            let field = format!("sinks.kafka.tables.{name:?}");
+            match TableSelector::parse(name) {
+                Ok(TableSelector::Table { .. }) => {}
+                _ => return Err(ConfigError::invalid(&field, "the key must be `schema.table`")),
+            }
+            if let Some(topic) = &table.topic {
+                validate_topic_name(topic).map_err(|e| ConfigError::invalid(&format!("{field}.topic"), e))?;
+            }
+            if let Some(cols) = &table.key_columns {
+                if cols.is_empty() || cols.iter().any(|c| c.is_empty()) {
+                    return Err(ConfigError::invalid(&format!("{field}.key_columns"), "list at least one column name"));
+                }
+            }
+        }
+        if !(1..=100_000).contains(&self.topic_partitions) {
+            return Err(ConfigError::invalid(&f("topic_partitions"), "must be between 1 and 100000"));
+        }
+        if self.topic_replication_factor != -1 && !(1..=32).contains(&self.topic_replication_factor) {
+            return Err(ConfigError::invalid(
+                &f("topic_replication_factor"),
+                "must be -1 (the broker's default) or between 1 and 32",
+            ));
+        }
+        if let Some(topic) = &self.transaction_topic {
+            validate_topic_name(topic).map_err(|e| ConfigError::invalid(&f("transaction_topic"), e))?;
+        }
+        if self.linger_ms > 60_000 {
+            return Err(ConfigError::invalid(&f("linger_ms"), "must be at most 60000"));
+        }
+        if !(1..=1_000_000).contains(&self.batch_num_messages) {
+            return Err(ConfigError::invalid(&f("batch_num_messages"), "must be between 1 and 1000000"));
+        }
+        if !(1..=i32::MAX as u32).contains(&self.batch_size_bytes) {
+            return Err(ConfigError::invalid(&f("batch_size_bytes"), "must be positive"));
+        }
+        if !(1_000..=1_000_000_000).contains(&self.message_max_bytes) {
+            return Err(ConfigError::invalid(&f("message_max_bytes"), "must be between 1000 and 1000000000"));
+        }
+        if self.message_timeout_ms < 1_000 || self.message_timeout_ms > 3_600_000 || self.message_timeout_ms <= self.linger_ms {
+            return Err(ConfigError::invalid(
+                &f("message_timeout_ms"),
+                "must be between 1000 and 3600000 and greater than linger_ms",
+            ));
+        }
+        if !(1..=2_097_151).contains(&self.queue_max_kbytes) {
+            return Err(ConfigError::invalid(&f("queue_max_kbytes"), "must be between 1 and 2097151"));
+        }
+        if let Some(sasl) = &self.sasl {
+            if sasl.username.trim().is_empty() {
+                return Err(ConfigError::invalid(&f("sasl.username"), "must not be empty"));
+            }
+            match (&sasl.password_env, &sasl.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::invalid(&f("sasl.password_file"), "set either password_env or password_file, not both"))
+                }
+                (None, None) => return Err(ConfigError::invalid(&f("sasl.password_env"), "set password_env or password_file")),
+                _ => {}
+            }
+        }
+        if let Some(dl) = &self.dead_letter {
+            match (&dl.topic, &dl.path) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(ConfigError::invalid(&f("dead_letter"), "set exactly one of `topic` and `path`"))
+                }
+                (Some(topic), None) => {
+                    validate_topic_name(topic).map_err(|e| ConfigError::invalid(&f("dead_letter.topic"), e))?
+                }
+                (None, Some(path)) if path.as_os_str().is_empty() => {
+                    return Err(ConfigError::invalid(&f("dead_letter.path"), "must not be empty"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The streaming loop: source -> decode -> sinks -> checkpoint, with reconnects and a clean drain
 //! on shutdown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -63,9 +64,14 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSumm
     let (report_tx, reports) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
     let mut queues = Vec::new();
+    let in_flight = Arc::new(InFlight::default());
     if let Some(j) = &config.sinks.jsonl {
         let sink = JsonlSink::open(&j.path)?;
-        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &mut tasks));
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &mut tasks));
+    }
+    if let Some(k) = &config.sinks.kafka {
+        let sink = crate::sink::KafkaSink::open(k, &config.source.database)?;
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &mut tasks));
     }
     drop(report_tx);
 
@@ -76,6 +82,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSumm
         queues,
         reports,
         tasks,
+        in_flight,
         relations: RelationCache::new(),
         tx: None,
         batch: Batch::default(),
@@ -105,7 +112,10 @@ async fn prepare_slot(
                 Some(s) => Ok::<Lsn, SourceError>(s.confirmed_flush_lsn.unwrap_or_default()),
                 None if src.create_slot => {
                     let lsn = source::create_slot(&client, &src.slot).await.map_err(|e| {
-                        SourceError::from_server(e.as_db_error().map(|d| d.code().code()), &e.to_string(), params, &src.slot)
+                        // The server's message, not tokio-postgres' Display ("db error"): the
+                        // classification looks into it (e.g. for wal_level).
+                        let message = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+                        SourceError::from_server(e.as_db_error().map(|d| d.code().code()), &message, params, &src.slot)
                     })?;
                     tracing::info!(slot = %src.slot, consistent_point = %lsn, "created replication slot");
                     Ok(lsn)
@@ -145,11 +155,54 @@ fn spawn_sink<S: Sink>(
     index: usize,
     config: &Config,
     reports: &mpsc::UnboundedSender<SinkReport>,
+    in_flight: &Arc<InFlight>,
     tasks: &mut JoinSet<()>,
 ) -> mpsc::Sender<Arc<Batch>> {
     let (tx, rx) = mpsc::channel(config.pipeline.sink_queue_batches);
+    let sink = Tracked { inner: sink, in_flight: Arc::clone(in_flight) };
     tasks.spawn(sink::drive(sink, index, rx, reports.clone(), Backoff::new(&config.retry)));
     tx
+}
+
+/// Batches handed to a sink and not yet written by it (one count per batch and sink).
+///
+/// While a sink is busy, handing it another small batch does not get that batch out any sooner;
+/// it only adds a per-batch cost (a queue hand-off, a write call, a report), and under load the
+/// stream then turns into a flood of one-change batches whose overhead starves the walsender of
+/// CPU. So the loop keeps reading into the current batch while a sink writes, and hands the batch
+/// over as soon as every sink is idle: group commit, with no timer involved.
+#[derive(Debug, Default)]
+struct InFlight {
+    batches: AtomicUsize,
+    /// Signalled when `batches` drops to zero.
+    idle: Notify,
+}
+
+impl InFlight {
+    fn is_idle(&self) -> bool {
+        self.batches.load(Ordering::Acquire) == 0
+    }
+}
+
+/// A sink that tells [`InFlight`] when it has written a batch.
+struct Tracked<S> {
+    inner: S,
+    in_flight: Arc<InFlight>,
+}
+
+impl<S: Sink> Sink for Tracked<S> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        let result = self.inner.write(batch).await;
+        // A failed batch is offered again (or the pipeline stops): it stays in flight.
+        if result.is_ok() && self.in_flight.batches.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.in_flight.idle.notify_one();
+        }
+        result
+    }
 }
 
 /// The transaction being read.
@@ -159,6 +212,8 @@ struct OpenTx {
     commit_lsn: Lsn,
     commit_ts: i64,
     next_seq: u64,
+    /// Some of its changes were already handed to the sinks (it spans batches).
+    partly_dispatched: bool,
 }
 
 /// How one replication session ended.
@@ -176,6 +231,7 @@ struct Streamer<'a> {
     queues: Vec<mpsc::Sender<Arc<Batch>>>,
     reports: mpsc::UnboundedReceiver<SinkReport>,
     tasks: JoinSet<()>,
+    in_flight: Arc<InFlight>,
     relations: RelationCache,
     tx: Option<OpenTx>,
     batch: Batch,
@@ -268,16 +324,36 @@ impl Streamer<'_> {
     /// Stream until shutdown or a lost connection.
     async fn session(&mut self, stream: &mut ReplicationStream, shutdown: &CancellationToken) -> Result<SessionEnd, PipelineError> {
         let max = self.config.pipeline.batch_max_changes;
+        // Set when shutdown comes while the sinks already hold the first part of the open
+        // transaction: reading goes on until its commit (or this deadline), so a clean stop
+        // leaves no partial transaction behind that a restart would send again.
+        let mut finish_by: Option<tokio::time::Instant> = None;
         loop {
+            let sinks_idle = self.in_flight.is_idle();
             tokio::select! {
                 biased;
                 // 1. Shutdown: stop reading; drain() writes out what was read.
-                _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                _ = shutdown.cancelled(), if finish_by.is_none() => {
+                    if !self.tx.is_some_and(|tx| tx.partly_dispatched) {
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                    tracing::info!("shutdown: finishing the transaction being written first");
+                    finish_by = Some(tokio::time::Instant::now() + Duration::from_millis(self.config.pipeline.shutdown_timeout_ms));
+                }
+                _ = tokio::time::sleep_until(finish_by.unwrap_or_else(tokio::time::Instant::now)), if finish_by.is_some() => {
+                    tracing::warn!("the open transaction did not finish before the shutdown timeout; its changes will be sent again on restart");
+                    return Ok(SessionEnd::Shutdown);
+                }
                 // 2. Sink reports: durable positions move the confirmed LSN; a failed sink stops all.
                 Some(report) = self.reports.recv() => self.on_report(report, Some(stream))?,
                 // 3. The replication stream, while the batch has room.
                 event = stream.recv(), if self.batch.changes.len() < max => match event {
-                    Ok(Some(event)) => self.on_event(event, stream)?,
+                    Ok(Some(event)) => {
+                        self.on_event(event, stream)?;
+                        if finish_by.is_some() && self.tx.is_none() {
+                            return Ok(SessionEnd::Shutdown);
+                        }
+                    }
                     Ok(None) => return Ok(SessionEnd::Lost(SourceError::Connection {
                         target: self.params.display(),
                         reason: "the server ended the replication stream".into(),
@@ -285,9 +361,13 @@ impl Streamer<'_> {
                     Err(e) if e.is_retryable() => return Ok(SessionEnd::Lost(e)),
                     Err(e) => return Err(e.into()),
                 },
-                // 4. Nothing more is ready to read (or the batch is full): hand the batch over now
-                //    rather than wait for a timer, so a quiet stream has no batching delay.
-                _ = std::future::ready(()), if self.has_batch() => self.flush().await?,
+                // 4. Nothing more is ready to read (or the batch is full) and every sink is idle:
+                //    hand the batch over now rather than wait for a timer, so a quiet stream has
+                //    no batching delay. While a sink is still writing, keep reading into the batch
+                //    (see `InFlight`); a full batch is handed over regardless (backpressure).
+                _ = std::future::ready(()), if self.has_batch() && (sinks_idle || self.batch.changes.len() >= max) => self.flush().await?,
+                // 5. A sink finished its batches: go round so 4 can hand over what accumulated.
+                _ = self.in_flight.idle.notified(), if self.has_batch() && !sinks_idle => {}
             }
         }
     }
@@ -299,7 +379,7 @@ impl Streamer<'_> {
     fn on_event(&mut self, event: SourceEvent, stream: &ReplicationStream) -> Result<(), PipelineError> {
         match event {
             SourceEvent::Begin(b) => {
-                self.tx = Some(OpenTx { xid: b.xid, commit_lsn: b.final_lsn, commit_ts: b.commit_ts, next_seq: 0 });
+                self.tx = Some(OpenTx { xid: b.xid, commit_lsn: b.final_lsn, commit_ts: b.commit_ts, next_seq: 0, partly_dispatched: false });
             }
             SourceEvent::Data { wal_start, payload } => {
                 let message = decode::parse(&payload).map_err(SourceError::from)?;
@@ -401,6 +481,11 @@ impl Streamer<'_> {
         if !self.has_batch() {
             return Ok(());
         }
+        if self.batch.changes.len() > self.committed_len {
+            if let Some(tx) = self.tx.as_mut() {
+                tx.partly_dispatched = true;
+            }
+        }
         let capacity = self.config.pipeline.batch_max_changes.min(1024);
         let batch = Arc::new(std::mem::replace(&mut self.batch, Batch { changes: Vec::with_capacity(capacity), ..Batch::default() }));
         self.committed_len = 0;
@@ -408,6 +493,7 @@ impl Streamer<'_> {
             self.checkpoint.on_dispatched(lsn);
         }
         for queue in &self.queues {
+            self.in_flight.batches.fetch_add(1, Ordering::AcqRel);
             if queue.send(Arc::clone(&batch)).await.is_err() {
                 // The sink task ended: its report says why.
                 while let Some(report) = self.reports.recv().await {

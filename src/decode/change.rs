@@ -93,7 +93,7 @@ impl Change {
         out.extend_from_slice(b"\",\"key\":");
         match self.key_source() {
             Some(values) if rel.key_columns().next().is_some() => {
-                write_object(out, rel, values, |i| rel.columns[i].key)?
+                write_row_object(out, rel, values, |i| rel.columns[i].key, UnchangedToast::Omit)?
             }
             _ => out.extend_from_slice(b"null"),
         }
@@ -101,13 +101,13 @@ impl Change {
         match &self.old {
             Some(old) => {
                 let key_only = old.kind == OldTupleKind::Key;
-                write_object(out, rel, &old.values, |i| !key_only || rel.columns[i].key)?
+                write_row_object(out, rel, &old.values, |i| !key_only || rel.columns[i].key, UnchangedToast::Omit)?
             }
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"after\":");
         match &self.new {
-            Some(new) => write_object(out, rel, new, |_| true)?,
+            Some(new) => write_row_object(out, rel, new, |_| true, UnchangedToast::Omit)?,
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"unchanged\":[");
@@ -136,7 +136,7 @@ impl Change {
     }
 
     /// The tuple the primary key is read from: the new row, or for deletes the old key/row.
-    fn key_source(&self) -> Option<&[Datum]> {
+    pub(crate) fn key_source(&self) -> Option<&[Datum]> {
         match (&self.new, &self.old) {
             (Some(new), _) => Some(new),
             (None, Some(old)) => Some(&old.values),
@@ -145,13 +145,24 @@ impl Change {
     }
 }
 
+/// How [`write_row_object`] renders a column whose TOASTed value did not change (and so was not
+/// sent by the server).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum UnchangedToast<'a> {
+    /// Leave the column out (the JSON-lines format lists it in `unchanged` instead).
+    Omit,
+    /// Write this string as the column's value (the Kafka envelope uses Debezium's placeholder).
+    Placeholder(&'a str),
+}
+
 /// `{"col": value, ...}` over the columns `include` selects; unchanged TOAST values are left out
-/// (they are listed in `unchanged` instead, never rendered as null).
-fn write_object(
+/// or replaced by a placeholder, as `unchanged` says (never rendered as null).
+pub(crate) fn write_row_object(
     out: &mut Vec<u8>,
     rel: &Relation,
     values: &[Datum],
     include: impl Fn(usize) -> bool,
+    unchanged: UnchangedToast<'_>,
 ) -> Result<(), DecodeError> {
     if values.len() != rel.columns.len() {
         return Err(DecodeError::ColumnCount {
@@ -163,7 +174,7 @@ fn write_object(
     out.push(b'{');
     let mut first = true;
     for (i, (col, datum)) in rel.columns.iter().zip(values).enumerate() {
-        if !include(i) || matches!(datum, Datum::Unchanged) {
+        if !include(i) || (matches!(datum, Datum::Unchanged) && matches!(unchanged, UnchangedToast::Omit)) {
             continue;
         }
         if !first {
@@ -173,7 +184,11 @@ fn write_object(
         write_json_str(out, &col.name);
         out.push(b':');
         match datum {
-            Datum::Null | Datum::Unchanged => out.extend_from_slice(b"null"),
+            Datum::Unchanged => match unchanged {
+                UnchangedToast::Placeholder(text) => write_json_str(out, text),
+                UnchangedToast::Omit => out.extend_from_slice(b"null"),
+            },
+            Datum::Null => out.extend_from_slice(b"null"),
             Datum::Text(text) => write_json_value(out, col.type_oid, text)?,
             // walcast never asks for binary output; keep the bytes rather than guess a format.
             Datum::Binary(bytes) => {

@@ -12,6 +12,7 @@ mod relation;
 mod value;
 
 pub use change::{Change, Op, TruncateOptions};
+pub(crate) use change::{write_json_str, write_row_object, UnchangedToast};
 pub use pgoutput::{
     parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin,
     RelationBody, ReplicaIdentity, TypeBody,

@@ -33,11 +33,17 @@ impl JsonlSink {
             Target::Stdout
         } else {
             let path = PathBuf::from(path);
-            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| SinkError::Fatal {
+            let file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(|e| SinkError::Fatal {
                 sink: NAME,
                 reason: format!("cannot open {} for appending: {e}; check the path and its permissions", path.display()),
             })?;
             let sync = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+            if sync {
+                cut_torn_line(&file).map_err(|e| SinkError::Fatal {
+                    sink: NAME,
+                    reason: format!("cannot repair the end of {}: {e}; check the file and its permissions", path.display()),
+                })?;
+            }
             Target::File { file, path, sync }
         };
         Ok(Self { target: Some(target), buf: Vec::with_capacity(1 << 20) })
@@ -76,6 +82,36 @@ impl Sink for JsonlSink {
         self.buf = buf;
         result
     }
+}
+
+/// A process killed in the middle of a write leaves a torn last line. Those bytes were never
+/// reported durable, so they are streamed again; cut them off, or the next line would be glued
+/// onto them and the file would no longer hold one JSON object per line.
+fn cut_torn_line(file: &File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    let mut f = file;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = len;
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    if keep < len {
+        tracing::warn!(bytes = len - keep, "the output file ends in a torn line (an earlier run was killed while writing); removing it, its changes are sent again");
+        file.set_len(keep)?;
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 /// Write all of `buf`, flush, and fsync regular files. A failed write to a file is rolled back to

@@ -1,6 +1,7 @@
 //! Sinks: where batches of changes go, and the task that drives each one with retries.
 
 mod jsonl;
+pub mod kafka;
 mod memory;
 
 use std::future::Future;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 pub use jsonl::JsonlSink;
+pub use kafka::KafkaSink;
 pub use memory::MemorySink;
 
 use crate::decode::{Change, DecodeError};

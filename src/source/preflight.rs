@@ -202,7 +202,9 @@ async fn check_publication(client: &Client, config: &Config, superuser: bool, ou
 }
 
 async fn check_tables(client: &Client, config: &Config, out: &mut Vec<Finding>) -> Result<(), tokio_postgres::Error> {
-    // The tables that will be streamed: the publication's when it exists, else the configured ones.
+    // The tables that will be streamed: the publication's when it exists, else the configured
+    // ones, else (no `tables`: walcast creates the publication FOR ALL TABLES) every table such a
+    // publication covers: permanent user tables outside the system schemas.
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, c.relreplident::text, \
@@ -213,7 +215,11 @@ async fn check_tables(client: &Client, config: &Config, out: &mut Vec<Finding>) 
                    (EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) \
                       AND (n.nspname, c.relname) IN (SELECT schemaname::name, tablename::name FROM pg_publication_tables WHERE pubname = $1)) \
                 OR (NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) \
-                      AND ((n.nspname || '.' || c.relname) = ANY($2) OR n.nspname = ANY($3)))) \
+                      AND ((n.nspname || '.' || c.relname) = ANY($2::text[]) OR n.nspname = ANY($3::text[]))) \
+                OR (NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) \
+                      AND cardinality($2::text[]) = 0 AND cardinality($3::text[]) = 0 \
+                      AND c.relpersistence = 'p' AND c.oid >= 16384 \
+                      AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%')) \
              ORDER BY 1, 2",
             &[&config.source.publication, &explicit_tables(config), &schemas(config)],
         )

@@ -1,0 +1,474 @@
+//! Kafka sink benchmark against the real Postgres and broker of `scripts/test-env` (tansu):
+//!
+//! 1. Throughput: one INSERT transaction of WALCAST_BENCH_KAFKA_ROWS rows (200,000) on
+//!    `bench_rows`, drained by the release `walcast run` with the Kafka sink, then the same with
+//!    the JSON-lines sink writing to /dev/null, each on a fresh slot and connected before the
+//!    workload. Time = commit returned -> walcast's slot confirmed the commit end LSN, which the
+//!    Kafka sink allows only once every record's delivery report is positive.
+//! 2. Latency at half the Kafka throughput just measured: transactions of rows every 10 ms for
+//!    WALCAST_BENCH_KAFKA_LATENCY_SECS (10) seconds; a consumer-group member reads every record
+//!    and takes now - `source.ts_us` (the Postgres commit timestamp). Commit -> consumer receipt
+//!    is an upper bound of commit -> delivery report (the broker acknowledges a record before a
+//!    consumer can fetch it).
+//!
+//! Goals (DESIGN.md): >= 30,000 rows/s into the broker; p99 < 100 ms at half that rate. A
+//! measurement: exits 0 with MISSED printed when a goal is missed, non-zero only when it could
+//! not measure. Run it through `scripts/bench-kafka`. Knobs (environment):
+//!   WALCAST_TEST_PG, WALCAST_TEST_KAFKA  set by scripts/test-env
+//!   WALCAST_BIN                          walcast binary, default target/release/walcast
+//!   WALCAST_BENCH_KAFKA_ROWS             rows in the throughput transaction (200000)
+//!   WALCAST_BENCH_KAFKA_LATENCY_SECS     duration of the latency run (10)
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use tokio::process::{Child, Command};
+use tokio_postgres::{Client, NoTls};
+
+const DB: &str = "walcast_bench_kafka";
+const PUBLICATION: &str = "bench_kafka_pub";
+const SLOT_PREFIX: &str = "bench_kafka_";
+const STATUS_INTERVAL_MS: u64 = 50;
+const POLL: Duration = Duration::from_millis(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+const LATENCY_TICK: Duration = Duration::from_millis(10);
+
+const GOAL_ROWS_PER_SEC: f64 = 30_000.0;
+const GOAL_P99_MS: f64 = 100.0;
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kafka bench: cannot start tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kafka bench FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Env {
+    admin_url: String,
+    host: String,
+    port: u16,
+    user: String,
+    kafka: String,
+    walcast_bin: PathBuf,
+    rows: u64,
+    latency_secs: u64,
+    tmp: tempfile::TempDir,
+    /// Makes topic names unique per bench run (the broker keeps topics while it runs).
+    run_id: String,
+}
+
+impl Env {
+    fn load() -> Result<Self> {
+        let admin_url = std::env::var("WALCAST_TEST_PG")
+            .map_err(|_| anyhow!("WALCAST_TEST_PG is not set: run scripts/bench-kafka, or eval \"$(scripts/test-env)\" first"))?;
+        let kafka = std::env::var("WALCAST_TEST_KAFKA")
+            .map_err(|_| anyhow!("WALCAST_TEST_KAFKA is not set: run scripts/bench-kafka, or eval \"$(scripts/test-env)\" first"))?;
+        let cfg: tokio_postgres::Config = admin_url.parse().context("parse WALCAST_TEST_PG")?;
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "127.0.0.1".to_string(),
+        };
+        let walcast_bin = std::env::var_os("WALCAST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/walcast"));
+        if !walcast_bin.is_file() {
+            bail!("{} not found: build it with `cargo build --release` (scripts/bench-kafka does)", walcast_bin.display());
+        }
+        let num = |name: &str, default: u64| -> Result<u64> {
+            match std::env::var(name) {
+                Ok(v) => v.trim().replace('_', "").parse().with_context(|| format!("{name}={v:?} is not a number")),
+                Err(_) => Ok(default),
+            }
+        };
+        Ok(Self {
+            admin_url,
+            host,
+            port: cfg.get_ports().first().copied().unwrap_or(5432),
+            user: cfg.get_user().unwrap_or("postgres").to_string(),
+            kafka,
+            walcast_bin,
+            rows: num("WALCAST_BENCH_KAFKA_ROWS", 200_000)?.max(1),
+            latency_secs: num("WALCAST_BENCH_KAFKA_LATENCY_SECS", 10)?.max(1),
+            tmp: tempfile::Builder::new().prefix("walcast-bench-kafka").tempdir().context("temp dir")?,
+            run_id: format!("{}", SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)),
+        })
+    }
+
+    fn db_url(&self) -> String {
+        format!("host={} port={} user={} dbname={DB}", self.host, self.port, self.user)
+    }
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connect to {url}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SinkKind {
+    Kafka,
+    Jsonl,
+}
+
+impl SinkKind {
+    fn label(self) -> &'static str {
+        match self {
+            SinkKind::Kafka => "kafka",
+            SinkKind::Jsonl => "jsonl (/dev/null)",
+        }
+    }
+}
+
+async fn bench() -> Result<()> {
+    let env = Env::load()?;
+    let admin = connect(&env.admin_url).await?;
+    cleanup(&admin).await.context("remove what an earlier run left")?;
+    let result = async {
+        admin.batch_execute(&format!("CREATE DATABASE {DB}")).await.context("create database")?;
+        let db = connect(&env.db_url()).await?;
+        db.batch_execute(&format!(
+            "CREATE TABLE bench_rows (id bigserial PRIMARY KEY, a int, b text, c timestamptz DEFAULT now(), d numeric) \
+                 WITH (autovacuum_enabled = false);
+             CREATE PUBLICATION {PUBLICATION} FOR TABLE bench_rows;"
+        ))
+        .await
+        .context("create table and publication")?;
+
+        let mut rates = Vec::new();
+        for kind in [SinkKind::Kafka, SinkKind::Jsonl] {
+            eprintln!("kafka bench: {} throughput run ({} rows) ...", kind.label(), env.rows);
+            let secs = throughput_run(&env, &admin, &db, kind).await.with_context(|| format!("{} throughput", kind.label()))?;
+            eprintln!("kafka bench: {}: {:.2} s, {:.0} rows/s", kind.label(), secs, env.rows as f64 / secs);
+            rates.push((kind, secs));
+        }
+        let kafka_rate = env.rows as f64 / rates[0].1;
+        let target_rate = (kafka_rate / 2.0).max(100.0);
+        eprintln!("kafka bench: latency run at {target_rate:.0} rows/s for {} s ...", env.latency_secs);
+        let latency = latency_run(&env, &admin, &db, target_rate).await.context("latency run")?;
+        Ok::<_, anyhow::Error>((rates, target_rate, latency))
+    }
+    .await;
+    let cleaned = cleanup(&admin).await;
+    let (rates, target_rate, latency) = result?;
+    cleaned.context("clean up")?;
+
+    // Summary.
+    let kafka = env.rows as f64 / rates[0].1;
+    let jsonl = env.rows as f64 / rates[1].1;
+    let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
+    println!();
+    println!("kafka bench (one run; {} cores; Postgres, tansu and walcast on this machine)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("  throughput, one {}-row transaction, commit -> slot confirmed:", env.rows);
+    println!("    kafka sink             {:>7.2} s  {:>9.0} rows/s", rates[0].1, kafka);
+    println!("    jsonl sink (/dev/null) {:>7.2} s  {:>9.0} rows/s", rates[1].1, jsonl);
+    println!("    kafka / jsonl          {:>7.2}", kafka / jsonl);
+    println!("    goal >= {GOAL_ROWS_PER_SEC:.0} rows/s into the broker: {} ({:.2}x the goal)", mark(kafka >= GOAL_ROWS_PER_SEC), kafka / GOAL_ROWS_PER_SEC);
+    println!(
+        "  latency at {target_rate:.0} rows/s (half the kafka rate) for {} s: {} rows ({:.0} rows/s achieved), commit -> consumer receipt \
+         (upper bound of commit -> delivery report):",
+        env.latency_secs, latency.samples, latency.achieved_rate
+    );
+    println!("    p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms", latency.p50_ms, latency.p99_ms, latency.max_ms);
+    println!("    goal p99 < {GOAL_P99_MS:.0} ms: {} ({:.2}x the goal)", mark(latency.p99_ms < GOAL_P99_MS), latency.p99_ms / GOAL_P99_MS);
+    Ok(())
+}
+
+async fn cleanup(admin: &Client) -> Result<()> {
+    for _ in 0..100 {
+        let rows = admin
+            .query(
+                "SELECT slot_name::text, active_pid FROM pg_replication_slots WHERE slot_name LIKE $1 OR database = $2",
+                &[&format!("{SLOT_PREFIX}%"), &DB],
+            )
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            let slot: String = row.get(0);
+            let pid: Option<i32> = row.get(1);
+            if let Some(pid) = pid {
+                admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
+            } else {
+                let _ = admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await?;
+    Ok(())
+}
+
+/// Start walcast for `slot` with one sink. Its log goes to a file in the temp dir.
+fn spawn_walcast(env: &Env, slot: &str, kind: SinkKind, prefix: &str) -> Result<Child> {
+    let sink = match kind {
+        SinkKind::Jsonl => "[sinks.jsonl]\npath = \"/dev/null\"\n".to_string(),
+        SinkKind::Kafka => format!("[sinks.kafka]\nbootstrap_servers = \"{}\"\nprefix = \"{prefix}\"\n", env.kafka),
+    };
+    let config = format!(
+        "[source]\nhost = \"{}\"\nport = {}\ndatabase = \"{DB}\"\nuser = \"{}\"\nslot = \"{slot}\"\npublication = \"{PUBLICATION}\"\n\
+         create_slot = false\ncreate_publication = false\nstatus_interval_ms = {STATUS_INTERVAL_MS}\n\n{sink}\n[log]\nlevel = \"warn\"\n",
+        env.host, env.port, env.user
+    );
+    let path = env.tmp.path().join(format!("{slot}.toml"));
+    std::fs::write(&path, config).context("write config")?;
+    let log = std::fs::File::create(env.tmp.path().join(format!("{slot}.log"))).context("log file")?;
+    Command::new(&env.walcast_bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn walcast")
+}
+
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+async fn wait_active(admin: &Client, slot: &str, child: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("walcast exited ({status}) before streaming");
+        }
+        let active: Option<bool> =
+            admin.query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await?.map(|r| r.get(0));
+        if active == Some(true) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("slot {slot} not active after 30 s");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn wait_confirmed(admin: &Client, slot: &str, target: &str, child: &mut Child, timeout: Duration) -> Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("walcast exited early ({status})");
+        }
+        let done: Option<bool> = admin
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot, &target],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        if done == Some(true) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("slot {slot} did not reach {target} within {timeout:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn create_slot(db: &Client, slot: &str) -> Result<()> {
+    db.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).await.context("create slot")?;
+    Ok(())
+}
+
+/// Drop a slot, ending a walsender that still holds it (walcast was stopped or killed).
+async fn drop_slot(admin: &Client, slot: &str) -> Result<()> {
+    for _ in 0..600 {
+        let row = admin.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await?;
+        match row.map(|r| r.get::<_, Option<i32>>(0)) {
+            None => return Ok(()),
+            Some(Some(pid)) => {
+                admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
+            }
+            Some(None) => {
+                let _ = admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("cannot drop slot {slot}")
+}
+
+/// The end of walcast's log for `slot`, for error messages.
+fn log_tail(env: &Env, slot: &str) -> String {
+    let text = std::fs::read_to_string(env.tmp.path().join(format!("{slot}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Seconds from the commit of one big transaction to the slot confirming it.
+async fn throughput_run(env: &Env, admin: &Client, db: &Client, kind: SinkKind) -> Result<f64> {
+    db.batch_execute("TRUNCATE bench_rows RESTART IDENTITY").await?;
+    admin.batch_execute("CHECKPOINT").await?;
+    let slot = format!("{SLOT_PREFIX}{}", if kind == SinkKind::Kafka { "kafka" } else { "jsonl" });
+    create_slot(db, &slot).await?;
+    let prefix = format!("bench{}", env.run_id);
+    let mut child = spawn_walcast(env, &slot, kind, &prefix)?;
+    let outcome = async {
+        wait_active(admin, &slot, &mut child).await?;
+        db.execute(
+            &format!("INSERT INTO bench_rows (a, b, d) SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, {}) g", env.rows),
+            &[],
+        )
+        .await
+        .context("workload insert")?;
+        let commit = Instant::now();
+        let target: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+        let done = wait_confirmed(admin, &slot, &target, &mut child, DRAIN_TIMEOUT).await?;
+        Ok::<_, anyhow::Error>(done.duration_since(commit).as_secs_f64())
+    }
+    .await;
+    stop(&mut child).await;
+    drop_slot(admin, &slot).await?;
+    outcome.with_context(|| format!("walcast log tail:\n{}", log_tail(env, &slot)))
+}
+
+struct Latency {
+    samples: usize,
+    achieved_rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Rows at `rate` per second for the configured time; each row's commit -> consumer receipt.
+async fn latency_run(env: &Env, admin: &Client, db: &Client, rate: f64) -> Result<Latency> {
+    db.batch_execute("TRUNCATE bench_rows RESTART IDENTITY").await?;
+    let slot = format!("{SLOT_PREFIX}latency");
+    create_slot(db, &slot).await?;
+    let prefix = format!("bench{}lat", env.run_id);
+    let topic = format!("{prefix}.public.bench_rows");
+    let mut child = spawn_walcast(env, &slot, SinkKind::Kafka, &prefix)?;
+
+    // The consumer: a group member in its own thread, recording (receipt - commit) per record.
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let samples = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka)
+        .set("group.id", format!("walcast-bench-{}", env.run_id))
+        .set("session.timeout.ms", "6000")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .context("create consumer")?;
+    consumer.subscribe(&[&topic]).context("subscribe")?;
+    let reader = std::thread::spawn({
+        let (stop_flag, samples) = (stop_flag.clone(), samples.clone());
+        move || {
+            #[derive(serde::Deserialize)]
+            struct Src {
+                ts_us: i64,
+            }
+            #[derive(serde::Deserialize)]
+            struct Val {
+                source: Src,
+            }
+            while !stop_flag.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                    let received = now_us();
+                    if let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<Val>(p).ok()) {
+                        if let Ok(mut s) = samples.lock() {
+                            s.push(received - v.source.ts_us);
+                        }
+                    }
+                }
+            }
+        }
+    });
+
+    let outcome = async {
+        wait_active(admin, &slot, &mut child).await?;
+        // Warm-up: the topic exists and the consumer has joined its group.
+        db.execute("INSERT INTO bench_rows (a, b, d) VALUES (0, 'warmup', 0)", &[]).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while samples.lock().map(|s| s.is_empty()).unwrap_or(true) {
+            if Instant::now() > deadline {
+                bail!("the consumer saw nothing within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Ok(mut s) = samples.lock() {
+            s.clear();
+        }
+
+        // The load: every 10 ms a transaction with the rows due so far.
+        let start = Instant::now();
+        let total = Duration::from_secs(env.latency_secs);
+        let mut sent = 0u64;
+        let mut tick = tokio::time::interval(LATENCY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while start.elapsed() < total {
+            tick.tick().await;
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            if due > sent {
+                let n = due - sent;
+                db.execute(
+                    &format!("INSERT INTO bench_rows (a, b, d) SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, {n}) g"),
+                    &[],
+                )
+                .await?;
+                sent = due;
+            }
+        }
+        let achieved = sent as f64 / start.elapsed().as_secs_f64();
+        // Wait for the tail.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while samples.lock().map(|s| (s.len() as u64) < sent).unwrap_or(false) {
+            if Instant::now() > deadline {
+                bail!("the consumer received fewer rows than were committed");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok::<_, anyhow::Error>(achieved)
+    }
+    .await;
+    stop_flag.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    stop(&mut child).await;
+    drop_slot(admin, &slot).await?;
+    let achieved_rate = outcome.with_context(|| format!("walcast log tail:\n{}", log_tail(env, &slot)))?;
+
+    let mut s = samples.lock().map_err(|_| anyhow!("samples lock"))?.clone();
+    if s.is_empty() {
+        bail!("no latency samples");
+    }
+    s.sort_unstable();
+    let pct = |p: f64| s[((s.len() as f64 * p) as usize).min(s.len() - 1)] as f64 / 1000.0;
+    Ok(Latency { samples: s.len(), achieved_rate, p50_ms: pct(0.50), p99_ms: pct(0.99), max_ms: *s.last().unwrap_or(&0) as f64 / 1000.0 })
+}

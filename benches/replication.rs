@@ -1,0 +1,774 @@
+//! End-to-end replication benchmark against the real Postgres of `scripts/test-env`:
+//!
+//! 1. Throughput: one 1,000,000-row INSERT transaction on `bench_rows`, drained by
+//!    `pg_recvlogical` (the baseline) and by the release `walcast run` with the JSON-lines sink
+//!    writing to /dev/null, each connected before the workload, alternating, on fresh slots.
+//!    Time = commit returned to the client -> the consumer's slot confirmed the commit end LSN.
+//! 2. Quiet-stream latency: single-row commits ~50 ms apart, each timed from the commit
+//!    returning to the client to its JSON line read from walcast's standard output.
+//!
+//! Run it through `scripts/bench-replication` (starts the cluster, builds the release binary).
+//! It is a measurement: it exits 0 when goals are missed (printing MISSED), non-zero only when
+//! it could not measure. Knobs (environment):
+//!   WALCAST_TEST_PG                 admin URL of the logical cluster (set by scripts/test-env)
+//!   WALCAST_TEST_PG_BIN             Postgres binaries (pg_recvlogical), default /usr/lib/postgresql/15/bin
+//!   WALCAST_BIN                     walcast binary, default target/release/walcast
+//!   WALCAST_BENCH_ROWS              rows in the throughput transaction (1000000)
+//!   WALCAST_BENCH_RUNS              runs per consumer (2, at least 1)
+//!   WALCAST_BENCH_LATENCY_COMMITS   single-row commits in the latency test (200)
+//!   WALCAST_BENCH_ONLY              `throughput` or `latency` to run one part, or `walcast` /
+//!                                   `pg_recvlogical` for the throughput runs of one consumer
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, NoTls};
+
+const DB: &str = "walcast_bench";
+const PUBLICATION: &str = "bench_pub";
+const SLOT_PREFIX: &str = "bench_";
+/// Standby status interval given to walcast in this bench (the default is 1000 ms).
+const STATUS_INTERVAL_MS: u64 = 100;
+const POLL: Duration = Duration::from_millis(20);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
+const LATENCY_SPACING: Duration = Duration::from_millis(50);
+
+const GOAL_RATIO: f64 = 1.6;
+const GOAL_RSS_MB: f64 = 40.0;
+const GOAL_P50_MS: f64 = 50.0;
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("replication bench: cannot start tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("replication bench FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Settings read from the environment.
+struct Env {
+    admin_url: String,
+    host: String,
+    port: u16,
+    user: String,
+    pg_bin: PathBuf,
+    walcast_bin: PathBuf,
+    rows: u64,
+    runs: usize,
+    latency_commits: usize,
+    throughput: bool,
+    latency: bool,
+    consumers: Vec<Kind>,
+    clk_tck: f64,
+    tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn load() -> Result<Self> {
+        let admin_url = std::env::var("WALCAST_TEST_PG").map_err(|_| {
+            anyhow!("WALCAST_TEST_PG is not set: run scripts/bench-replication, or eval \"$(scripts/test-env)\" first")
+        })?;
+        let cfg = tokio_postgres::Config::from_str(&admin_url).context("parse WALCAST_TEST_PG")?;
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "127.0.0.1".to_string(),
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let user = cfg.get_user().unwrap_or("postgres").to_string();
+        let pg_bin = PathBuf::from(std::env::var("WALCAST_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()));
+        let walcast_bin = std::env::var_os("WALCAST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/walcast"));
+        if !walcast_bin.is_file() {
+            bail!("{} not found: build it with `cargo build --release` (scripts/bench-replication does)", walcast_bin.display());
+        }
+        if !pg_bin.join("pg_recvlogical").is_file() {
+            bail!("{} not found: set WALCAST_TEST_PG_BIN", pg_bin.join("pg_recvlogical").display());
+        }
+        let num = |name: &str, default: u64| -> Result<u64> {
+            match std::env::var(name) {
+                Ok(v) => v.trim().replace('_', "").parse().with_context(|| format!("{name}={v:?} is not a number")),
+                Err(_) => Ok(default),
+            }
+        };
+        let only = std::env::var("WALCAST_BENCH_ONLY").unwrap_or_default();
+        let clk_tck = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0);
+        Ok(Self {
+            admin_url,
+            host,
+            port,
+            user,
+            pg_bin,
+            walcast_bin,
+            rows: num("WALCAST_BENCH_ROWS", 1_000_000)?.max(1),
+            runs: num("WALCAST_BENCH_RUNS", 2)?.max(1) as usize,
+            latency_commits: num("WALCAST_BENCH_LATENCY_COMMITS", 200)?.max(1) as usize,
+            throughput: matches!(only.as_str(), "" | "throughput" | "walcast" | "pg_recvlogical"),
+            latency: matches!(only.as_str(), "" | "latency"),
+            consumers: match only.as_str() {
+                "walcast" => vec![Kind::Walcast],
+                "pg_recvlogical" => vec![Kind::Recvlogical],
+                _ => vec![Kind::Recvlogical, Kind::Walcast],
+            },
+            clk_tck,
+            tmp: tempfile::Builder::new().prefix("walcast-bench").tempdir().context("temp dir")?,
+        })
+    }
+
+    fn db_url(&self) -> String {
+        format!("host={} port={} user={} dbname={DB}", self.host, self.port, self.user)
+    }
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connect to {url}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+async fn bench() -> Result<()> {
+    let env = Env::load()?;
+    let admin = connect(&env.admin_url).await?;
+    let server_version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+
+    cleanup(&admin).await.context("remove what an earlier run left")?;
+    let result = async {
+        admin.batch_execute(&format!("CREATE DATABASE {DB}")).await.context("create database")?;
+        let db = connect(&env.db_url()).await?;
+        // Autovacuum is off on the table so no vacuum competes for the 2 cores mid-measurement.
+        db.batch_execute(&format!(
+            "CREATE TABLE bench_rows (id bigserial PRIMARY KEY, a int, b text, c timestamptz DEFAULT now(), d numeric) \
+                 WITH (autovacuum_enabled = false);
+             CREATE PUBLICATION {PUBLICATION} FOR TABLE bench_rows;"
+        ))
+        .await
+        .context("create table and publication")?;
+
+        let throughput = if env.throughput { Some(throughput(&env, &admin, &db).await?) } else { None };
+        let latency = if env.latency { Some(latency(&env, &admin, &db).await?) } else { None };
+        Ok::<_, anyhow::Error>((throughput, latency))
+    }
+    .await;
+    let cleaned = cleanup(&admin).await;
+    let (throughput, latency) = result?;
+    cleaned.context("clean up slots and the bench database")?;
+
+    summary(&env, &server_version, cores, throughput.as_ref(), latency.as_ref());
+    Ok(())
+}
+
+/// Drop every bench slot (ending its walsender first) and the bench database.
+async fn cleanup(admin: &Client) -> Result<()> {
+    for _ in 0..100 {
+        let rows = admin
+            .query(
+                "SELECT slot_name::text, active_pid FROM pg_replication_slots WHERE slot_name LIKE $1 OR database = $2",
+                &[&format!("{SLOT_PREFIX}%"), &DB],
+            )
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            let slot: String = row.get(0);
+            let pid: Option<i32> = row.get(1);
+            if let Some(pid) = pid {
+                admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
+            } else {
+                // May race with a walsender that just took it; the next round retries.
+                let _ = admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Recvlogical,
+    Walcast,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Recvlogical => "pg_recvlogical",
+            Kind::Walcast => "walcast",
+        }
+    }
+}
+
+/// One drained transaction.
+#[derive(Debug, Clone)]
+struct RunResult {
+    kind: Kind,
+    insert_secs: f64,
+    /// Commit returned -> slot confirmed_flush_lsn >= commit end.
+    confirmed_secs: f64,
+    /// Commit returned -> the consumer's last bulk write to its output (its write(2) byte count
+    /// stops growing); free of the consumer's status-report interval.
+    drained_secs: Option<f64>,
+    consumer_cpu_secs: Option<f64>,
+    walsender_cpu_secs: Option<f64>,
+    /// CPU used on the machine after the commit by everything but the consumer and its walsender
+    /// (other tests, builds...): the measurement is noisy when this is large.
+    background_cpu_secs: Option<f64>,
+    /// Context switches of all the consumer's threads after the commit: each is a thread
+    /// going to sleep or being preempted, the cost of hand-offs between threads.
+    consumer_switches: Option<u64>,
+    peak_rss_kb: Option<u64>,
+}
+
+struct Throughput {
+    rows: u64,
+    runs: Vec<RunResult>,
+}
+
+async fn throughput(env: &Env, admin: &Client, db: &Client) -> Result<Throughput> {
+    let mut runs = Vec::new();
+    for round in 1..=env.runs {
+        for &kind in &env.consumers {
+            eprintln!("replication bench: {} run {round}/{} ...", kind.label(), env.runs);
+            let r = throughput_run(env, admin, db, kind, round).await.with_context(|| format!("{} run {round}", kind.label()))?;
+            eprintln!(
+                "replication bench: {} run {round}: insert {:.2} s, commit -> confirmed {:.2} s ({} rows/s), drained {}, consumer CPU {} ({} context switches), walsender CPU {}, background CPU {}{}",
+                kind.label(),
+                r.insert_secs,
+                r.confirmed_secs,
+                thousands((env.rows as f64 / r.confirmed_secs) as u64),
+                opt_secs(r.drained_secs),
+                opt_secs(r.consumer_cpu_secs),
+                r.consumer_switches.map(thousands).unwrap_or_else(|| "?".into()),
+                opt_secs(r.walsender_cpu_secs),
+                opt_secs(r.background_cpu_secs),
+                r.peak_rss_kb.map(|kb| format!(", peak RSS {:.1} MB", kb as f64 / 1024.0)).unwrap_or_default(),
+            );
+            runs.push(r);
+        }
+    }
+    Ok(Throughput { rows: env.rows, runs })
+}
+
+async fn throughput_run(env: &Env, admin: &Client, db: &Client, kind: Kind, round: usize) -> Result<RunResult> {
+    // Same WAL for every run: an empty table (new relfilenode) and a checkpoint just before.
+    db.batch_execute("TRUNCATE bench_rows RESTART IDENTITY").await?;
+    admin.batch_execute("CHECKPOINT").await?;
+
+    let slot = format!("{SLOT_PREFIX}{}_{round}", if kind == Kind::Walcast { "walcast" } else { "recv" });
+    let mut child = match kind {
+        Kind::Recvlogical => {
+            db.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).await.context("create slot")?;
+            spawn_recvlogical(env, &slot)?
+        }
+        Kind::Walcast => spawn_walcast(env, &slot, "/dev/null", Stdio::null())?,
+    };
+    let outcome = measure_drain(env, admin, db, &slot, &mut child, kind).await;
+    stop(&mut child).await;
+    drop_slot(admin, &slot).await?;
+    outcome
+}
+
+async fn measure_drain(env: &Env, admin: &Client, db: &Client, slot: &str, child: &mut Child, kind: Kind) -> Result<RunResult> {
+    let pid = child.id().ok_or_else(|| anyhow!("consumer exited at once"))?;
+    let walsender = wait_active(admin, slot, child).await?;
+
+    let insert_start = Instant::now();
+    db.execute(
+        &format!("INSERT INTO bench_rows (a, b, d) SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, {}) g", env.rows),
+        &[],
+    )
+    .await
+    .context("workload insert")?;
+    let commit = Instant::now();
+    let target: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let insert_secs = commit.duration_since(insert_start).as_secs_f64();
+
+    let cpu0 = proc_cpu_secs(pid, env.clk_tck);
+    let ws_cpu0 = walsender.and_then(|p| proc_cpu_secs(p, env.clk_tck));
+    let busy0 = machine_busy_secs(env.clk_tck);
+    let switches0 = proc_switches(pid);
+    let mut last_wchar = proc_io(pid, "wchar");
+    let mut last_bulk_write: Option<Instant> = None;
+    let confirmed = loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("{} exited early ({status}) before confirming {target}", kind.label());
+        }
+        let row = admin
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot, &target],
+            )
+            .await?
+            .ok_or_else(|| anyhow!("slot {slot} disappeared"))?;
+        let now = Instant::now();
+        // Status updates and log lines are small; the output (≥ a pgoutput message per row, or
+        // a JSON batch) is not. The last poll that saw bulk writes ends the drain, ±1 poll.
+        if let Some(w) = proc_io(pid, "wchar") {
+            if last_wchar.is_some_and(|l| w > l + 4096) {
+                last_bulk_write = Some(now);
+            }
+            last_wchar = Some(w);
+        }
+        if row.get::<_, Option<bool>>(0) == Some(true) {
+            break now;
+        }
+        if now.duration_since(commit) > DRAIN_TIMEOUT {
+            bail!("{} did not confirm {target} within {} s", kind.label(), DRAIN_TIMEOUT.as_secs());
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let consumer_cpu = proc_cpu_secs(pid, env.clk_tck).zip(cpu0).map(|(b, a)| b - a);
+    let walsender_cpu = walsender.and_then(|p| proc_cpu_secs(p, env.clk_tck)).zip(ws_cpu0).map(|(b, a)| b - a);
+    let busy = machine_busy_secs(env.clk_tck).zip(busy0).map(|(b, a)| b - a);
+    let consumer_switches = proc_switches(pid).zip(switches0).map(|(b, a)| b.saturating_sub(a));
+    let background_cpu = busy.map(|b| (b - consumer_cpu.unwrap_or(0.0) - walsender_cpu.unwrap_or(0.0)).max(0.0));
+    let peak_rss_kb = if kind == Kind::Walcast { proc_status_kb(pid, "VmHWM") } else { None };
+    Ok(RunResult {
+        kind,
+        insert_secs,
+        confirmed_secs: confirmed.duration_since(commit).as_secs_f64(),
+        drained_secs: last_bulk_write.map(|t| t.duration_since(commit).as_secs_f64()),
+        consumer_cpu_secs: consumer_cpu,
+        walsender_cpu_secs: walsender_cpu,
+        background_cpu_secs: background_cpu,
+        consumer_switches,
+        peak_rss_kb,
+    })
+}
+
+fn spawn_recvlogical(env: &Env, slot: &str) -> Result<Child> {
+    Command::new(env.pg_bin.join("pg_recvlogical"))
+        .args(["-h", &env.host, "-p", &env.port.to_string(), "-U", &env.user, "-d", DB])
+        .args(["--slot", slot, "--start", "-P", "pgoutput"])
+        .args(["-o", "proto_version=1", "-o", &format!("publication_names={PUBLICATION}")])
+        // -F 0: no fsync (/dev/null cannot be synced anyway) and the flush position it reports
+        // is always its write position; -s 1: report it every second (its smallest interval).
+        .args(["-F", "0", "-s", "1", "-f", "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn pg_recvlogical")
+}
+
+fn spawn_walcast(env: &Env, slot: &str, path: &str, stdout: Stdio) -> Result<Child> {
+    let config = env.tmp.path().join(format!("{slot}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"[source]
+host = "{host}"
+port = {port}
+database = "{DB}"
+user = "{user}"
+slot = "{slot}"
+publication = "{PUBLICATION}"
+tables = ["public.bench_rows"]
+create_slot = true
+create_publication = false
+status_interval_ms = {STATUS_INTERVAL_MS}
+
+[sinks.jsonl]
+path = "{path}"
+
+[log]
+level = "warn"
+"#,
+            host = env.host,
+            port = env.port,
+            user = env.user,
+        ),
+    )
+    .context("write walcast config")?;
+    Command::new(&env.walcast_bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawn {}", env.walcast_bin.display()))
+}
+
+/// Wait until a walsender streams `slot` (START_REPLICATION accepted); returns its pid.
+async fn wait_active(admin: &Client, slot: &str, child: &mut Child) -> Result<Option<u32>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("consumer exited ({status}) before streaming slot {slot}");
+        }
+        // A walsender, not the SQL backend that creates the slot (it holds the slot briefly).
+        let row = admin
+            .query_opt(
+                "SELECT s.active_pid FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                 WHERE s.slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(row.get::<_, Option<i32>>(0).map(|p| p as u32));
+        }
+        if Instant::now() > deadline {
+            bail!("slot {slot} not streamed within 30 s");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// SIGTERM (both consumers stop cleanly on it), then SIGKILL after 15 s.
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        if tokio::time::timeout(Duration::from_secs(15), child.wait()).await.is_ok() {
+            return;
+        }
+        eprintln!("replication bench: pid {pid} ignored SIGTERM for 15 s, killing it");
+    }
+    let _ = child.kill().await;
+}
+
+async fn drop_slot(admin: &Client, slot: &str) -> Result<()> {
+    for _ in 0..100 {
+        let row = admin.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await?;
+        match row {
+            None => return Ok(()),
+            Some(r) => match r.get::<_, Option<i32>>(0) {
+                // The walsender is still exiting.
+                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                None => {
+                    if admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.is_ok() {
+                        return Ok(());
+                    }
+                }
+            },
+        }
+    }
+    bail!("could not drop slot {slot}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quiet-stream latency
+
+struct Latency {
+    /// Commit returned -> line read, milliseconds.
+    client_ms: Vec<f64>,
+    /// Server commit timestamp -> line read (wall clock), milliseconds.
+    commit_ts_ms: Vec<f64>,
+}
+
+async fn latency(env: &Env, admin: &Client, db: &Client) -> Result<Latency> {
+    eprintln!("replication bench: quiet-stream latency, {} single-row commits ...", env.latency_commits);
+    let slot = format!("{SLOT_PREFIX}latency");
+    let mut child = spawn_walcast(env, &slot, "-", Stdio::piped())?;
+    let outcome = measure_latency(env, admin, db, &slot, &mut child).await;
+    stop(&mut child).await;
+    drop_slot(admin, &slot).await?;
+    outcome
+}
+
+async fn measure_latency(env: &Env, admin: &Client, db: &Client, slot: &str, child: &mut Child) -> Result<Latency> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("walcast stdout not piped"))?;
+    // Timestamp lines as soon as they are read, independent of the commit loop.
+    let (tx, lines) = mpsc::unbounded_channel::<(Instant, SystemTime, String)>();
+    let reader = tokio::spawn(async move {
+        let mut stdout = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = stdout.next_line().await {
+            if tx.send((Instant::now(), SystemTime::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    wait_active(admin, slot, child).await?;
+
+    let insert = db.prepare("INSERT INTO bench_rows (a, b, d) VALUES (0, $1, 0)").await?;
+    let mut waiter = LineWaiter { lines, early: HashMap::new() };
+
+    // Warm-up: the first change of a session also carries the Relation message.
+    for i in 0..5 {
+        let marker = format!("warm-{i}");
+        db.execute(&insert, &[&marker]).await?;
+        waiter.wait(marker).await?;
+    }
+
+    let mut client_ms = Vec::with_capacity(env.latency_commits);
+    let mut commit_ts_ms = Vec::with_capacity(env.latency_commits);
+    for i in 0..env.latency_commits {
+        let started = Instant::now();
+        let marker = format!("lat-{i}");
+        db.execute(&insert, &[&marker]).await?;
+        let committed = Instant::now();
+        let (read_at, read_wall, line) = waiter.wait(marker).await?;
+        // Signed: the walsender may beat the commit acknowledgement to the client.
+        client_ms.push(signed_ms(read_at, committed));
+        if let Some(ts) = commit_ts_micros(&line) {
+            let read_micros = read_wall.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+            commit_ts_ms.push((read_micros - ts) as f64 / 1000.0);
+        }
+        if let Some(rest) = LATENCY_SPACING.checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+    }
+    reader.abort();
+    Ok(Latency { client_ms, commit_ts_ms })
+}
+
+/// Lines read from walcast's stdout, matched to the commit that produced them by its marker
+/// (the `b` column).
+struct LineWaiter {
+    lines: mpsc::UnboundedReceiver<(Instant, SystemTime, String)>,
+    /// Lines read while waiting for another marker.
+    early: HashMap<String, (Instant, SystemTime, String)>,
+}
+
+impl LineWaiter {
+    async fn wait(&mut self, marker: String) -> Result<(Instant, SystemTime, String)> {
+        if let Some(hit) = self.early.remove(&marker) {
+            return Ok(hit);
+        }
+        loop {
+            let (at, wall, line) = tokio::time::timeout(Duration::from_secs(10), self.lines.recv())
+                .await
+                .map_err(|_| anyhow!("no line for {marker} within 10 s"))?
+                .ok_or_else(|| anyhow!("walcast closed its standard output"))?;
+            match line.split("\"b\":\"").nth(1).and_then(|r| r.split('"').next()) {
+                Some(b) if b == marker => return Ok((at, wall, line)),
+                Some(b) => {
+                    self.early.insert(b.to_string(), (at, wall, line));
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+fn signed_ms(a: Instant, b: Instant) -> f64 {
+    if a >= b {
+        a.duration_since(b).as_secs_f64() * 1000.0
+    } else {
+        -(b.duration_since(a).as_secs_f64() * 1000.0)
+    }
+}
+
+/// `"commit_ts":"2026-11-22T16:44:52.342014Z"` -> microseconds since the Unix epoch.
+fn commit_ts_micros(line: &str) -> Option<i64> {
+    let ts = line.split("\"commit_ts\":\"").nth(1)?.get(..27)?;
+    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, us) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + us)
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings
+
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// utime + stime of a process, seconds.
+fn proc_cpu_secs(pid: u32, clk_tck: f64) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may contain spaces).
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clk_tck)
+}
+
+/// Voluntary plus involuntary context switches, summed over the threads of a process (threads
+/// that already exited are not counted).
+fn proc_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:").or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:")) {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// CPU time spent by the whole machine (all cores, not idle or iowait), seconds.
+fn machine_busy_secs(clk_tck: f64) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = text.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = cpu.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).copied().unwrap_or(0);
+    Some(busy as f64 / clk_tck)
+}
+
+/// A counter of /proc/PID/io: `wchar` (bytes passed to write(2) and friends, on files, pipes
+/// and sockets alike), `syscw` (such calls).
+fn proc_io(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &[f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    Some(v[rank.min(v.len()) - 1])
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn opt_secs(v: Option<f64>) -> String {
+    v.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "-".into())
+}
+
+fn goal(met: bool) -> &'static str {
+    if met {
+        "ok"
+    } else {
+        "MISSED"
+    }
+}
+
+fn summary(env: &Env, version: &str, cores: usize, throughput: Option<&Throughput>, latency: Option<&Latency>) {
+    let version = version.split_whitespace().next().unwrap_or(version);
+    println!();
+    println!("replication bench (Postgres {version} local, {cores} cores)");
+    if let Some(t) = throughput {
+        let stats = |kind: Kind| {
+            let runs: Vec<&RunResult> = t.runs.iter().filter(|r| r.kind == kind).collect();
+            let confirmed = median(runs.iter().map(|r| r.confirmed_secs).collect()).unwrap_or(f64::NAN);
+            let drained = median(runs.iter().filter_map(|r| r.drained_secs).collect());
+            let cpu = median(runs.iter().filter_map(|r| r.consumer_cpu_secs).collect());
+            let ws_cpu = median(runs.iter().filter_map(|r| r.walsender_cpu_secs).collect());
+            let all: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.confirmed_secs)).collect();
+            let rss = runs.iter().filter_map(|r| r.peak_rss_kb).max();
+            (confirmed, drained, cpu, ws_cpu, all, rss)
+        };
+        let rows = t.rows as f64;
+        let (b, b_drained, b_cpu, b_ws, b_all, _) = stats(Kind::Recvlogical);
+        let (w, w_drained, w_cpu, w_ws, w_all, w_rss) = stats(Kind::Walcast);
+        let ratio = b / w;
+        let rss_mb = w_rss.map(|kb| kb as f64 / 1024.0);
+        let n = env.runs;
+        println!(
+            "  workload: one INSERT of {} rows into bench_rows; time = commit returned -> slot confirmed_flush_lsn >= commit end; median of {n} run(s) each, alternating, fresh slots",
+            thousands(t.rows)
+        );
+        println!(
+            "  pg_recvlogical (-F 0 -s 1, -f /dev/null)   {} rows  {b:6.2} s  {:>9} rows/s   runs [{}] s",
+            thousands(t.rows),
+            format!("{}k", thousands((rows / b / 1000.0).round() as u64)),
+            b_all.join(", ")
+        );
+        println!(
+            "  walcast (jsonl -> /dev/null, status 100 ms) {} rows  {w:6.2} s  {:>9} rows/s   runs [{}] s",
+            thousands(t.rows),
+            format!("{}k", thousands((rows / w / 1000.0).round() as u64)),
+            w_all.join(", ")
+        );
+        println!("    ratio walcast/pg_recvlogical {ratio:.2}x (goal >= {GOAL_RATIO}x: {})", goal(ratio >= GOAL_RATIO));
+        match rss_mb {
+            Some(mb) => println!("    walcast peak RSS {mb:.1} MB (goal < {GOAL_RSS_MB} MB: {})", goal(mb < GOAL_RSS_MB)),
+            None => println!("    walcast peak RSS unknown (/proc/PID/status unreadable)"),
+        }
+        if let (Some(bd), Some(wd)) = (b_drained, w_drained) {
+            println!(
+                "    drained (last bulk output write, no status-interval lag): pg_recvlogical {bd:.2} s, walcast {wd:.2} s, ratio {:.2}x",
+                bd / wd
+            );
+        }
+        println!(
+            "    CPU after commit: pg_recvlogical {} (its walsender {}), walcast {} (its walsender {})",
+            opt_secs(b_cpu),
+            opt_secs(b_ws),
+            opt_secs(w_cpu),
+            opt_secs(w_ws)
+        );
+    }
+    if let Some(l) = latency {
+        let p50 = percentile(&l.client_ms, 50.0).unwrap_or(f64::NAN);
+        let p99 = percentile(&l.client_ms, 99.0).unwrap_or(f64::NAN);
+        println!(
+            "  quiet-stream latency (commit returned -> JSON line read from walcast stdout) p50 {p50:.1} ms  p99 {p99:.1} ms  max {:.1} ms ({} commits, {} ms apart; goal p50 < {GOAL_P50_MS} ms: {})",
+            percentile(&l.client_ms, 100.0).unwrap_or(f64::NAN),
+            l.client_ms.len(),
+            LATENCY_SPACING.as_millis(),
+            goal(p50 < GOAL_P50_MS)
+        );
+        if !l.commit_ts_ms.is_empty() {
+            println!(
+                "    from server commit_ts: p50 {:.1} ms  p99 {:.1} ms",
+                percentile(&l.commit_ts_ms, 50.0).unwrap_or(f64::NAN),
+                percentile(&l.commit_ts_ms, 99.0).unwrap_or(f64::NAN)
+            );
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The dead-letter destination: records that can never be written (too large, topic missing or
+//! invalid) go here with their reason, and the stream goes on.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::decode::write_json_str;
+use crate::lsn::Lsn;
+
+/// One record that could not be written.
+#[derive(Debug)]
+pub(crate) struct DeadRecord<'a> {
+    /// The change's LSN.
+    pub lsn: Lsn,
+    /// Its transaction's commit LSN.
+    pub commit_lsn: Lsn,
+    /// Schema of the table.
+    pub schema: &'a str,
+    /// Table.
+    pub table: &'a str,
+    /// The record key (JSON), if any.
+    pub key: Option<&'a [u8]>,
+    /// The record value (the envelope), if any (tombstones have none).
+    pub value: Option<&'a [u8]>,
+    /// The topic it was meant for.
+    pub topic: &'a str,
+    /// Why it cannot be written.
+    pub reason: &'a str,
+}
+
+/// A JSON-lines file of dead letters, fsynced before the batch counts as durable.
+pub(crate) struct DeadLetterFile {
+    path: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+}
+
+impl DeadLetterFile {
+    /// Open `path` for appending (created when missing).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { path: path.to_path_buf(), file, buf: Vec::new() })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queue one line `{lsn, commit_lsn, schema, table, key, reason, topic}`.
+    pub fn push(&mut self, r: &DeadRecord<'_>) {
+        let b = &mut self.buf;
+        let _ = write!(b, "{{\"lsn\":\"{}\",\"commit_lsn\":\"{}\",\"schema\":", r.lsn, r.commit_lsn);
+        write_json_str(b, r.schema);
+        b.extend_from_slice(b",\"table\":");
+        write_json_str(b, r.table);
+        b.extend_from_slice(b",\"key\":");
+        match r.key {
+            // The key was rendered by walcast as a JSON object.
+            Some(k) => b.extend_from_slice(k),
+            None => b.extend_from_slice(b"null"),
+        }
+        b.extend_from_slice(b",\"reason\":");
+        write_json_str(b, r.reason);
+        b.extend_from_slice(b",\"topic\":");
+        write_json_str(b, r.topic);
+        b.extend_from_slice(b"}\n");
+    }
+
+    /// Write, flush and fsync what was queued.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.file.write_all(&self.buf).and_then(|()| self.file.flush()).and_then(|()| self.file.sync_data());
+        self.buf.clear();
+        result
+    }
+
+    /// Drop what was queued (the batch failed and will be written again).
+    pub fn discard(&mut self) {
+        self.buf.clear();
+    }
+}
+
+/// The value of a dead-letter record whose envelope is itself too large: a small JSON document
+/// that says what happened.
+pub(crate) fn truncated_document(r: &DeadRecord<'_>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(256);
+    b.extend_from_slice(b"{\"truncated\":true,\"value_bytes\":");
+    let _ = write!(b, "{}", r.value.map_or(0, <[u8]>::len));
+    let _ = write!(b, ",\"lsn\":\"{}\",\"commit_lsn\":\"{}\",\"schema\":", r.lsn, r.commit_lsn);
+    write_json_str(&mut b, r.schema);
+    b.extend_from_slice(b",\"table\":");
+    write_json_str(&mut b, r.table);
+    b.extend_from_slice(b",\"topic\":");
+    write_json_str(&mut b, r.topic);
+    b.extend_from_slice(b",\"reason\":");
+    write_json_str(&mut b, r.reason);
+    b.push(b'}');
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>() -> DeadRecord<'a> {
+        DeadRecord {
+            lsn: Lsn(0x10),
+            commit_lsn: Lsn(0x20),
+            schema: "public",
+            table: "big",
+            key: Some(br#"{"id":1}"#),
+            value: Some(b"{\"before\":null}"),
+            topic: "walcast.public.big",
+            reason: "record too large",
+        }
+    }
+
+    #[test]
+    fn file_lines_are_json_with_every_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dead.jsonl");
+        let mut f = DeadLetterFile::open(&path).expect("open");
+        f.push(&record());
+        f.sync().expect("sync");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"lsn": "0/10", "commit_lsn": "0/20", "schema": "public", "table": "big",
+                "key": {"id": 1}, "reason": "record too large", "topic": "walcast.public.big"})
+        );
+    }
+
+    #[test]
+    fn truncated_document_is_json() {
+        let v: serde_json::Value = serde_json::from_slice(&truncated_document(&record())).expect("json");
+        assert_eq!(v["truncated"], true);
+        assert_eq!(v["value_bytes"], 15);
+        assert_eq!(v["reason"], "record too large");
+    }
+}

@@ -16,6 +16,8 @@
 //!   WALCAST_BENCH_ROWS              rows in the throughput transaction (1000000)
 //!   WALCAST_BENCH_RUNS              runs per consumer (2, at least 1)
 //!   WALCAST_BENCH_LATENCY_COMMITS   single-row commits in the latency test (200)
+//!   WALCAST_BENCH_SINK_PATH         walcast's JSON-lines path in the throughput runs (/dev/null);
+//!                                   a regular file is fsynced per batch (it is removed after each run)
 //!   WALCAST_BENCH_ONLY              `throughput` or `latency` to run one part, or `walcast` /
 //!                                   `pg_recvlogical` for the throughput runs of one consumer
 
@@ -75,6 +77,7 @@ struct Env {
     throughput: bool,
     latency: bool,
     consumers: Vec<Kind>,
+    sink_path: String,
     clk_tck: f64,
     tmp: tempfile::TempDir,
 }
@@ -133,6 +136,7 @@ impl Env {
                 "pg_recvlogical" => vec![Kind::Recvlogical],
                 _ => vec![Kind::Recvlogical, Kind::Walcast],
             },
+            sink_path: std::env::var("WALCAST_BENCH_SINK_PATH").unwrap_or_else(|_| "/dev/null".into()),
             clk_tck,
             tmp: tempfile::Builder::new().prefix("walcast-bench").tempdir().context("temp dir")?,
         })
@@ -291,11 +295,14 @@ async fn throughput_run(env: &Env, admin: &Client, db: &Client, kind: Kind, roun
             db.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).await.context("create slot")?;
             spawn_recvlogical(env, &slot)?
         }
-        Kind::Walcast => spawn_walcast(env, &slot, "/dev/null", Stdio::null())?,
+        Kind::Walcast => spawn_walcast(env, &slot, &env.sink_path, Stdio::null())?,
     };
     let outcome = measure_drain(env, admin, db, &slot, &mut child, kind).await;
     stop(&mut child).await;
     drop_slot(admin, &slot).await?;
+    if kind == Kind::Walcast && Path::new(&env.sink_path).is_file() {
+        let _ = std::fs::remove_file(&env.sink_path);
+    }
     outcome
 }
 

@@ -987,6 +987,119 @@ impl KafkaSinkConfig {
 }
 
 #[cfg(test)]
+mod kafka_config_tests {
+    use super::*;
+
+    const KAFKA_ONLY: &str = r#"
+[source]
+host = "127.0.0.1"
+database = "app"
+user = "walcast"
+
+[sinks.kafka]
+bootstrap_servers = "127.0.0.1:9092"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn kafka_alone_is_a_sink_and_gets_defaults() {
+        let c = parse(KAFKA_ONLY).expect("valid");
+        assert!(c.sinks.jsonl.is_none());
+        let k = c.sinks.kafka.expect("kafka");
+        assert_eq!(k.prefix, DEFAULT_KAFKA_PREFIX);
+        assert_eq!(k.server_name(), DEFAULT_KAFKA_PREFIX);
+        assert_eq!(k.topic_template, DEFAULT_KAFKA_TOPIC_TEMPLATE);
+        assert!(k.create_topics && k.tombstones_on_delete);
+        assert_eq!(k.linger_ms, DEFAULT_KAFKA_LINGER_MS);
+        assert_eq!(k.message_timeout_ms, DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS);
+        assert_eq!(k.compression, KafkaCompression::None);
+        assert!(k.transaction_topic.is_none() && k.dead_letter.is_none() && k.sasl.is_none() && k.tls.is_none());
+    }
+
+    #[test]
+    fn invalid_kafka_values_name_their_field() {
+        let cases = [
+            ("bootstrap_servers = \"\"", "sinks.kafka.bootstrap_servers"),
+            ("bootstrap_servers = \"nohost\"", "sinks.kafka.bootstrap_servers"),
+            ("topic_template = \"{prefix}.{tabel}\"", "sinks.kafka.topic_template"),
+            ("prefix = \"a b\"", "sinks.kafka.prefix"),
+            ("topic_partitions = 0", "sinks.kafka.topic_partitions"),
+            ("topic_replication_factor = 0", "sinks.kafka.topic_replication_factor"),
+            ("transaction_topic = \"a/b\"", "sinks.kafka.transaction_topic"),
+            ("message_timeout_ms = 10", "sinks.kafka.message_timeout_ms"),
+            ("message_max_bytes = 10", "sinks.kafka.message_max_bytes"),
+            ("[sinks.kafka.dead_letter]\ntopic = \"d\"\npath = \"d.jsonl\"", "sinks.kafka.dead_letter"),
+            ("[sinks.kafka.dead_letter]", "sinks.kafka.dead_letter"),
+            ("[sinks.kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"", "sinks.kafka.sasl.password_env"),
+            ("[sinks.kafka.tables.\"orders\"]\ntopic = \"x\"", "sinks.kafka.tables.\"orders\""),
+            ("[sinks.kafka.tables.\"public.orders\"]\nkey_columns = []", "sinks.kafka.tables.\"public.orders\".key_columns"),
+        ];
+        for (extra, field) in cases {
+            let text = if extra.starts_with("bootstrap_servers") {
+                KAFKA_ONLY.replace("bootstrap_servers = \"127.0.0.1:9092\"", extra)
+            } else {
+                format!("{KAFKA_ONLY}{extra}\n")
+            };
+            let err = parse(&text).expect_err(field).to_string();
+            assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+        let err = parse(&format!("{KAFKA_ONLY}compression = \"brotli\"\n")).expect_err("unknown codec").to_string();
+        assert!(err.contains("compression"), "{err}");
+        let err = parse(&format!("{KAFKA_ONLY}linger = 5\n")).expect_err("unknown field").to_string();
+        assert!(err.contains("linger"), "{err}");
+    }
+
+    #[test]
+    fn sasl_password_never_in_debug() {
+        std::env::set_var("WALCAST_TEST_KAFKA_CFG_PW", "kafka-hunter2");
+        let text = format!(
+            "{KAFKA_ONLY}[sinks.kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"u\"\npassword_env = \"WALCAST_TEST_KAFKA_CFG_PW\"\n"
+        );
+        let c = parse(&text).expect("valid");
+        let sasl = c.sinks.kafka.as_ref().and_then(|k| k.sasl.as_ref()).expect("sasl");
+        assert_eq!(sasl.password().expect("set"), "kafka-hunter2");
+        assert!(!format!("{c:?}").contains("kafka-hunter2"));
+    }
+
+    /// The commented `[sinks.kafka]` section of the shipped example, uncommented, is valid and
+    /// names every field of the Kafka config.
+    #[test]
+    fn example_kafka_section_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/walcast.example.toml");
+        let text = std::fs::read_to_string(&path).expect("example config");
+        let mut out = String::new();
+        let mut in_kafka = false;
+        for line in text.lines() {
+            if line.starts_with("#[sinks.kafka]") {
+                in_kafka = true;
+            } else if line.starts_with('[') {
+                in_kafka = false;
+            }
+            match line.strip_prefix('#') {
+                Some(rest) if in_kafka && !rest.starts_with('#') => out.push_str(rest),
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        std::env::set_var("WALCAST_KAFKA_PASSWORD", "x");
+        let c = Config::parse(&out, &path).expect("uncommented example is valid");
+        let k = c.sinks.kafka.expect("kafka section");
+        assert_eq!(k.bootstrap_servers, "127.0.0.1:9092");
+        assert!(k.sasl.is_some() && k.tls.is_some() && k.dead_letter.is_some() && k.tables.contains_key("public.orders"));
+        for field in [
+            "bootstrap_servers", "client_id", "prefix", "server_name", "topic_template", "create_topics", "topic_partitions",
+            "topic_replication_factor", "tombstones_on_delete", "transaction_topic", "compression", "linger_ms",
+            "batch_num_messages", "batch_size_bytes", "message_max_bytes", "message_timeout_ms", "queue_max_kbytes",
+        ] {
+            assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.kafka.{field}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ConfigError};
-use crate::decode::{self, Change, DecodeError, Message, Op, RelationCache, TruncateOptions};
+use crate::decode::{self, Change, DecodeError, Message, Op, RelationCache, ReplicaIdentity, TruncateOptions};
 use crate::lsn::Lsn;
 use crate::retry::Backoff;
 use crate::sink::{self, Batch, JsonlSink, Sink, SinkError, SinkReport};
@@ -88,6 +88,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSumm
         batch: Batch::default(),
         committed_len: 0,
         backoff,
+        catalog: None,
     };
     stream.run(&shutdown).await
 }
@@ -238,6 +239,8 @@ struct Streamer<'a> {
     /// Changes of `batch` that belong to committed transactions.
     committed_len: usize,
     backoff: Backoff,
+    /// SQL connection for catalog lookups, opened on first use.
+    catalog: Option<tokio_postgres::Client>,
 }
 
 impl Streamer<'_> {
@@ -349,7 +352,7 @@ impl Streamer<'_> {
                 // 3. The replication stream, while the batch has room.
                 event = stream.recv(), if self.batch.changes.len() < max => match event {
                     Ok(Some(event)) => {
-                        self.on_event(event, stream)?;
+                        self.on_event(event, stream).await?;
                         if finish_by.is_some() && self.tx.is_none() {
                             return Ok(SessionEnd::Shutdown);
                         }
@@ -376,13 +379,18 @@ impl Streamer<'_> {
         !self.batch.changes.is_empty() || self.batch.checkpoint.is_some()
     }
 
-    fn on_event(&mut self, event: SourceEvent, stream: &ReplicationStream) -> Result<(), PipelineError> {
+    async fn on_event(&mut self, event: SourceEvent, stream: &ReplicationStream) -> Result<(), PipelineError> {
         match event {
             SourceEvent::Begin(b) => {
                 self.tx = Some(OpenTx { xid: b.xid, commit_lsn: b.final_lsn, commit_ts: b.commit_ts, next_seq: 0, partly_dispatched: false });
             }
             SourceEvent::Data { wal_start, payload } => {
-                let message = decode::parse(&payload).map_err(SourceError::from)?;
+                let mut message = decode::parse(&payload).map_err(SourceError::from)?;
+                if let Message::Relation(body) = &mut message {
+                    if body.replica_identity == ReplicaIdentity::Full {
+                        self.key_by_primary_key(body).await;
+                    }
+                }
                 self.on_message(message, wal_start)?;
             }
             SourceEvent::Commit(c) => {
@@ -402,6 +410,41 @@ impl Streamer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// With REPLICA IDENTITY FULL, Postgres flags every column as key, which would make each
+    /// version of a row a different key (and break per-key ordering downstream). Flag the
+    /// table's primary key instead, looked up once per Relation message. Without a primary key
+    /// (or if the lookup fails) the flags stay as sent.
+    async fn key_by_primary_key(&mut self, body: &mut decode::RelationBody) {
+        if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
+            match connect_sql(&self.params).await {
+                Ok(c) => self.catalog = Some(c),
+                Err(error) => {
+                    tracing::warn!(%error, relation = %body.name, "cannot look up the primary key; keying by every column");
+                    return;
+                }
+            }
+        }
+        let Some(client) = &self.catalog else { return };
+        let rows = client
+            .query(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = $1::oid AND i.indisprimary",
+                &[&body.oid],
+            )
+            .await;
+        match rows {
+            Ok(rows) if !rows.is_empty() => {
+                let pk: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                for col in &mut body.columns {
+                    col.key = pk.contains(&col.name);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, relation = %body.name, "cannot look up the primary key; keying by every column"),
+        }
     }
 
     fn on_message(&mut self, message: Message, lsn: Lsn) -> Result<(), PipelineError> {

@@ -98,7 +98,8 @@ fn the_checker_rejects_missing_renamed_and_mistyped_fields() {
     let insert = change(Op::Insert, None, Some(vec![text("1"), text("a"), text("b")]));
     let good = render(&Event::streamed(&insert), None);
     assert!(check_debezium_envelope(&good).is_ok());
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let mutations: Vec<(&str, Mutation)> = vec![
         ("missing source.xmin", Box::new(|v| drop(v["source"].as_object_mut().map(|m| m.remove("xmin"))))),
         ("renamed txId", Box::new(|v| {
             let m = v["source"].as_object_mut().expect("object");

@@ -228,7 +228,7 @@ fn spawn_walcast(env: &Env, slot: &str, kind: SinkKind, prefix: &str) -> Result<
     };
     let config = format!(
         "[source]\nhost = \"{}\"\nport = {}\ndatabase = \"{DB}\"\nuser = \"{}\"\nslot = \"{slot}\"\npublication = \"{PUBLICATION}\"\n\
-         create_slot = false\ncreate_publication = false\nstatus_interval_ms = {STATUS_INTERVAL_MS}\n\n{sink}\n[log]\nlevel = \"warn\"\n",
+         create_slot = false\ncreate_publication = false\nstatus_interval_ms = {STATUS_INTERVAL_MS}\n\n{sink}\n[log]\nlevel = \"warn\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         env.host, env.port, env.user
     );
     let path = env.tmp.path().join(format!("{slot}.toml"));

@@ -411,6 +411,9 @@ path = "{path}"
 
 [log]
 level = "warn"
+
+[metrics]
+listen = "127.0.0.1:0"
 "#,
             host = env.host,
             port = env.port,
@@ -704,75 +707,136 @@ fn goal(met: bool) -> &'static str {
     }
 }
 
+/// Medians over the runs of one consumer.
+struct KindStats {
+    secs: f64,
+    runs: Vec<f64>,
+    drained: Option<f64>,
+    cpu: Option<f64>,
+    walsender_cpu: Option<f64>,
+    background_cpu: Option<f64>,
+    switches: Option<f64>,
+    peak_rss_kb: Option<u64>,
+}
+
+impl KindStats {
+    fn of(t: &Throughput, kind: Kind) -> Option<Self> {
+        let runs: Vec<&RunResult> = t.runs.iter().filter(|r| r.kind == kind).collect();
+        let med = |f: &dyn Fn(&RunResult) -> Option<f64>| median(runs.iter().filter_map(|r| f(r)).collect());
+        Some(Self {
+            secs: med(&|r| Some(r.confirmed_secs))?,
+            runs: runs.iter().map(|r| r.confirmed_secs).collect(),
+            drained: med(&|r| r.drained_secs),
+            cpu: med(&|r| r.consumer_cpu_secs),
+            walsender_cpu: med(&|r| r.walsender_cpu_secs),
+            background_cpu: med(&|r| r.background_cpu_secs),
+            switches: med(&|r| r.consumer_switches.map(|s| s as f64)),
+            peak_rss_kb: runs.iter().filter_map(|r| r.peak_rss_kb).max(),
+        })
+    }
+
+    fn line(&self, label: &str, rows: u64) -> String {
+        let runs: Vec<String> = self.runs.iter().map(|s| format!("{s:.2}")).collect();
+        format!(
+            "  {label:<52} {} rows  {:6.2} s  {:>5}k rows/s   (runs: {} s)",
+            thousands(rows),
+            self.secs,
+            thousands((rows as f64 / self.secs / 1000.0).round() as u64),
+            runs.join(", ")
+        )
+    }
+
+    fn cpu(&self) -> String {
+        format!(
+            "{} (+ its walsender {}), {} context switches",
+            opt_secs(self.cpu),
+            opt_secs(self.walsender_cpu),
+            self.switches.map(|s| thousands(s as u64)).unwrap_or_else(|| "?".into())
+        )
+    }
+}
+
+fn throughput_summary(env: &Env, cores: usize, t: &Throughput) {
+    let recv = KindStats::of(t, Kind::Recvlogical);
+    let wal = KindStats::of(t, Kind::Walcast);
+    println!(
+        "  workload: one INSERT of {} rows into bench_rows, consumers connected before it; median of {} run(s) each, alternating, fresh slots",
+        thousands(t.rows),
+        env.runs
+    );
+    println!("  time = commit returned to the client -> the consumer's slot confirmed_flush_lsn >= the commit's end LSN");
+    if let Some(r) = &recv {
+        println!("{}", r.line("pg_recvlogical (-F 0 -s 1 -f /dev/null)", t.rows));
+    }
+    if let Some(w) = &wal {
+        println!("{}", w.line(&format!("walcast (jsonl -> {}, status_interval_ms {STATUS_INTERVAL_MS})", env.sink_path), t.rows));
+    }
+    if let (Some(r), Some(w)) = (&recv, &wal) {
+        let ratio = r.secs / w.secs;
+        println!("    ratio walcast/pg_recvlogical {ratio:.2}x (goal >= {GOAL_RATIO}x) {}", goal(ratio >= GOAL_RATIO));
+    }
+    if let Some(w) = &wal {
+        match w.peak_rss_kb {
+            Some(kb) => {
+                let mb = kb as f64 / 1024.0;
+                println!("    walcast peak RSS {mb:.1} MB (VmHWM; goal < {GOAL_RSS_MB} MB) {}", goal(mb < GOAL_RSS_MB));
+            }
+            None => println!("    walcast peak RSS unknown (/proc/PID/status unreadable)"),
+        }
+    }
+    if let (Some(rd), Some(wd)) = (recv.as_ref().and_then(|r| r.drained), wal.as_ref().and_then(|w| w.drained)) {
+        let ratio = rd / wd;
+        println!(
+            "    drained (commit -> last bulk write of the output, free of status-report lag; pg_recvlogical reports every 1-2 s):"
+        );
+        println!(
+            "      pg_recvlogical {rd:.2} s, walcast {wd:.2} s: ratio {ratio:.2}x (goal >= {GOAL_RATIO}x) {}",
+            goal(ratio >= GOAL_RATIO)
+        );
+    }
+    if let Some(r) = &recv {
+        println!("    CPU after commit, pg_recvlogical: {}", r.cpu());
+    }
+    if let Some(w) = &wal {
+        println!("    CPU after commit, walcast:        {}", w.cpu());
+    }
+    // Other processes (builds, tests) compete for the same cores and distort both consumers.
+    let busy = [&recv, &wal]
+        .iter()
+        .filter_map(|k| k.as_ref())
+        .filter_map(|k| k.background_cpu.map(|b| b / (k.secs * cores as f64)))
+        .fold(0.0_f64, f64::max);
+    if busy > 0.10 {
+        println!(
+            "    WARNING: other processes used up to {:.0}% of the machine's CPU during the runs; these numbers are noisy",
+            busy * 100.0
+        );
+    }
+}
+
 fn summary(env: &Env, version: &str, cores: usize, throughput: Option<&Throughput>, latency: Option<&Latency>) {
     let version = version.split_whitespace().next().unwrap_or(version);
     println!();
     println!("replication bench (Postgres {version} local, {cores} cores)");
     if let Some(t) = throughput {
-        let stats = |kind: Kind| {
-            let runs: Vec<&RunResult> = t.runs.iter().filter(|r| r.kind == kind).collect();
-            let confirmed = median(runs.iter().map(|r| r.confirmed_secs).collect()).unwrap_or(f64::NAN);
-            let drained = median(runs.iter().filter_map(|r| r.drained_secs).collect());
-            let cpu = median(runs.iter().filter_map(|r| r.consumer_cpu_secs).collect());
-            let ws_cpu = median(runs.iter().filter_map(|r| r.walsender_cpu_secs).collect());
-            let all: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.confirmed_secs)).collect();
-            let rss = runs.iter().filter_map(|r| r.peak_rss_kb).max();
-            (confirmed, drained, cpu, ws_cpu, all, rss)
-        };
-        let rows = t.rows as f64;
-        let (b, b_drained, b_cpu, b_ws, b_all, _) = stats(Kind::Recvlogical);
-        let (w, w_drained, w_cpu, w_ws, w_all, w_rss) = stats(Kind::Walcast);
-        let ratio = b / w;
-        let rss_mb = w_rss.map(|kb| kb as f64 / 1024.0);
-        let n = env.runs;
-        println!(
-            "  workload: one INSERT of {} rows into bench_rows; time = commit returned -> slot confirmed_flush_lsn >= commit end; median of {n} run(s) each, alternating, fresh slots",
-            thousands(t.rows)
-        );
-        println!(
-            "  pg_recvlogical (-F 0 -s 1, -f /dev/null)   {} rows  {b:6.2} s  {:>9} rows/s   runs [{}] s",
-            thousands(t.rows),
-            format!("{}k", thousands((rows / b / 1000.0).round() as u64)),
-            b_all.join(", ")
-        );
-        println!(
-            "  walcast (jsonl -> /dev/null, status 100 ms) {} rows  {w:6.2} s  {:>9} rows/s   runs [{}] s",
-            thousands(t.rows),
-            format!("{}k", thousands((rows / w / 1000.0).round() as u64)),
-            w_all.join(", ")
-        );
-        println!("    ratio walcast/pg_recvlogical {ratio:.2}x (goal >= {GOAL_RATIO}x: {})", goal(ratio >= GOAL_RATIO));
-        match rss_mb {
-            Some(mb) => println!("    walcast peak RSS {mb:.1} MB (goal < {GOAL_RSS_MB} MB: {})", goal(mb < GOAL_RSS_MB)),
-            None => println!("    walcast peak RSS unknown (/proc/PID/status unreadable)"),
-        }
-        if let (Some(bd), Some(wd)) = (b_drained, w_drained) {
-            println!(
-                "    drained (last bulk output write, no status-interval lag): pg_recvlogical {bd:.2} s, walcast {wd:.2} s, ratio {:.2}x",
-                bd / wd
-            );
-        }
-        println!(
-            "    CPU after commit: pg_recvlogical {} (its walsender {}), walcast {} (its walsender {})",
-            opt_secs(b_cpu),
-            opt_secs(b_ws),
-            opt_secs(w_cpu),
-            opt_secs(w_ws)
-        );
+        throughput_summary(env, cores, t);
     }
     if let Some(l) = latency {
         let p50 = percentile(&l.client_ms, 50.0).unwrap_or(f64::NAN);
         let p99 = percentile(&l.client_ms, 99.0).unwrap_or(f64::NAN);
         println!(
-            "  quiet-stream latency (commit returned -> JSON line read from walcast stdout) p50 {p50:.1} ms  p99 {p99:.1} ms  max {:.1} ms ({} commits, {} ms apart; goal p50 < {GOAL_P50_MS} ms: {})",
-            percentile(&l.client_ms, 100.0).unwrap_or(f64::NAN),
+            "  quiet-stream latency, walcast (jsonl -> stdout pipe): {} single-row commits {} ms apart, commit returned -> line read",
             l.client_ms.len(),
-            LATENCY_SPACING.as_millis(),
+            LATENCY_SPACING.as_millis()
+        );
+        println!(
+            "    p50 {p50:.1} ms  p99 {p99:.1} ms  max {:.1} ms (goal p50 < {GOAL_P50_MS} ms) {}",
+            percentile(&l.client_ms, 100.0).unwrap_or(f64::NAN),
             goal(p50 < GOAL_P50_MS)
         );
         if !l.commit_ts_ms.is_empty() {
             println!(
-                "    from server commit_ts: p50 {:.1} ms  p99 {:.1} ms",
+                "    from the server's commit_ts: p50 {:.1} ms  p99 {:.1} ms",
                 percentile(&l.commit_ts_ms, 50.0).unwrap_or(f64::NAN),
                 percentile(&l.commit_ts_ms, 99.0).unwrap_or(f64::NAN)
             );

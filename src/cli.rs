@@ -149,6 +149,7 @@ fn report_pipeline_error(e: &PipelineError) -> ExitCode {
         PipelineError::Source(_) => EXIT_FAILURE,
         PipelineError::Sink(SinkError::Render { .. }) => EXIT_FAILURE,
         PipelineError::Sink(_) => EXIT_SINK,
+        PipelineError::MetricsListen { .. } => EXIT_SETUP,
     })
 }
 

@@ -51,6 +51,10 @@ tables = ["content.*"]
 
 [sinks.jsonl]
 path = "-"
+
+[metrics]
+# Any free port: the demo must start even where 9187 is taken (the log line names the port).
+listen = "127.0.0.1:0"
 "#
         ),
         Path::new("<demo>"),

@@ -249,18 +249,18 @@ impl Collector for LagCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let bytes = (self.server_wal_lsn.get() - self.confirmed_lsn.get()).max(0);
         let g = ConstGauge::new(bytes);
-        g.encode(encoder.encode_descriptor("walcast_replication_lag_bytes", "Server WAL position minus the confirmed LSN", None, g.metric_type())?)?;
+        g.encode(encoder.encode_descriptor("replication_lag_bytes", "Server WAL position minus the confirmed LSN", None, g.metric_type())?)?;
         let secs = seconds_since(self.lag.oldest_pending.load(Ordering::Relaxed));
         let g = ConstGauge::new(secs);
         g.encode(encoder.encode_descriptor(
-            "walcast_replication_lag_seconds",
+            "replication_lag_seconds",
             "Now minus the commit time of the oldest change not yet durable in every sink; 0 when caught up",
             None,
             g.metric_type(),
         )?)?;
         let sinks = self.lag.sinks.lock().map(|s| s.clone()).unwrap_or_default();
         let mut family = encoder.encode_descriptor(
-            "walcast_sink_lag_seconds",
+            "sink_lag_seconds",
             "Now minus the commit time of the oldest change handed to the sink and not yet durable there; 0 when caught up",
             None,
             prometheus_client::metrics::MetricType::Gauge,
@@ -281,11 +281,11 @@ impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(rss) = read_rss_bytes() {
             let g = ConstGauge::new(rss);
-            g.encode(encoder.encode_descriptor("walcast_process_resident_memory_bytes", "Resident memory of the walcast process", None, g.metric_type())?)?;
+            g.encode(encoder.encode_descriptor("process_resident_memory_bytes", "Resident memory of the walcast process", None, g.metric_type())?)?;
         }
         if let Some(cpu) = read_cpu_seconds() {
             let c = ConstCounter::new(cpu);
-            c.encode(encoder.encode_descriptor("walcast_process_cpu_seconds", "CPU time (user + system) of the walcast process", None, c.metric_type())?)?;
+            c.encode(encoder.encode_descriptor("process_cpu_seconds", "CPU time (user + system) of the walcast process", None, c.metric_type())?)?;
         }
         Ok(())
     }
@@ -309,13 +309,20 @@ fn read_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<()> {
+/// Bind the metrics endpoint (binding first, so a taken port is reported before streaming starts).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(addr = %local, "metrics endpoint listening (/metrics, /healthz, /readyz)");
+    }
+    Ok(listener)
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<()> {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
 
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics endpoint listening");
     let m = Arc::clone(&metrics);
     let app = axum::Router::new()
         .route(
@@ -358,7 +365,7 @@ mod tests {
         let text = m.encode();
         for name in [
             "walcast_replication_lag_bytes",
-            "walcast_replication_lag_seconds",
+            "replication_lag_seconds",
             "walcast_sink_durable_lsn{sink=\"jsonl\"} 42",
             "walcast_sink_lag_seconds{sink=\"jsonl\"} 0",
             "walcast_sink_requests_total{sink=\"jsonl\",outcome=\"ok\"} 1",

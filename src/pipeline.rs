@@ -1,6 +1,7 @@
 //! The streaming loop: source -> decode -> sinks -> checkpoint, with reconnects and a clean drain
 //! on shutdown.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ConfigError};
 use crate::decode::{self, Change, DecodeError, Message, Op, RelationCache, ReplicaIdentity, TruncateOptions};
 use crate::lsn::Lsn;
+use crate::metrics::{self, Metrics, SinkLabel, TableOp};
 use crate::retry::Backoff;
 use crate::sink::{self, Batch, JsonlSink, Sink, SinkError, SinkReport};
 use crate::source::{
@@ -31,6 +33,14 @@ pub enum PipelineError {
     /// A sink failed for good.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The metrics endpoint cannot listen.
+    #[error("cannot serve metrics on {addr}: {reason}\n  fix: set metrics.listen to a free address, or metrics.enabled = false")]
+    MetricsListen {
+        /// The configured address.
+        addr: String,
+        /// Why binding failed.
+        reason: String,
+    },
 }
 
 impl PipelineError {
@@ -40,6 +50,7 @@ impl PipelineError {
             PipelineError::Config(e) => e.is_retryable(),
             PipelineError::Source(e) => e.is_retryable(),
             PipelineError::Sink(e) => e.is_retryable(),
+            PipelineError::MetricsListen { .. } => false,
         }
     }
 }
@@ -55,6 +66,37 @@ pub struct RunSummary {
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSummary, PipelineError> {
     let params = ConnParams::from_config(&config.source)?;
     let mut backoff = Backoff::new(&config.retry);
+    let metrics = Metrics::new();
+
+    // Background tasks (metrics endpoint, slot monitor, heartbeat) live until this returns, so the
+    // endpoint still answers while the sinks drain.
+    let background = CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
+    if config.metrics.enabled {
+        let addr = config.metrics.listen.parse().map_err(|_| ConfigError::Invalid {
+            field: "metrics.listen".into(),
+            reason: "must be an address with a port".into(),
+        })?;
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|e| PipelineError::MetricsListen { addr: config.metrics.listen.clone(), reason: e.to_string() })?;
+        let (m, token) = (Arc::clone(&metrics), background.clone());
+        tokio::spawn(async move {
+            if let Err(error) = metrics::serve(listener, m, token).await {
+                tracing::error!(%error, "metrics endpoint failed");
+            }
+        });
+    }
+    tokio::spawn(source::monitor_slot(
+        params.clone(),
+        config.source.slot.clone(),
+        Duration::from_millis(config.metrics.slot_poll_ms),
+        Arc::clone(&metrics),
+        background.clone(),
+    ));
+    if config.heartbeat.interval_ms > 0 {
+        tokio::spawn(source::heartbeat(params.clone(), config.heartbeat.clone(), background.clone()));
+    }
 
     let Some(start) = prepare_slot(config, &params, &mut backoff, &shutdown).await? else {
         return Ok(RunSummary { confirmed: Lsn::ZERO });
@@ -65,15 +107,23 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSumm
     let mut tasks = JoinSet::new();
     let mut queues = Vec::new();
     let in_flight = Arc::new(InFlight::default());
+    let mut sink_names = Vec::new();
     if let Some(j) = &config.sinks.jsonl {
         let sink = JsonlSink::open(&j.path)?;
-        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &mut tasks));
+        sink_names.push(sink.name());
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &metrics, &mut tasks));
     }
     if let Some(k) = &config.sinks.kafka {
         let sink = crate::sink::KafkaSink::open(k, &config.source.database)?;
-        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &mut tasks));
+        sink_names.push(sink.name());
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &metrics, &mut tasks));
     }
     drop(report_tx);
+    for name in &sink_names {
+        metrics.sink_durable_lsn.get_or_create(&SinkLabel { sink: name.to_string() }).set(start.0 as i64);
+        metrics.lag.sink(name);
+    }
+    metrics.confirmed_lsn.set(start.0 as i64);
 
     let mut stream = Streamer {
         config,
@@ -89,6 +139,10 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSumm
         committed_len: 0,
         backoff,
         catalog: None,
+        metrics,
+        sink_names,
+        batch_oldest_ts: None,
+        change_counters: HashMap::new(),
     };
     stream.run(&shutdown).await
 }
@@ -157,11 +211,12 @@ fn spawn_sink<S: Sink>(
     config: &Config,
     reports: &mpsc::UnboundedSender<SinkReport>,
     in_flight: &Arc<InFlight>,
+    metrics: &Arc<Metrics>,
     tasks: &mut JoinSet<()>,
 ) -> mpsc::Sender<Arc<Batch>> {
     let (tx, rx) = mpsc::channel(config.pipeline.sink_queue_batches);
     let sink = Tracked { inner: sink, in_flight: Arc::clone(in_flight) };
-    tasks.spawn(sink::drive(sink, index, rx, reports.clone(), Backoff::new(&config.retry)));
+    tasks.spawn(sink::drive(sink, index, rx, reports.clone(), Backoff::new(&config.retry), Arc::clone(metrics)));
     tx
 }
 
@@ -241,6 +296,13 @@ struct Streamer<'a> {
     backoff: Backoff,
     /// SQL connection for catalog lookups, opened on first use.
     catalog: Option<tokio_postgres::Client>,
+    metrics: Arc<Metrics>,
+    /// Sink names, by sink index.
+    sink_names: Vec<&'static str>,
+    /// Commit time of the oldest change (or commit) in `batch`, for lag in seconds.
+    batch_oldest_ts: Option<i64>,
+    /// `walcast_changes_total` handles per (relation, op), so counting costs no label allocation.
+    change_counters: HashMap<(u32, Op), prometheus_client::metrics::counter::Counter>,
 }
 
 impl Streamer<'_> {
@@ -261,6 +323,8 @@ impl Streamer<'_> {
             match session {
                 Ok(SessionEnd::Shutdown) => break Ok(()),
                 Ok(SessionEnd::Lost(error)) => {
+                    self.metrics.streaming.set(0);
+                    self.metrics.reconnects.inc();
                     // The server resends every transaction after the confirmed LSN, so the
                     // unfinished one is dropped here and read again in full.
                     self.batch.changes.truncate(self.committed_len);
@@ -307,10 +371,12 @@ impl Streamer<'_> {
             match attempt {
                 Ok(s) => {
                     self.backoff.reset();
+                    self.metrics.streaming.set(1);
                     tracing::info!(slot = %src.slot, publication = %src.publication, start = %settings.start, "streaming");
                     return Ok(Some(s));
                 }
                 Err(e) if e.is_retryable() => {
+                    self.metrics.reconnects.inc();
                     let delay = self.backoff.next_delay();
                     tracing::warn!(error = %e, attempt = self.backoff.attempt(), delay_ms = delay.as_millis() as u64, "cannot start replication, retrying");
                     tokio::select! {
@@ -394,6 +460,7 @@ impl Streamer<'_> {
                 self.on_message(message, wal_start)?;
             }
             SourceEvent::Commit(c) => {
+                self.batch_oldest_ts.get_or_insert(c.commit_ts);
                 self.tx = None;
                 self.batch.checkpoint = Some(c.end_lsn);
                 self.batch.checkpoint_commit_ts = Some(c.commit_ts);
@@ -403,9 +470,12 @@ impl Streamer<'_> {
                 tracing::debug!(prefix = %m.prefix, lsn = %m.lsn, transactional = m.transactional, "logical message");
             }
             SourceEvent::KeepAlive { wal_end } => {
+                if (wal_end.0 as i64) > self.metrics.server_wal_lsn.get() {
+                    self.metrics.server_wal_lsn.set(wal_end.0 as i64);
+                }
                 if let Some(lsn) = self.checkpoint.on_idle(wal_end, self.tx.is_some(), self.has_batch()) {
                     tracing::debug!(confirmed = %lsn, "idle: confirming server position");
-                    stream.confirm(lsn);
+                    self.confirm(Some(stream), lsn);
                 }
             }
         }
@@ -450,6 +520,8 @@ impl Streamer<'_> {
     fn on_message(&mut self, message: Message, lsn: Lsn) -> Result<(), PipelineError> {
         let (relation, op, old, new) = match message {
             Message::Relation(body) => {
+                // A renamed table must count under its new name.
+                self.change_counters.retain(|(oid, _), _| *oid != body.oid);
                 let rel = self.relations.apply_relation(body);
                 tracing::debug!(relation = %rel.qualified_name(), columns = rel.columns.len(), "relation described");
                 return Ok(());
@@ -464,7 +536,7 @@ impl Streamer<'_> {
             Message::Truncate { relations, cascade, restart_identity } => {
                 for oid in relations {
                     let change = self.change(oid, lsn, Op::Truncate, None, None)?;
-                    self.batch.changes.push(Change { truncate: TruncateOptions { cascade, restart_identity }, ..change });
+                    self.push(Change { truncate: TruncateOptions { cascade, restart_identity }, ..change });
                 }
                 return Ok(());
             }
@@ -472,8 +544,42 @@ impl Streamer<'_> {
             Message::Begin(_) | Message::Commit(_) | Message::Origin(_) | Message::Message(_) => return Ok(()),
         };
         let change = self.change(relation, lsn, op, old, new)?;
-        self.batch.changes.push(change);
+        self.push(change);
         Ok(())
+    }
+
+    /// Add a change to the current batch, counting it.
+    fn push(&mut self, change: Change) {
+        let metrics = &self.metrics;
+        self.change_counters
+            .entry((change.relation.oid, change.op))
+            .or_insert_with(|| {
+                metrics
+                    .changes
+                    .get_or_create(&TableOp { table: change.relation.qualified_name(), op: change.op.as_str() })
+                    .clone()
+            })
+            .inc();
+        self.batch_oldest_ts.get_or_insert(change.commit_ts);
+        self.batch.changes.push(change);
+    }
+
+    /// Confirm `lsn` to the slot (when a session is open) and export it.
+    fn confirm(&self, stream: Option<&ReplicationStream>, lsn: Lsn) {
+        self.metrics.confirmed_lsn.set(lsn.0 as i64);
+        if let Some(s) = stream {
+            s.confirm(lsn);
+        }
+    }
+
+    /// Export the commit times still owed, for the lag-in-seconds gauges.
+    fn update_lag(&self) {
+        let lag = &self.metrics.lag;
+        for (i, name) in self.sink_names.iter().enumerate() {
+            lag.sink(name).store(self.checkpoint.oldest_pending(i).unwrap_or(0), Ordering::Relaxed);
+        }
+        let oldest = [self.checkpoint.oldest_pending_any(), self.batch_oldest_ts].into_iter().flatten().min();
+        lag.set_oldest_pending(oldest.unwrap_or(0));
     }
 
     fn change(
@@ -507,12 +613,14 @@ impl Streamer<'_> {
     fn on_report(&mut self, report: SinkReport, stream: Option<&ReplicationStream>) -> Result<(), PipelineError> {
         match report {
             SinkReport::Durable { sink, lsn, .. } => {
+                if let Some(name) = self.sink_names.get(sink) {
+                    self.metrics.sink_durable_lsn.get_or_create(&SinkLabel { sink: name.to_string() }).set(lsn.0 as i64);
+                }
                 if let Some(confirmed) = self.checkpoint.on_durable(sink, lsn) {
                     tracing::trace!(%confirmed, "confirming");
-                    if let Some(s) = stream {
-                        s.confirm(confirmed);
-                    }
+                    self.confirm(stream, confirmed);
                 }
+                self.update_lag();
                 Ok(())
             }
             SinkReport::Failed { error, .. } => Err(error.into()),
@@ -532,9 +640,8 @@ impl Streamer<'_> {
         let capacity = self.config.pipeline.batch_max_changes.min(1024);
         let batch = Arc::new(std::mem::replace(&mut self.batch, Batch { changes: Vec::with_capacity(capacity), ..Batch::default() }));
         self.committed_len = 0;
-        if let Some(lsn) = batch.checkpoint {
-            self.checkpoint.on_dispatched(lsn);
-        }
+        self.checkpoint.on_dispatched(batch.checkpoint, self.batch_oldest_ts.take());
+        self.update_lag();
         for queue in &self.queues {
             self.in_flight.batches.fetch_add(1, Ordering::AcqRel);
             if queue.send(Arc::clone(&batch)).await.is_err() {
@@ -574,9 +681,10 @@ impl Streamer<'_> {
             }
         }
         self.tasks.abort_all();
+        self.metrics.streaming.set(0);
         let confirmed = self.checkpoint.confirmed();
         if let Some(s) = stream {
-            s.confirm(confirmed);
+            self.confirm(Some(&s), confirmed);
             if let Err(error) = s.stop().await {
                 tracing::debug!(%error, "replication stream did not end cleanly");
             }

@@ -36,7 +36,7 @@ async fn broker_down_for_30s_loses_nothing_and_holds_the_slot() {
 
     let text = format!(
         "[source]\nhost = {host}\nport = {port}\ndatabase = {database}\nuser = {user}\nslot = {slot}\npublication = {slot}\n\
-         status_interval_ms = 200\n\n[retry]\ninitial_ms = 100\nmax_ms = 1000\n\n{kafka}\n[log]\nlevel = \"walcast=debug\"\n",
+         status_interval_ms = 200\n\n[retry]\ninitial_ms = 100\nmax_ms = 1000\n\n{kafka}\n[log]\nlevel = \"walcast=debug\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         host = toml_str(&db.url.host),
         port = db.url.port,
         database = toml_str(&db.url.database),

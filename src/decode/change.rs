@@ -12,7 +12,7 @@ use super::DecodeError;
 use crate::lsn::Lsn;
 
 /// Kind of row change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     /// INSERT.
     Insert,

@@ -15,6 +15,7 @@ pub use memory::MemorySink;
 
 use crate::decode::{Change, DecodeError};
 use crate::lsn::Lsn;
+use crate::metrics::Metrics;
 use crate::retry::Backoff;
 
 /// Changes handed to every sink together. Sinks see batches in stream order.
@@ -107,10 +108,19 @@ pub async fn drive<S: Sink>(
     mut batches: mpsc::Receiver<Arc<Batch>>,
     reports: mpsc::UnboundedSender<SinkReport>,
     mut backoff: Backoff,
+    metrics: Arc<Metrics>,
 ) {
     while let Some(batch) = batches.recv().await {
         loop {
-            match sink.write(&batch).await {
+            let started = std::time::Instant::now();
+            let result = sink.write(&batch).await;
+            let outcome = match &result {
+                Ok(()) => "ok",
+                Err(e) if e.is_retryable() => "retry",
+                Err(_) => "error",
+            };
+            metrics.sink_attempt(sink.name(), outcome, started.elapsed().as_secs_f64());
+            match result {
                 Ok(()) => {
                     backoff.reset();
                     break;

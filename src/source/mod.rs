@@ -1,11 +1,13 @@
 //! The source: Postgres connections. A replication connection streams the slot; an ordinary SQL
 //! connection runs preflight checks and slot/publication management.
 
+mod monitor;
 mod preflight;
 mod replication;
 mod sql;
 mod tls;
 
+pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};
 pub use replication::{ReplicationStream, SourceEvent, StreamSettings};
 pub use sql::{connect_sql, create_slot, drop_slot, ensure_publication, quote_ident, slot_info, SlotInfo};
@@ -133,6 +135,8 @@ impl SourceError {
                 format!("postgres refused the login of role {:?}: {message}", params.user),
                 "check source.user and the password (source.password_env / source.password_file), and that pg_hba.conf allows this role, including a `replication` line for the replication connection",
             ),
+            // invalid_catalog_name: the database does not exist
+            "3D000" => SourceError::setup(message.to_string(), "check source.database (names are case-sensitive), or create the database"),
             // insufficient_privilege
             "42501" => SourceError::setup(
                 format!("permission denied: {message}"),

@@ -376,7 +376,8 @@ pub fn config_toml(url: &PgUrl, slot: &str, publication: &str, out: &Path, opts:
          status_interval_ms = 200\n{source}\n\n\
          [retry]\ninitial_ms = 50\nmax_ms = 1000\n\n\
          [sinks.jsonl]\npath = {out}\n\n\
-         [log]\nlevel = \"walcast=debug\"\n\n{extra}\n",
+         [log]\nlevel = \"walcast=debug\"\n\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\n{extra}\n",
         host = toml_str(&url.host),
         port = url.port,
         db = toml_str(&url.database),

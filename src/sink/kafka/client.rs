@@ -180,8 +180,8 @@ pub(crate) fn classify(error: &KafkaError, create_topics: bool, topic: &str, max
 pub(crate) fn auth_message(detail: &str) -> String {
     format!(
         "Kafka authentication or authorization failed ({detail}); fix: check sinks.kafka.sasl (mechanism, username, \
-         the password in password_env / password_file) and the broker's ACLs: walcast's principal needs WRITE and DESCRIBE \
-         on its topics, CREATE when create_topics = true, and IDEMPOTENT_WRITE on the cluster"
+         the password in password_env / password_file), sinks.kafka.tls (the CA file) and the broker's ACLs: walcast's \
+         principal needs WRITE and DESCRIBE on its topics, CREATE when create_topics = true, and IDEMPOTENT_WRITE on the cluster"
     )
 }
 

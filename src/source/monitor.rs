@@ -1,0 +1,121 @@
+//! Background tasks on side connections: the slot monitor (for metrics) and the heartbeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::sql::{connect_sql, slot_info};
+use super::{quote_ident, ConnParams};
+use crate::config::{HeartbeatConfig, HeartbeatMode, TableSelector};
+use crate::metrics::Metrics;
+
+/// Read `pg_replication_slots` every `every` and export retained WAL, wal_status, whether the slot
+/// is active, and the server's WAL position. Runs on its own connection so it keeps reporting
+/// while the stream is stuck or reconnecting. Errors are logged and retried at the next tick.
+pub async fn monitor_slot(params: ConnParams, slot: String, every: Duration, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
+            match connect_sql(&params).await {
+                Ok(c) => client = Some(c),
+                Err(error) => {
+                    tracing::debug!(%error, "slot monitor cannot connect");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &client else { continue };
+        match slot_info(c, &slot).await {
+            Ok(Some(info)) => {
+                metrics.slot_retained_wal_bytes.set(info.retained_wal_bytes.unwrap_or(0));
+                metrics.set_wal_status(info.wal_status.as_deref());
+                metrics.slot_active.set(i64::from(info.active));
+                if let Some(lsn) = info.current_wal_lsn {
+                    metrics.server_wal_lsn.set(lsn.0 as i64);
+                }
+            }
+            Ok(None) => {
+                metrics.slot_active.set(0);
+                metrics.set_wal_status(None);
+            }
+            Err(error) => tracing::debug!(%error, "slot monitor query failed"),
+        }
+    }
+}
+
+/// Write a heartbeat into the WAL every `cfg.interval_ms`, so a slot whose tables are quiet still
+/// gets a commit to confirm while other tables are written (and so holds no WAL back).
+pub async fn heartbeat(params: ConnParams, cfg: HeartbeatConfig, stop: CancellationToken) {
+    let statement = match heartbeat_sql(&cfg) {
+        Some(s) => s,
+        None => {
+            tracing::error!(table = %cfg.table, "heartbeat.table must be schema.table; heartbeat disabled");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut client = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
+            match connect_sql(&params).await {
+                Ok(c) => client = Some(c),
+                Err(error) => {
+                    tracing::warn!(%error, "heartbeat cannot connect");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &client else { continue };
+        if let Err(error) = c.batch_execute(&statement).await {
+            tracing::warn!(%error, "heartbeat failed");
+        } else {
+            tracing::trace!("heartbeat");
+        }
+    }
+}
+
+/// The heartbeat statement. Message mode is transactional so it arrives inside a commit, which is
+/// what walcast confirms.
+fn heartbeat_sql(cfg: &HeartbeatConfig) -> Option<String> {
+    match cfg.mode {
+        HeartbeatMode::Message => Some("SELECT pg_logical_emit_message(true, 'walcast.heartbeat', now()::text)".to_string()),
+        HeartbeatMode::Table => {
+            let TableSelector::Table { schema, table } = TableSelector::parse(&cfg.table).ok()? else { return None };
+            let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
+            Some(format!(
+                "CREATE TABLE IF NOT EXISTS {name} (id int PRIMARY KEY, ts timestamptz NOT NULL); \
+                 INSERT INTO {name} (id, ts) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = excluded.ts"
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_statements_quote_the_table() {
+        let mut cfg = HeartbeatConfig { interval_ms: 1000, mode: HeartbeatMode::Message, table: "public.hb".into() };
+        assert!(heartbeat_sql(&cfg).expect("sql").contains("pg_logical_emit_message(true"));
+        cfg.mode = HeartbeatMode::Table;
+        let sql = heartbeat_sql(&cfg).expect("sql");
+        assert!(sql.contains(r#""public"."hb""#), "{sql}");
+        cfg.table = "nodot".into();
+        assert!(heartbeat_sql(&cfg).is_none());
+    }
+}

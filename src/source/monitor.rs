@@ -1,5 +1,7 @@
 //! Background tasks on side connections: the slot monitor (for metrics) and the heartbeat.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,82 +12,80 @@ use super::{quote_ident, ConnParams};
 use crate::config::{HeartbeatConfig, HeartbeatMode, TableSelector};
 use crate::metrics::Metrics;
 
-/// Read `pg_replication_slots` every `every` and export retained WAL, wal_status, whether the slot
-/// is active, and the server's WAL position. Runs on its own connection so it keeps reporting
-/// while the stream is stuck or reconnecting. Errors are logged and retried at the next tick.
-pub async fn monitor_slot(params: ConnParams, slot: String, every: Duration, metrics: Arc<Metrics>, stop: CancellationToken) {
+/// Run `work` every `every` on a side connection until `stop`, reconnecting whenever the
+/// connection is gone. Failures are logged by `work` and retried at the next tick.
+async fn every_tick<W>(params: &ConnParams, every: Duration, stop: &CancellationToken, what: &'static str, mut work: W)
+where
+    W: for<'c> FnMut(&'c tokio_postgres::Client) -> Pin<Box<dyn Future<Output = ()> + Send + 'c>>,
+{
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut client = None;
+    let mut client: Option<tokio_postgres::Client> = None;
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
-            match connect_sql(&params).await {
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            match connect_sql(params).await {
                 Ok(c) => client = Some(c),
                 Err(error) => {
-                    tracing::debug!(%error, "slot monitor cannot connect");
+                    tracing::warn!(%error, task = what, "side connection failed, retrying at the next tick");
                     continue;
                 }
             }
         }
-        let Some(c) = &client else { continue };
-        match slot_info(c, &slot).await {
-            Ok(Some(info)) => {
-                metrics.slot_retained_wal_bytes.set(info.retained_wal_bytes.unwrap_or(0));
-                metrics.set_wal_status(info.wal_status.as_deref());
-                metrics.slot_active.set(i64::from(info.active));
-                if let Some(lsn) = info.current_wal_lsn {
-                    metrics.server_wal_lsn.set(lsn.0 as i64);
-                }
-            }
-            Ok(None) => {
-                metrics.slot_active.set(0);
-                metrics.set_wal_status(None);
-            }
-            Err(error) => tracing::debug!(%error, "slot monitor query failed"),
+        if let Some(c) = &client {
+            work(c).await;
         }
     }
+}
+
+/// Read `pg_replication_slots` every `every` and export retained WAL, wal_status, whether the slot
+/// is active, and the server's WAL position. Runs on its own connection so it keeps reporting
+/// while the stream is stuck or reconnecting.
+pub async fn monitor_slot(params: ConnParams, slot: String, every: Duration, metrics: Arc<Metrics>, stop: CancellationToken) {
+    every_tick(&params, every, &stop, "slot monitor", |c| {
+        let (slot, metrics) = (slot.clone(), Arc::clone(&metrics));
+        Box::pin(async move {
+            match slot_info(c, &slot).await {
+                Ok(Some(info)) => {
+                    metrics.slot_retained_wal_bytes.set(info.retained_wal_bytes.unwrap_or(0));
+                    metrics.set_wal_status(info.wal_status.as_deref());
+                    metrics.slot_active.set(i64::from(info.active));
+                    if let Some(lsn) = info.current_wal_lsn {
+                        metrics.server_wal_lsn.set(lsn.0 as i64);
+                    }
+                }
+                Ok(None) => {
+                    metrics.slot_active.set(0);
+                    metrics.set_wal_status(None);
+                }
+                Err(error) => tracing::debug!(%error, "slot monitor query failed"),
+            }
+        })
+    })
+    .await;
 }
 
 /// Write a heartbeat into the WAL every `cfg.interval_ms`, so a slot whose tables are quiet still
 /// gets a commit to confirm while other tables are written (and so holds no WAL back).
 pub async fn heartbeat(params: ConnParams, cfg: HeartbeatConfig, stop: CancellationToken) {
-    let statement = match heartbeat_sql(&cfg) {
-        Some(s) => s,
-        None => {
-            tracing::error!(table = %cfg.table, "heartbeat.table must be schema.table; heartbeat disabled");
-            return;
-        }
+    let Some(statement) = heartbeat_sql(&cfg) else {
+        tracing::error!(table = %cfg.table, "heartbeat.table must be schema.table; heartbeat disabled");
+        return;
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut client = None;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if client.as_ref().is_none_or(|c: &tokio_postgres::Client| c.is_closed()) {
-            match connect_sql(&params).await {
-                Ok(c) => client = Some(c),
-                Err(error) => {
-                    tracing::warn!(%error, "heartbeat cannot connect");
-                    continue;
-                }
+    every_tick(&params, Duration::from_millis(cfg.interval_ms), &stop, "heartbeat", |c| {
+        let statement = statement.clone();
+        Box::pin(async move {
+            match c.batch_execute(&statement).await {
+                Ok(()) => tracing::trace!("heartbeat"),
+                Err(error) => tracing::warn!(%error, "heartbeat failed"),
             }
-        }
-        let Some(c) = &client else { continue };
-        if let Err(error) = c.batch_execute(&statement).await {
-            tracing::warn!(%error, "heartbeat failed");
-        } else {
-            tracing::trace!("heartbeat");
-        }
-    }
+        })
+    })
+    .await;
 }
 
 /// The heartbeat statement. Message mode is transactional so it arrives inside a commit, which is

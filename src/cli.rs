@@ -165,6 +165,8 @@ async fn check(config: &Config) -> ExitCode {
     let mut findings = preflight(config, &params).await;
     // Kafka sink: brokers reachable, topics exist or can be created.
     findings.extend(crate::sink::kafka::kafka_findings(config, &params).await);
+    // Elasticsearch sink: cluster reachable, credentials accepted, indexes exist or can be created.
+    findings.extend(crate::sink::elasticsearch::elasticsearch_findings(config).await);
     let mut failed = false;
     for f in &findings {
         let tag = match f.severity {

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+// Elasticsearch sink settings (issue 3) live in their own file: src/config/elasticsearch.rs.
+mod elasticsearch;
+pub use elasticsearch::*;
+
 /// Default Postgres port.
 pub const DEFAULT_PORT: u16 = 5432;
 /// Default replication slot name.
@@ -97,6 +101,36 @@ pub struct Config {
     /// Periodic heartbeat written into the WAL so a quiet slot keeps advancing.
     #[serde(default)]
     pub heartbeat: HeartbeatConfig,
+    /// High availability: stream only while holding a lease (src/source/lease.rs).
+    #[serde(default)]
+    pub ha: HaConfig,
+}
+
+/// High-availability settings (`[ha]`). With `enabled`, several walcast processes may run with
+/// the same slot: the one holding a Postgres advisory-lock lease streams, the others wait.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// Take the lease before streaming. Default false: a single process needs no lease.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Milliseconds between attempts to take the lease (standby), and between checks that the
+    /// lease connection is alive (active). Default 1000.
+    #[serde(default = "default_ha_poll_ms")]
+    pub poll_ms: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self { enabled: false, poll_ms: DEFAULT_HA_POLL_MS }
+    }
+}
+
+/// Default interval between lease attempts and lease checks.
+pub const DEFAULT_HA_POLL_MS: u64 = 1_000;
+
+fn default_ha_poll_ms() -> u64 {
+    DEFAULT_HA_POLL_MS
 }
 
 /// The HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
@@ -299,6 +333,9 @@ pub struct SinksConfig {
     /// Kafka: Debezium-compatible change events, one topic per table (docs/kafka.md).
     #[serde(default)]
     pub kafka: Option<KafkaSinkConfig>,
+    /// Elasticsearch: documents kept in step with tables (docs/elasticsearch.md).
+    #[serde(default)]
+    pub elasticsearch: Option<ElasticsearchSinkConfig>,
 }
 
 /// JSON-lines sink settings.
@@ -491,7 +528,7 @@ impl Config {
             return Err(ConfigError::invalid("retry.max_ms", "must be at least retry.initial_ms"));
         }
         match (&self.sinks.jsonl, &self.sinks.kafka) {
-            (None, None) => {
+            (None, None) if self.sinks.elasticsearch.is_none() => {
                 return Err(ConfigError::invalid(
                     "sinks",
                     "configure at least one sink, e.g. [sinks.jsonl] path = \"-\"",
@@ -505,6 +542,9 @@ impl Config {
         if let Some(k) = &self.sinks.kafka {
             k.validate()?;
         }
+        if let Some(es) = &self.sinks.elasticsearch {
+            es.validate()?;
+        }
         if self.metrics.enabled && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::invalid("metrics.listen", "must be an address with a port, like 127.0.0.1:9187 or 0.0.0.0:9187"));
         }
@@ -513,6 +553,9 @@ impl Config {
         }
         if self.heartbeat.interval_ms != 0 && self.heartbeat.interval_ms < 100 {
             return Err(ConfigError::invalid("heartbeat.interval_ms", "must be 0 (off) or at least 100"));
+        }
+        if self.ha.poll_ms < 100 || self.ha.poll_ms > 60_000 {
+            return Err(ConfigError::invalid("ha.poll_ms", "must be between 100 and 60000"));
         }
         if self.heartbeat.mode == HeartbeatMode::Table {
             match TableSelector::parse(&self.heartbeat.table) {
@@ -782,9 +825,9 @@ pub struct KafkaTableConfig {
     /// Topic for this table instead of the template's.
     #[serde(default)]
     pub topic: Option<String>,
-    /// Columns that form the record key instead of the replica identity key (Debezium's
-    /// `message.key.columns`). Needed for REPLICA IDENTITY FULL tables, where Postgres marks
-    /// every column as key.
+    /// Columns that form the record key instead of the row's key (Debezium's
+    /// `message.key.columns`); useful for REPLICA IDENTITY FULL tables without a primary key,
+    /// whose key is otherwise every column.
     #[serde(default)]
     pub key_columns: Option<Vec<String>>,
 }

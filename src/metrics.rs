@@ -90,6 +90,8 @@ pub struct Metrics {
     pub slot_active: Gauge,
     /// `walcast_streaming`: 1 while this process holds a replication session.
     pub streaming: Gauge,
+    /// `walcast_ha_active`: 1 while this process holds the high-availability lease.
+    pub ha_active: Gauge,
     /// Lag state read at scrape time.
     pub lag: Arc<LagClock>,
     /// Set when a sink reports a write failure, cleared on its next success (for /readyz).
@@ -128,6 +130,8 @@ impl Metrics {
         registry.register("slot_active", "1 while a walsender streams the slot", slot_active.clone());
         let streaming = Gauge::default();
         registry.register("streaming", "1 while this process holds a replication session", streaming.clone());
+        let ha_active = Gauge::default();
+        registry.register("ha_active", "1 while this process holds the high-availability lease ([ha] enabled)", ha_active.clone());
         let lag = Arc::new(LagClock::default());
         registry.register_collector(Box::new(LagCollector { lag: Arc::clone(&lag), server_wal_lsn: server_wal_lsn.clone(), confirmed_lsn: confirmed_lsn.clone() }));
         registry.register_collector(Box::new(ProcessCollector));
@@ -146,6 +150,7 @@ impl Metrics {
             slot_wal_status,
             slot_active,
             streaming,
+            ha_active,
             lag,
             sinks_failing: Arc::default(),
         })
@@ -378,6 +383,7 @@ mod tests {
             "walcast_reconnects_total",
             "walcast_process_resident_memory_bytes",
             "walcast_process_cpu_seconds_total",
+            "walcast_ha_active 0",
         ] {
             assert!(text.contains(name), "missing {name} in:\n{text}");
         }

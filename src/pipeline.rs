@@ -65,7 +65,6 @@ pub struct RunSummary {
 /// Run until `shutdown` is cancelled (then drain and return) or a permanent error.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSummary, PipelineError> {
     let params = ConnParams::from_config(&config.source)?;
-    let mut backoff = Backoff::new(&config.retry);
     let metrics = Metrics::new();
 
     // Background tasks (metrics endpoint, slot monitor, heartbeat) live until this returns, so the
@@ -94,9 +93,59 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSumm
         Arc::clone(&metrics),
         background.clone(),
     ));
-    if config.heartbeat.interval_ms > 0 {
-        tokio::spawn(source::heartbeat(params.clone(), config.heartbeat.clone(), background.clone()));
+
+    // ---- High availability (issue 5; src/source/lease.rs, README "Operations: high availability").
+    // Without [ha], stream at once. With it, take the lease first (a standby holds no replication
+    // connection and writes no heartbeat) and stream only while holding it; losing the lease
+    // stops streaming like a shutdown (what the sinks made durable is confirmed, nothing more)
+    // and goes back to standby, since another process may hold the lease by then.
+    if !config.ha.enabled {
+        return stream_slot(config, &params, &metrics, &background, &shutdown).await;
     }
+    let poll = Duration::from_millis(config.ha.poll_ms);
+    loop {
+        let Some(lease) = source::Lease::acquire(&params, &config.source.slot, poll, &shutdown).await? else {
+            return Ok(RunSummary { confirmed: Lsn::ZERO });
+        };
+        metrics.ha_active.set(1);
+        let active = shutdown.child_token();
+        let watch = async {
+            if lease.watch(poll, params.connect_timeout, &active).await == source::LeaseEnd::Lost {
+                active.cancel();
+            }
+            // Keep the lease until the stream below has drained and stopped.
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        let result = tokio::select! {
+            r = stream_slot(config, &params, &metrics, &background, &active) => r,
+            never = watch => match never {},
+        };
+        drop(lease); // closes the session: Postgres releases the lock
+        metrics.ha_active.set(0);
+        if shutdown.is_cancelled() || result.is_err() {
+            return result;
+        }
+        tracing::warn!("lease lost: streaming stopped, back to standby");
+    }
+    // ---- end of high availability
+}
+
+/// Stream the slot until `shutdown` (drain, confirm, return) or a permanent error. The heartbeat
+/// runs while this does.
+async fn stream_slot(
+    config: &Config,
+    params: &ConnParams,
+    metrics: &Arc<Metrics>,
+    background: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<RunSummary, PipelineError> {
+    let (params, metrics, shutdown) = (params.clone(), Arc::clone(metrics), shutdown.clone());
+    let heartbeat_stop = background.child_token();
+    let _stop_heartbeat = heartbeat_stop.clone().drop_guard();
+    if config.heartbeat.interval_ms > 0 {
+        tokio::spawn(source::heartbeat(params.clone(), config.heartbeat.clone(), heartbeat_stop));
+    }
+    let mut backoff = Backoff::new(&config.retry);
 
     let Some(start) = prepare_slot(config, &params, &mut backoff, &shutdown).await? else {
         return Ok(RunSummary { confirmed: Lsn::ZERO });
@@ -114,7 +163,13 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSumm
         queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &metrics, &mut tasks));
     }
     if let Some(k) = &config.sinks.kafka {
-        let sink = crate::sink::KafkaSink::open(k, &config.source.database)?;
+        let mut sink = crate::sink::KafkaSink::open(k, &config.source.database)?;
+        sink.count_dead_letters_in(metrics.dead_letters.get_or_create(&SinkLabel { sink: sink.name().to_string() }).clone());
+        sink_names.push(sink.name());
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &metrics, &mut tasks));
+    }
+    if let Some(es) = &config.sinks.elasticsearch {
+        let sink = crate::sink::ElasticsearchSink::open(es, &config.retry, Arc::clone(&metrics))?;
         sink_names.push(sink.name());
         queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &metrics, &mut tasks));
     }
@@ -223,10 +278,12 @@ fn spawn_sink<S: Sink>(
 /// Batches handed to a sink and not yet written by it (one count per batch and sink).
 ///
 /// While a sink is busy, handing it another small batch does not get that batch out any sooner;
-/// it only adds a per-batch cost (a queue hand-off, a write call, a report), and under load the
-/// stream then turns into a flood of one-change batches whose overhead starves the walsender of
-/// CPU. So the loop keeps reading into the current batch while a sink writes, and hands the batch
-/// over as soon as every sink is idle: group commit, with no timer involved.
+/// it only adds a per-batch cost (a queue hand-off, a write call, an fsync, a report), and under
+/// load the stream then turns into a flood of few-change batches whose overhead starves the
+/// walsender of CPU. So while a sink writes, the loop reads what is ready into the next batch,
+/// then parks until every sink is idle (changes arriving meanwhile wait in the source buffer),
+/// reads what accumulated and hands it over: group commit, with no timer involved. A quiet
+/// stream finds the sinks idle, so its changes go out at once.
 #[derive(Debug, Default)]
 struct InFlight {
     batches: AtomicUsize,
@@ -397,8 +454,13 @@ impl Streamer<'_> {
         // transaction: reading goes on until its commit (or this deadline), so a clean stop
         // leaves no partial transaction behind that a restart would send again.
         let mut finish_by: Option<tokio::time::Instant> = None;
+        // A sink is writing, the next batch holds what was ready to read, and nothing more was:
+        // sleep until the sink is done instead of waking for every change that trickles in.
+        let mut parked = false;
         loop {
             let sinks_idle = self.in_flight.is_idle();
+            parked &= !sinks_idle;
+            let room = self.batch.changes.len() < max;
             tokio::select! {
                 biased;
                 // 1. Shutdown: stop reading; drain() writes out what was read.
@@ -415,8 +477,8 @@ impl Streamer<'_> {
                 }
                 // 2. Sink reports: durable positions move the confirmed LSN; a failed sink stops all.
                 Some(report) = self.reports.recv() => self.on_report(report, Some(stream))?,
-                // 3. The replication stream, while the batch has room.
-                event = stream.recv(), if self.batch.changes.len() < max => match event {
+                // 3. The replication stream, while the batch has room (and not parked).
+                event = stream.recv(), if room && !parked => match event {
                     Ok(Some(event)) => {
                         self.on_event(event, stream).await?;
                         if finish_by.is_some() && self.tx.is_none() {
@@ -432,11 +494,16 @@ impl Streamer<'_> {
                 },
                 // 4. Nothing more is ready to read (or the batch is full) and every sink is idle:
                 //    hand the batch over now rather than wait for a timer, so a quiet stream has
-                //    no batching delay. While a sink is still writing, keep reading into the batch
-                //    (see `InFlight`); a full batch is handed over regardless (backpressure).
-                _ = std::future::ready(()), if self.has_batch() && (sinks_idle || self.batch.changes.len() >= max) => self.flush().await?,
-                // 5. A sink finished its batches: go round so 4 can hand over what accumulated.
-                _ = self.in_flight.idle.notified(), if self.has_batch() && !sinks_idle => {}
+                //    no batching delay. A full batch is handed over regardless (backpressure).
+                _ = std::future::ready(()), if self.has_batch() && (sinks_idle || !room) => {
+                    parked = false;
+                    self.flush().await?;
+                }
+                // 5. Nothing more is ready but a sink is still writing: park (see `InFlight`).
+                //    What arrives meanwhile waits in the source buffer and joins this batch.
+                _ = std::future::ready(()), if self.has_batch() && !parked => parked = true,
+                // 6. The sinks finished: read what accumulated, then hand it over (3, 4).
+                _ = self.in_flight.idle.notified(), if parked => parked = false,
             }
         }
     }

@@ -89,6 +89,8 @@ pub struct KafkaSink {
     tx: TxTracker,
     dead_letter: DeadLetter,
     dead_letters: Arc<AtomicU64>,
+    /// `walcast_dead_letters_total{sink="kafka"}`, when the pipeline exports metrics.
+    dead_letter_metric: Option<prometheus_client::metrics::counter::Counter>,
     /// Rendered keys and values of the current batch (reused).
     arena: Vec<u8>,
 }
@@ -167,6 +169,7 @@ impl KafkaSink {
             tx: TxTracker::default(),
             dead_letter,
             dead_letters: Arc::new(AtomicU64::new(0)),
+            dead_letter_metric: None,
             arena: Vec::with_capacity(1 << 20),
         })
     }
@@ -174,6 +177,11 @@ impl KafkaSink {
     /// Records set aside in the dead-letter destination since the sink was opened.
     pub fn dead_letters(&self) -> u64 {
         self.dead_letters.load(Ordering::Relaxed)
+    }
+
+    /// Also count dead letters in this metric (`walcast_dead_letters_total{sink="kafka"}`).
+    pub fn count_dead_letters_in(&mut self, counter: prometheus_client::metrics::counter::Counter) {
+        self.dead_letter_metric = Some(counter);
     }
 
     /// The counter behind [`KafkaSink::dead_letters`], to read it after the sink was handed to
@@ -330,8 +338,10 @@ impl KafkaSink {
                 }
             }
             None => {
-                if rel.replica_identity == ReplicaIdentity::Full {
-                    tracing::warn!(table = %name, "table has REPLICA IDENTITY FULL, so Postgres marks every column as key; set sinks.kafka.tables.\"{name}\".key_columns to key records by the primary key");
+                // For REPLICA IDENTITY FULL the pipeline flags the primary key; a table without
+                // one keeps every column flagged, which makes each row version a new key.
+                if rel.replica_identity == ReplicaIdentity::Full && rel.columns.len() > 1 && rel.columns.iter().all(|c| c.key) {
+                    tracing::warn!(table = %name, "table has REPLICA IDENTITY FULL and no primary key, so every column is the record key; set sinks.kafka.tables.\"{name}\".key_columns");
                 }
                 rel.key_columns().collect()
             }
@@ -650,6 +660,9 @@ impl KafkaSink {
             tracing::warn!(topic = %r.topic, lsn = %r.lsn, commit_lsn = %r.commit_lsn, table = %format!("{}.{}", r.schema, r.table), reason, "record sent to the dead-letter destination");
         }
         self.dead_letters.fetch_add(records.len() as u64, Ordering::Relaxed);
+        if let Some(metric) = &self.dead_letter_metric {
+            metric.inc_by(records.len() as u64);
+        }
         Ok(())
     }
 

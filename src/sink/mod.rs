@@ -1,5 +1,6 @@
 //! Sinks: where batches of changes go, and the task that drives each one with retries.
 
+pub mod elasticsearch;
 mod jsonl;
 pub mod kafka;
 mod memory;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+pub use elasticsearch::ElasticsearchSink;
 pub use jsonl::JsonlSink;
 pub use kafka::KafkaSink;
 pub use memory::MemorySink;

@@ -1,12 +1,14 @@
 //! The source: Postgres connections. A replication connection streams the slot; an ordinary SQL
 //! connection runs preflight checks and slot/publication management.
 
+mod lease;
 mod monitor;
 mod preflight;
 mod replication;
 mod sql;
 mod tls;
 
+pub use lease::{lease_key, Lease, LeaseEnd};
 pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};
 pub use replication::{ReplicationStream, SourceEvent, StreamSettings};

@@ -57,6 +57,14 @@ pub async fn monitor_slot(params: ConnParams, slot: String, every: Duration, met
                     if let Some(lsn) = info.current_wal_lsn {
                         metrics.server_wal_lsn.set(lsn.0 as i64);
                     }
+                    // Not streaming (an HA standby, or reconnecting): the slot's own confirmed
+                    // position is the truth, so lag in bytes stays meaningful instead of counting
+                    // from 0. While streaming, the pipeline's value is newer and is left alone.
+                    if metrics.streaming.get() == 0 {
+                        if let Some(lsn) = info.confirmed_flush_lsn {
+                            metrics.confirmed_lsn.set(lsn.0 as i64);
+                        }
+                    }
                 }
                 Ok(None) => {
                     metrics.slot_active.set(0);

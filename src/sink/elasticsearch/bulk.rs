@@ -1,0 +1,219 @@
+//! `_bulk` NDJSON bodies and per-item results.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+
+use serde::Deserialize;
+
+use crate::decode::write_json_str;
+
+/// The action of one bulk item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkKind {
+    /// `index` (create or replace).
+    Index,
+    /// `delete`.
+    Delete,
+}
+
+/// Append one item: the action line and, for `index`, the source line. `version` adds
+/// `version` + `version_type=external_gte`; `id` = `None` lets the server pick one.
+pub fn write_item(out: &mut Vec<u8>, kind: BulkKind, index: &str, id: Option<&str>, version: Option<u64>, source: Option<&[u8]>) {
+    out.extend_from_slice(match kind {
+        BulkKind::Index => b"{\"index\":{\"_index\":",
+        BulkKind::Delete => b"{\"delete\":{\"_index\":",
+    });
+    write_json_str(out, index);
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"_id\":");
+        write_json_str(out, id);
+    }
+    if let Some(v) = version {
+        let _ = write!(out, ",\"version\":{v},\"version_type\":\"external_gte\"");
+    }
+    out.extend_from_slice(b"}}\n");
+    if kind == BulkKind::Index {
+        out.extend_from_slice(source.unwrap_or(b"{}"));
+        out.push(b'\n');
+    }
+}
+
+/// What became of one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// Written (or nothing to do: a newer version is already there, the document to delete is
+    /// not there).
+    Done,
+    /// A newer version was already there (409): the write is older and counts as done.
+    Stale,
+    /// May pass later (429, 5xx, blocked index): send it again.
+    Retry(String),
+    /// The cluster rejects it for good (mapping or parse error, ...): dead letter.
+    Rejected(String),
+    /// Retrying cannot help and it is not about this document (no privilege, missing index
+    /// that may not be created): stop.
+    Fatal(String),
+}
+
+/// One item of a bulk answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ItemResult {
+    /// HTTP status of the item.
+    pub status: u16,
+    /// The error, if the item failed.
+    #[serde(default)]
+    pub error: Option<ItemError>,
+}
+
+/// `error` of a failed item.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ItemError {
+    /// `type`, e.g. `mapper_parsing_exception`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// `reason`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `caused_by`, for a more precise reason.
+    #[serde(default)]
+    pub caused_by: Option<Box<ItemError>>,
+}
+
+impl ItemError {
+    /// `type: reason (caused by type: reason)`.
+    pub fn describe(&self) -> String {
+        let mut s = self.kind.clone();
+        if let Some(r) = &self.reason {
+            s.push_str(": ");
+            s.push_str(r);
+        }
+        if let Some(c) = &self.caused_by {
+            s.push_str(" (caused by ");
+            s.push_str(&c.describe());
+            s.push(')');
+        }
+        s
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BulkAnswer {
+    #[serde(default)]
+    items: Vec<HashMap<String, ItemResult>>,
+}
+
+/// The per-item results of a bulk answer, in request order. Errors when the body is not a bulk
+/// answer or holds a different number of items than were sent (a server that answers a malformed
+/// request with 200 must not make walcast believe anything was written).
+pub fn parse_answer(body: &[u8], sent: usize) -> Result<Vec<ItemResult>, String> {
+    let answer: BulkAnswer = serde_json::from_slice(body).map_err(|e| format!("the _bulk answer is not valid JSON: {e}"))?;
+    if answer.items.len() != sent {
+        return Err(format!("the _bulk answer has {} items for {sent} actions sent", answer.items.len()));
+    }
+    answer
+        .items
+        .into_iter()
+        .map(|mut m| {
+            let key = m.keys().next().cloned().ok_or_else(|| "an item of the _bulk answer is empty".to_string())?;
+            m.remove(&key).ok_or_else(|| "an item of the _bulk answer is empty".to_string())
+        })
+        .collect()
+}
+
+/// Classify one item's result.
+pub fn classify(kind: BulkKind, item: &ItemResult) -> ItemOutcome {
+    let reason = || item.error.as_ref().map_or_else(|| format!("HTTP {}", item.status), ItemError::describe);
+    let error_kind = item.error.as_ref().map_or("", |e| e.kind.as_str());
+    match item.status {
+        200..=299 => ItemOutcome::Done,
+        409 if error_kind == "version_conflict_engine_exception" || error_kind.is_empty() => ItemOutcome::Stale,
+        404 if kind == BulkKind::Delete => ItemOutcome::Done,
+        404 if error_kind == "index_not_found_exception" => ItemOutcome::Fatal(format!(
+            "{}; create the index, give it a mapping_file in [sinks.elasticsearch.indexes], or allow automatic index creation",
+            reason()
+        )),
+        401 => ItemOutcome::Fatal(reason()),
+        403 if error_kind == "cluster_block_exception" => ItemOutcome::Retry(reason()),
+        403 => ItemOutcome::Fatal(reason()),
+        408 | 429 => ItemOutcome::Retry(reason()),
+        s if s >= 500 => ItemOutcome::Retry(reason()),
+        _ => ItemOutcome::Rejected(reason()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_lines() {
+        let mut out = Vec::new();
+        write_item(&mut out, BulkKind::Index, "orders", Some("[1,\"a\"]"), Some(42), Some(br#"{"id":1}"#));
+        write_item(&mut out, BulkKind::Delete, "orders", Some("7"), Some(43), None);
+        write_item(&mut out, BulkKind::Index, "dlq", None, None, Some(br#"{"reason":"x"}"#));
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+        assert!(text.ends_with('\n'));
+        assert_eq!(lines.len(), 5);
+        assert_eq!(
+            lines[0],
+            serde_json::json!({"index": {"_index": "orders", "_id": "[1,\"a\"]", "version": 42, "version_type": "external_gte"}})
+        );
+        assert_eq!(lines[1], serde_json::json!({"id": 1}));
+        assert_eq!(lines[2], serde_json::json!({"delete": {"_index": "orders", "_id": "7", "version": 43, "version_type": "external_gte"}}));
+        assert_eq!(lines[3], serde_json::json!({"index": {"_index": "dlq"}}));
+    }
+
+    /// A real answer (osmem-server / Elasticsearch shape) with every kind of outcome.
+    const ANSWER: &str = r#"{"errors":true,"took":1,"items":[
+      {"index":{"_id":"1","_index":"t","_version":100,"result":"created","status":201}},
+      {"index":{"_id":"1","_index":"t","error":{"reason":"[1]: version conflict, current version [100] is higher than the one provided [50]","type":"version_conflict_engine_exception"},"status":409}},
+      {"index":{"_id":"2","_index":"t","error":{"reason":"mapping set to strict, dynamic introduction of [extra] within [_doc] is not allowed","type":"strict_dynamic_mapping_exception"},"status":400}},
+      {"index":{"_id":"3","_index":"t","error":{"caused_by":{"reason":"For input string: \"x\"","type":"number_format_exception"},"reason":"failed to parse field [n] of type [integer]","type":"mapper_parsing_exception"},"status":400}},
+      {"index":{"_id":"4","_index":"t","error":{"reason":"rejected execution","type":"es_rejected_execution_exception"},"status":429}},
+      {"delete":{"_id":"77","_index":"t","_version":20,"result":"not_found","status":404}},
+      {"delete":{"_id":"1","_index":"t","error":{"type":"version_conflict_engine_exception","reason":"conflict"},"status":409}},
+      {"index":{"_id":"5","_index":"t","error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"},"status":503}},
+      {"index":{"_id":"6","_index":"t","error":{"type":"security_exception","reason":"action [indices:data/write/bulk[s]] is unauthorized"},"status":403}},
+      {"index":{"_id":"7","_index":"t","error":{"type":"cluster_block_exception","reason":"index [t] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark]"},"status":429}}
+    ]}"#;
+
+    #[test]
+    fn answer_items_are_classified() {
+        let items = parse_answer(ANSWER.as_bytes(), 10).expect("parsed");
+        let kinds = [
+            BulkKind::Index,
+            BulkKind::Index,
+            BulkKind::Index,
+            BulkKind::Index,
+            BulkKind::Index,
+            BulkKind::Delete,
+            BulkKind::Delete,
+            BulkKind::Index,
+            BulkKind::Index,
+            BulkKind::Index,
+        ];
+        let outcomes: Vec<ItemOutcome> = items.iter().zip(kinds).map(|(i, k)| classify(k, i)).collect();
+        assert_eq!(outcomes[0], ItemOutcome::Done);
+        assert_eq!(outcomes[1], ItemOutcome::Stale);
+        assert!(matches!(&outcomes[2], ItemOutcome::Rejected(r) if r.starts_with("strict_dynamic_mapping_exception: mapping set to strict")));
+        assert!(matches!(&outcomes[3], ItemOutcome::Rejected(r) if r.contains("mapper_parsing_exception") && r.contains("caused by number_format_exception")));
+        assert!(matches!(&outcomes[4], ItemOutcome::Retry(_)));
+        assert_eq!(outcomes[5], ItemOutcome::Done);
+        assert_eq!(outcomes[6], ItemOutcome::Stale);
+        assert!(matches!(&outcomes[7], ItemOutcome::Retry(_)));
+        assert!(matches!(&outcomes[8], ItemOutcome::Fatal(r) if r.contains("security_exception")));
+        assert!(matches!(&outcomes[9], ItemOutcome::Retry(_)));
+    }
+
+    #[test]
+    fn item_count_must_match() {
+        // noida-db answers a malformed body with 200 and a single error item.
+        let body = br#"{"errors":true,"items":[{"index":{"error":{"type":"parse_exception","reason":"malformed action/metadata line"},"status":400}}],"took":0}"#;
+        assert!(parse_answer(body, 3).expect_err("count").contains("1 items for 3"));
+        assert!(parse_answer(b"<html>", 1).is_err());
+        // Items without an id (auto-id dead letters) parse.
+        let ok = br#"{"errors":false,"items":[{"index":{"_index":"dlq","_id":"x","status":201,"result":"created"}}]}"#;
+        assert_eq!(parse_answer(ok, 1).expect("ok")[0].status, 201);
+    }
+}

@@ -1,0 +1,156 @@
+//! Indexes: created from their mapping/settings file when missing; an existing index is never
+//! changed, only compared with its file (a difference is reported, not applied).
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::client::{status_error, EsClient, EsError};
+use super::dead_letter;
+use crate::config::ElasticsearchSinkConfig;
+
+/// An index walcast may create, with the body to create it from.
+#[derive(Debug, Clone)]
+pub struct IndexSpec {
+    /// Index name.
+    pub name: String,
+    /// `{"settings": ..., "mappings": ...}`.
+    pub body: Value,
+    /// Where the body comes from, for messages (a file path or "the dead-letter mapping").
+    pub source: String,
+}
+
+/// The specs of every index with a mapping file, and of the dead-letter index. Errors name the
+/// field and file.
+pub fn specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<IndexSpec>, String> {
+    let mut out = Vec::new();
+    for (name, idx) in &cfg.indexes {
+        let path = &idx.mapping_file;
+        let text = std::fs::read(path).map_err(|e| {
+            format!("sinks.elasticsearch.indexes.{name:?}.mapping_file: cannot read {}: {e}", path.display())
+        })?;
+        let body: Value = serde_json::from_slice(&text).map_err(|e| {
+            format!("sinks.elasticsearch.indexes.{name:?}.mapping_file: {} is not valid JSON: {e}", path.display())
+        })?;
+        if !body.is_object() || body.as_object().is_some_and(|o| o.keys().any(|k| !matches!(k.as_str(), "settings" | "mappings" | "aliases"))) {
+            return Err(format!(
+                "sinks.elasticsearch.indexes.{name:?}.mapping_file: {} must be an object with `settings`, `mappings` and/or `aliases` (the body of PUT /{name})",
+                path.display()
+            ));
+        }
+        out.push(IndexSpec { name: name.clone(), body, source: path.display().to_string() });
+    }
+    if let Some(index) = cfg.dead_letter.as_ref().and_then(|d| d.index.clone()) {
+        if !cfg.indexes.contains_key(&index) {
+            let body = serde_json::from_str(dead_letter::INDEX_BODY).map_err(|e| e.to_string())?;
+            out.push(IndexSpec { name: index, body, source: "walcast's dead-letter mapping".into() });
+        }
+    }
+    Ok(out)
+}
+
+/// What the cluster has for an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexState {
+    /// It exists; `Some(path)` names the first place its mapping lacks or differs from the file.
+    Exists(Option<String>),
+    /// It does not exist.
+    Missing,
+}
+
+/// Look the index up and compare its mapping with the spec's.
+pub async fn state(client: &EsClient, spec: &IndexSpec) -> Result<IndexState, EsError> {
+    let path = format!("/{}/_mapping", spec.name);
+    let answer = client.send(Method::GET, &path, None).await?;
+    match answer.status {
+        200 => {
+            let live: Value = serde_json::from_slice(&answer.body).map_err(|e| EsError::BadResponse { path, reason: e.to_string() })?;
+            // The answer is keyed by the concrete index name (which differs for an alias).
+            let live_mappings = live.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("mappings")).cloned().unwrap_or(Value::Null);
+            let wanted = spec.body.get("mappings").cloned().unwrap_or(Value::Null);
+            Ok(IndexState::Exists(subset_diff(&wanted, &live_mappings, "mappings")))
+        }
+        404 => Ok(IndexState::Missing),
+        _ => Err(status_error("GET", &path, &answer)),
+    }
+}
+
+/// Create the index from its spec. `Ok(false)` when it already existed (another process won).
+pub async fn create(client: &EsClient, spec: &IndexSpec) -> Result<bool, EsError> {
+    let path = format!("/{}", spec.name);
+    let body = serde_json::to_vec(&spec.body).map_err(|e| EsError::Setup(e.to_string()))?;
+    let answer = client.send(Method::PUT, &path, Some((&body, "application/json"))).await?;
+    if (200..300).contains(&answer.status) {
+        return Ok(true);
+    }
+    match status_error("PUT", &path, &answer) {
+        EsError::Status { kind, .. } if kind == "resource_already_exists_exception" => Ok(false),
+        e => Err(e),
+    }
+}
+
+/// The first path where `wanted` is not contained in `live` (objects: every key of `wanted` is
+/// in `live` with a contained value; scalars: equal, comparing `"true"` and `true` alike since
+/// servers normalise some settings). `None` when contained.
+pub fn subset_diff(wanted: &Value, live: &Value, path: &str) -> Option<String> {
+    match (wanted, live) {
+        (Value::Null, _) => None,
+        (Value::Object(w), Value::Object(l)) => w.iter().find_map(|(k, v)| match l.get(k) {
+            Some(lv) => subset_diff(v, lv, &format!("{path}.{k}")),
+            None => Some(format!("{path}.{k} is missing")),
+        }),
+        (Value::Array(w), Value::Array(l)) if w.len() == l.len() => {
+            w.iter().zip(l).enumerate().find_map(|(i, (a, b))| subset_diff(a, b, &format!("{path}[{i}]")))
+        }
+        (Value::Object(_), _) => Some(format!("{path} is not an object")),
+        (a, b) => {
+            let text = |v: &Value| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (text(a) != text(b)).then(|| format!("{path} is {b}, the file says {a}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn mapping_subset() {
+        let wanted = json!({"dynamic": "strict", "properties": {"id": {"type": "integer"}, "n": {"type": "long"}}});
+        let live = json!({"dynamic": "strict", "properties": {"id": {"type": "integer"}, "n": {"type": "long"}, "extra": {"type": "text"}}});
+        assert_eq!(subset_diff(&wanted, &live, "mappings"), None);
+        let changed = json!({"dynamic": "strict", "properties": {"id": {"type": "integer"}, "n": {"type": "integer"}}});
+        assert_eq!(subset_diff(&wanted, &changed, "mappings").as_deref(), Some("mappings.properties.n.type is \"integer\", the file says \"long\""));
+        let missing = json!({"properties": {"id": {"type": "integer"}}});
+        assert!(subset_diff(&wanted, &missing, "mappings").expect("diff").contains("mappings.dynamic is missing"));
+        // Servers answer some values as strings.
+        assert_eq!(subset_diff(&json!({"dynamic": false}), &json!({"dynamic": "false"}), "m"), None);
+    }
+
+    #[test]
+    fn specs_read_files_and_add_the_dead_letter_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("orders.json");
+        std::fs::write(&good, r#"{"settings":{"number_of_shards":1},"mappings":{"properties":{"id":{"type":"integer"}}}}"#).expect("write");
+        let text = format!(
+            "url = \"http://h:9200\"\n[indexes.orders]\nmapping_file = {:?}\n[dead_letter]\nindex = \"dlq\"\n",
+            good.display().to_string()
+        );
+        let cfg: ElasticsearchSinkConfig = toml::from_str(&text).expect("config");
+        let s = specs(&cfg).expect("specs");
+        assert_eq!(s.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["orders", "dlq"]);
+        assert_eq!(s[0].body["settings"]["number_of_shards"], 1);
+
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, r#"{"properties":{}}"#).expect("write");
+        let cfg: ElasticsearchSinkConfig =
+            toml::from_str(&format!("url = \"http://h:9200\"\n[indexes.x]\nmapping_file = {:?}\n", bad.display().to_string())).expect("config");
+        assert!(specs(&cfg).expect_err("bad").contains("must be an object with `settings`"));
+        let cfg: ElasticsearchSinkConfig =
+            toml::from_str("url = \"http://h:9200\"\n[indexes.x]\nmapping_file = \"/nonexistent/m.json\"\n").expect("config");
+        assert!(specs(&cfg).expect_err("missing").contains("cannot read /nonexistent/m.json"));
+    }
+}

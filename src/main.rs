@@ -8,7 +8,12 @@ use walcast::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread: the walsender sends a message per row, and on a multi-threaded runtime the
+    // reader, loop and sink tasks wake each other across threads for every trickle of data. With
+    // Postgres busy on the same cores that turned into ~1M context switches per 1M rows and a
+    // 5x slowdown (scripts/bench-replication); on one thread it stays near pg_recvlogical's cost.
+    // Blocking file writes still go to the blocking pool, and rdkafka has its own threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walcast: cannot start the async runtime: {e}");

@@ -113,9 +113,10 @@ impl Metrics {
         let sink_durable_lsn = Family::<SinkLabel, Gauge<i64, AtomicI64>>::default();
         registry.register("sink_durable_lsn", "Highest commit end LSN the sink made durable (as a number)", sink_durable_lsn.clone());
         let dead_letters = Family::<SinkLabel, Counter>::default();
-        registry.register("dead_letters", "Rows sent to the dead-letter destination", dead_letters.clone());
+        // Declared even before their first series, so dashboards and alerts can rely on the names.
+        registry.register_collector(Box::new(Declared { name: "dead_letters", help: "Rows sent to the dead-letter destination", metric: dead_letters.clone() }));
         let snapshot_rows = Family::<TableLabel, Counter>::default();
-        registry.register("snapshot_rows", "Rows read by snapshots", snapshot_rows.clone());
+        registry.register_collector(Box::new(Declared { name: "snapshot_rows", help: "Rows read by snapshots", metric: snapshot_rows.clone() }));
         let reconnects = Counter::default();
         registry.register("reconnects", "Replication connection attempts after a failure", reconnects.clone());
         let confirmed_lsn = Gauge::<i64, AtomicI64>::default();
@@ -278,6 +279,22 @@ impl Collector for LagCollector {
     }
 }
 
+/// A metric whose `# HELP` / `# TYPE` lines are written even while it has no series (a plain
+/// registration omits an empty family), so its name is visible in `/metrics` from the start.
+#[derive(Debug)]
+struct Declared<M> {
+    name: &'static str,
+    help: &'static str,
+    metric: M,
+}
+
+impl<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static> Collector for Declared<M> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metric_encoder = encoder.encode_descriptor(self.name, self.help, None, self.metric.metric_type())?;
+        self.metric.encode(metric_encoder)
+    }
+}
+
 /// Process memory and CPU from /proc (Linux).
 #[derive(Debug)]
 struct ProcessCollector;
@@ -385,6 +402,11 @@ mod tests {
             "walcast_process_cpu_seconds_total",
             "walcast_ha_active 0",
         ] {
+            assert!(text.contains(name), "missing {name} in:\n{text}");
+        }
+        // Families without a series yet are still declared.
+        let text = Metrics::new().encode();
+        for name in ["# TYPE walcast_dead_letters counter", "# TYPE walcast_snapshot_rows counter"] {
             assert!(text.contains(name), "missing {name} in:\n{text}");
         }
     }

@@ -177,6 +177,8 @@ async fn stream_slot(
     for name in &sink_names {
         metrics.sink_durable_lsn.get_or_create(&SinkLabel { sink: name.to_string() }).set(start.0 as i64);
         metrics.lag.sink(name);
+        // A counter that exists at 0 lets increase() see the first dead letter (alerts.yml).
+        metrics.dead_letters.get_or_create(&SinkLabel { sink: name.to_string() }).inc_by(0);
     }
     metrics.confirmed_lsn.set(start.0 as i64);
 

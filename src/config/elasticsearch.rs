@@ -510,6 +510,45 @@ index = "orders"
         assert!(!format!("{auth:?}").contains("key-hunter3"));
     }
 
+    /// The commented `[sinks.elasticsearch]` block of the shipped example, uncommented, is valid
+    /// and shows every field of the Elasticsearch config.
+    #[test]
+    fn example_elasticsearch_section_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/walcast.example.toml");
+        let text = std::fs::read_to_string(&path).expect("example config");
+        let mut out = String::new();
+        let mut in_es = false;
+        for line in text.lines() {
+            if line.starts_with("#[sinks.elasticsearch]") {
+                in_es = true;
+            } else if line.trim().is_empty() {
+                in_es = false;
+            }
+            match line.strip_prefix('#') {
+                Some(rest) if in_es && !rest.starts_with('#') => out.push_str(rest),
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        std::env::set_var("WALCAST_ES_PASSWORD", "x");
+        let c = Config::parse(&out, &path).expect("uncommented example is valid");
+        let es = c.sinks.elasticsearch.expect("elasticsearch section");
+        assert_eq!(es.url, "https://es.example.internal:9200");
+        assert!(es.indexes.contains_key("orders") && es.dead_letter.is_some() && es.tables.len() == 1);
+        let rule = &es.tables[0];
+        assert_eq!(rule.rename.get("total").map(String::as_str), Some("amount"));
+        for field in [
+            "url", "username", "password_env", "ca_file", "gzip", "request_timeout_ms", "connect_timeout_ms", "bulk_max_actions",
+            "bulk_max_bytes", "create_indexes", "mapping_file", "table", "index", "id_columns", "include", "exclude", "rename", "ops",
+            "truncate", "path",
+        ] {
+            assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.elasticsearch.{field}");
+        }
+        for field in ["password_file", "api_key_env"] {
+            assert!(text.contains(&format!("\n## {field} = ")), "the example does not mention sinks.elasticsearch.{field}");
+        }
+    }
+
     #[test]
     fn index_names() {
         assert!(validate_index_name("orders-2024.v1").is_ok());

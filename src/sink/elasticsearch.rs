@@ -762,6 +762,193 @@ mod tests {
         }
     }
 
+    /// A scripted HTTP/1.1 server: `answer(n, request)` gives the status and body of the n-th
+    /// request. Records every request.
+    mod fake {
+        use std::sync::{Arc, Mutex};
+
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        #[derive(Debug, Clone)]
+        pub struct Req {
+            pub method: String,
+            pub path: String,
+            pub headers: Vec<(String, String)>,
+            pub body: Vec<u8>,
+        }
+
+        impl Req {
+            pub fn header(&self, name: &str) -> Option<&str> {
+                self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+            }
+        }
+
+        pub type Answer = Arc<dyn Fn(usize, &Req) -> (u16, String) + Send + Sync>;
+
+        pub async fn serve(answer: Answer) -> (String, Arc<Mutex<Vec<Req>>>) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            let log: Arc<Mutex<Vec<Req>>> = Arc::default();
+            let seen = Arc::clone(&log);
+            tokio::spawn(async move {
+                while let Ok((mut sock, _)) = listener.accept().await {
+                    let (answer, seen) = (Arc::clone(&answer), Arc::clone(&seen));
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        loop {
+                            let head_end = loop {
+                                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                    break p + 4;
+                                }
+                                let mut chunk = [0u8; 8192];
+                                match sock.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            };
+                            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                            let mut lines = head.split("\r\n");
+                            let mut first = lines.next().unwrap_or("").split(' ');
+                            let (method, path) = (first.next().unwrap_or("").to_string(), first.next().unwrap_or("").to_string());
+                            let headers: Vec<(String, String)> = lines
+                                .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+                                .collect();
+                            let len: usize = headers
+                                .iter()
+                                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                                .and_then(|(_, v)| v.parse().ok())
+                                .unwrap_or(0);
+                            while buf.len() < head_end + len {
+                                let mut chunk = [0u8; 8192];
+                                match sock.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            let req = Req { method, path, headers, body: buf[head_end..head_end + len].to_vec() };
+                            buf.drain(..head_end + len);
+                            let n = {
+                                let mut s = seen.lock().expect("lock");
+                                s.push(req.clone());
+                                s.len() - 1
+                            };
+                            let (status, body) = answer(n, &req);
+                            let resp = format!(
+                                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if sock.write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            (url, log)
+        }
+    }
+
+    fn test_sink(url: &str, extra: &str) -> ElasticsearchSink {
+        let cfg: ElasticsearchSinkConfig = toml::from_str(&format!("url = \"{url}\"\n{extra}")).expect("config");
+        ElasticsearchSink::open(&cfg, &RetryConfig { initial_ms: 1, max_ms: 5 }, Metrics::new()).expect("sink")
+    }
+
+    fn item(status: u16, kind: &str) -> String {
+        if status < 300 {
+            format!(r#"{{"index":{{"_index":"t","_id":"x","status":{status},"result":"created"}}}}"#)
+        } else {
+            format!(r#"{{"index":{{"_index":"t","_id":"x","status":{status},"error":{{"type":"{kind}","reason":"r"}}}}}}"#)
+        }
+    }
+
+    fn bulk_ids(body: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(body)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v.get("index").and_then(|a| a.get("_id")).and_then(|i| i.as_str()).map(str::to_string))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn retries_resend_only_the_failed_items() {
+        let answer: fake::Answer = Arc::new(|n, _req| match n {
+            0 => (503, r#"{"error":{"type":"unavailable_shards_exception","reason":"not ready"},"status":503}"#.into()),
+            1 => (200, format!(r#"{{"errors":true,"items":[{},{},{}]}}"#, item(201, ""), item(429, "es_rejected_execution_exception"), item(201, ""))),
+            2 => (200, format!(r#"{{"errors":true,"items":[{}]}}"#, item(500, "internal"))),
+            _ => (200, format!(r#"{{"errors":false,"items":[{}]}}"#, item(201, ""))),
+        });
+        let (url, seen) = fake::serve(answer).await;
+        let mut sink = test_sink(&url, "");
+        let actions = (1..=3).map(|i| Ok(act(&i.to_string(), 10, index(json!({"i": i}))))).collect();
+        sink.write_actions(actions, &[]).await.expect("written in the end");
+        let reqs = seen.lock().expect("lock").clone();
+        let ids: Vec<Vec<String>> = reqs.iter().map(|r| bulk_ids(&r.body)).collect();
+        assert_eq!(ids, vec![vec!["1", "2", "3"], vec!["1", "2", "3"], vec!["2"], vec!["2"]], "only the failed item is sent again");
+        assert!(reqs.iter().all(|r| r.method == "POST" && r.path == "/_bulk"));
+        assert_eq!(sink.metrics.sink_requests.get_or_create(&crate::metrics::SinkOutcome { sink: NAME.into(), outcome: "retry" }).get(), 3);
+    }
+
+    #[tokio::test]
+    async fn authentication_failure_is_fatal_with_a_fix() {
+        let answer: fake::Answer =
+            Arc::new(|_, _| (401, r#"{"error":{"type":"security_exception","reason":"missing authentication credentials"},"status":401}"#.into()));
+        let (url, seen) = fake::serve(answer).await;
+        let mut sink = test_sink(&url, "");
+        let err = sink.write_actions(vec![Ok(act("1", 10, index(json!({}))))], &[]).await.expect_err("fatal");
+        assert!(!err.is_retryable());
+        let text = err.to_string();
+        assert!(text.contains("HTTP 401") && text.contains("fix: check sinks.elasticsearch.username"), "{text}");
+        assert_eq!(seen.lock().expect("lock").len(), 1, "no retry of an authentication failure");
+    }
+
+    #[tokio::test]
+    async fn gzip_bodies_and_basic_auth() {
+        let answer: fake::Answer = Arc::new(|_, _| (200, format!(r#"{{"errors":false,"items":[{}]}}"#, item(201, ""))));
+        let (url, seen) = fake::serve(answer).await;
+        std::env::set_var("WALCAST_TEST_ES_FAKE_PW", "s3cret");
+        let mut sink = test_sink(&url, "gzip = true\nusername = \"writer\"\npassword_env = \"WALCAST_TEST_ES_FAKE_PW\"\n");
+        let big = "x".repeat(4_000);
+        sink.write_actions(vec![Ok(act("1", 10, index(json!({"big": big}))))], &[]).await.expect("written");
+        let req = seen.lock().expect("lock")[0].clone();
+        assert_eq!(req.header("content-encoding"), Some("gzip"));
+        assert_eq!(req.header("content-type"), Some("application/x-ndjson"));
+        use base64::Engine as _;
+        let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("writer:s3cret"));
+        assert_eq!(req.header("authorization"), Some(expected.as_str()));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&req.body[..]), &mut text).expect("gunzip");
+        assert!(req.body.len() < 500, "compressed: {} bytes", req.body.len());
+        assert_eq!(bulk_ids(text.as_bytes()), ["1"]);
+        assert!(text.contains(&big));
+    }
+
+    #[tokio::test]
+    async fn a_request_the_server_refuses_is_halved_to_find_the_bad_item() {
+        // 413 for any request of more than one item, a mapping error for item 2, success otherwise.
+        let answer: fake::Answer = Arc::new(|_, req| {
+            let ids = bulk_ids(&req.body);
+            if ids.len() > 1 {
+                (413, r#"{"error":{"type":"http_error","reason":"too large"}}"#.into())
+            } else if ids == ["2"] {
+                (200, format!(r#"{{"errors":true,"items":[{}]}}"#, item(400, "mapper_parsing_exception")))
+            } else {
+                (200, format!(r#"{{"errors":false,"items":[{}]}}"#, item(201, "")))
+            }
+        });
+        let (url, seen) = fake::serve(answer).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dlq = dir.path().join("dlq.jsonl");
+        let mut sink = test_sink(&url, &format!("[dead_letter]\npath = {:?}\n", dlq.display().to_string()));
+        let actions = (1..=4).map(|i| Ok(act(&i.to_string(), 10, index(json!({"i": i}))))).collect();
+        sink.write_actions(actions, &[]).await.expect("done");
+        let singles: Vec<Vec<String>> = seen.lock().expect("lock").iter().map(|r| bulk_ids(&r.body)).filter(|i| i.len() == 1).collect();
+        assert_eq!(singles, [["1"], ["2"], ["3"], ["4"]]);
+        let letters = std::fs::read_to_string(&dlq).expect("dlq");
+        assert_eq!(letters.lines().count(), 1);
+        assert!(letters.contains("mapper_parsing_exception") && letters.contains("\"id\":\"2\""), "{letters}");
+        assert_eq!(sink.metrics.dead_letters.get_or_create(&SinkLabel { sink: NAME.into() }).get(), 1);
+    }
+
     #[test]
     fn merge_keeps_raw_values_and_order() {
         let merged = merge_objects(br#"{"id":1,"big":"xxx","n":123456789012345678901234567890}"#, br#"{"n":2,"new":[1,2]}"#).expect("merge");

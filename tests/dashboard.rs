@@ -199,3 +199,28 @@ async fn wait_rules_evaluated(prom: &Prometheus, timeout: Duration) -> Vec<Value
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The walcast configurations shipped for docker-compose and Kubernetes parse and validate with
+/// this build (unknown keys are errors, so a renamed option would fail here first).
+#[test]
+fn shipped_walcast_configs_are_valid() {
+    let compose = repo_root().join("deploy/walcast.compose.toml");
+    let config = walcast::config::Config::load(&compose).unwrap_or_else(|e| panic!("{}: {e}", compose.display()));
+    assert!(config.sinks.jsonl.is_some() && config.sinks.kafka.is_some(), "the compose config streams to stdout and Kafka");
+    assert_eq!(config.metrics.listen, "0.0.0.0:9187", "Prometheus scrapes it from another container");
+
+    // The TOML inside deploy/k8s/configmap.yaml (the block scalar under `walcast.toml: |`).
+    let configmap = std::fs::read_to_string(deploy_file("k8s/configmap.yaml")).expect("configmap.yaml");
+    let block: String = configmap
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("walcast.toml: |"))
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(block.contains("[source]"), "no walcast.toml block in configmap.yaml");
+    let config = walcast::config::Config::parse(&block, std::path::Path::new("deploy/k8s/configmap.yaml"))
+        .unwrap_or_else(|e| panic!("deploy/k8s/configmap.yaml: {e}"));
+    assert!(config.ha.enabled);
+    assert_eq!(config.source.password_env.as_deref(), Some("WALCAST_PG_PASSWORD"), "the password comes from the Secret via env");
+}

@@ -11,6 +11,8 @@
 
 FROM rust:1-slim-bookworm AS build
 # rdkafka builds a vendored librdkafka (configure + make) and OpenSSL (perl): C toolchain needed.
+# Versions are not pinned (DL3008): bookworm's point releases would break pinned builds.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends make perl gcc g++ libc6-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
@@ -23,13 +25,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -m 0755 target/release/walcast /usr/local/bin/walcast
 
 FROM debian:bookworm-slim
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 walcast \
     && useradd --system --uid 10001 --gid walcast --home-dir /var/lib/walcast --create-home --shell /usr/sbin/nologin walcast
 COPY --from=build /usr/local/bin/walcast /usr/local/bin/walcast
-USER walcast:walcast
+# Numeric, so Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
 WORKDIR /var/lib/walcast
 EXPOSE 9187
 # No HEALTHCHECK: the image has no HTTP client to call /healthz with. Orchestrators probe

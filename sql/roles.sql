@@ -44,4 +44,5 @@ CREATE PUBLICATION walcast FOR TABLE public.orders, public.customers;
 --   host  app          walcast  10.0.0.0/8  scram-sha-256
 --   host  replication  walcast  10.0.0.0/8  scram-sha-256
 -- and the server needs wal_level = logical and a free slot and WAL sender (max_replication_slots,
--- max_wal_senders); `walcast check --config FILE` verifies all of this with a fix for each gap.
+-- max_wal_senders). `walcast check --config FILE` checks wal_level, slots and senders, the role's
+-- rights, the publication and its tables, with a fix for each problem it finds.

@@ -200,10 +200,7 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
     let result: Result<(), SourceError> = async {
         let params = ConnParams::from_config(&config.source).map_err(|e| SourceError::setup(e.to_string(), "fix the config file"))?;
         let client = connect_sql(&params).await?;
-        let query_err = |e: tokio_postgres::Error| {
-            let message = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
-            SourceError::from_server(e.as_db_error().map(|d| d.code().code()), &message, &params, &slot_name)
-        };
+        let query_err = |e: tokio_postgres::Error| source::classify(&e, &params, &slot_name);
         match action {
             SlotAction::Status { json, .. } => {
                 let info = source::slot_info(&client, &slot_name).await.map_err(query_err)?;
@@ -214,7 +211,7 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
             }
             SlotAction::Create { .. } => {
                 let src = &config.source;
-                source::ensure_publication(&client, &src.publication, &src.table_selectors(), true).await?;
+                source::ensure_publication(&client, &params, &src.publication, &src.table_selectors(), true).await?;
                 match source::slot_info(&client, &slot_name).await.map_err(query_err)? {
                     Some(_) => println!("slot {slot_name:?} already exists"),
                     None => {

@@ -216,19 +216,12 @@ async fn prepare_slot(
     loop {
         let attempt = async {
             let client = connect_sql(params).await?;
-            source::ensure_publication(&client, &src.publication, &src.table_selectors(), src.create_publication).await?;
-            let slot = source::slot_info(&client, &src.slot)
-                .await
-                .map_err(|e| SourceError::Query(e.to_string()))?;
+            source::ensure_publication(&client, params, &src.publication, &src.table_selectors(), src.create_publication).await?;
+            let slot = source::slot_info(&client, &src.slot).await.map_err(|e| source::classify(&e, params, &src.slot))?;
             match slot {
                 Some(s) => Ok::<Lsn, SourceError>(s.confirmed_flush_lsn.unwrap_or_default()),
                 None if src.create_slot => {
-                    let lsn = source::create_slot(&client, &src.slot).await.map_err(|e| {
-                        // The server's message, not tokio-postgres' Display ("db error"): the
-                        // classification looks into it (e.g. for wal_level).
-                        let message = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
-                        SourceError::from_server(e.as_db_error().map(|d| d.code().code()), &message, params, &src.slot)
-                    })?;
+                    let lsn = source::create_slot(&client, &src.slot).await.map_err(|e| source::classify(&e, params, &src.slot))?;
                     tracing::info!(slot = %src.slot, consistent_point = %lsn, "created replication slot");
                     Ok(lsn)
                 }
@@ -774,7 +767,7 @@ impl Streamer<'_> {
         let slot = &self.config.source.slot;
         let client = connect_sql(&self.params).await?;
         for _ in 0..20 {
-            let info = source::slot_info(&client, slot).await.map_err(|e| SourceError::Query(e.to_string()))?;
+            let info = source::slot_info(&client, slot).await.map_err(|e| source::classify(&e, &self.params, slot))?;
             let Some(info) = info else { return Ok(()) };
             if info.confirmed_flush_lsn.is_some_and(|c| c >= confirmed) {
                 return Ok(());
@@ -783,7 +776,7 @@ impl Streamer<'_> {
                 client
                     .execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", &[slot, &confirmed.to_string()])
                     .await
-                    .map_err(|e| SourceError::Query(e.to_string()))?;
+                    .map_err(|e| source::classify(&e, &self.params, slot))?;
                 return Ok(());
             }
             // The walsender is still exiting.

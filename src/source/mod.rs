@@ -12,6 +12,7 @@ pub use lease::{lease_key, Lease, LeaseEnd};
 pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};
 pub use replication::{ReplicationStream, SourceEvent, StreamSettings};
+pub(crate) use sql::classify;
 pub use sql::{connect_sql, create_slot, drop_slot, ensure_publication, quote_ident, slot_info, SlotInfo};
 
 use crate::config::{ConfigError, SourceConfig, SslMode};

@@ -158,6 +158,7 @@ pub fn quote_ident(name: &str) -> String {
 /// created.
 pub async fn ensure_publication(
     client: &Client,
+    params: &ConnParams,
     publication: &str,
     tables: &[TableSelector],
     create: bool,
@@ -165,7 +166,7 @@ pub async fn ensure_publication(
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
-        .map_err(|e| SourceError::Query(e.to_string()))?
+        .map_err(|e| classify(&e, params, ""))?
         .is_some();
     if exists {
         return Ok(false);
@@ -193,7 +194,7 @@ pub async fn ensure_publication(
             format!("cannot create publication {publication:?}: {}", db.message()),
             "check source.tables: every entry must name an existing table or schema",
         ),
-        None => SourceError::Query(e.to_string()),
+        None => classify(&e, params, ""),
     })?;
     tracing::info!(publication, "created publication");
     Ok(true)

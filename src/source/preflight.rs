@@ -29,13 +29,16 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn ok(message: impl Into<String>) -> Self {
+    /// A requirement that holds.
+    pub(crate) fn ok(message: impl Into<String>) -> Self {
         Self { severity: Severity::Ok, message: message.into(), fix: None }
     }
-    fn warn(message: impl Into<String>, fix: impl Into<String>) -> Self {
+    /// Something that works but may surprise, with its fix.
+    pub(crate) fn warn(message: impl Into<String>, fix: impl Into<String>) -> Self {
         Self { severity: Severity::Warning, message: message.into(), fix: Some(fix.into()) }
     }
-    fn fail(message: impl Into<String>, fix: impl Into<String>) -> Self {
+    /// Something that must be fixed before walcast can run, with its fix.
+    pub(crate) fn fail(message: impl Into<String>, fix: impl Into<String>) -> Self {
         Self { severity: Severity::Failure, message: message.into(), fix: Some(fix.into()) }
     }
 }

@@ -7,17 +7,8 @@ use serde_json::Value;
 use super::client::{status_error, EsClient};
 use super::indexes::{self, IndexState};
 use crate::config::Config;
-use crate::source::{Finding, Severity};
+use crate::source::Finding;
 
-fn ok(message: String) -> Finding {
-    Finding { severity: Severity::Ok, message, fix: None }
-}
-fn warn(message: String, fix: impl Into<String>) -> Finding {
-    Finding { severity: Severity::Warning, message, fix: Some(fix.into()) }
-}
-fn fail(message: String, fix: impl Into<String>) -> Finding {
-    Finding { severity: Severity::Failure, message, fix: Some(fix.into()) }
-}
 
 /// Findings about `[sinks.elasticsearch]` (none when it is not configured).
 pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
@@ -26,7 +17,7 @@ pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
     let client = match EsClient::new(es) {
         Ok(c) => c,
         Err(e) => {
-            out.push(fail(format!("elasticsearch: {e}"), "fix the [sinks.elasticsearch] section"));
+            out.push(Finding::fail(format!("elasticsearch: {e}"), "fix the [sinks.elasticsearch] section"));
             return out;
         }
     };
@@ -34,7 +25,7 @@ pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
     let answer = match client.send(Method::GET, "/", None).await {
         Ok(a) => a,
         Err(e) => {
-            out.push(fail(
+            out.push(Finding::fail(
                 format!("elasticsearch: cannot reach {url}: {e}"),
                 "check sinks.elasticsearch.url, that the cluster runs, and ca_file for https",
             ));
@@ -44,7 +35,7 @@ pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
     if !(200..300).contains(&answer.status) {
         let e = status_error("GET", "/", &answer);
         let fix = if e.is_auth() { e.auth_fix() } else { "check sinks.elasticsearch.url (it must be the cluster's REST endpoint)" };
-        out.push(fail(format!("elasticsearch: {url} answered: {e}"), fix));
+        out.push(Finding::fail(format!("elasticsearch: {url} answered: {e}"), fix));
         return out;
     }
     let info: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
@@ -58,18 +49,18 @@ pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
         (Some(_), false) => "credentials accepted",
         (None, false) => "no authentication configured",
     };
-    out.push(ok(format!("elasticsearch: {url} reachable ({product} {number}), {auth}")));
+    out.push(Finding::ok(format!("elasticsearch: {url} reachable ({product} {number}), {auth}")));
 
     let specs = match indexes::specs(es) {
         Ok(s) => s,
         Err(e) => {
-            out.push(fail(format!("elasticsearch: {e}"), "fix the mapping file or its path"));
+            out.push(Finding::fail(format!("elasticsearch: {e}"), "fix the mapping file or its path"));
             return out;
         }
     };
     if es.tables.is_empty() {
-        out.push(warn(
-            "elasticsearch: no [[sinks.elasticsearch.tables]] rule, so nothing is written".into(),
+        out.push(Finding::warn(
+            "elasticsearch: no [[sinks.elasticsearch.tables]] rule, so nothing is written",
             "add a rule: table = \"schema.table\", index = \"name\"",
         ));
     }
@@ -82,22 +73,22 @@ pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
         match (indexes::state(&client, &probe).await, spec) {
             (Err(e), _) => {
                 let fix = if e.is_auth() { e.auth_fix() } else { "check that the cluster is healthy" };
-                out.push(fail(format!("elasticsearch: cannot look up index {name}: {e}"), fix));
+                out.push(Finding::fail(format!("elasticsearch: cannot look up index {name}: {e}"), fix));
             }
-            (Ok(IndexState::Exists(None)), Some(s)) => out.push(ok(format!("elasticsearch: index {name} exists (its mapping has everything {} has)", s.source))),
-            (Ok(IndexState::Exists(_)), None) => out.push(ok(format!("elasticsearch: index {name} exists"))),
-            (Ok(IndexState::Exists(Some(diff))), Some(s)) => out.push(warn(
+            (Ok(IndexState::Exists(None)), Some(s)) => out.push(Finding::ok(format!("elasticsearch: index {name} exists (its mapping has everything {} has)", s.source))),
+            (Ok(IndexState::Exists(_)), None) => out.push(Finding::ok(format!("elasticsearch: index {name} exists"))),
+            (Ok(IndexState::Exists(Some(diff))), Some(s)) => out.push(Finding::warn(
                 format!("elasticsearch: index {name} exists but its mapping differs from {}: {diff}", s.source),
                 format!("walcast never changes an existing mapping: reindex into a new index created from {}, or update the file to match", s.source),
             )),
             (Ok(IndexState::Missing), Some(s)) if es.create_indexes => {
-                out.push(ok(format!("elasticsearch: index {name} does not exist yet; walcast creates it from {} before its first write", s.source)))
+                out.push(Finding::ok(format!("elasticsearch: index {name} does not exist yet; walcast creates it from {} before its first write", s.source)))
             }
-            (Ok(IndexState::Missing), Some(s)) => out.push(fail(
+            (Ok(IndexState::Missing), Some(s)) => out.push(Finding::fail(
                 format!("elasticsearch: index {name} does not exist and sinks.elasticsearch.create_indexes = false"),
                 format!("create it (PUT /{name} with {}), or set create_indexes = true", s.source),
             )),
-            (Ok(IndexState::Missing), None) => out.push(warn(
+            (Ok(IndexState::Missing), None) => out.push(Finding::warn(
                 format!("elasticsearch: index {name} does not exist and has no mapping_file; the cluster creates it with dynamic mappings on the first write (if automatic index creation is allowed)"),
                 format!("add [sinks.elasticsearch.indexes.{name}] mapping_file = \"...\", or create the index yourself"),
             )),

@@ -11,19 +11,10 @@ use rdkafka::producer::{FutureProducer, Producer as _};
 use super::client::{self, Context};
 use crate::config::{Config, KafkaSinkConfig, TableSelector};
 use crate::route::{TopicRouter, TopicTemplate};
-use crate::source::{connect_sql, ConnParams, Finding, Severity};
+use crate::source::{connect_sql, ConnParams, Finding};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn ok(message: String) -> Finding {
-    Finding { severity: Severity::Ok, message, fix: None }
-}
-fn warn(message: String, fix: impl Into<String>) -> Finding {
-    Finding { severity: Severity::Warning, message, fix: Some(fix.into()) }
-}
-fn fail(message: String, fix: impl Into<String>) -> Finding {
-    Finding { severity: Severity::Failure, message, fix: Some(fix.into()) }
-}
 
 /// Findings about `[sinks.kafka]` (none when it is not configured). The streamed tables are
 /// read from the publication when it exists, otherwise from `source.tables`.
@@ -73,7 +64,7 @@ pub async fn check(kafka: &KafkaSinkConfig, database: &str, tables: &[(String, S
     let config = match client::client_config(kafka) {
         Ok(c) => c,
         Err(e) => {
-            out.push(fail(format!("kafka: {e}"), "fix the [sinks.kafka] section"));
+            out.push(Finding::fail(format!("kafka: {e}"), "fix the [sinks.kafka] section"));
             return out;
         }
     };
@@ -81,7 +72,7 @@ pub async fn check(kafka: &KafkaSinkConfig, database: &str, tables: &[(String, S
     let producer: FutureProducer<Context> = match config.create_with_context(context) {
         Ok(p) => p,
         Err(e) => {
-            out.push(fail(format!("kafka: cannot create a client: {e}"), "fix the [sinks.kafka] section"));
+            out.push(Finding::fail(format!("kafka: cannot create a client: {e}"), "fix the [sinks.kafka] section"));
             return out;
         }
     };
@@ -93,15 +84,15 @@ pub async fn check(kafka: &KafkaSinkConfig, database: &str, tables: &[(String, S
                 Some(c) if client::is_auth_error(c) => client::auth_message(&e.to_string()),
                 _ => "check sinks.kafka.bootstrap_servers, that the brokers run, and the TLS / SASL settings".to_string(),
             };
-            out.push(fail(format!("kafka: cannot reach the brokers at {}: {e}", kafka.bootstrap_servers), fix));
+            out.push(Finding::fail(format!("kafka: cannot reach the brokers at {}: {e}", kafka.bootstrap_servers), fix));
             return out;
         }
         Err(e) => {
-            out.push(fail(format!("kafka: metadata task failed: {e}"), "run the check again"));
+            out.push(Finding::fail(format!("kafka: metadata task failed: {e}"), "run the check again"));
             return out;
         }
     };
-    out.push(ok(format!(
+    out.push(Finding::ok(format!(
         "kafka: brokers reachable at {} ({} broker(s), {} topic(s))",
         kafka.bootstrap_servers,
         metadata.brokers().len(),
@@ -117,7 +108,7 @@ pub async fn check(kafka: &KafkaSinkConfig, database: &str, tables: &[(String, S
     let template = match TopicTemplate::parse(&kafka.topic_template) {
         Ok(t) => t,
         Err(e) => {
-            out.push(fail(format!("kafka: topic_template: {e}"), "fix sinks.kafka.topic_template"));
+            out.push(Finding::fail(format!("kafka: topic_template: {e}"), "fix sinks.kafka.topic_template"));
             return out;
         }
     };
@@ -135,23 +126,23 @@ pub async fn check(kafka: &KafkaSinkConfig, database: &str, tables: &[(String, S
         topics.push((t.clone(), "dead letters".into()));
     }
     if tables.is_empty() {
-        out.push(warn(
-            "kafka: no streamed tables are known yet (the publication does not exist or is empty), so no table topic was checked".into(),
+        out.push(Finding::warn(
+            "kafka: no streamed tables are known yet (the publication does not exist or is empty), so no table topic was checked",
             "create the publication (walcast slot create) or list the tables in source.tables, then check again",
         ));
     }
     for (topic, what) in topics {
         if existing.contains(topic.as_str()) {
-            out.push(ok(format!("kafka: topic {topic} exists ({what})")));
+            out.push(Finding::ok(format!("kafka: topic {topic} exists ({what})")));
         } else if kafka.create_topics {
-            out.push(ok(format!(
+            out.push(Finding::ok(format!(
                 "kafka: topic {topic} ({what}) does not exist yet; it is created before its first record \
                  ({} partition(s), replication factor {})",
                 kafka.topic_partitions,
                 if kafka.topic_replication_factor < 0 { "broker default".to_string() } else { kafka.topic_replication_factor.to_string() }
             )));
         } else {
-            out.push(fail(
+            out.push(Finding::fail(
                 format!("kafka: topic {topic} ({what}) does not exist and sinks.kafka.create_topics = false"),
                 format!("create topic {topic}, or set sinks.kafka.create_topics = true"),
             ));

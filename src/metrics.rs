@@ -2,7 +2,7 @@
 //! the HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -205,17 +205,12 @@ pub struct LagClock {
     oldest_pending: AtomicI64,
     /// Per sink: oldest commit time dispatched to it and not yet durable there.
     sinks: Mutex<Vec<(String, Arc<AtomicI64>)>>,
-    /// Set once the stream has started (before that, lag is unknown, not 0).
-    started: AtomicBool,
-    /// Commit time of the last transaction confirmed (for information on idle streams).
-    last_confirmed_commit: AtomicU64,
 }
 
 impl LagClock {
     /// Set (or clear with 0) the oldest pending commit time over all sinks.
     pub fn set_oldest_pending(&self, commit_ts: i64) {
         self.oldest_pending.store(commit_ts, Ordering::Relaxed);
-        self.started.store(true, Ordering::Relaxed);
     }
 
     /// The per-sink slot to update, created on first use.
@@ -227,11 +222,6 @@ impl LagClock {
         let a = Arc::new(AtomicI64::new(0));
         sinks.push((name.to_string(), Arc::clone(&a)));
         a
-    }
-
-    /// Remember the commit time of the last confirmed transaction.
-    pub fn set_last_confirmed_commit(&self, commit_ts: i64) {
-        self.last_confirmed_commit.store(commit_ts as u64, Ordering::Relaxed);
     }
 }
 

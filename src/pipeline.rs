@@ -174,11 +174,14 @@ async fn stream_slot(
         queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &metrics, &mut tasks));
     }
     drop(report_tx);
+    let mut sink_gauges = Vec::with_capacity(sink_names.len());
     for name in &sink_names {
-        metrics.sink_durable_lsn.get_or_create(&SinkLabel { sink: name.to_string() }).set(start.0 as i64);
-        metrics.lag.sink(name);
+        let label = SinkLabel { sink: name.to_string() };
+        let durable = metrics.sink_durable_lsn.get_or_create(&label).clone();
+        durable.set(start.0 as i64);
+        sink_gauges.push(SinkGauges { durable, lag: metrics.lag.sink(name) });
         // A counter that exists at 0 lets increase() see the first dead letter (alerts.yml).
-        metrics.dead_letters.get_or_create(&SinkLabel { sink: name.to_string() }).inc_by(0);
+        metrics.dead_letters.get_or_create(&label).inc_by(0);
     }
     metrics.confirmed_lsn.set(start.0 as i64);
 
@@ -197,7 +200,7 @@ async fn stream_slot(
         backoff,
         catalog: None,
         metrics,
-        sink_names,
+        sink_gauges,
         batch_oldest_ts: None,
         change_counters: HashMap::new(),
     };
@@ -313,6 +316,14 @@ impl<S: Sink> Sink for Tracked<S> {
     }
 }
 
+/// Metric handles of one sink.
+struct SinkGauges {
+    /// `walcast_sink_durable_lsn{sink}`.
+    durable: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Oldest commit time the sink still owes (`walcast_sink_lag_seconds{sink}`).
+    lag: Arc<std::sync::atomic::AtomicI64>,
+}
+
 /// The transaction being read.
 #[derive(Debug, Clone, Copy)]
 struct OpenTx {
@@ -349,8 +360,8 @@ struct Streamer<'a> {
     /// SQL connection for catalog lookups, opened on first use.
     catalog: Option<tokio_postgres::Client>,
     metrics: Arc<Metrics>,
-    /// Sink names, by sink index.
-    sink_names: Vec<&'static str>,
+    /// Per-sink metric handles, by sink index (looked up once, not per batch).
+    sink_gauges: Vec<SinkGauges>,
     /// Commit time of the oldest change (or commit) in `batch`, for lag in seconds.
     batch_oldest_ts: Option<i64>,
     /// `walcast_changes_total` handles per (relation, op), so counting costs no label allocation.
@@ -525,7 +536,6 @@ impl Streamer<'_> {
                 self.batch_oldest_ts.get_or_insert(c.commit_ts);
                 self.tx = None;
                 self.batch.checkpoint = Some(c.end_lsn);
-                self.batch.checkpoint_commit_ts = Some(c.commit_ts);
                 self.committed_len = self.batch.changes.len();
             }
             SourceEvent::Message(m) => {
@@ -636,12 +646,11 @@ impl Streamer<'_> {
 
     /// Export the commit times still owed, for the lag-in-seconds gauges.
     fn update_lag(&self) {
-        let lag = &self.metrics.lag;
-        for (i, name) in self.sink_names.iter().enumerate() {
-            lag.sink(name).store(self.checkpoint.oldest_pending(i).unwrap_or(0), Ordering::Relaxed);
+        for (i, gauges) in self.sink_gauges.iter().enumerate() {
+            gauges.lag.store(self.checkpoint.oldest_pending(i).unwrap_or(0), Ordering::Relaxed);
         }
         let oldest = [self.checkpoint.oldest_pending_any(), self.batch_oldest_ts].into_iter().flatten().min();
-        lag.set_oldest_pending(oldest.unwrap_or(0));
+        self.metrics.lag.set_oldest_pending(oldest.unwrap_or(0));
     }
 
     fn change(
@@ -674,9 +683,9 @@ impl Streamer<'_> {
 
     fn on_report(&mut self, report: SinkReport, stream: Option<&ReplicationStream>) -> Result<(), PipelineError> {
         match report {
-            SinkReport::Durable { sink, lsn, .. } => {
-                if let Some(name) = self.sink_names.get(sink) {
-                    self.metrics.sink_durable_lsn.get_or_create(&SinkLabel { sink: name.to_string() }).set(lsn.0 as i64);
+            SinkReport::Durable { sink, lsn } => {
+                if let Some(gauges) = self.sink_gauges.get(sink) {
+                    gauges.durable.set(lsn.0 as i64);
                 }
                 if let Some(confirmed) = self.checkpoint.on_durable(sink, lsn) {
                     tracing::trace!(%confirmed, "confirming");

@@ -29,8 +29,6 @@ pub struct Batch {
     /// batch (and all before it) durable, every transaction ending at or before it is durable.
     /// `None` when the batch ends mid-transaction and holds no commit.
     pub checkpoint: Option<Lsn>,
-    /// Commit timestamp (microseconds since 2000-01-01) of the transaction behind `checkpoint`.
-    pub checkpoint_commit_ts: Option<i64>,
 }
 
 /// A destination for changes.
@@ -90,8 +88,6 @@ pub enum SinkReport {
         sink: usize,
         /// Highest durable commit end LSN.
         lsn: Lsn,
-        /// Commit timestamp of that transaction.
-        commit_ts: Option<i64>,
     },
     /// Sink `sink` hit an error retrying cannot fix; the pipeline must stop.
     Failed {
@@ -139,7 +135,7 @@ pub async fn drive<S: Sink>(
             }
         }
         if let Some(lsn) = batch.checkpoint {
-            let _ = reports.send(SinkReport::Durable { sink: index, lsn, commit_ts: batch.checkpoint_commit_ts });
+            let _ = reports.send(SinkReport::Durable { sink: index, lsn });
         }
     }
 }

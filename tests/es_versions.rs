@@ -4,6 +4,7 @@
 //! both feed) against osmem-server, which keeps delete tombstones like Elasticsearch.
 
 mod es_support;
+mod support;
 
 use std::sync::Arc;
 

@@ -5,12 +5,13 @@
 //! metrics endpoint of a running walcast.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::support::{free_port, percent_encode};
 
 const ENV_HINT: &str = "run `eval \"$(scripts/test-env)\"` first (or use scripts/test)";
 
@@ -116,7 +117,7 @@ impl Es {
 
     /// `_source` and `_version` (realtime GET, no refresh).
     pub async fn doc_with_version(&self, index: &str, id: &str) -> Option<(Value, u64)> {
-        let path = format!("/{index}/_doc/{}", encode(id));
+        let path = format!("/{index}/_doc/{}", percent_encode(id));
         let (s, v) = self.request(reqwest::Method::GET, &path, None).await;
         match s {
             200 if v["found"] == json!(true) => Some((v["_source"].clone(), v["_version"].as_u64().unwrap_or(0))),
@@ -157,23 +158,6 @@ impl Es {
     }
 }
 
-/// Percent-encode an id for a URL path.
-pub fn encode(id: &str) -> String {
-    let mut out = String::new();
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 /// A private noida-db instance (data persisted in `dir` across restarts), for tests that stop
 /// the server. Killed when dropped.

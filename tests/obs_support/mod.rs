@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::Walcast;
+use crate::support::{free_port, percent_encode, Walcast};
 
 /// `GET path` (with query) from `addr` (`host:port`); returns the status code and the body.
 /// HTTP/1.0 with `Connection: close`, so the body is simply everything after the headers.
@@ -32,24 +32,6 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     Ok((status, body.to_string()))
 }
 
-/// Percent-encode a query-string value.
-pub fn url_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for a test).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
 
 /// Replace `from` by `to` in walcast's config file (before it starts), e.g. to add keys to the
 /// `[metrics]` section that tests/support writes.
@@ -257,7 +239,7 @@ impl Prometheus {
 
     /// `GET /api/v1/query?query=expr`: the status code and the parsed JSON answer.
     pub fn query_raw(&self, expr: &str) -> (u16, Value) {
-        let (code, body) = http_get(&self.addr, &format!("/api/v1/query?query={}", url_encode(expr)))
+        let (code, body) = http_get(&self.addr, &format!("/api/v1/query?query={}", percent_encode(expr)))
             .unwrap_or_else(|e| panic!("prometheus query failed: {e}\n{}", self.log_tail()));
         let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("prometheus answered non-JSON ({e}): {body}"));
         (code, v)

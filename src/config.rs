@@ -571,28 +571,32 @@ impl Config {
     }
 }
 
+/// A secret from the environment variable `env` or the file `file` (trailing newline removed),
+/// whichever is set; `None` when neither is. Errors name the field `{field}_env` / `{field}_file`
+/// (e.g. `source.password_env`) and never contain the secret.
+pub(crate) fn read_secret(field: &str, env: Option<&String>, file: Option<&PathBuf>) -> Result<Option<String>, ConfigError> {
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(v) => Ok(Some(v)),
+            Err(_) => Err(ConfigError::invalid(
+                &format!("{field}_env"),
+                format!("environment variable {var} is not set (or not UTF-8)"),
+            )),
+        };
+    }
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path) {
+            Ok(v) => Ok(Some(v.trim_end_matches(['\n', '\r']).to_string())),
+            Err(e) => Err(ConfigError::invalid(&format!("{field}_file"), format!("cannot read {}: {e}", path.display()))),
+        };
+    }
+    Ok(None)
+}
+
 impl SourceConfig {
     /// The password, read from the environment variable or file named in the config.
     pub fn password(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(var) = &self.password_env {
-            return match std::env::var(var) {
-                Ok(v) => Ok(Some(v)),
-                Err(_) => Err(ConfigError::invalid(
-                    "source.password_env",
-                    format!("environment variable {var} is not set (or not UTF-8)"),
-                )),
-            };
-        }
-        if let Some(path) = &self.password_file {
-            return match std::fs::read_to_string(path) {
-                Ok(v) => Ok(Some(v.trim_end_matches(['\n', '\r']).to_string())),
-                Err(e) => Err(ConfigError::invalid(
-                    "source.password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )),
-            };
-        }
-        Ok(None)
+        read_secret("source.password", self.password_env.as_ref(), self.password_file.as_ref())
     }
 
     /// Standby status update interval.
@@ -852,22 +856,8 @@ pub struct KafkaSaslConfig {
 impl KafkaSaslConfig {
     /// The password, read from the environment variable or file named in the config.
     pub fn password(&self) -> Result<String, ConfigError> {
-        if let Some(var) = &self.password_env {
-            return std::env::var(var).map_err(|_| {
-                ConfigError::invalid(
-                    "sinks.kafka.sasl.password_env",
-                    format!("environment variable {var} is not set (or not UTF-8)"),
-                )
-            });
-        }
-        if let Some(path) = &self.password_file {
-            return std::fs::read_to_string(path)
-                .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| {
-                    ConfigError::invalid("sinks.kafka.sasl.password_file", format!("cannot read {}: {e}", path.display()))
-                });
-        }
-        Err(ConfigError::invalid("sinks.kafka.sasl", "set password_env or password_file"))
+        read_secret("sinks.kafka.sasl.password", self.password_env.as_ref(), self.password_file.as_ref())?
+            .ok_or_else(|| ConfigError::invalid("sinks.kafka.sasl", "set password_env or password_file"))
     }
 }
 

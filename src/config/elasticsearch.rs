@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{default_true, ConfigError, TableSelector};
+use super::{default_true, read_secret, ConfigError, TableSelector};
 
 /// Default timeout of one HTTP request to Elasticsearch.
 pub const DEFAULT_ES_REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -217,37 +217,15 @@ impl fmt::Debug for EsAuth {
     }
 }
 
-fn read_secret(field: &str, env: Option<&String>, file: Option<&PathBuf>) -> Result<Option<String>, ConfigError> {
-    if let Some(var) = env {
-        return match std::env::var(var) {
-            Ok(v) => Ok(Some(v)),
-            Err(_) => Err(ConfigError::invalid(
-                &format!("sinks.elasticsearch.{field}_env"),
-                format!("environment variable {var} is not set (or not UTF-8)"),
-            )),
-        };
-    }
-    if let Some(path) = file {
-        return match std::fs::read_to_string(path) {
-            Ok(v) => Ok(Some(v.trim_end_matches(['\n', '\r']).to_string())),
-            Err(e) => Err(ConfigError::invalid(
-                &format!("sinks.elasticsearch.{field}_file"),
-                format!("cannot read {}: {e}", path.display()),
-            )),
-        };
-    }
-    Ok(None)
-}
-
 impl ElasticsearchSinkConfig {
     /// The credentials, read from the environment variables or files named in the config.
     pub fn auth(&self) -> Result<EsAuth, ConfigError> {
-        if let Some(key) = read_secret("api_key", self.api_key_env.as_ref(), self.api_key_file.as_ref())? {
+        if let Some(key) = read_secret("sinks.elasticsearch.api_key", self.api_key_env.as_ref(), self.api_key_file.as_ref())? {
             return Ok(EsAuth::ApiKey(key));
         }
         match &self.username {
             Some(username) => {
-                let password = read_secret("password", self.password_env.as_ref(), self.password_file.as_ref())?
+                let password = read_secret("sinks.elasticsearch.password", self.password_env.as_ref(), self.password_file.as_ref())?
                     .ok_or_else(|| ConfigError::invalid("sinks.elasticsearch.password_env", "set password_env or password_file"))?;
                 Ok(EsAuth::Basic { username: username.clone(), password })
             }

@@ -716,11 +716,13 @@ impl Streamer<'_> {
         for queue in &self.queues {
             self.in_flight.batches.fetch_add(1, Ordering::AcqRel);
             if queue.send(Arc::clone(&batch)).await.is_err() {
-                // The sink task ended: its report says why.
-                while let Some(report) = self.reports.recv().await {
+                // The sink task ended, and sent its report before it dropped its queue: the
+                // report is either waiting here or was handled already (then the caller holds the
+                // error). Never wait for the channel to close: the other sinks' tasks keep it open.
+                while let Ok(report) = self.reports.try_recv() {
                     self.on_report(report, None)?;
                 }
-                return Err(SinkError::Fatal { sink: "pipeline", reason: "a sink stopped without reporting why".into() }.into());
+                return Err(SinkError::Fatal { sink: "pipeline", reason: "a sink stopped (see the error reported before this one)".into() }.into());
             }
         }
         Ok(())

@@ -56,6 +56,20 @@ pub enum Command {
         #[arg(long, default_value_t = crate::demo::DEFAULT_WORKLOAD_INTERVAL_MS)]
         interval_ms: u64,
     },
+    /// Load one table (to every sink) or one document rule (to Elasticsearch) now, while `run`
+    /// may be streaming: read in a temporary slot's exported snapshot, versioned with its
+    /// consistent point, so newer streamed data is never overwritten.
+    Snapshot {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The table, `schema.table`.
+        #[arg(long, conflicts_with = "rule", required_unless_present = "rule")]
+        table: Option<String>,
+        /// The document rule's name (`sinks.elasticsearch.documents[].name`).
+        #[arg(long)]
+        rule: Option<String>,
+    },
     /// Inspect or manage the replication slot.
     Slot {
         /// What to do with the slot.
@@ -120,6 +134,22 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> ExitCode {
                     eprintln!("walcast demo: {e:#}");
                     ExitCode::from(EXIT_FAILURE)
                 }
+            }
+        }
+        Command::Snapshot { config, table, rule } => {
+            let Some(config) = load(&config, cli.log_format) else { return ExitCode::from(EXIT_CONFIG) };
+            let target = match (table, rule) {
+                (Some(t), _) => pipeline::SnapshotTarget::Table(t),
+                (None, Some(r)) => pipeline::SnapshotTarget::Rule(r),
+                (None, None) => return ExitCode::from(EXIT_CONFIG), // clap requires one
+            };
+            match pipeline::snapshot_on_demand(&config, &target, shutdown).await {
+                Ok(crate::snapshot::Outcome::Done) => ExitCode::SUCCESS,
+                Ok(crate::snapshot::Outcome::Interrupted) => {
+                    eprintln!("walcast snapshot: interrupted; run it again to load the rest");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+                Err(e) => report_pipeline_error(&e),
             }
         }
         Command::Slot { action } => slot(action, cli.log_format).await,

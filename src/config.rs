@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 // Elasticsearch sink settings (issue 3) live in their own file: src/config/elasticsearch.rs.
+mod document;
 mod elasticsearch;
+pub use document::*;
 pub use elasticsearch::*;
 
 /// Default Postgres port.
@@ -104,6 +106,9 @@ pub struct Config {
     /// High availability: stream only while holding a lease (src/source/lease.rs).
     #[serde(default)]
     pub ha: HaConfig,
+    /// Loading existing rows before streaming (`[snapshot]`).
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
 }
 
 /// High-availability settings (`[ha]`). With `enabled`, several walcast processes may run with
@@ -545,6 +550,7 @@ impl Config {
         if let Some(es) = &self.sinks.elasticsearch {
             es.validate()?;
         }
+        self.snapshot.validate()?;
         if self.metrics.enabled && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::invalid("metrics.listen", "must be an address with a port, like 127.0.0.1:9187 or 0.0.0.0:9187"));
         }

@@ -12,5 +12,6 @@ pub mod pipeline;
 pub mod retry;
 pub mod route;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod telemetry;

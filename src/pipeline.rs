@@ -11,7 +11,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoint;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SnapshotMode};
+use crate::snapshot::{SnapshotState, Status as SnapshotStatus};
 use crate::decode::{self, Change, DecodeError, Message, Op, RelationCache, ReplicaIdentity, TruncateOptions};
 use crate::lsn::Lsn;
 use crate::metrics::{self, Metrics, SinkLabel, TableOp};
@@ -150,30 +151,24 @@ async fn stream_slot(
     let Some(start) = prepare_slot(config, &params, &mut backoff, &shutdown).await? else {
         return Ok(RunSummary { confirmed: Lsn::ZERO });
     };
+    let Sinks { queues, mut reports, tasks, in_flight, names: sink_names } = start_sinks(config, &params, &metrics, false)?;
 
-    // Sinks, each driven by its own task behind a bounded queue.
-    let (report_tx, reports) = mpsc::unbounded_channel();
-    let mut tasks = JoinSet::new();
-    let mut queues = Vec::new();
-    let in_flight = Arc::new(InFlight::default());
-    let mut sink_names = Vec::new();
-    if let Some(j) = &config.sinks.jsonl {
-        let sink = JsonlSink::open(&j.path)?;
-        sink_names.push(sink.name());
-        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &metrics, &mut tasks));
+    // ---- Snapshot (issue 3; src/snapshot.rs): existing rows first, then the stream from the
+    // slot's consistent point. Interrupted: progress is saved, the next start resumes.
+    if let Some(mut snap) = start.snapshot {
+        let on_dispatch = || {
+            in_flight.batches.fetch_add(1, Ordering::AcqRel);
+        };
+        let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
+        let exported = snap.exported.as_ref().map(|e| e.name.as_str());
+        let outcome = crate::snapshot::load(config, &params, &snap.tables, start.lsn, exported, Some(&mut snap.state), handles, &metrics, &shutdown).await?;
+        // Ends the exporting session; the snapshot is no longer needed.
+        drop(snap.exported);
+        if outcome == crate::snapshot::Outcome::Interrupted {
+            return Ok(RunSummary { confirmed: start.lsn });
+        }
     }
-    if let Some(k) = &config.sinks.kafka {
-        let mut sink = crate::sink::KafkaSink::open(k, &config.source.database)?;
-        sink.count_dead_letters_in(metrics.dead_letters.get_or_create(&SinkLabel { sink: sink.name().to_string() }).clone());
-        sink_names.push(sink.name());
-        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &metrics, &mut tasks));
-    }
-    if let Some(es) = &config.sinks.elasticsearch {
-        let sink = crate::sink::ElasticsearchSink::open(es, &config.retry, Arc::clone(&metrics))?;
-        sink_names.push(sink.name());
-        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, &metrics, &mut tasks));
-    }
-    drop(report_tx);
+    let start = start.lsn;
     let mut sink_gauges = Vec::with_capacity(sink_names.len());
     for name in &sink_names {
         let label = SinkLabel { sink: name.to_string() };
@@ -207,26 +202,82 @@ async fn stream_slot(
     stream.run(&shutdown).await
 }
 
-/// Make sure the publication and slot exist; returns the slot's confirmed position, or `None`
-/// when shutdown was requested while waiting for the server.
+/// Where streaming starts, and the snapshot to load before it.
+struct SlotStart {
+    /// The slot's confirmed position (its consistent point when just created).
+    lsn: Lsn,
+    snapshot: Option<PendingSnapshot>,
+}
+
+/// A snapshot to load before streaming.
+struct PendingSnapshot {
+    /// The exported snapshot of a slot just created; `None` when resuming an interrupted load.
+    exported: Option<source::ExportedSnapshot>,
+    state: SnapshotState,
+    tables: Vec<crate::snapshot::TableRef>,
+}
+
+fn state_error(e: std::io::Error, config: &Config) -> SourceError {
+    SourceError::setup(
+        format!("cannot use the snapshot progress file in {}: {e}", config.snapshot.state_dir.display()),
+        "make snapshot.state_dir a writable directory (a persistent volume in containers)",
+    )
+}
+
+/// Make sure the publication and slot exist; returns where to start (and the snapshot to load
+/// first), or `None` when shutdown was requested while waiting for the server.
 async fn prepare_slot(
     config: &Config,
     params: &ConnParams,
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
-) -> Result<Option<Lsn>, PipelineError> {
+) -> Result<Option<SlotStart>, PipelineError> {
     let src = &config.source;
+    let snapshots = config.snapshot.mode == SnapshotMode::Initial;
+    let dir = &config.snapshot.state_dir;
     loop {
         let attempt = async {
             let client = connect_sql(params).await?;
             source::ensure_publication(&client, params, &src.publication, &src.table_selectors(), src.create_publication).await?;
             let slot = source::slot_info(&client, &src.slot).await.map_err(|e| source::classify(&e, params, &src.slot))?;
+            let state = if snapshots { SnapshotState::load(dir, &src.slot).map_err(|e| state_error(e, config))? } else { None };
             match slot {
-                Some(s) => Ok::<Lsn, SourceError>(s.confirmed_flush_lsn.unwrap_or_default()),
+                Some(s) => {
+                    let lsn = s.confirmed_flush_lsn.unwrap_or_default();
+                    let snapshot = match state {
+                        // Created by walcast, not (fully) loaded: resume. A slot found while
+                        // still "creating" was never read, so its confirmed position is its
+                        // consistent point.
+                        Some(mut state) if state.status != SnapshotStatus::Done => {
+                            let point = state.point().unwrap_or(lsn);
+                            state.status = SnapshotStatus::Loading;
+                            state.point = Some(point.to_string());
+                            state.save().map_err(|e| state_error(e, config))?;
+                            let tables = crate::snapshot::tables_to_load(config, &client).await?;
+                            tracing::info!(slot = %src.slot, %point, "resuming the interrupted snapshot");
+                            Some(PendingSnapshot { exported: None, state, tables })
+                        }
+                        _ => None,
+                    };
+                    Ok::<SlotStart, SourceError>(SlotStart { lsn, snapshot })
+                }
                 None if src.create_slot => {
-                    let lsn = source::create_slot(&client, &src.slot).await.map_err(|e| source::classify(&e, params, &src.slot))?;
-                    tracing::info!(slot = %src.slot, consistent_point = %lsn, "created replication slot");
-                    Ok(lsn)
+                    let tables = if snapshots { crate::snapshot::tables_to_load(config, &client).await? } else { Vec::new() };
+                    if tables.is_empty() {
+                        let lsn = source::create_slot(&client, &src.slot).await.map_err(|e| source::classify(&e, params, &src.slot))?;
+                        tracing::info!(slot = %src.slot, consistent_point = %lsn, "created replication slot");
+                        return Ok(SlotStart { lsn, snapshot: None });
+                    }
+                    // Recorded before the slot exists: a crash between the two must not leave
+                    // a slot whose snapshot nobody loads.
+                    let mut state = SnapshotState::new(dir, &src.slot, SnapshotStatus::Creating);
+                    state.save().map_err(|e| state_error(e, config))?;
+                    let exported = source::create_slot_exporting(params, &src.slot, &src.publication, false).await?;
+                    state.status = SnapshotStatus::Loading;
+                    state.point = Some(exported.point.to_string());
+                    state.save().map_err(|e| state_error(e, config))?;
+                    tracing::info!(slot = %src.slot, consistent_point = %exported.point, tables = tables.len(), "created replication slot with an exported snapshot");
+                    Ok(SlotStart { lsn: exported.point, snapshot: Some(PendingSnapshot { exported: Some(exported), state, tables }) })
                 }
                 None => Err(SourceError::setup(
                     format!("replication slot {:?} does not exist", src.slot),
@@ -240,9 +291,9 @@ async fn prepare_slot(
             r = attempt => r,
         };
         match result {
-            Ok(lsn) => {
+            Ok(start) => {
                 backoff.reset();
-                return Ok(Some(lsn));
+                return Ok(Some(start));
             }
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next_delay();
@@ -256,6 +307,87 @@ async fn prepare_slot(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The running sink tasks.
+struct Sinks {
+    queues: Vec<mpsc::Sender<Arc<Batch>>>,
+    reports: mpsc::UnboundedReceiver<SinkReport>,
+    tasks: JoinSet<()>,
+    in_flight: Arc<InFlight>,
+    names: Vec<&'static str>,
+}
+
+/// Open every configured sink (only Elasticsearch with `elasticsearch_only`) and start a task
+/// driving each behind a bounded queue.
+fn start_sinks(config: &Config, params: &ConnParams, metrics: &Arc<Metrics>, elasticsearch_only: bool) -> Result<Sinks, PipelineError> {
+    let (report_tx, reports) = mpsc::unbounded_channel();
+    let mut tasks = JoinSet::new();
+    let mut queues = Vec::new();
+    let in_flight = Arc::new(InFlight::default());
+    let mut names = Vec::new();
+    if let (Some(j), false) = (&config.sinks.jsonl, elasticsearch_only) {
+        let sink = JsonlSink::open(&j.path)?;
+        names.push(sink.name());
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks));
+    }
+    if let (Some(k), false) = (&config.sinks.kafka, elasticsearch_only) {
+        let mut sink = crate::sink::KafkaSink::open(k, &config.source.database)?;
+        sink.count_dead_letters_in(metrics.dead_letters.get_or_create(&SinkLabel { sink: sink.name().to_string() }).clone());
+        names.push(sink.name());
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks));
+    }
+    if let Some(es) = &config.sinks.elasticsearch {
+        let sink = crate::sink::ElasticsearchSink::open(es, &config.retry, Arc::clone(metrics))?.with_source(params.clone());
+        names.push(sink.name());
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks));
+    }
+    Ok(Sinks { queues, reports, tasks, in_flight, names })
+}
+
+/// What `walcast snapshot` loads.
+#[derive(Debug, Clone)]
+pub enum SnapshotTarget {
+    /// One table (`schema.table`), to every sink.
+    Table(String),
+    /// One document rule (by name): its root table, to the Elasticsearch sink.
+    Rule(String),
+}
+
+/// `walcast snapshot`: load one table or document rule now, while streaming may go on in
+/// another process. The rows are read in the exported snapshot of a temporary slot and written
+/// with its consistent point as their version, so a newer streamed write is never overwritten.
+pub async fn snapshot_on_demand(config: &Config, target: &SnapshotTarget, shutdown: CancellationToken) -> Result<crate::snapshot::Outcome, PipelineError> {
+    let params = ConnParams::from_config(&config.source)?;
+    let metrics = Metrics::new();
+    let (table, elasticsearch_only) = match target {
+        SnapshotTarget::Table(t) => (t.clone(), false),
+        SnapshotTarget::Rule(name) => {
+            let rule = config.sinks.elasticsearch.iter().flat_map(|es| &es.documents).find(|d| &d.name == name);
+            let Some(rule) = rule else {
+                return Err(ConfigError::Invalid { field: "--rule".into(), reason: format!("no document rule is named {name:?} in sinks.elasticsearch.documents") }.into());
+            };
+            (rule.table.clone(), true)
+        }
+    };
+    let Some(table) = crate::snapshot::TableRef::parse(&table) else {
+        return Err(ConfigError::Invalid { field: "--table".into(), reason: "must be `schema.table`".into() }.into());
+    };
+    let Sinks { queues, mut reports, mut tasks, in_flight, .. } = start_sinks(config, &params, &metrics, elasticsearch_only)?;
+    // Temporary: it disappears with the session, even if this process is killed.
+    let mut slot = format!("{}_snapshot_{}", config.source.slot, std::process::id());
+    slot.truncate(63);
+    let exported = source::create_slot_exporting(&params, &slot, &config.source.publication, true).await?;
+    tracing::info!(table = %table, point = %exported.point, "snapshot on demand");
+    let on_dispatch = || {
+        in_flight.batches.fetch_add(1, Ordering::AcqRel);
+    };
+    let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
+    let outcome = crate::snapshot::load(config, &params, &[table], exported.point, Some(&exported.name), None, handles, &metrics, &shutdown).await;
+    drop(exported);
+    drop(queues);
+    while tasks.join_next().await.is_some() {}
+    outcome
 }
 
 fn spawn_sink<S: Sink>(
@@ -694,6 +826,8 @@ impl Streamer<'_> {
                 self.update_lag();
                 Ok(())
             }
+            // Snapshot chunks are acknowledged to the snapshot loader, which runs before streaming.
+            SinkReport::SnapshotChunk { .. } => Ok(()),
             SinkReport::Failed { error, .. } => Err(error.into()),
         }
     }

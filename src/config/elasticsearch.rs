@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{default_true, read_secret, ConfigError, TableSelector};
+use super::{default_true, read_secret, ConfigError, EsDocumentRule, TableSelector};
 
 /// Default timeout of one HTTP request to Elasticsearch.
 pub const DEFAULT_ES_REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -71,6 +71,10 @@ pub struct ElasticsearchSinkConfig {
     /// tables no rule names are ignored by this sink.
     #[serde(default)]
     pub tables: Vec<EsTableRule>,
+    /// Nested document rules (`[[sinks.elasticsearch.documents]]`): a root table, a query that
+    /// builds whole documents, and the dependent tables whose changes rebuild them.
+    #[serde(default)]
+    pub documents: Vec<EsDocumentRule>,
     /// Where documents the cluster rejects for good (mapping or parse errors) go; unset: such a
     /// document stops walcast.
     #[serde(default)]
@@ -91,6 +95,7 @@ impl fmt::Debug for ElasticsearchSinkConfig {
             .field("gzip", &self.gzip)
             .field("indexes", &self.indexes)
             .field("tables", &self.tables)
+            .field("documents", &self.documents)
             .field("dead_letter", &self.dead_letter)
             .finish_non_exhaustive()
     }
@@ -247,6 +252,7 @@ impl ElasticsearchSinkConfig {
     /// dead-letter index, sorted and without duplicates.
     pub fn all_indexes(&self) -> Vec<String> {
         let mut out: Vec<String> = self.tables.iter().map(|t| t.index.clone()).collect();
+        out.extend(self.documents.iter().map(|d| d.index.clone()));
         out.extend(self.indexes.keys().cloned());
         if let Some(i) = self.dead_letter.as_ref().and_then(|d| d.index.clone()) {
             out.push(i);
@@ -351,6 +357,19 @@ impl ElasticsearchSinkConfig {
                 return Err(ConfigError::invalid(&field("ops"), "list at least one of insert, update, delete, truncate"));
             }
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, rule) in self.documents.iter().enumerate() {
+            rule.validate(i)?;
+            if !names.insert(rule.name.as_str()) {
+                return Err(ConfigError::invalid(&format!("sinks.elasticsearch.documents[{i}].name"), "another document rule has this name"));
+            }
+            if self.tables.iter().any(|t| t.index == rule.index) {
+                return Err(ConfigError::invalid(
+                    &format!("sinks.elasticsearch.documents[{i}].index"),
+                    "a table rule writes to this index too; give each rule its own index",
+                ));
+            }
+        }
         if let Some(dl) = &self.dead_letter {
             match (&dl.index, &dl.path) {
                 (Some(_), Some(_)) | (None, None) => {
@@ -358,7 +377,7 @@ impl ElasticsearchSinkConfig {
                 }
                 (Some(index), None) => {
                     validate_index_name(index).map_err(|e| ConfigError::invalid(&f("dead_letter.index"), e))?;
-                    if self.tables.iter().any(|t| &t.index == index) {
+                    if self.tables.iter().any(|t| &t.index == index) || self.documents.iter().any(|d| &d.index == index) {
                         return Err(ConfigError::invalid(&f("dead_letter.index"), "must not be an index a table rule writes to"));
                     }
                 }

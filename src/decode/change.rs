@@ -22,6 +22,8 @@ pub enum Op {
     Delete,
     /// TRUNCATE of the table.
     Truncate,
+    /// A row read by a snapshot (insert-shaped: `new` only, `commit_lsn` = the snapshot's point).
+    Read,
 }
 
 /// Options of a TRUNCATE.
@@ -60,13 +62,14 @@ pub struct Change {
 }
 
 impl Op {
-    /// Lower-case name used in change events (`insert`, `update`, `delete`, `truncate`).
+    /// Lower-case name used in change events (`insert`, `update`, `delete`, `truncate`, `read`).
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Insert => "insert",
             Op::Update => "update",
             Op::Delete => "delete",
             Op::Truncate => "truncate",
+            Op::Read => "read",
         }
     }
 }

@@ -103,8 +103,8 @@ impl FlatRules {
                 origin: origin.clone(),
             };
             match change.op {
-                Op::Insert | Op::Update => {
-                    if (change.op == Op::Insert && !plan.rule.insert) || (change.op == Op::Update && !plan.rule.update) {
+                Op::Insert | Op::Update | Op::Read => {
+                    if (matches!(change.op, Op::Insert | Op::Read) && !plan.rule.insert) || (change.op == Op::Update && !plan.rule.update) {
                         continue;
                     }
                     let Some(new) = &change.new else {

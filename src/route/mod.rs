@@ -1,10 +1,13 @@
 //! Routing: which destination each change goes to. The Kafka topic of each table ([`topic`]);
-//! Elasticsearch flat mapping rules ([`index`]) producing sink actions ([`action`]).
+//! Elasticsearch flat mapping rules ([`index`]) and document rules ([`document`]) producing sink
+//! actions ([`action`]).
 
 pub mod action;
+pub mod document;
 pub mod index;
 pub mod topic;
 
 pub use action::{EsAction, EsOp, Origin, Rejected};
+pub use document::{DocumentRules, RuleWork};
 pub use index::FlatRules;
 pub use topic::{TopicRouter, TopicTemplate};

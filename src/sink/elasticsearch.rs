@@ -15,6 +15,7 @@ mod bulk;
 mod check;
 mod client;
 mod dead_letter;
+mod document;
 mod indexes;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use client::{EsClient, EsError};
 
 use self::bulk::{classify, parse_answer, write_item, BulkKind, ItemOutcome};
 use self::dead_letter::{DeadLetter, DeadLetterFile};
+use self::document::{DocumentBuilder, WriteActions};
 use self::indexes::{IndexSpec, IndexState};
 use super::{Batch, Sink, SinkError};
 use crate::config::{ElasticsearchSinkConfig, RetryConfig};
@@ -39,7 +41,8 @@ use crate::decode::{write_row_object, Change, UnchangedToast};
 use crate::metrics::{Metrics, SinkLabel};
 use crate::retry::Backoff;
 use crate::route::index::Routed;
-use crate::route::{EsAction, EsOp, FlatRules, Origin, Rejected};
+use crate::route::{DocumentRules, EsAction, EsOp, FlatRules, Origin, Rejected};
+use crate::source::ConnParams;
 
 const NAME: &str = "elasticsearch";
 
@@ -61,6 +64,9 @@ enum DeadLetters {
 pub struct ElasticsearchSink {
     client: EsClient,
     rules: FlatRules,
+    documents: DocumentRules,
+    /// SQL side of the document rules (`None` until [`ElasticsearchSink::with_source`]).
+    builder: Option<DocumentBuilder>,
     bulk_max_actions: usize,
     bulk_max_bytes: usize,
     create_indexes: bool,
@@ -125,6 +131,8 @@ impl ElasticsearchSink {
         Ok(Self {
             client,
             rules: FlatRules::new(&cfg.tables),
+            documents: DocumentRules::new(&cfg.documents),
+            builder: None,
             bulk_max_actions: cfg.bulk_max_actions,
             bulk_max_bytes: cfg.bulk_max_bytes,
             create_indexes: cfg.create_indexes,
@@ -134,6 +142,43 @@ impl ElasticsearchSink {
             metrics,
             dead_letters,
         })
+    }
+
+    /// Give the document rules their Postgres connection settings (they read documents with SQL).
+    pub fn with_source(mut self, params: ConnParams) -> Self {
+        self.builder = Some(DocumentBuilder::new(params));
+        self
+    }
+
+    /// Rebuild the documents the batch affects, rule by rule, after its flat writes.
+    async fn write_documents(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        if self.documents.is_empty() {
+            return Ok(());
+        }
+        let work = self.documents.collect(&batch.changes);
+        if work.iter().all(|w| w.is_empty()) {
+            return Ok(());
+        }
+        let Some(mut builder) = self.builder.take() else {
+            return Err(fatal("document rules need the source connection (ElasticsearchSink::with_source)".into()));
+        };
+        let rules: Vec<_> = self.documents.rules().to_vec();
+        let exported = batch.snapshot.as_ref().and_then(|s| s.exported.clone());
+        let mut result = Ok(());
+        for (rule, work) in rules.iter().zip(&work) {
+            if work.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let mut out = ChangesWriter { sink: self, changes: &batch.changes };
+            result = builder.rebuild(rule, work, exported.as_deref(), &mut out).await;
+            if result.is_err() {
+                break;
+            }
+            tracing::debug!(rule = %rule.name, roots = work.roots.len(), version = %work.version, elapsed_ms = started.elapsed().as_millis() as u64, "documents rebuilt");
+        }
+        self.builder = Some(builder);
+        result
     }
 
     /// Write ready-made actions (and set rejected ones aside) until all are done. `changes` are
@@ -553,10 +598,23 @@ impl Sink for ElasticsearchSink {
         }
         let actions = routed.len();
         self.write_actions(routed, &batch.changes).await?;
+        self.write_documents(batch).await?;
         if actions > 0 {
             tracing::debug!(changes = batch.changes.len(), actions, elapsed_ms = started.elapsed().as_millis() as u64, "elasticsearch batch written");
         }
         Ok(())
+    }
+}
+
+/// The sink writing rebuilt documents for one batch (rejections name the batch's changes).
+struct ChangesWriter<'a> {
+    sink: &'a mut ElasticsearchSink,
+    changes: &'a [Change],
+}
+
+impl WriteActions for ChangesWriter<'_> {
+    async fn write_actions(&mut self, routed: Vec<Routed>) -> Result<(), SinkError> {
+        self.sink.write_actions(routed, self.changes).await
     }
 }
 

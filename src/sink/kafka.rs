@@ -403,7 +403,8 @@ impl KafkaSink {
     }
 
     async fn enqueue_all(&mut self, batch: &Batch, p: &mut Pending) -> Result<(), SinkError> {
-        let tx_on = self.tx_topic.is_some();
+        // Snapshot rows belong to no transaction: no BEGIN/END records for them.
+        let tx_on = self.tx_topic.is_some() && batch.snapshot.is_none();
         for (idx, change) in batch.changes.iter().enumerate() {
             if tx_on {
                 let b = self.tx.on_change(change);

@@ -29,6 +29,18 @@ pub struct Batch {
     /// batch (and all before it) durable, every transaction ending at or before it is durable.
     /// `None` when the batch ends mid-transaction and holds no commit.
     pub checkpoint: Option<Lsn>,
+    /// Set when the batch holds rows read by a snapshot (then `checkpoint` is `None`).
+    pub snapshot: Option<SnapshotPart>,
+}
+
+/// Which snapshot chunk a batch is.
+#[derive(Debug, Clone)]
+pub struct SnapshotPart {
+    /// Chunk number, reported back with [`SinkReport::SnapshotChunk`] once the sink wrote it.
+    pub chunk: u64,
+    /// The exported snapshot the rows were read in, while it can still be imported: document
+    /// rules build their documents inside it. `None` when resuming (a fresh snapshot is read).
+    pub exported: Option<Arc<str>>,
 }
 
 /// A destination for changes.
@@ -89,6 +101,13 @@ pub enum SinkReport {
         /// Highest durable commit end LSN.
         lsn: Lsn,
     },
+    /// Sink `sink` wrote snapshot chunk `chunk` (and every batch before it).
+    SnapshotChunk {
+        /// Index of the sink.
+        sink: usize,
+        /// The chunk number.
+        chunk: u64,
+    },
     /// Sink `sink` hit an error retrying cannot fix; the pipeline must stop.
     Failed {
         /// Index of the sink.
@@ -136,6 +155,9 @@ pub async fn drive<S: Sink>(
         }
         if let Some(lsn) = batch.checkpoint {
             let _ = reports.send(SinkReport::Durable { sink: index, lsn });
+        }
+        if let Some(part) = &batch.snapshot {
+            let _ = reports.send(SinkReport::SnapshotChunk { sink: index, chunk: part.chunk });
         }
     }
 }

@@ -11,7 +11,7 @@ mod tls;
 pub use lease::{lease_key, Lease, LeaseEnd};
 pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};
-pub use replication::{ReplicationStream, SourceEvent, StreamSettings};
+pub use replication::{create_slot_exporting, ExportedSnapshot, ReplicationStream, SourceEvent, StreamSettings};
 pub(crate) use sql::classify;
 pub use sql::{connect_sql, create_slot, drop_slot, ensure_publication, quote_ident, slot_info, SlotInfo};
 

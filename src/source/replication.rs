@@ -136,6 +136,58 @@ impl ReplicationStream {
     }
 }
 
+/// A replication slot just created with an exported snapshot. The snapshot stays importable
+/// (`SET TRANSACTION SNAPSHOT`) while this value lives; dropping it ends the session.
+pub struct ExportedSnapshot {
+    /// Keeps the exporting session open (it must stay idle).
+    _session: ReplicationClient,
+    /// The snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub name: String,
+    /// The slot's consistent point: the snapshot sees every transaction committed before it,
+    /// the slot streams every transaction committed after it.
+    pub point: Lsn,
+}
+
+/// Create logical slot `slot` (pgoutput) on a replication session and export its snapshot.
+/// `temporary`: the slot disappears with the session (used by `walcast snapshot`).
+pub async fn create_slot_exporting(params: &ConnParams, slot: &str, publication: &str, temporary: bool) -> Result<ExportedSnapshot, SourceError> {
+    let cfg = ReplicationConfig::new(
+        params.host.clone(),
+        params.user.clone(),
+        params.password.clone().unwrap_or_default(),
+        params.database.clone(),
+        slot.to_string(),
+        publication.to_string(),
+    )
+    .with_port(params.port)
+    .with_tls(tls_config(params))
+    .with_options(SESSION_OPTIONS)
+    .with_application_name(params.application_name.clone());
+    let mut session = ReplicationClient::connect_gated(cfg).await.map_err(|e| classify(&e, params, slot))?;
+    // The slot name was validated as [a-z0-9_]; quoting keeps it an identifier regardless.
+    let sql = format!(
+        "CREATE_REPLICATION_SLOT \"{}\" {}LOGICAL pgoutput EXPORT_SNAPSHOT",
+        slot.replace('"', ""),
+        if temporary { "TEMPORARY " } else { "" }
+    );
+    let rows = match tokio::time::timeout(params.connect_timeout.max(std::time::Duration::from_secs(60)), session.simple_query(&sql)).await {
+        Ok(r) => r.map_err(|e| classify(&e, params, slot))?,
+        Err(_) => {
+            session.abort();
+            return Err(SourceError::Transient(format!(
+                "creating slot {slot:?} waited over a minute for running transactions to finish; it will be retried"
+            )));
+        }
+    };
+    // One row: slot_name, consistent_point, snapshot_name, output_plugin.
+    let field = |i: usize| rows.first().and_then(|r| r.get(i)).and_then(|v| v.as_ref()).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_string);
+    let (Some(point), Some(name)) = (field(1), field(2)) else {
+        return Err(SourceError::Transient("CREATE_REPLICATION_SLOT answered without a consistent point or snapshot name".into()));
+    };
+    let point = point.parse::<Lsn>().map_err(|e| SourceError::Transient(format!("CREATE_REPLICATION_SLOT answered a bad consistent point: {e}")))?;
+    Ok(ExportedSnapshot { _session: session, name, point })
+}
+
 impl From<pgwire_replication::Lsn> for Lsn {
     fn from(l: pgwire_replication::Lsn) -> Self {
         Lsn(l.as_u64())

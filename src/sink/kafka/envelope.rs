@@ -50,6 +50,7 @@ impl EventOp {
             Op::Update => EventOp::Update,
             Op::Delete => EventOp::Delete,
             Op::Truncate => EventOp::Truncate,
+            Op::Read => EventOp::Read,
         }
     }
 }
@@ -119,7 +120,8 @@ impl<'a> Event<'a> {
     /// otherwise): insert -> `c` with `after`; update -> `u` with `before` (the old row when the
     /// server sent one) and `after`; delete -> `d` with `before`; truncate -> `t`.
     pub fn streamed(change: &'a Change) -> Self {
-        Self::with_op(change, EventOp::of(change.op), SnapshotMarker::False)
+        let marker = if change.op == Op::Read { SnapshotMarker::True } else { SnapshotMarker::False };
+        Self::with_op(change, EventOp::of(change.op), marker)
     }
 
     /// Like [`Event::streamed`] with an explicit op and snapshot marker (a snapshot row is an

@@ -1,0 +1,346 @@
+//! Nested document rules (`[[sinks.elasticsearch.documents]]`, docs/elasticsearch.md "Document
+//! rules"): which root documents a batch of changes affects. This part only reads the changes;
+//! the Elasticsearch sink then resolves the lookups and rebuilds the documents with SQL
+//! (src/sink/elasticsearch/document.rs).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::action::{Origin, Rejected};
+use crate::config::EsDocumentRule;
+use crate::decode::{Change, Datum, Op, OldTupleKind};
+use crate::lsn::Lsn;
+
+/// A document rule as configured.
+#[derive(Debug)]
+pub struct DocumentRule {
+    /// Rule name.
+    pub name: Arc<str>,
+    /// Target index.
+    pub index: Arc<str>,
+    /// Root table `(schema, table)`.
+    pub table: (String, String),
+    /// Root id column of the root table.
+    pub root_key: String,
+    /// The document query (`$1` = root ids).
+    pub query: String,
+    /// Result column holding the document id.
+    pub document_id: String,
+    /// Root ids per query run.
+    pub max_ids: usize,
+    /// `root_ids_query` of each dependent (`None` for column dependents), by dependent position.
+    pub lookups: Vec<Option<String>>,
+}
+
+/// How a change of one table reaches a rule.
+#[derive(Debug, Clone)]
+enum Trigger {
+    /// The rule's root table: the row's `root_key` is the root id.
+    Root { rule: usize },
+    /// A dependent whose column holds the root id.
+    Column { rule: usize, column: String },
+    /// A dependent whose `key_column` values are looked up with `root_ids_query`.
+    Lookup { rule: usize, dependent: usize, key_column: String },
+}
+
+/// The document rules of the Elasticsearch sink.
+#[derive(Debug, Default)]
+pub struct DocumentRules {
+    rules: Vec<Arc<DocumentRule>>,
+    by_table: HashMap<(String, String), Vec<Trigger>>,
+}
+
+/// What one batch asks one rule to do.
+#[derive(Debug, Default)]
+pub struct RuleWork {
+    /// Root ids to rebuild (de-duplicated, as text).
+    pub roots: BTreeSet<String>,
+    /// Keys to look up, per dependent position (only lookup dependents have entries).
+    pub lookups: Vec<BTreeSet<String>>,
+    /// The root table was truncated: delete every document first.
+    pub delete_all: bool,
+    /// A dependent table was truncated: rebuild every document.
+    pub rebuild_all: bool,
+    /// Highest commit LSN among the changes that touched the rule: the version of its writes.
+    pub version: Lsn,
+    /// Highest change LSN among them (for dead-letter records).
+    pub lsn: Lsn,
+    /// Changes whose root id could not be found, with the reason.
+    pub rejected: Vec<Rejected>,
+}
+
+impl RuleWork {
+    /// Whether the batch touched the rule at all.
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+            && self.lookups.iter().all(BTreeSet::is_empty)
+            && !self.delete_all
+            && !self.rebuild_all
+            && self.rejected.is_empty()
+    }
+
+    /// Where rebuilt documents come from, for dead letters.
+    pub fn origin(&self, rule: &DocumentRule) -> Origin {
+        Origin { lsn: self.lsn, commit_lsn: self.version, table: Arc::clone(&rule.name), change: None }
+    }
+}
+
+fn split(table: &str) -> (String, String) {
+    let (s, t) = table.split_once('.').unwrap_or(("public", table));
+    (s.to_string(), t.to_string())
+}
+
+impl DocumentRules {
+    /// Rules from the config (already validated).
+    pub fn new(rules: &[EsDocumentRule]) -> Self {
+        let mut out = Self::default();
+        for (i, r) in rules.iter().enumerate() {
+            out.by_table.entry(split(&r.table)).or_default().push(Trigger::Root { rule: i });
+            for (j, d) in r.dependents.iter().enumerate() {
+                let trigger = match (&d.root_id_column, &d.key_column) {
+                    (Some(column), _) => Trigger::Column { rule: i, column: column.clone() },
+                    (None, Some(key)) => Trigger::Lookup { rule: i, dependent: j, key_column: key.clone() },
+                    (None, None) => continue, // refused by validation
+                };
+                out.by_table.entry(split(&d.table)).or_default().push(trigger);
+            }
+            out.rules.push(Arc::new(DocumentRule {
+                name: Arc::from(r.name.as_str()),
+                index: Arc::from(r.index.as_str()),
+                table: split(&r.table),
+                root_key: r.root_key.clone(),
+                query: r.query.clone(),
+                document_id: r.document_id.clone(),
+                max_ids: r.max_ids,
+                lookups: r.dependents.iter().map(|d| d.root_ids_query.clone()).collect(),
+            }));
+        }
+        out
+    }
+
+    /// The rules, by position.
+    pub fn rules(&self) -> &[Arc<DocumentRule>] {
+        &self.rules
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Gather what `changes` ask of each rule (one [`RuleWork`] per rule, by position).
+    pub fn collect(&self, changes: &[Change]) -> Vec<RuleWork> {
+        let mut work: Vec<RuleWork> = self
+            .rules
+            .iter()
+            .map(|r| RuleWork { lookups: vec![BTreeSet::new(); r.lookups.len()], ..RuleWork::default() })
+            .collect();
+        if self.rules.is_empty() {
+            return work;
+        }
+        for (pos, change) in changes.iter().enumerate() {
+            let rel = &change.relation;
+            // Cheap check first: most tables of a busy database have no rule.
+            let Some(triggers) = self.by_table.get(&(rel.schema.clone(), rel.table.clone())) else { continue };
+            for trigger in triggers {
+                let (rule, column) = match trigger {
+                    Trigger::Root { rule } => (*rule, self.rules[*rule].root_key.as_str()),
+                    // A snapshot loads root tables; rows of dependents read by it add nothing.
+                    _ if change.op == Op::Read => continue,
+                    Trigger::Column { rule, column } => (*rule, column.as_str()),
+                    Trigger::Lookup { rule, key_column, .. } => (*rule, key_column.as_str()),
+                };
+                let w = &mut work[rule];
+                w.version = w.version.max(change.commit_lsn);
+                w.lsn = w.lsn.max(change.lsn);
+                if change.op == Op::Truncate {
+                    match trigger {
+                        Trigger::Root { .. } => w.delete_all = true,
+                        _ => w.rebuild_all = true,
+                    }
+                    continue;
+                }
+                let values = match row_values(change, column) {
+                    Ok(v) => v,
+                    Err(reason) => {
+                        let r = &self.rules[rule];
+                        w.rejected.push(Rejected {
+                            index: Arc::clone(&r.index),
+                            origin: Origin { lsn: change.lsn, commit_lsn: change.commit_lsn, table: Arc::from(rel.qualified_name()), change: Some(pos) },
+                            reason: format!("document rule {:?}: {reason}", r.name),
+                        });
+                        continue;
+                    }
+                };
+                match trigger {
+                    Trigger::Lookup { dependent, .. } => w.lookups[*dependent].extend(values),
+                    _ => w.roots.extend(values),
+                }
+            }
+        }
+        work
+    }
+}
+
+/// The values of `column` in the change's old and new rows (both: a row that moved from one root
+/// to another affects both). NULLs are skipped (they point at no root).
+fn row_values(change: &Change, column: &str) -> Result<Vec<String>, String> {
+    let rel = &change.relation;
+    let Some(i) = rel.columns.iter().position(|c| c.name == column) else {
+        return Err(format!("table {} has no column {column:?}", rel.qualified_name()));
+    };
+    let mut out = Vec::with_capacity(2);
+    let text = |d: &Datum| -> Result<Option<String>, String> {
+        match d {
+            Datum::Text(b) => std::str::from_utf8(b).map(|s| Some(s.to_string())).map_err(|_| format!("column {column:?} is not UTF-8")),
+            Datum::Null => Ok(None),
+            Datum::Unchanged => Err(format!("column {column:?} is an unchanged TOASTed value; a root id column cannot be TOASTed")),
+            Datum::Binary(_) => Err(format!("column {column:?} arrived in binary format")),
+        }
+    };
+    if let Some(new) = &change.new {
+        if let Some(v) = new.get(i).map(text).transpose()?.flatten() {
+            out.push(v);
+        }
+    }
+    if let Some(old) = &change.old {
+        let carried = old.kind == OldTupleKind::Full || rel.columns[i].key;
+        match old.values.get(i).map(text).transpose()?.flatten() {
+            Some(v) => out.push(v),
+            // An update without a key change carries only the new row: that is enough. A delete
+            // must say which root it leaves.
+            None if !carried && change.op == Op::Delete => {
+                return Err(format!(
+                    "the deleted row of {} does not carry column {column:?}: run ALTER TABLE {} REPLICA IDENTITY FULL (or make {column:?} part of its primary key)",
+                    rel.qualified_name(),
+                    rel.qualified_name()
+                ))
+            }
+            None => {}
+        }
+    } else if change.op == Op::Delete {
+        return Err(format!(
+            "the delete of {} carries no old row (REPLICA IDENTITY NOTHING?); run ALTER TABLE {} REPLICA IDENTITY FULL",
+            rel.qualified_name(),
+            rel.qualified_name()
+        ));
+    }
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::decode::{Column, OldTuple, Relation, ReplicaIdentity};
+
+    fn rules() -> DocumentRules {
+        let cfg: crate::config::ElasticsearchSinkConfig = toml::from_str(
+            r#"
+url = "http://127.0.0.1:9200"
+[[documents]]
+name = "films"
+index = "films"
+table = "content.film"
+root_key = "id"
+query = "SELECT id FROM content.film WHERE id = ANY($1)"
+[[documents.dependents]]
+table = "content.link"
+root_id_column = "film_id"
+[[documents.dependents]]
+table = "content.person"
+key_column = "id"
+root_ids_query = "SELECT film_id FROM content.link WHERE person_id = ANY($1)"
+"#,
+        )
+        .expect("config parses");
+        DocumentRules::new(&cfg.documents)
+    }
+
+    fn rel(table: &str, cols: &[(&str, bool)], identity: ReplicaIdentity) -> Arc<Relation> {
+        Arc::new(Relation {
+            oid: 1,
+            schema: "content".into(),
+            table: table.into(),
+            replica_identity: identity,
+            columns: cols.iter().map(|(n, k)| Column { key: *k, name: (*n).into(), type_oid: 25, type_modifier: -1 }).collect(),
+        })
+    }
+
+    fn t(s: &str) -> Datum {
+        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn change(relation: Arc<Relation>, op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>, commit: u64) -> Change {
+        Change {
+            lsn: Lsn(commit - 1),
+            commit_lsn: Lsn(commit),
+            xid: 1,
+            commit_ts: 0,
+            seq: 0,
+            relation,
+            op,
+            old,
+            new,
+            truncate: Default::default(),
+        }
+    }
+
+    #[test]
+    fn roots_from_root_rows_columns_and_lookups() {
+        let r = rules();
+        let film = rel("film", &[("id", true), ("title", false)], ReplicaIdentity::Default);
+        let link = rel("link", &[("id", true), ("film_id", false), ("person_id", false)], ReplicaIdentity::Full);
+        let person = rel("person", &[("id", true), ("name", false)], ReplicaIdentity::Default);
+        let changes = vec![
+            change(film.clone(), Op::Update, None, Some(vec![t("f1"), t("x")]), 10),
+            change(film, Op::Delete, Some(OldTuple { kind: OldTupleKind::Key, values: vec![t("f2"), Datum::Null] }), None, 11),
+            // A link moved from f3 to f4: both rebuild.
+            change(
+                link.clone(),
+                Op::Update,
+                Some(OldTuple { kind: OldTupleKind::Full, values: vec![t("l1"), t("f3"), t("p1")] }),
+                Some(vec![t("l1"), t("f4"), t("p1")]),
+                12,
+            ),
+            change(person, Op::Update, None, Some(vec![t("p9"), t("new name")]), 13),
+            change(link, Op::Insert, None, Some(vec![t("l2"), t("f1"), t("p9")]), 14),
+        ];
+        let work = r.collect(&changes);
+        assert_eq!(work.len(), 1);
+        let w = &work[0];
+        assert_eq!(w.roots.iter().map(String::as_str).collect::<Vec<_>>(), ["f1", "f2", "f3", "f4"]);
+        assert!(w.lookups[0].is_empty());
+        assert_eq!(w.lookups[1].iter().map(String::as_str).collect::<Vec<_>>(), ["p9"]);
+        assert_eq!(w.version, Lsn(14));
+        assert!(w.rejected.is_empty());
+    }
+
+    #[test]
+    fn a_link_delete_without_the_column_is_rejected_with_the_fix() {
+        let r = rules();
+        let link = rel("link", &[("id", true), ("film_id", false)], ReplicaIdentity::Default);
+        let del = change(link, Op::Delete, Some(OldTuple { kind: OldTupleKind::Key, values: vec![t("l1"), Datum::Null] }), None, 5);
+        let w = &r.collect(&[del])[0];
+        assert!(w.roots.is_empty());
+        assert_eq!(w.rejected.len(), 1);
+        assert!(w.rejected[0].reason.contains("REPLICA IDENTITY FULL"), "{}", w.rejected[0].reason);
+    }
+
+    #[test]
+    fn truncates_and_snapshot_reads() {
+        let r = rules();
+        let film = rel("film", &[("id", true)], ReplicaIdentity::Default);
+        let person = rel("person", &[("id", true)], ReplicaIdentity::Default);
+        let w = &r.collect(&[change(film.clone(), Op::Truncate, None, None, 3)])[0];
+        assert!(w.delete_all && !w.rebuild_all);
+        let w = &r.collect(&[change(person.clone(), Op::Truncate, None, None, 3)])[0];
+        assert!(w.rebuild_all && !w.delete_all);
+        // A snapshot reads roots; a dependent's rows read by a snapshot do nothing.
+        let w = &r.collect(&[change(film, Op::Read, None, Some(vec![t("f1")]), 3), change(person, Op::Read, None, Some(vec![t("p1")]), 3)])[0];
+        assert_eq!(w.roots.len(), 1);
+        assert!(w.lookups[1].is_empty());
+    }
+}

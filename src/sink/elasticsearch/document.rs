@@ -1,0 +1,283 @@
+//! Document rules, SQL side: look up root ids for dependent changes, then rebuild whole documents
+//! with the rule's query, inside one read transaction per batch (optionally inside a snapshot
+//! exported by the slot). Values go in as bound parameters; nothing is spliced into SQL except
+//! identifiers from the config (quoted) and a snapshot name Postgres produced (checked).
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
+use tokio_postgres::{Client, Transaction};
+
+use super::super::SinkError;
+use super::NAME;
+use crate::route::document::DocumentRule;
+use crate::route::index::Routed;
+use crate::route::{EsAction, EsOp, RuleWork};
+use crate::source::{self, connect_sql, quote_ident, ConnParams};
+
+/// Builds documents for the rules; holds one SQL connection, opened on first use and again
+/// after it fails.
+pub(super) struct DocumentBuilder {
+    params: ConnParams,
+    client: Option<Client>,
+}
+
+/// Root ids (text) bound as `$1`: encoded as the array type the query needs. Text-like, uuid and
+/// integer element types are supported; other key types can be cast in the query.
+#[derive(Debug)]
+struct KeyArray<'a>(&'a [String]);
+
+fn element_supported(ty: &Type) -> bool {
+    [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME, Type::UUID, Type::INT2, Type::INT4, Type::INT8].contains(ty)
+}
+
+fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
+    let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+    let mut out = [0u8; 16];
+    if hex.len() != 32 {
+        return Err(format!("{s:?} is not a uuid"));
+    }
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let digits = std::str::from_utf8(pair).map_err(|_| format!("{s:?} is not a uuid"))?;
+        out[i] = u8::from_str_radix(digits, 16).map_err(|_| format!("{s:?} is not a uuid"))?;
+    }
+    Ok(out)
+}
+
+impl ToSql for KeyArray<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let Kind::Array(elem) = ty.kind() else { return Err(format!("$1 must be an array, not {ty}").into()) };
+        let dims = [postgres_protocol::types::ArrayDimension { len: i32::try_from(self.0.len())?, lower_bound: 1 }];
+        postgres_protocol::types::array_to_sql(
+            dims,
+            elem.oid(),
+            self.0.iter(),
+            |v: &String, buf| {
+                match *elem {
+                    Type::UUID => postgres_protocol::types::uuid_to_sql(parse_uuid(v)?, buf),
+                    Type::INT2 => postgres_protocol::types::int2_to_sql(v.parse()?, buf),
+                    Type::INT4 => postgres_protocol::types::int4_to_sql(v.parse()?, buf),
+                    Type::INT8 => postgres_protocol::types::int8_to_sql(v.parse()?, buf),
+                    _ => postgres_protocol::types::text_to_sql(v, buf),
+                }
+                Ok(postgres_protocol::IsNull::No)
+            },
+            out,
+        )?;
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), Kind::Array(e) if element_supported(e))
+    }
+
+    to_sql_checked!();
+}
+
+/// The ids of one query run: document id (text) -> document JSON.
+type Built = Vec<(String, String)>;
+
+impl DocumentBuilder {
+    /// A builder connecting with `params` when first needed.
+    pub(super) fn new(params: ConnParams) -> Self {
+        Self { params, client: None }
+    }
+
+    /// Map a SQL error to a sink error: connection trouble is retried; a query the server
+    /// refuses stops walcast with the rule named.
+    fn sql_error(&mut self, rule: &DocumentRule, what: &str, e: &tokio_postgres::Error) -> SinkError {
+        let classified = source::classify(e, &self.params, "");
+        if classified.is_retryable() || self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+            return SinkError::Transient { sink: NAME, source: std::io::Error::other(format!("document rule {:?}: {what}: {classified}", rule.name)) };
+        }
+        let mut reason = format!("document rule {:?}: {what} failed: {classified}", rule.name);
+        if e.to_string().contains("cannot convert") {
+            reason.push_str(
+                "\n  fix: walcast binds $1 as an array of text, varchar, uuid, smallint, integer or bigint; for other key types cast in the query, e.g. `WHERE t.id::text = ANY($1::text[])`",
+            );
+        } else {
+            reason.push_str("\n  fix: correct the query in the config (run it in psql with an array of ids to see the error)");
+        }
+        SinkError::Fatal { sink: NAME, reason }
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let client = connect_sql(&self.params).await.map_err(|e| {
+                if e.is_retryable() {
+                    SinkError::Transient { sink: NAME, source: std::io::Error::other(format!("document rules: {e}")) }
+                } else {
+                    SinkError::Fatal { sink: NAME, reason: format!("document rules cannot read from Postgres: {e}") }
+                }
+            })?;
+            self.client = Some(client);
+        }
+        // Just set when it was missing.
+        self.client.as_mut().ok_or_else(|| SinkError::Fatal { sink: NAME, reason: "no SQL connection".into() })
+    }
+
+    /// Rebuild what `work` asks of `rule`, handing each chunk of actions to `out` (which sends
+    /// them before the next chunk is built, so memory stays bounded by `max_ids`). Everything is
+    /// read in one REPEATABLE READ transaction, inside `exported` when given.
+    pub(super) async fn rebuild<W: WriteActions>(&mut self, rule: &DocumentRule, work: &RuleWork, exported: Option<&str>, out: &mut W) -> Result<(), SinkError> {
+        let origin = work.origin(rule);
+        let action = |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
+        if !work.rejected.is_empty() {
+            out.write_actions(work.rejected.iter().cloned().map(Err).collect()).await?;
+        }
+        if work.delete_all {
+            out.write_actions(vec![Ok(action(String::new(), EsOp::DeleteAll))]).await?;
+        }
+        if work.roots.is_empty() && work.lookups.iter().all(|l| l.is_empty()) && !work.rebuild_all {
+            return Ok(());
+        }
+        let outcome = {
+            let client = self.client().await?;
+            match client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await {
+                Err(e) => Err(("starting the read transaction".to_string(), Failure::Sql(e))),
+                Ok(tx) => match Self::rebuild_in(&tx, rule, work, exported, &action, out).await {
+                    Ok(()) => tx.commit().await.map_err(|e| ("committing the read transaction".to_string(), Failure::Sql(e))),
+                    // Dropping the transaction rolls it back.
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err((_, Failure::Sink(e))) => Err(e),
+            Err((what, Failure::Sql(e))) => Err(self.sql_error(rule, &what, &e)),
+        }
+    }
+
+    async fn rebuild_in<W: WriteActions>(
+        tx: &Transaction<'_>,
+        rule: &DocumentRule,
+        work: &RuleWork,
+        exported: Option<&str>,
+        action: &impl Fn(String, EsOp) -> EsAction,
+        out: &mut W,
+    ) -> Result<(), (String, Failure)> {
+        let sql = |what: &str| {
+            let what = what.to_string();
+            move |e: tokio_postgres::Error| (what, Failure::Sql(e))
+        };
+        let sink = |e: SinkError| (String::new(), Failure::Sink(e));
+        if let Some(name) = exported {
+            // A name Postgres made (hex digits and dashes); checked since it is spliced.
+            if name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{name}'")).await.map_err(sql("importing the exported snapshot"))?;
+            }
+        }
+        let mut roots = work.roots.clone();
+        for (dep, keys) in work.lookups.iter().enumerate() {
+            let (Some(query), false) = (rule.lookups.get(dep).and_then(Option::as_ref), keys.is_empty()) else { continue };
+            let what = format!("root_ids_query of dependent {dep}");
+            let stmt = tx.prepare(&format!("SELECT r.root_id::text FROM ({query}) AS r(root_id)")).await.map_err(sql(&what))?;
+            let keys: Vec<String> = keys.iter().cloned().collect();
+            for chunk in keys.chunks(rule.max_ids) {
+                for row in tx.query(&stmt, &[&KeyArray(chunk)]).await.map_err(sql(&what))? {
+                    if let Ok(Some(id)) = row.try_get::<_, Option<String>>(0) {
+                        roots.insert(id);
+                    }
+                }
+            }
+        }
+        let query = format!("SELECT (d.{})::text, row_to_json(d)::text FROM ({}) AS d", quote_ident(&rule.document_id), rule.query);
+        let stmt = tx.prepare(&query).await.map_err(sql("preparing the document query"))?;
+        if work.rebuild_all {
+            // A dependent table was truncated: every document may have changed.
+            let (schema, table) = &rule.table;
+            let declare = format!(
+                "DECLARE walcast_roots NO SCROLL CURSOR FOR SELECT ({})::text FROM {}.{}",
+                quote_ident(&rule.root_key),
+                quote_ident(schema),
+                quote_ident(table)
+            );
+            tx.batch_execute(&declare).await.map_err(sql("listing every root id"))?;
+            loop {
+                let rows = tx.query(&format!("FETCH {} FROM walcast_roots", rule.max_ids), &[]).await.map_err(sql("listing every root id"))?;
+                if rows.is_empty() {
+                    break;
+                }
+                let ids: Vec<String> = rows.iter().filter_map(|r| r.try_get::<_, Option<String>>(0).ok().flatten()).collect();
+                let built = Self::build(tx, &stmt, &ids).await?;
+                out.write_actions(actions(&ids, built, action)).await.map_err(sink)?;
+            }
+            tx.batch_execute("CLOSE walcast_roots").await.map_err(sql("listing every root id"))?;
+        }
+        let roots: Vec<String> = roots.into_iter().collect();
+        for ids in roots.chunks(rule.max_ids) {
+            let built = Self::build(tx, &stmt, ids).await?;
+            out.write_actions(actions(ids, built, action)).await.map_err(sink)?;
+        }
+        Ok(())
+    }
+
+    async fn build(tx: &Transaction<'_>, stmt: &tokio_postgres::Statement, ids: &[String]) -> Result<Built, (String, Failure)> {
+        let rows = tx.query(stmt, &[&KeyArray(ids)]).await.map_err(|e| ("running the document query".to_string(), Failure::Sql(e)))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: Option<String> = row.try_get(0).map_err(|e| ("reading the document id".to_string(), Failure::Sql(e)))?;
+            let doc: String = row.try_get(1).map_err(|e| ("reading the document".to_string(), Failure::Sql(e)))?;
+            if let Some(id) = id {
+                out.push((id, doc));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A failure inside the read transaction: from SQL (to classify) or from writing (as is).
+#[derive(Debug)]
+enum Failure {
+    Sql(tokio_postgres::Error),
+    Sink(SinkError),
+}
+
+/// Where rebuilt documents are sent (the sink's `write_actions`).
+pub(super) trait WriteActions: Send {
+    /// Write these actions (and dead-letter the rejected ones) until all are done.
+    fn write_actions(&mut self, routed: Vec<Routed>) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Index every built document; delete the root ids the query returned nothing for.
+fn actions(ids: &[String], built: Built, action: &impl Fn(String, EsOp) -> EsAction) -> Vec<Routed> {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut found = std::collections::HashSet::with_capacity(built.len());
+    for (id, doc) in built {
+        found.insert(id.clone());
+        out.push(Ok(action(id, EsOp::Index(doc.into_bytes()))));
+    }
+    for id in ids {
+        if !found.contains(id) {
+            out.push(Ok(action(id.clone(), EsOp::Delete)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_text_parses() {
+        let u = parse_uuid("3d825f60-9fff-4dfe-b294-1a45fa1e115d").expect("valid");
+        assert_eq!(u[0], 0x3d);
+        assert_eq!(u[15], 0x5d);
+        assert!(parse_uuid("nope").is_err());
+        assert!(parse_uuid("3d825f60-9fff-4dfe-b294-1a45fa1e11zz").is_err());
+    }
+
+    #[test]
+    fn missing_roots_become_deletes() {
+        let origin = crate::route::Origin { lsn: crate::lsn::Lsn(1), commit_lsn: crate::lsn::Lsn(2), table: Arc::from("r"), change: None };
+        let act = |id: String, op: EsOp| EsAction { index: Arc::from("i"), id, version: 2, op, origin: origin.clone() };
+        let out = actions(&["a".into(), "b".into()], vec![("a".into(), "{}".into())], &act);
+        let ops: Vec<(String, &str)> = out.iter().map(|r| r.as_ref().map(|a| (a.id.clone(), a.op.as_str())).expect("ok")).collect();
+        assert_eq!(ops, [("a".to_string(), "index"), ("b".to_string(), "delete")]);
+    }
+}

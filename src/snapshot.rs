@@ -1,0 +1,239 @@
+//! Snapshot: load the rows that exist before streaming starts (DESIGN.md "Snapshot",
+//! docs/snapshot.md). Rows are read chunk by chunk in primary-key order inside the slot's
+//! exported snapshot, turned into [`Op::Read`] changes with `commit_lsn` = the consistent point,
+//! and handed to the sinks like streamed batches. Progress is saved after each chunk every sink
+//! has written, so an interrupted snapshot resumes from the last finished chunk.
+
+mod reader;
+mod state;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use self::reader::TableRef;
+use self::reader::{Reader, TableReader};
+pub use self::state::{SnapshotState, Status};
+use crate::config::Config;
+use crate::lsn::Lsn;
+use crate::metrics::{Metrics, TableLabel};
+use crate::pipeline::PipelineError;
+use crate::sink::{Batch, SinkError, SinkReport, SnapshotPart};
+use crate::source::{connect_sql, ConnParams, SourceError};
+
+/// How a load ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every table was loaded and written by every sink.
+    Done,
+    /// Shutdown was requested: what the sinks wrote is recorded; the next run resumes.
+    Interrupted,
+}
+
+/// The sinks a snapshot writes to: their queues, and the reports coming back.
+pub struct SinkHandles<'a> {
+    /// One queue per sink.
+    pub queues: &'a [mpsc::Sender<Arc<Batch>>],
+    /// Reports of every sink.
+    pub reports: &'a mut mpsc::UnboundedReceiver<SinkReport>,
+    /// Called before each batch is queued (the pipeline counts batches in flight).
+    pub on_dispatch: &'a (dyn Fn() + Sync),
+}
+
+/// The tables a snapshot loads for this config: every table of the publication when a sink
+/// takes every table (JSON lines, Kafka); otherwise the tables the Elasticsearch rules read
+/// (flat tables and document root tables). Sorted, without duplicates.
+pub async fn tables_to_load(config: &Config, client: &tokio_postgres::Client) -> Result<Vec<TableRef>, SourceError> {
+    let mut out = Vec::new();
+    if config.sinks.jsonl.is_some() || config.sinks.kafka.is_some() {
+        let rows = client
+            .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&config.source.publication])
+            .await
+            .map_err(|e| SourceError::Query(format!("listing the publication's tables: {e}")))?;
+        for row in rows {
+            out.push(TableRef { schema: row.get(0), table: row.get(1) });
+        }
+    }
+    if let Some(es) = &config.sinks.elasticsearch {
+        let names = es.tables.iter().map(|t| t.table.as_str()).chain(es.documents.iter().map(|d| d.table.as_str()));
+        out.extend(names.filter_map(TableRef::parse));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// One chunk handed to the sinks and not yet written by all of them.
+struct Pending {
+    chunk: u64,
+    table: usize,
+    /// Key of the chunk's last row (resume after it), `None` for a table without a primary key.
+    after: Option<Vec<String>>,
+    rows: u64,
+    last_of_table: bool,
+    acks: usize,
+}
+
+/// Load `tables` at `point` and hand them to the sinks. `exported` is the slot's exported
+/// snapshot while its session lives; without it (resuming) a fresh snapshot is read, which is
+/// safe because streaming then replays every change after `point` over it. `state` (when given)
+/// records progress after each finished chunk and tells where to resume.
+#[allow(clippy::too_many_arguments)]
+pub async fn load(
+    config: &Config,
+    params: &ConnParams,
+    tables: &[TableRef],
+    point: Lsn,
+    exported: Option<&str>,
+    mut state: Option<&mut SnapshotState>,
+    sinks: SinkHandles<'_>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, PipelineError> {
+    let started = Instant::now();
+    let client = connect_sql(params).await?;
+    let mut reader = Reader::begin(client, exported).await?;
+    let exported: Option<Arc<str>> = exported.map(Arc::from);
+    let commit_ts = pg_now_micros();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut next_chunk = 0u64;
+    let mut total_rows = 0u64;
+    let mut outcome = Outcome::Done;
+    tracing::info!(tables = tables.len(), %point, exported = exported.is_some(), "snapshot started");
+
+    'tables: for (ti, table) in tables.iter().enumerate() {
+        let name = table.to_string();
+        let resume = state.as_deref().and_then(|s| s.table(&name).cloned()).unwrap_or_default();
+        if resume.done {
+            tracing::info!(table = %name, rows = resume.rows, "snapshot table already loaded");
+            continue;
+        }
+        let mut tr: TableReader = reader.table(table, resume.after.clone()).await?;
+        let counter = metrics.snapshot_rows.get_or_create(&TableLabel { table: name.clone() }).clone();
+        let mut rows_done = resume.rows;
+        let mut last_log = Instant::now();
+        tracing::info!(table = %name, estimated_rows = tr.estimated_rows(), resumed_after_rows = resume.rows, "snapshot table started");
+        loop {
+            if shutdown.is_cancelled() {
+                outcome = Outcome::Interrupted;
+                break 'tables;
+            }
+            let chunk = reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts).await?;
+            let rows = chunk.changes.len() as u64;
+            let last_of_table = rows < config.snapshot.chunk_rows as u64;
+            counter.inc_by(rows);
+            rows_done += rows;
+            total_rows += rows;
+            let batch = Arc::new(Batch {
+                changes: chunk.changes,
+                checkpoint: None,
+                snapshot: Some(SnapshotPart { chunk: next_chunk, exported: exported.clone() }),
+            });
+            pending.push_back(Pending { chunk: next_chunk, table: ti, after: chunk.after, rows: rows_done, last_of_table, acks: 0 });
+            next_chunk += 1;
+            for queue in sinks.queues {
+                (sinks.on_dispatch)();
+                // A sink that stopped has dropped its queue: the send fails, its report says why.
+                if queue.send(Arc::clone(&batch)).await.is_err() {
+                    return Err(stopped_sink(sinks.reports));
+                }
+            }
+            while let Ok(report) = sinks.reports.try_recv() {
+                absorb(Some(report), &mut pending, sinks.queues.len(), tables, &mut state)?;
+            }
+            if last_log.elapsed() >= Duration::from_secs(2) || last_of_table {
+                last_log = Instant::now();
+                tracing::info!(table = %name, rows = rows_done, estimated_rows = tr.estimated_rows(), "snapshot progress");
+            }
+            if last_of_table {
+                break;
+            }
+        }
+    }
+    drop(reader);
+    // Wait until the sinks have written everything handed to them.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(config.pipeline.shutdown_timeout_ms);
+    while !pending.is_empty() {
+        let report = if outcome == Outcome::Interrupted {
+            tokio::select! {
+                r = sinks.reports.recv() => r,
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if outcome == Outcome::Done => { outcome = Outcome::Interrupted; continue; }
+                r = sinks.reports.recv() => r,
+            }
+        };
+        if report.is_none() {
+            return Err(stopped_sink(sinks.reports));
+        }
+        absorb(report, &mut pending, sinks.queues.len(), tables, &mut state)?;
+    }
+    match outcome {
+        Outcome::Done => {
+            if let Some(s) = state.as_deref_mut() {
+                s.status = Status::Done;
+                s.save().map_err(snapshot_state_error)?;
+            }
+            tracing::info!(rows = total_rows, tables = tables.len(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot finished");
+        }
+        Outcome::Interrupted => {
+            tracing::warn!(rows = total_rows, "snapshot interrupted; the next start resumes after the last chunk every sink wrote");
+        }
+    }
+    Ok(outcome)
+}
+
+/// Count one sink report against the pending chunks; record every chunk all sinks wrote.
+fn absorb(
+    report: Option<SinkReport>,
+    pending: &mut VecDeque<Pending>,
+    sinks: usize,
+    tables: &[TableRef],
+    state: &mut Option<&mut SnapshotState>,
+) -> Result<(), PipelineError> {
+    match report {
+        Some(SinkReport::SnapshotChunk { chunk, .. }) => {
+            if let Some(p) = pending.iter_mut().find(|p| p.chunk == chunk) {
+                p.acks += 1;
+            }
+        }
+        Some(SinkReport::Failed { error, .. }) => return Err(error.into()),
+        Some(SinkReport::Durable { .. }) | None => {}
+    }
+    // Sinks write in order, so finished chunks are at the front.
+    while pending.front().is_some_and(|p| p.acks >= sinks) {
+        let Some(p) = pending.pop_front() else { break };
+        if let Some(s) = state.as_deref_mut() {
+            s.record(&tables[p.table].to_string(), p.after, p.rows, p.last_of_table);
+            s.save().map_err(snapshot_state_error)?;
+        }
+    }
+    Ok(())
+}
+
+fn stopped_sink(reports: &mut mpsc::UnboundedReceiver<SinkReport>) -> PipelineError {
+    while let Ok(report) = reports.try_recv() {
+        if let SinkReport::Failed { error, .. } = report {
+            return error.into();
+        }
+    }
+    SinkError::Fatal { sink: "snapshot", reason: "a sink stopped (see the error reported before this one)".into() }.into()
+}
+
+fn snapshot_state_error(e: std::io::Error) -> PipelineError {
+    SinkError::Fatal { sink: "snapshot", reason: format!("cannot save snapshot progress: {e}; check snapshot.state_dir is writable") }.into()
+}
+
+/// Now, in Postgres's timestamp unit (microseconds since 2000-01-01 UTC): the commit time of
+/// snapshot rows.
+fn pg_now_micros() -> i64 {
+    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(unix.as_micros()).unwrap_or(i64::MAX) - PG_EPOCH_UNIX_SECS * 1_000_000
+}

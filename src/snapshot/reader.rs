@@ -1,0 +1,232 @@
+//! Reading tables for a snapshot: one REPEATABLE READ transaction (inside the exported snapshot
+//! when there is one), keyset chunks in primary-key order. Every column is read through its
+//! type's output function, so a value's text is exactly what pgoutput would have streamed and
+//! the decoder's text -> JSON rules apply unchanged.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio_postgres::Client;
+
+use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
+use crate::lsn::Lsn;
+use crate::source::{quote_ident, SourceError};
+
+/// A table, `schema.table`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableRef {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+}
+
+impl TableRef {
+    /// `schema.table` (as written in the config) -> a table; `None` without a dot.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (schema, table) = s.split_once('.')?;
+        Some(Self { schema: schema.to_string(), table: table.to_string() })
+    }
+
+    fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// The read transaction.
+pub(super) struct Reader {
+    client: Client,
+    cursors: usize,
+}
+
+/// One table being read.
+pub(super) struct TableReader {
+    relation: Arc<Relation>,
+    estimated_rows: i64,
+    /// Positions of the primary-key columns in key order (empty: no primary key).
+    key: Vec<usize>,
+    /// First chunk (no lower bound) and next chunks (`$1..$k` = the previous chunk's last key).
+    first: String,
+    next: String,
+    after: Option<Vec<String>>,
+    /// Cursor name, for a table without a primary key.
+    cursor: Option<String>,
+    seq: u64,
+}
+
+/// Rows of one chunk as changes, and the key to resume after.
+pub(super) struct Chunk {
+    pub changes: Vec<Change>,
+    pub after: Option<Vec<String>>,
+}
+
+fn query_error(what: &str, e: &tokio_postgres::Error) -> SourceError {
+    match e.as_db_error() {
+        Some(db) => SourceError::Query(format!("snapshot: {what}: {} (SQLSTATE {})", db.message(), db.code().code())),
+        None => SourceError::Transient(format!("snapshot: {what}: {e}")),
+    }
+}
+
+impl Reader {
+    /// Open the read transaction on `client`, importing `exported` when given.
+    pub(super) async fn begin(client: Client, exported: Option<&str>) -> Result<Self, SourceError> {
+        let mut sql = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;");
+        if let Some(name) = exported {
+            // A name Postgres made; checked since it is spliced.
+            if !name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                return Err(SourceError::Query(format!("snapshot: unexpected snapshot name {name:?}")));
+            }
+            sql.push_str(&format!("SET TRANSACTION SNAPSHOT '{name}';"));
+        }
+        client.batch_execute(&sql).await.map_err(|e| query_error("starting the read transaction", &e))?;
+        Ok(Self { client, cursors: 0 })
+    }
+
+    /// Describe `table` and prepare its chunk queries; resume after `after` when given.
+    pub(super) async fn table(&mut self, table: &TableRef, after: Option<Vec<String>>) -> Result<TableReader, SourceError> {
+        let name = table.quoted();
+        let rel = self
+            .client
+            .query_opt("SELECT c.oid::int8, c.relreplident::text, c.reltuples::int8 FROM pg_class c WHERE c.oid = $1::text::regclass", &[&name])
+            .await
+            .map_err(|e| query_error(&format!("describing {table}"), &e))?
+            .ok_or_else(|| SourceError::Query(format!("snapshot: table {table} not found")))?;
+        let oid = u32::try_from(rel.get::<_, i64>(0)).unwrap_or_default();
+        let identity = match rel.get::<_, String>(1).as_str() {
+            "f" => ReplicaIdentity::Full,
+            "n" => ReplicaIdentity::Nothing,
+            "i" => ReplicaIdentity::Index,
+            _ => ReplicaIdentity::Default,
+        };
+        let cols = self
+            .client
+            .query(
+                "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, \
+                        quote_ident(pn.nspname) || '.' || quote_ident(p.proname), \
+                        pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                        COALESCE(array_position(i.indkey::int2[], a.attnum) - array_lower(i.indkey::int2[], 1) + 1, 0) \
+                 FROM pg_attribute a \
+                 JOIN pg_type t ON t.oid = a.atttypid \
+                 JOIN pg_proc p ON p.oid = t.typoutput \
+                 JOIN pg_namespace pn ON pn.oid = p.pronamespace \
+                 LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+                 WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+                 ORDER BY a.attnum",
+                &[&name],
+            )
+            .await
+            .map_err(|e| query_error(&format!("describing the columns of {table}"), &e))?;
+        let mut columns = Vec::with_capacity(cols.len());
+        let mut outputs = Vec::with_capacity(cols.len());
+        let mut keyed: Vec<(i32, usize, String)> = Vec::new();
+        for (i, c) in cols.iter().enumerate() {
+            let col_name: String = c.get(0);
+            let key_pos: i32 = c.get(5);
+            if key_pos > 0 {
+                keyed.push((key_pos, i, c.get(4)));
+            }
+            outputs.push(format!("{}({})::text", c.get::<_, String>(3), quote_ident(&col_name)));
+            columns.push(Column {
+                key: key_pos > 0,
+                name: col_name,
+                type_oid: u32::try_from(c.get::<_, i64>(1)).unwrap_or_default(),
+                type_modifier: c.get(2),
+            });
+        }
+        keyed.sort();
+        let key: Vec<usize> = keyed.iter().map(|(_, i, _)| *i).collect();
+        let key_cols: Vec<String> = key.iter().map(|&i| quote_ident(&columns[i].name)).collect();
+        let select = format!("SELECT {} FROM {name}", outputs.join(", "));
+        let order = key_cols.join(", ");
+        let bounds: Vec<String> = keyed.iter().enumerate().map(|(n, (_, _, ty))| format!("${}::text::{ty}", n + 1)).collect();
+        let (first, next) = if key.is_empty() {
+            (select.clone(), select)
+        } else {
+            (format!("{select} ORDER BY {order} LIMIT $1"), format!("{select} WHERE ({order}) > ({}) ORDER BY {order} LIMIT ${}", bounds.join(", "), key.len() + 1))
+        };
+        let relation = Arc::new(Relation { oid, schema: table.schema.clone(), table: table.table.clone(), replica_identity: identity, columns });
+        let cursor = if key.is_empty() {
+            tracing::warn!(table = %table, "table has no primary key: its snapshot is read with a cursor and restarts from the beginning if interrupted");
+            self.cursors += 1;
+            let cursor = format!("walcast_snapshot_{}", self.cursors);
+            self.client
+                .batch_execute(&format!("DECLARE {cursor} NO SCROLL CURSOR FOR {first}"))
+                .await
+                .map_err(|e| query_error(&format!("reading {table}"), &e))?;
+            Some(cursor)
+        } else {
+            None
+        };
+        Ok(TableReader { relation, estimated_rows: rel.get(2), key, first, next, after: if cursor.is_some() { None } else { after }, cursor, seq: 0 })
+    }
+
+    /// Read the next chunk of at most `limit` rows as [`Op::Read`] changes at `point`.
+    pub(super) async fn next_chunk(&mut self, t: &mut TableReader, limit: usize, point: Lsn, commit_ts: i64) -> Result<Chunk, SourceError> {
+        let what = || format!("reading {}.{}", t.relation.schema, t.relation.table);
+        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = if let Some(cursor) = &t.cursor {
+            self.client.query(&format!("FETCH {limit} FROM {cursor}"), &[]).await
+        } else {
+            match &t.after {
+                None => self.client.query(&t.first, &[&limit_i64]).await,
+                Some(after) => {
+                    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = after.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                    params.push(&limit_i64);
+                    self.client.query(&t.next, &params).await
+                }
+            }
+        }
+        .map_err(|e| query_error(&what(), &e))?;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut values = Vec::with_capacity(t.relation.columns.len());
+            for i in 0..t.relation.columns.len() {
+                let v: Option<&str> = row.try_get(i).map_err(|e| query_error(&what(), &e))?;
+                values.push(match v {
+                    Some(s) => Datum::Text(Bytes::copy_from_slice(s.as_bytes())),
+                    None => Datum::Null,
+                });
+            }
+            changes.push(Change {
+                lsn: point,
+                commit_lsn: point,
+                xid: 0,
+                commit_ts,
+                seq: t.seq,
+                relation: Arc::clone(&t.relation),
+                op: Op::Read,
+                old: None,
+                new: Some(values),
+                truncate: TruncateOptions::default(),
+            });
+            t.seq += 1;
+        }
+        if t.cursor.is_none() {
+            if let Some(last) = rows.last() {
+                let key: Result<Vec<String>, _> = t.key.iter().map(|&i| row_text(last, i)).collect();
+                t.after = Some(key.map_err(|e| query_error(&what(), &e))?);
+            }
+        }
+        Ok(Chunk { changes, after: t.after.clone() })
+    }
+}
+
+impl TableReader {
+    /// Postgres's row estimate (`reltuples`; -1 when never analyzed).
+    pub(super) fn estimated_rows(&self) -> i64 {
+        self.estimated_rows
+    }
+}
+
+/// (int2vector subscripts start at 0, hence the position arithmetic in the column query.)
+fn row_text(row: &tokio_postgres::Row, i: usize) -> Result<String, tokio_postgres::Error> {
+    // Primary-key columns are never NULL.
+    row.try_get::<_, Option<String>>(i).map(Option::unwrap_or_default)
+}

@@ -197,6 +197,17 @@ async fn check(config: &Config) -> ExitCode {
     findings.extend(crate::sink::kafka::kafka_findings(config, &params).await);
     // Elasticsearch sink: cluster reachable, credentials accepted, indexes exist or can be created.
     findings.extend(crate::sink::elasticsearch::elasticsearch_findings(config).await);
+    // Document rules: queries prepare, root id columns exist and survive deletes.
+    if let Some(es) = config.sinks.elasticsearch.as_ref().filter(|es| !es.documents.is_empty()) {
+        match connect_sql(&params).await {
+            Ok(client) => findings.extend(crate::sink::elasticsearch::document_findings(&es.documents, &client).await),
+            Err(e) => findings.push(crate::source::Finding::fail(format!("document rules: cannot connect to Postgres: {e}"), "see the source findings above")),
+        }
+    }
+    // Snapshot progress must be writable where it is kept.
+    if config.snapshot.mode == crate::config::SnapshotMode::Initial {
+        findings.push(snapshot_dir_finding(&config.snapshot.state_dir));
+    }
     let mut failed = false;
     for f in &findings {
         let tag = match f.severity {
@@ -218,6 +229,18 @@ async fn check(config: &Config) -> ExitCode {
     } else {
         println!("check passed");
         ExitCode::SUCCESS
+    }
+}
+
+fn snapshot_dir_finding(dir: &Path) -> crate::source::Finding {
+    let probe = dir.join(".walcast-check");
+    let writable = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&probe, b"ok")).and_then(|()| std::fs::remove_file(&probe));
+    match writable {
+        Ok(()) => crate::source::Finding::ok(format!("snapshot.state_dir {} is writable", dir.display())),
+        Err(e) => crate::source::Finding::fail(
+            format!("snapshot.state_dir {} is not writable: {e}", dir.display()),
+            "point snapshot.state_dir at a writable directory that survives restarts (a persistent volume in containers)",
+        ),
     }
 }
 

@@ -37,6 +37,7 @@ pub async fn run(port: u16, interval_ms: u64, shutdown: CancellationToken) -> an
     db.batch_execute(SCHEMA_SQL).await.context("loading sql/demo/schema.sql")?;
     db.batch_execute(DATA_SQL).await.context("loading sql/demo/data.sql")?;
 
+    let state_dir = dir.join("walcast-state").display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
     let config = Config::parse(
         &format!(
             r#"
@@ -52,6 +53,10 @@ tables = ["content.*"]
 [sinks.jsonl]
 path = "-"
 
+[snapshot]
+# The sample rows come first (op "read"), then the workload's changes.
+state_dir = "{state_dir}"
+
 [metrics]
 # Any free port: the demo must start even where 9187 is taken (the log line names the port).
 listen = "127.0.0.1:0"
@@ -59,6 +64,7 @@ listen = "127.0.0.1:0"
         ),
         Path::new("<demo>"),
     )?;
+    // (state_dir is inside the throwaway cluster's directory, removed with it.)
     eprintln!("walcast demo: streaming changes of schema content as JSON lines; Ctrl-C stops and cleans up");
 
     let workload = tokio::spawn(run_workload(db, Duration::from_millis(interval_ms.max(1)), shutdown.clone()));

@@ -176,7 +176,7 @@ pub async fn load(
     }
     match outcome {
         Outcome::Done => {
-            if let Some(s) = state.as_deref_mut() {
+            if let Some(s) = state {
                 s.status = Status::Done;
                 s.save().map_err(snapshot_state_error)?;
             }

@@ -534,6 +534,12 @@ index = "orders"
         assert!(es.indexes.contains_key("orders") && es.dead_letter.is_some() && es.tables.len() == 1);
         let rule = &es.tables[0];
         assert_eq!(rule.rename.get("total").map(String::as_str), Some("amount"));
+        let doc = es.documents.first().expect("a document rule");
+        assert_eq!((doc.name.as_str(), doc.dependents.len()), ("orders_with_lines", 2));
+        assert!(doc.query.contains("ANY($1)"));
+        for field in ["name", "root_key", "document_id", "max_ids", "query", "root_id_column", "key_column", "root_ids_query"] {
+            assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.elasticsearch.documents[].{field}");
+        }
         for field in [
             "url", "username", "password_env", "ca_file", "gzip", "request_timeout_ms", "connect_timeout_ms", "bulk_max_actions",
             "bulk_max_bytes", "create_indexes", "mapping_file", "table", "index", "id_columns", "include", "exclude", "rename", "ops",
@@ -543,6 +549,27 @@ index = "orders"
         }
         for field in ["password_file", "api_key_env"] {
             assert!(text.contains(&format!("\n## {field} = ")), "the example does not mention sinks.elasticsearch.{field}");
+        }
+    }
+
+    #[test]
+    fn invalid_document_rules_name_their_field() {
+        const DOC_RULE: &str = "[[sinks.elasticsearch.documents]]\nname = \"films\"\nindex = \"films\"\ntable = \"public.f\"\nroot_key = \"id\"\nquery = \"SELECT id FROM public.f WHERE id = ANY($1)\"\n";
+        assert!(parse(&format!("{ES_ONLY}{DOC_RULE}")).is_ok());
+        let cases: Vec<(String, &str)> = vec![
+            (DOC_RULE.replace("ANY($1)", "ANY($2)"), "sinks.elasticsearch.documents[0].query"),
+            (DOC_RULE.replace("name = \"films\"", "name = \"\""), "sinks.elasticsearch.documents[0].name"),
+            (DOC_RULE.replace("index = \"films\"", "index = \"orders\""), "sinks.elasticsearch.documents[0].index"),
+            (format!("{DOC_RULE}[[sinks.elasticsearch.documents.dependents]]\ntable = \"public.l\"\n"), "sinks.elasticsearch.documents[0].dependents[0].root_id_column"),
+            (
+                format!("{DOC_RULE}[[sinks.elasticsearch.documents.dependents]]\ntable = \"public.p\"\nroot_ids_query = \"SELECT 1 WHERE 2 = ANY($1)\"\n"),
+                "sinks.elasticsearch.documents[0].dependents[0].key_column",
+            ),
+            (format!("{DOC_RULE}max_ids = 0\n"), "sinks.elasticsearch.documents[0].max_ids"),
+        ];
+        for (extra, field) in cases {
+            let err = parse(&format!("{ES_ONLY}{extra}")).expect_err(field).to_string();
+            assert!(err.contains(field), "{field}: {err}");
         }
     }
 

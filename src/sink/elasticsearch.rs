@@ -29,6 +29,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub use check::elasticsearch_findings;
+pub(crate) use document::document_findings;
 pub use client::{EsClient, EsError};
 
 use self::bulk::{classify, parse_answer, write_item, BulkKind, ItemOutcome};

@@ -7,13 +7,16 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio_postgres::{Client, Row};
 
 use crate::es_support::Es;
-use crate::support::{describe, json_diff, repo_root};
+use crate::support::{describe, json_diff, repo_root, toml_str, TestDb, Walcast};
 
 /// At most this many lines of details from [`diff`] (after its summary line).
 const DIFF_LINES: usize = 20;
@@ -175,4 +178,230 @@ fn clip(s: &str, max_chars: usize) -> String {
         Some((i, _)) => format!("{}...", &s[..i]),
         None => s.to_string(),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// walcast on the movies dataset
+
+/// The v2 index definition: `$WALCAST_MOVIES_INDEX_JSON`, else the shared dataset directory
+/// beside this checkout.
+pub fn mapping_file() -> PathBuf {
+    match std::env::var("WALCAST_MOVIES_INDEX_JSON") {
+        Ok(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join("../shared/datasets/movies/es_movies_index_v2.json"),
+    }
+}
+
+/// What a test changes in `config/movies.toml` besides the connection, names and paths.
+#[derive(Debug, Clone, Default)]
+pub struct MoviesOptions {
+    /// `[snapshot] chunk_rows` (walcast's default when `None`).
+    pub chunk_rows: Option<usize>,
+    /// `[snapshot] mode` (`initial` as in the shipped file when `None`).
+    pub snapshot_mode: Option<&'static str>,
+    /// Extra lines inside `[sinks.elasticsearch]`, e.g. `request_timeout_ms = 2000`.
+    pub es_lines: String,
+    /// Extra sections appended at the end, e.g. `[sinks.elasticsearch.dead_letter]`.
+    pub extra: String,
+}
+
+/// `config/movies.toml` (read from the repository) for a test: `[source]` points at `db` (its
+/// database, slot and publication; no password), `[snapshot]` gets `state_dir`, the
+/// Elasticsearch URL is `es_url`, the index `movies` becomes `index` (its `mapping_file` the
+/// absolute [`mapping_file`]), plus `[metrics] listen = "127.0.0.1:0"`, a debug log and short
+/// retry delays. The document rule (query, dependents) is the shipped one, untouched. Panics if
+/// a line it must replace is not found exactly once (the shipped file changed shape).
+pub fn movies_config(db: &TestDb, es_url: &str, index: &str, state_dir: &Path, opts: &MoviesOptions) -> String {
+    let path = repo_root().join("config/movies.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mapping = mapping_file();
+    assert!(mapping.is_file(), "the v2 index definition is not at {} (set WALCAST_MOVIES_INDEX_JSON)", mapping.display());
+    let mapping = mapping.canonicalize().expect("canonical mapping path");
+
+    let mut out = String::new();
+    let mut section = String::new();
+    let mut in_string = false;
+    let mut replaced: BTreeMap<String, usize> = BTreeMap::new();
+    for line in text.lines() {
+        if in_string {
+            in_string = line.matches("\"\"\"").count() % 2 == 0;
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            section = trimmed.trim_matches(|c| c == '[' || c == ']').to_string();
+            if section == "sinks.elasticsearch.indexes.movies" {
+                let _ = writeln!(out, "[sinks.elasticsearch.indexes.{}]", toml_str(index));
+                *replaced.entry("indexes.movies".into()).or_default() += 1;
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let key = trimmed.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+        let value = match (section.as_str(), key) {
+            ("source", "host") => Some(toml_str(&db.url.host)),
+            ("source", "port") => Some(db.url.port.to_string()),
+            ("source", "database") => Some(toml_str(&db.url.database)),
+            ("source", "user") => Some(toml_str(&db.url.user)),
+            ("source", "slot") => Some(toml_str(&db.slot)),
+            ("source", "publication") => Some(toml_str(&db.publication)),
+            ("source", "password_env" | "password_file") => Some(String::new()),
+            ("snapshot", "mode") => Some(toml_str(opts.snapshot_mode.unwrap_or("initial"))),
+            ("sinks.elasticsearch", "url") => Some(toml_str(es_url)),
+            ("sinks.elasticsearch.indexes.movies", "mapping_file") => Some(toml_str(&mapping.to_string_lossy())),
+            ("sinks.elasticsearch.documents", "index") => Some(toml_str(index)),
+            _ => None,
+        };
+        match value {
+            Some(v) => {
+                *replaced.entry(format!("{section}.{key}")).or_default() += 1;
+                if !v.is_empty() {
+                    let _ = writeln!(out, "{key} = {v}");
+                }
+                match (section.as_str(), key) {
+                    ("source", "publication") => out.push_str("status_interval_ms = 200\n"),
+                    ("snapshot", "mode") => {
+                        let _ = writeln!(out, "state_dir = {}", toml_str(&state_dir.to_string_lossy()));
+                        if let Some(n) = opts.chunk_rows {
+                            let _ = writeln!(out, "chunk_rows = {n}");
+                        }
+                    }
+                    ("sinks.elasticsearch", "url") => {
+                        out.push_str(&opts.es_lines);
+                        out.push('\n');
+                    }
+                    _ => {}
+                }
+            }
+            None => {
+                in_string = line.matches("\"\"\"").count() % 2 == 1;
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    for key in [
+        "source.host",
+        "source.port",
+        "source.database",
+        "source.user",
+        "source.slot",
+        "source.publication",
+        "snapshot.mode",
+        "sinks.elasticsearch.url",
+        "indexes.movies",
+        "sinks.elasticsearch.indexes.movies.mapping_file",
+        "sinks.elasticsearch.documents.index",
+    ] {
+        assert_eq!(replaced.get(key).copied(), Some(1), "{}: expected exactly one `{key}` to replace", path.display());
+    }
+    let _ = write!(
+        out,
+        "\n[retry]\ninitial_ms = 50\nmax_ms = 1000\n\n[log]\nlevel = \"walcast=debug\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n{}\n",
+        opts.extra
+    );
+    out
+}
+
+/// A `walcast run` (not started) with [`movies_config`]: config, log and `state/` (the
+/// snapshot's `state_dir`) in the runner's temporary directory.
+pub fn movies_walcast(db: &TestDb, es_url: &str, index: &str, opts: &MoviesOptions) -> Walcast {
+    let wc = Walcast::new(db);
+    let state = state_dir(&wc);
+    std::fs::create_dir_all(&state).expect("state dir");
+    std::fs::write(&wc.config_path, movies_config(db, es_url, index, &state, opts)).expect("write config");
+    wc
+}
+
+/// The snapshot `state_dir` of a [`movies_walcast`].
+pub fn state_dir(wc: &Walcast) -> PathBuf {
+    wc.config_path.parent().expect("config dir").join("state")
+}
+
+/// The snapshot progress file of `wc` (`snapshot-SLOT.json`), parsed, if it exists and is
+/// complete (it is replaced atomically, so a read never sees half a file).
+pub fn snapshot_state(wc: &Walcast, db: &TestDb) -> Option<Value> {
+    let text = std::fs::read_to_string(state_dir(wc).join(format!("snapshot-{}.json", db.slot))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Database, index and walcast for one test: a fresh database with the movies dataset loaded,
+/// no index of that name on `es_url`.
+pub async fn movies_db(test: &str, es_url: &str, index: &str) -> TestDb {
+    let es = Es::new(es_url);
+    es.drop_leftovers().await;
+    es.delete_index(index).await;
+    let db = TestDb::create(test).await;
+    load_movies(&db.url.to_url());
+    db
+}
+
+/// `_source` of the documents `ids` (after `_refresh`; realtime `_mget`), absent ones left out.
+pub async fn fetch_ids(es_url: &str, index: &str, ids: &[String]) -> BTreeMap<String, Value> {
+    let es = Es::new(es_url);
+    es.refresh(index).await;
+    let (s, v) = es.request(reqwest::Method::POST, &format!("/{index}/_mget"), Some(json!({ "ids": ids }))).await;
+    assert_eq!(s, 200, "_mget {index}: {v}");
+    v["docs"]
+        .as_array()
+        .map(|docs| {
+            docs.iter()
+                .filter(|d| d["found"] == json!(true))
+                .map(|d| (d["_id"].as_str().unwrap_or("").to_string(), d["_source"].clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ids whose expected document differs between `before` and `after` (changed, added, removed).
+pub fn changed_ids(before: &BTreeMap<String, Value>, after: &BTreeMap<String, Value>) -> Vec<String> {
+    let ids: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    ids.into_iter().filter(|id| before.get(*id) != after.get(*id)).cloned().collect()
+}
+
+/// Poll (each time `_refresh`, then every document) until the index holds exactly `expected`;
+/// returns how long it took. Panics after `timeout` with [`diff`] and the walcast log tail.
+pub async fn wait_index_equals(
+    es_url: &str,
+    index: &str,
+    expected: &BTreeMap<String, Value>,
+    timeout: Duration,
+    wc: &Walcast,
+    what: &str,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let actual = fetch_all(es_url, index).await;
+        let d = diff(expected, &actual);
+        if d.is_empty() {
+            return started.elapsed();
+        }
+        if started.elapsed() >= timeout {
+            panic!("{what}: the index {index} does not equal the expectation after {timeout:?}:\n{}\n{}", d.join("\n"), wc.log_tail(40));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The expectation recomputed from SQL, then [`wait_index_equals`]; returns the expectation.
+pub async fn assert_index_matches_sql(
+    client: &Client,
+    es_url: &str,
+    index: &str,
+    timeout: Duration,
+    wc: &Walcast,
+    what: &str,
+) -> BTreeMap<String, Value> {
+    let expected = expected_documents(client).await;
+    wait_index_equals(es_url, index, &expected, timeout, wc, what).await;
+    expected
+}
+
+/// One text value from SQL (first column of the first row).
+pub async fn sql_text(client: &Client, sql: &str) -> String {
+    crate::support::query_text(client, sql).await.unwrap_or_else(|| panic!("no value from {sql}"))
 }

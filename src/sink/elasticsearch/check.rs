@@ -58,9 +58,9 @@ pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
             return out;
         }
     };
-    if es.tables.is_empty() {
+    if es.tables.is_empty() && es.documents.is_empty() {
         out.push(Finding::warn(
-            "elasticsearch: no [[sinks.elasticsearch.tables]] rule, so nothing is written",
+            "elasticsearch: no [[sinks.elasticsearch.tables]] or [[sinks.elasticsearch.documents]] rule, so nothing is written",
             "add a rule: table = \"schema.table\", index = \"name\"",
         ));
     }

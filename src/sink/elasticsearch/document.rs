@@ -33,6 +33,14 @@ fn element_supported(ty: &Type) -> bool {
     [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME, Type::UUID, Type::INT2, Type::INT4, Type::INT8].contains(ty)
 }
 
+/// `uuid` for `uuid[]`, for messages.
+fn element_name(ty: &Type) -> String {
+    match ty.kind() {
+        Kind::Array(e) => e.name().to_string(),
+        _ => ty.name().to_string(),
+    }
+}
+
 fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
     let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
     let mut out = [0u8; 16];
@@ -227,6 +235,88 @@ impl DocumentBuilder {
             }
         }
         Ok(out)
+    }
+}
+
+/// `walcast check` for document rules: each query prepares (so `$1` gets a type walcast can
+/// bind), the root key and `root_id_column`s exist, and a `root_id_column` survives a DELETE
+/// (REPLICA IDENTITY FULL, or part of the primary key).
+pub(crate) async fn document_findings(rules: &[crate::config::EsDocumentRule], client: &Client) -> Vec<crate::source::Finding> {
+    use crate::source::Finding;
+    let mut out = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let field = format!("sinks.elasticsearch.documents[{i}]");
+        let wrapped = format!("SELECT (d.{})::text, row_to_json(d)::text FROM ({}) AS d", quote_ident(&rule.document_id), rule.query);
+        match client.prepare(&wrapped).await {
+            Ok(stmt) => match stmt.params().first() {
+                Some(ty) if <KeyArray<'_> as ToSql>::accepts(ty) => {
+                    out.push(Finding::ok(format!("document rule {:?}: query prepares ($1 is {}[])", rule.name, element_name(ty))))
+                }
+                other => out.push(Finding::fail(
+                    format!("document rule {:?}: $1 of {field}.query is {}", rule.name, other.map_or("missing".to_string(), Type::to_string)),
+                    "walcast binds $1 as an array of text, varchar, uuid, smallint, integer or bigint; cast in the query, e.g. `WHERE t.id::text = ANY($1::text[])`",
+                )),
+            },
+            Err(e) => out.push(Finding::fail(
+                format!("document rule {:?}: {field}.query does not prepare (it must return a `{}` column): {}", rule.name, rule.document_id, sql_message(&e)),
+                "fix the query; try it in psql with PREPARE q(uuid[]) AS ... ; EXECUTE q(ARRAY[...])",
+            )),
+        }
+        out.extend(column_finding(client, &rule.name, &rule.table, &rule.root_key, false).await);
+        for (j, d) in rule.dependents.iter().enumerate() {
+            if let Some(column) = &d.root_id_column {
+                out.extend(column_finding(client, &rule.name, &d.table, column, true).await);
+            }
+            if let Some(query) = &d.root_ids_query {
+                let wrapped = format!("SELECT r.root_id::text FROM ({query}) AS r(root_id)");
+                match client.prepare(&wrapped).await {
+                    Ok(_) => {}
+                    Err(e) => out.push(Finding::fail(
+                        format!("document rule {:?}: {field}.dependents[{j}].root_ids_query does not prepare: {}", rule.name, sql_message(&e)),
+                        "fix the query; it gets the changed rows' key_column values in $1 and returns root ids in its first column",
+                    )),
+                }
+                if let Some(key) = &d.key_column {
+                    out.extend(column_finding(client, &rule.name, &d.table, key, false).await);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The server's message for a failed statement (or the connection error).
+fn sql_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
+}
+
+/// Whether `table.column` exists; with `on_delete`, whether a DELETE's old row carries it.
+async fn column_finding(client: &Client, rule: &str, table: &str, column: &str, on_delete: bool) -> Option<crate::source::Finding> {
+    use crate::source::Finding;
+    let (schema, name) = table.split_once('.')?;
+    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let row = client
+        .query_opt(
+            "SELECT c.relreplident::text, \
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary AND a.attnum = ANY(i.indkey)) \
+             FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
+             WHERE c.oid = to_regclass($1)",
+            &[&qualified, &column],
+        )
+        .await;
+    match row {
+        Err(e) => Some(Finding::fail(format!("document rule {rule:?}: cannot inspect {table}: {e}"), "grant SELECT on the table and USAGE on its schema to the walcast role")),
+        Ok(None) => Some(Finding::fail(format!("document rule {rule:?}: {table} has no column {column:?} (or the table does not exist)"), "fix the table or column name in the rule")),
+        Ok(Some(r)) => {
+            let identity: String = r.get(0);
+            let in_key: bool = r.get(1);
+            (on_delete && identity != "f" && !in_key).then(|| {
+                Finding::fail(
+                    format!("document rule {rule:?}: a DELETE on {table} does not carry {column:?} (REPLICA IDENTITY is not FULL), so the affected document would not be rebuilt"),
+                    format!("ALTER TABLE {qualified} REPLICA IDENTITY FULL"),
+                )
+            })
+        }
     }
 }
 

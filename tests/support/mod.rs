@@ -371,13 +371,20 @@ pub fn toml_str(s: &str) -> String {
 
 /// A config file for `db` (slot, publication and database of the test) writing to `out`.
 pub fn config_toml(url: &PgUrl, slot: &str, publication: &str, out: &Path, opts: &Options) -> String {
+    // Snapshot progress beside the output, never in the working directory.
+    let snapshot = if opts.extra.contains("[snapshot]") {
+        String::new()
+    } else {
+        let state = out.parent().unwrap_or(Path::new(".")).join("state");
+        format!("[snapshot]\nstate_dir = {}\n", toml_str(&state.to_string_lossy()))
+    };
     format!(
         "[source]\nhost = {host}\nport = {port}\ndatabase = {db}\nuser = {user}\nslot = {slot}\npublication = {publication}\n\
          status_interval_ms = 200\n{source}\n\n\
          [retry]\ninitial_ms = 50\nmax_ms = 1000\n\n\
          [sinks.jsonl]\npath = {out}\n\n\
          [log]\nlevel = \"walcast=debug\"\n\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\n{extra}\n",
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\n{snapshot}{extra}\n",
         host = toml_str(&url.host),
         port = url.port,
         db = toml_str(&url.database),

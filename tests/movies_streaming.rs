@@ -223,7 +223,6 @@ async fn admin_edits_stream_into_the_documents() {
     eprintln!("movies streaming latency ms: {} (rename_genre rebuilt {genre_films} films; {} documents at the end)", summary.join(", "), docs.len());
 
     wc.stop().await;
-    eprintln!("KEEP {:?}", wc.keep_files());
     db.drop().await;
     Es::new(&es_url).delete_index(&index).await;
 }

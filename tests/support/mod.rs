@@ -548,6 +548,18 @@ impl Walcast {
         }
     }
 
+    /// Wait until the log contains `text` (e.g. "streaming").
+    pub async fn wait_log(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !std::fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).contains(text)).unwrap_or(false) {
+            if !self.is_running() {
+                panic!("walcast exited with {:?} before logging {text:?}\n{}", self.child_status(), self.log_tail(60));
+            }
+            assert!(Instant::now() < deadline, "walcast did not log {text:?} within {timeout:?}\n{}", self.log_tail(60));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn child_status(&mut self) -> Option<ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok()?;
         if status.is_some() {

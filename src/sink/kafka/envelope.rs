@@ -412,10 +412,13 @@ mod tests {
         assert_eq!(v["source"]["table"], "orders");
     }
 
-    /// Snapshot rows do not exist yet in the pipeline; the envelope takes the op and the
-    /// snapshot marker as parameters so they can be emitted with `r` and "true"/"last".
+    /// A snapshot row (`Op::Read`) is `r` with `source.snapshot = "true"`; the marker is also a
+    /// parameter so "last" can be emitted.
     #[test]
     fn snapshot_rows_are_op_r_with_snapshot_marker() {
+        let read = change(Op::Read, None, Some(vec![text("1"), text("a"), text("1")]));
+        let v = value(&Event::streamed(&read), None);
+        assert_eq!((v["op"].clone(), v["source"]["snapshot"].clone(), v["before"].clone()), (json!("r"), json!("true"), Value::Null));
         let c = change(Op::Insert, None, Some(vec![text("1"), text("a"), text("1")]));
         for (marker, expected) in [(SnapshotMarker::True, "true"), (SnapshotMarker::Last, "last")] {
             let v = value(&Event::with_op(&c, EventOp::Read, marker), None);

@@ -159,9 +159,27 @@ async fn stream_slot(
         let on_dispatch = || {
             in_flight.batches.fetch_add(1, Ordering::AcqRel);
         };
-        let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
-        let exported = snap.exported.as_ref().map(|e| e.name.as_str());
-        let outcome = crate::snapshot::load(config, &params, &snap.tables, start.lsn, exported, Some(&mut snap.state), handles, &metrics, &shutdown).await?;
+        let outcome = loop {
+            let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
+            let exported = snap.exported.as_ref().map(|e| e.name.as_str());
+            match crate::snapshot::load(config, &params, &snap.tables, start.lsn, exported, Some(&mut snap.state), handles, &metrics, &shutdown).await {
+                Ok(outcome) => break outcome,
+                // Postgres went away: resume from the last recorded chunk in a fresh snapshot
+                // (the exported one died with its session).
+                Err(e) if e.is_retryable() => {
+                    snap.exported = None;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "snapshot interrupted by an error, resuming");
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return Ok(RunSummary { confirmed: start.lsn }),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        backoff.reset();
         // Ends the exporting session; the snapshot is no longer needed.
         drop(snap.exported);
         if outcome == crate::snapshot::Outcome::Interrupted {

@@ -24,6 +24,9 @@ use crate::pipeline::PipelineError;
 use crate::sink::{Batch, SinkError, SinkReport, SnapshotPart};
 use crate::source::{connect_sql, ConnParams, SourceError};
 
+/// First chunk number of the next load (each load takes a range of 2^32).
+static NEXT_CHUNK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// How a load ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -99,7 +102,8 @@ pub async fn load(
     let exported: Option<Arc<str>> = exported.map(Arc::from);
     let commit_ts = pg_now_micros();
     let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut next_chunk = 0u64;
+    // Unique across attempts: reports of an abandoned attempt's chunks may still arrive.
+    let mut next_chunk = NEXT_CHUNK.fetch_add(1 << 32, std::sync::atomic::Ordering::Relaxed);
     let mut total_rows = 0u64;
     let mut outcome = Outcome::Done;
     tracing::info!(tables = tables.len(), %point, exported = exported.is_some(), "snapshot started");

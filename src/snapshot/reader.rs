@@ -69,6 +69,10 @@ pub(super) struct Chunk {
 
 fn query_error(what: &str, e: &tokio_postgres::Error) -> SourceError {
     match e.as_db_error() {
+        // The server is shutting down or out of connections: worth resuming.
+        Some(db) if ["08", "57P", "53300"].iter().any(|c| db.code().code().starts_with(c)) => {
+            SourceError::Transient(format!("snapshot: {what}: {}", db.message()))
+        }
         Some(db) => SourceError::Query(format!("snapshot: {what}: {} (SQLSTATE {})", db.message(), db.code().code())),
         None => SourceError::Transient(format!("snapshot: {what}: {e}")),
     }

@@ -17,6 +17,9 @@ use crate::route::index::Routed;
 use crate::route::{EsAction, EsOp, RuleWork};
 use crate::source::{self, connect_sql, quote_ident, ConnParams};
 
+/// What failed when `SET TRANSACTION SNAPSHOT` did.
+const IMPORT: &str = "importing the exported snapshot";
+
 /// Builds documents for the rules; holds one SQL connection, opened on first use and again
 /// after it fails.
 pub(super) struct DocumentBuilder {
@@ -142,6 +145,13 @@ impl DocumentBuilder {
         if work.roots.is_empty() && work.lookups.iter().all(|l| l.is_empty()) && !work.rebuild_all {
             return Ok(());
         }
+        self.read_and_write(rule, work, exported, out).await
+    }
+
+    /// The read transaction of [`Self::rebuild`]: lookups, then documents chunk by chunk.
+    async fn read_and_write<W: WriteActions>(&mut self, rule: &DocumentRule, work: &RuleWork, exported: Option<&str>, out: &mut W) -> Result<(), SinkError> {
+        let origin = work.origin(rule);
+        let action = |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
         let outcome = {
             let client = self.client().await?;
             match client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await {
@@ -156,6 +166,12 @@ impl DocumentBuilder {
         match outcome {
             Ok(()) => Ok(()),
             Err((_, Failure::Sink(e))) => Err(e),
+            // The exporting session ended (its snapshot can no longer be imported): read the
+            // current rows instead, which is safe since the stream replays every later change.
+            Err((what, Failure::Sql(e))) if exported.is_some() && what == IMPORT && !self.client.as_ref().is_none_or(Client::is_closed) => {
+                tracing::warn!(rule = %rule.name, error = %sql_message(&e), "exported snapshot gone; building from the current rows");
+                Box::pin(self.read_and_write(rule, work, None, out)).await
+            }
             Err((what, Failure::Sql(e))) => Err(self.sql_error(rule, &what, &e)),
         }
     }
@@ -176,7 +192,7 @@ impl DocumentBuilder {
         if let Some(name) = exported {
             // A name Postgres made (hex digits and dashes); checked since it is spliced.
             if name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-                tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{name}'")).await.map_err(sql("importing the exported snapshot"))?;
+                tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{name}'")).await.map_err(sql(IMPORT))?;
             }
         }
         let mut roots = work.roots.clone();

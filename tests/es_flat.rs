@@ -259,3 +259,37 @@ async fn check_reports_the_cluster_and_indexes() {
         es.delete_index(i).await;
     }
 }
+
+/// Rows that exist when walcast creates the slot reach a flat index through the snapshot, with
+/// version = the slot's consistent point; a change streamed afterwards has a higher version and
+/// replaces the snapshot's document.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_loads_existing_rows_into_a_flat_index() {
+    let url = es_url();
+    let es = Es::new(&url);
+    let index = index_name("snapflat");
+    es.delete_index(&index).await;
+    let db = TestDb::create("es_snapflat").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 2500) g").await;
+    db.create_publication(&["items"]).await;
+    let extra = es_section(&url, &format!("[[sinks.elasticsearch.tables]]\ntable = \"public.items\"\nindex = \"{index}\"\n"));
+    let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });
+    wc.start(); // no slot yet: walcast creates it and loads the table first
+    let lines = wc.wait_lines(2500, WAIT).await;
+    assert!(lines.iter().all(|l| l["op"] == "read"));
+    let point = commit_lsn(&lines[0]);
+    es.wait_doc(&index, "2500", ES_WAIT, |d| d.is_some()).await;
+    let (doc, version) = es.doc_with_version(&index, "1").await.expect("document 1");
+    assert_eq!(doc, json!({"id": 1, "v": "v1"}));
+    assert_eq!(version, point.0, "snapshot writes carry the consistent point as version");
+    assert_eq!(es.all(&index).await.len(), 2500);
+    exec(&sql, "UPDATE items SET v = 'streamed' WHERE id = 1").await;
+    let doc = es.wait_doc(&index, "1", ES_WAIT, |d| d.is_some_and(|d| d["v"] == "streamed")).await;
+    assert!(doc.is_some());
+    let (_, version) = es.doc_with_version(&index, "1").await.expect("document 1");
+    assert!(version > point.0, "the streamed change has a higher version");
+    wc.stop().await;
+    db.drop().await;
+    es.delete_index(&index).await;
+}

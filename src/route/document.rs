@@ -67,6 +67,8 @@ pub struct RuleWork {
     pub lsn: Lsn,
     /// Changes whose root id could not be found, with the reason.
     pub rejected: Vec<Rejected>,
+    /// Transactions of those changes: the rebuild must see every one of them committed.
+    pub xids: BTreeSet<u32>,
 }
 
 impl RuleWork {
@@ -151,6 +153,9 @@ impl DocumentRules {
                     Trigger::Lookup { rule, key_column, .. } => (*rule, key_column.as_str()),
                 };
                 let w = &mut work[rule];
+                if change.op != Op::Read {
+                    w.xids.insert(change.xid);
+                }
                 w.version = w.version.max(change.commit_lsn);
                 w.lsn = w.lsn.max(change.lsn);
                 if change.op == Op::Truncate {

@@ -1,7 +1,10 @@
 //! Support of the tests on the movies dataset (`/work/shared/datasets/movies`, the online course's
 //! admin catalogue): load it into a test database with `scripts/load-movies`, derive the expected
 //! v2 document of every film in Rust from plain SELECTs of the five `content` tables (on purpose
-//! independent of the query in `config/movies.toml`), read an index back, and diff the two.
+//! independent of the query in `config/movies.toml`), read an index back, and diff the two;
+//! and run walcast on it: `movies_config` (config/movies.toml pointed at a test database, index
+//! and state_dir), `movies_walcast`, the snapshot progress file, waiting until an index equals
+//! the expectation.
 //!
 //! Needs `mod support;` and `mod es_support;` in the test crate too.
 #![allow(dead_code)]
@@ -332,10 +335,15 @@ pub fn snapshot_state(wc: &Walcast, db: &TestDb) -> Option<Value> {
 /// Database, index and walcast for one test: a fresh database with the movies dataset loaded,
 /// no index of that name on `es_url`.
 pub async fn movies_db(test: &str, es_url: &str, index: &str) -> TestDb {
+    movies_db_on(&crate::support::pg_url(), test, es_url, index).await
+}
+
+/// [`movies_db`] on another cluster (the chaos cluster).
+pub async fn movies_db_on(server: &crate::support::PgUrl, test: &str, es_url: &str, index: &str) -> TestDb {
     let es = Es::new(es_url);
     es.drop_leftovers().await;
     es.delete_index(index).await;
-    let db = TestDb::create(test).await;
+    let db = TestDb::create_on(server, test).await;
     load_movies(&db.url.to_url());
     db
 }

@@ -152,11 +152,39 @@ impl DocumentBuilder {
     async fn read_and_write<W: WriteActions>(&mut self, rule: &DocumentRule, work: &RuleWork, exported: Option<&str>, out: &mut W) -> Result<(), SinkError> {
         let origin = work.origin(rule);
         let action = |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            match self.read_once(rule, work, exported, out, &action).await {
+                Err(ReadOutcome::NotVisible) => {
+                    // Commits become visible microseconds after they are flushed (a synchronous
+                    // standby round trip with synchronous replication): poll briefly.
+                    let pause = std::time::Duration::from_millis(if waited.as_millis() < 20 { 1 } else { 10 });
+                    waited += pause;
+                    if waited.as_millis() % 10_000 < pause.as_millis() && waited.as_secs() >= 10 {
+                        tracing::warn!(rule = %rule.name, waited_s = waited.as_secs(), "a streamed transaction is still not visible to other sessions (synchronous standby not answering?)");
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(ReadOutcome::Failed(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+
+    /// One attempt of [`Self::read_and_write`].
+    async fn read_once<W: WriteActions>(
+        &mut self,
+        rule: &DocumentRule,
+        work: &RuleWork,
+        exported: Option<&str>,
+        out: &mut W,
+        action: &impl Fn(String, EsOp) -> EsAction,
+    ) -> Result<(), ReadOutcome> {
         let outcome = {
-            let client = self.client().await?;
+            let client = self.client().await.map_err(ReadOutcome::Failed)?;
             match client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await {
                 Err(e) => Err(("starting the read transaction".to_string(), Failure::Sql(e))),
-                Ok(tx) => match Self::rebuild_in(&tx, rule, work, exported, &action, out).await {
+                Ok(tx) => match Self::rebuild_in(&tx, rule, work, exported, action, out).await {
                     Ok(()) => tx.commit().await.map_err(|e| ("committing the read transaction".to_string(), Failure::Sql(e))),
                     // Dropping the transaction rolls it back.
                     Err(e) => Err(e),
@@ -165,14 +193,15 @@ impl DocumentBuilder {
         };
         match outcome {
             Ok(()) => Ok(()),
-            Err((_, Failure::Sink(e))) => Err(e),
+            Err((_, Failure::NotVisible)) => Err(ReadOutcome::NotVisible),
+            Err((_, Failure::Sink(e))) => Err(ReadOutcome::Failed(e)),
             // The exporting session ended (its snapshot can no longer be imported): read the
             // current rows instead, which is safe since the stream replays every later change.
             Err((what, Failure::Sql(e))) if exported.is_some() && what == IMPORT && !self.client.as_ref().is_none_or(Client::is_closed) => {
                 tracing::warn!(rule = %rule.name, error = %sql_message(&e), "exported snapshot gone; building from the current rows");
-                Box::pin(self.read_and_write(rule, work, None, out)).await
+                Box::pin(self.read_and_write(rule, work, None, out)).await.map_err(ReadOutcome::Failed)
             }
-            Err((what, Failure::Sql(e))) => Err(self.sql_error(rule, &what, &e)),
+            Err((what, Failure::Sql(e))) => Err(ReadOutcome::Failed(self.sql_error(rule, &what, &e))),
         }
     }
 
@@ -193,6 +222,21 @@ impl DocumentBuilder {
             // A name Postgres made (hex digits and dashes); checked since it is spliced.
             if name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
                 tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{name}'")).await.map_err(sql(IMPORT))?;
+            }
+        }
+        // The walsender can send a transaction before other sessions see it committed (between
+        // its WAL flush and its ProcArray removal, or while a synchronous standby is awaited).
+        // Built from a snapshot that misses it, a document would carry the new version with old
+        // rows for good; so check first and let the caller retry with a new snapshot.
+        if exported.is_none() && !work.xids.is_empty() {
+            let xids: Vec<i64> = work.xids.iter().map(|&x| i64::from(x)).collect();
+            let visible: bool = tx
+                .query_one(VISIBLE_SQL, &[&xids])
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(sql("checking that the batch's transactions are visible"))?;
+            if !visible {
+                return Err((String::new(), Failure::NotVisible));
             }
         }
         let mut roots = work.roots.clone();
@@ -336,11 +380,29 @@ async fn column_finding(client: &Client, rule: &str, table: &str, column: &str, 
     }
 }
 
-/// A failure inside the read transaction: from SQL (to classify) or from writing (as is).
+/// A failure inside the read transaction: from SQL (to classify) or from writing (as is), or a
+/// snapshot that does not yet see every transaction of the batch (retry).
 #[derive(Debug)]
 enum Failure {
     Sql(tokio_postgres::Error),
     Sink(SinkError),
+    NotVisible,
+}
+
+/// Whether every xid in `$1` (32-bit, as bigint) is visible in the transaction's snapshot. The
+/// xids are widened with the snapshot's epoch: an xid above the low half of xmax belongs to the
+/// previous epoch. (`txid_*`: available on every supported Postgres.)
+const VISIBLE_SQL: &str = "SELECT coalesce(bool_and(txid_visible_in_snapshot(\
+    CASE WHEN (x.hi | v.xid) >= x.xmax THEN (x.hi | v.xid) - 4294967296 ELSE x.hi | v.xid END, x.snap)), true) \
+    FROM (SELECT s AS snap, txid_snapshot_xmax(s) AS xmax, txid_snapshot_xmax(s) & ~4294967295::int8 AS hi \
+          FROM txid_current_snapshot() s) x, unnest($1::int8[]) AS v(xid)";
+
+/// How one read attempt ended, when not in success.
+enum ReadOutcome {
+    /// The snapshot missed a transaction of the batch: try again.
+    NotVisible,
+    /// A failure to report.
+    Failed(SinkError),
 }
 
 /// Where rebuilt documents are sent (the sink's `write_actions`).

@@ -128,7 +128,7 @@ impl ElasticsearchSink {
             None => DeadLetters::None,
         };
         metrics.dead_letters.get_or_create(&SinkLabel { sink: NAME.into() }).inc_by(0);
-        tracing::info!(url = %client.base(), rules = cfg.tables.len(), gzip = cfg.gzip, "elasticsearch sink ready");
+        tracing::info!(url = %client.base(), rules = cfg.tables.len(), document_rules = cfg.documents.len(), gzip = cfg.gzip, "elasticsearch sink ready");
         Ok(Self {
             client,
             rules: FlatRules::new(&cfg.tables),
@@ -147,7 +147,7 @@ impl ElasticsearchSink {
 
     /// Give the document rules their Postgres connection settings (they read documents with SQL).
     pub fn with_source(mut self, params: ConnParams) -> Self {
-        self.builder = Some(DocumentBuilder::new(params));
+        self.builder = Some(DocumentBuilder::new(params, !self.documents.is_empty()));
         self
     }
 
@@ -172,11 +172,14 @@ impl ElasticsearchSink {
             }
             let started = Instant::now();
             let mut out = ChangesWriter { sink: self, changes: &batch.changes };
-            result = builder.rebuild(rule, work, exported.as_deref(), &mut out).await;
-            if result.is_err() {
-                break;
-            }
-            tracing::debug!(rule = %rule.name, roots = work.roots.len(), version = %work.version, elapsed_ms = started.elapsed().as_millis() as u64, "documents rebuilt");
+            let documents = match builder.rebuild(rule, work, exported.as_deref(), &mut out).await {
+                Ok(n) => n,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            tracing::debug!(rule = %rule.name, documents, version = %work.version, elapsed_ms = started.elapsed().as_millis() as u64, "documents rebuilt");
         }
         self.builder = Some(builder);
         result

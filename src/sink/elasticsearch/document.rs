@@ -17,6 +17,11 @@ use crate::route::index::Routed;
 use crate::route::{EsAction, EsOp, RuleWork};
 use crate::source::{self, connect_sql, quote_ident, ConnParams};
 
+/// A large rebuild is cut in about this many chunks, pipelined (see `rebuild_in`)...
+const PIPELINE_DEPTH: usize = 4;
+/// ...of at least this many root ids (smaller ones gain nothing from overlapping).
+const PIPELINE_MIN_IDS: usize = 64;
+
 /// What failed when `SET TRANSACTION SNAPSHOT` did.
 const IMPORT: &str = "importing the exported snapshot";
 
@@ -25,6 +30,8 @@ const IMPORT: &str = "importing the exported snapshot";
 pub(super) struct DocumentBuilder {
     params: ConnParams,
     client: Option<Client>,
+    /// The first connection, opened in the background.
+    connecting: Option<tokio::task::JoinHandle<Result<Client, crate::source::SourceError>>>,
 }
 
 /// Root ids (text) bound as `$1`: encoded as the array type the query needs. Text-like, uuid and
@@ -92,8 +99,14 @@ type Built = Vec<(String, String)>;
 
 impl DocumentBuilder {
     /// A builder connecting with `params` when first needed.
-    pub(super) fn new(params: ConnParams) -> Self {
-        Self { params, client: None }
+    /// With `warm`, start connecting now (inside a runtime), so the first batch, often a
+    /// snapshot's, does not wait for the connection.
+    pub(super) fn new(params: ConnParams, warm: bool) -> Self {
+        let connecting = warm.then(|| {
+            let params = params.clone();
+            tokio::spawn(async move { connect_sql(&params).await })
+        });
+        Self { params, client: None, connecting }
     }
 
     /// Map a SQL error to a sink error: connection trouble is retried; a query the server
@@ -117,7 +130,14 @@ impl DocumentBuilder {
 
     async fn client(&mut self) -> Result<&mut Client, SinkError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let client = connect_sql(&self.params).await.map_err(|e| {
+            let connected = match self.connecting.take() {
+                Some(task) => match task.await {
+                    Ok(result) => result,
+                    Err(_) => connect_sql(&self.params).await,
+                },
+                None => connect_sql(&self.params).await,
+            };
+            let client = connected.map_err(|e| {
                 if e.is_retryable() {
                     SinkError::Transient { sink: NAME, source: std::io::Error::other(format!("document rules: {e}")) }
                 } else {
@@ -133,7 +153,8 @@ impl DocumentBuilder {
     /// Rebuild what `work` asks of `rule`, handing each chunk of actions to `out` (which sends
     /// them before the next chunk is built, so memory stays bounded by `max_ids`). Everything is
     /// read in one REPEATABLE READ transaction, inside `exported` when given.
-    pub(super) async fn rebuild<W: WriteActions>(&mut self, rule: &DocumentRule, work: &RuleWork, exported: Option<&str>, out: &mut W) -> Result<(), SinkError> {
+    /// Returns how many root documents were rebuilt (or deleted).
+    pub(super) async fn rebuild<W: WriteActions>(&mut self, rule: &DocumentRule, work: &RuleWork, exported: Option<&str>, out: &mut W) -> Result<usize, SinkError> {
         let origin = work.origin(rule);
         let action = |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
         if !work.rejected.is_empty() {
@@ -143,13 +164,13 @@ impl DocumentBuilder {
             out.write_actions(vec![Ok(action(String::new(), EsOp::DeleteAll))]).await?;
         }
         if work.roots.is_empty() && work.lookups.iter().all(|l| l.is_empty()) && !work.rebuild_all {
-            return Ok(());
+            return Ok(0);
         }
         self.read_and_write(rule, work, exported, out).await
     }
 
     /// The read transaction of [`Self::rebuild`]: lookups, then documents chunk by chunk.
-    async fn read_and_write<W: WriteActions>(&mut self, rule: &DocumentRule, work: &RuleWork, exported: Option<&str>, out: &mut W) -> Result<(), SinkError> {
+    async fn read_and_write<W: WriteActions>(&mut self, rule: &DocumentRule, work: &RuleWork, exported: Option<&str>, out: &mut W) -> Result<usize, SinkError> {
         let origin = work.origin(rule);
         let action = |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
         let mut waited = std::time::Duration::ZERO;
@@ -166,7 +187,7 @@ impl DocumentBuilder {
                     tokio::time::sleep(pause).await;
                 }
                 Err(ReadOutcome::Failed(e)) => return Err(e),
-                Ok(()) => return Ok(()),
+                Ok(n) => return Ok(n),
             }
         }
     }
@@ -179,20 +200,20 @@ impl DocumentBuilder {
         exported: Option<&str>,
         out: &mut W,
         action: &impl Fn(String, EsOp) -> EsAction,
-    ) -> Result<(), ReadOutcome> {
+    ) -> Result<usize, ReadOutcome> {
         let outcome = {
             let client = self.client().await.map_err(ReadOutcome::Failed)?;
             match client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await {
                 Err(e) => Err(("starting the read transaction".to_string(), Failure::Sql(e))),
                 Ok(tx) => match Self::rebuild_in(&tx, rule, work, exported, action, out).await {
-                    Ok(()) => tx.commit().await.map_err(|e| ("committing the read transaction".to_string(), Failure::Sql(e))),
+                    Ok(n) => tx.commit().await.map(|()| n).map_err(|e| ("committing the read transaction".to_string(), Failure::Sql(e))),
                     // Dropping the transaction rolls it back.
                     Err(e) => Err(e),
                 },
             }
         };
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(n) => Ok(n),
             Err((_, Failure::NotVisible)) => Err(ReadOutcome::NotVisible),
             Err((_, Failure::Sink(e))) => Err(ReadOutcome::Failed(e)),
             // The exporting session ended (its snapshot can no longer be imported): read the
@@ -212,7 +233,7 @@ impl DocumentBuilder {
         exported: Option<&str>,
         action: &impl Fn(String, EsOp) -> EsAction,
         out: &mut W,
-    ) -> Result<(), (String, Failure)> {
+    ) -> Result<usize, (String, Failure)> {
         let sql = |what: &str| {
             let what = what.to_string();
             move |e: tokio_postgres::Error| (what, Failure::Sql(e))
@@ -255,6 +276,7 @@ impl DocumentBuilder {
         }
         let query = format!("SELECT (d.{})::text, row_to_json(d)::text FROM ({}) AS d", quote_ident(&rule.document_id), rule.query);
         let stmt = tx.prepare(&query).await.map_err(sql("preparing the document query"))?;
+        let mut rebuilt_all = 0;
         if work.rebuild_all {
             // A dependent table was truncated: every document may have changed.
             let (schema, table) = &rule.table;
@@ -271,17 +293,33 @@ impl DocumentBuilder {
                     break;
                 }
                 let ids: Vec<String> = rows.iter().filter_map(|r| r.try_get::<_, Option<String>>(0).ok().flatten()).collect();
+                rebuilt_all += ids.len();
                 let built = Self::build(tx, &stmt, &ids).await?;
                 out.write_actions(actions(&ids, built, action)).await.map_err(sink)?;
             }
             tx.batch_execute("CLOSE walcast_roots").await.map_err(sql("listing every root id"))?;
         }
         let roots: Vec<String> = roots.into_iter().collect();
-        for ids in roots.chunks(rule.max_ids) {
-            let built = Self::build(tx, &stmt, ids).await?;
-            out.write_actions(actions(ids, built, action)).await.map_err(sink)?;
+        let rebuilt = roots.len() + rebuilt_all;
+        // A large rebuild goes in a few chunks so that building one overlaps sending the one
+        // before (the query and `_bulk` then cost about the longer of the two, not the sum).
+        let per = roots.len().div_ceil(PIPELINE_DEPTH).max(PIPELINE_MIN_IDS).min(rule.max_ids);
+        let mut ready: Option<Vec<Routed>> = None;
+        for ids in roots.chunks(per) {
+            let send = async {
+                match ready.take() {
+                    Some(a) => out.write_actions(a).await,
+                    None => Ok(()),
+                }
+            };
+            let (built, sent) = tokio::join!(Self::build(tx, &stmt, ids), send);
+            sent.map_err(sink)?;
+            ready = Some(actions(ids, built?, action));
         }
-        Ok(())
+        if let Some(a) = ready {
+            out.write_actions(a).await.map_err(sink)?;
+        }
+        Ok(rebuilt)
     }
 
     async fn build(tx: &Transaction<'_>, stmt: &tokio_postgres::Statement, ids: &[String]) -> Result<Built, (String, Failure)> {

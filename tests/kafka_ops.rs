@@ -319,3 +319,42 @@ async fn every_operation_lands_on_its_topic_as_a_debezium_envelope() {
     wc.stop().await;
     db.drop().await;
 }
+
+/// Rows that exist when walcast creates the slot are published first as Debezium snapshot
+/// records: `op = "r"`, `source.snapshot = "true"`, no `before`, keyed like streamed rows, and no
+/// transaction records for them; then streaming continues with ordinary events.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_rows_are_read_events() {
+    let bootstrap = bootstrap();
+    let db = TestDb::create("kafka_snap").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE acct (id int PRIMARY KEY, balance int8 NOT NULL); INSERT INTO acct SELECT g, g * 10 FROM generate_series(1, 50) g").await;
+    db.create_publication(&["acct"]).await;
+    let prefix = db.name.clone();
+    let (topic, tx_topic) = (format!("{prefix}.public.acct"), format!("{prefix}.transaction"));
+    let extra = kafka_section(&bootstrap, &prefix, &format!("transaction_topic = \"{tx_topic}\"\n"));
+    let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });
+    wc.start(); // no slot yet: walcast creates it and snapshots
+    wc.wait_lines(50, WAIT).await;
+    exec(&sql, "UPDATE acct SET balance = 0 WHERE id = 7").await;
+    wc.wait_lines(51, WAIT).await;
+
+    let mut c = Collector::group(&bootstrap, &[&topic, &tx_topic]);
+    c.wait_until("50 snapshot records and the update", WAIT, |r| r.iter().filter(|r| r.topic == topic).count() >= 51);
+    let records = c.topic(&topic);
+    let (reads, rest) = records.split_at(50);
+    for r in reads {
+        assert_eq!(r.op(), Some("r"), "{r:?}");
+        assert_eq!(r.source("snapshot"), Some(&json!("true")));
+        let v = r.value.as_ref().expect("value");
+        assert!(v["before"].is_null() && v["after"]["balance"].as_i64() == v["after"]["id"].as_i64().map(|i| i * 10));
+        assert_eq!(r.key, Some(json!({"id": v["after"]["id"]})));
+        check_debezium_envelope(v).unwrap_or_else(|e| panic!("{e}: {v}"));
+    }
+    assert_eq!((rest[0].op(), rest[0].source("snapshot")), (Some("u"), Some(&json!("false"))));
+    // Transaction records only for the streamed update: one BEGIN and one END.
+    let tx_records = c.topic(&tx_topic);
+    assert_eq!(tx_records.len(), 2, "{tx_records:?}");
+    wc.stop().await;
+    db.drop().await;
+}

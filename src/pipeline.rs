@@ -456,6 +456,10 @@ impl<S: Sink> Sink for Tracked<S> {
         self.inner.name()
     }
 
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        self.inner.prepare().await
+    }
+
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         let result = self.inner.write(batch).await;
         // A failed batch is offered again (or the pipeline stops): it stays in flight.

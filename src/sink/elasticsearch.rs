@@ -594,6 +594,10 @@ impl Sink for ElasticsearchSink {
         NAME
     }
 
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        self.ensure_indexes().await
+    }
+
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         let started = Instant::now();
         let mut routed = Vec::new();

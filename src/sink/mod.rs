@@ -51,6 +51,12 @@ pub trait Sink: Send + 'static {
     /// Make every change of `batch` durable, or fail without having lost anything: after an error
     /// the same batch is offered again (so a sink must tolerate seeing changes twice).
     fn write(&mut self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Get ready before the first batch (create indexes, connect), overlapping the source's own
+    /// setup. Retried like `write`. Default: nothing to do.
+    fn prepare(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// What went wrong in a sink.
@@ -127,6 +133,21 @@ pub async fn drive<S: Sink>(
     mut backoff: Backoff,
     metrics: Arc<Metrics>,
 ) {
+    loop {
+        match sink.prepare().await {
+            Ok(()) => break,
+            Err(error) if error.is_retryable() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(sink = sink.name(), %error, attempt = backoff.attempt(), delay_ms = delay.as_millis() as u64, "sink not ready, retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => {
+                let _ = reports.send(SinkReport::Failed { sink: index, error });
+                return;
+            }
+        }
+    }
+    backoff.reset();
     while let Some(batch) = batches.recv().await {
         loop {
             let started = std::time::Instant::now();

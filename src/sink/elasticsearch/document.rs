@@ -304,8 +304,11 @@ impl DocumentBuilder {
         // A large rebuild goes in a few chunks so that building one overlaps sending the one
         // before (the query and `_bulk` then cost about the longer of the two, not the sum).
         let per = roots.len().div_ceil(PIPELINE_DEPTH).max(PIPELINE_MIN_IDS).min(rule.max_ids);
+        // A small first chunk gets the first `_bulk` going sooner.
+        let first = roots.len().min(PIPELINE_MIN_IDS).min(per);
+        let (head, tail) = roots.split_at(first);
         let mut ready: Option<Vec<Routed>> = None;
-        for ids in roots.chunks(per) {
+        for ids in std::iter::once(head).filter(|h| !h.is_empty()).chain(tail.chunks(per)) {
             let send = async {
                 match ready.take() {
                     Some(a) => out.write_actions(a).await,

@@ -15,7 +15,7 @@ pub const DEFAULT_PORT: u16 = 54_400;
 /// Default pause between workload transactions.
 pub const DEFAULT_WORKLOAD_INTERVAL_MS: u64 = 500;
 
-const SCHEMA_SQL: &str = include_str!("../sql/demo/schema.sql");
+const SCHEMA_SQL: &str = include_str!("../sql/movies/schema.sql");
 const DATA_SQL: &str = include_str!("../sql/demo/data.sql");
 const WORKLOAD_SQL: &str = include_str!("../sql/demo/workload.sql");
 const DEMO_DB: &str = "walcast_demo";
@@ -34,7 +34,7 @@ pub async fn run(port: u16, interval_ms: u64, shutdown: CancellationToken) -> an
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DEMO_DB}")).await?;
     admin.batch_execute(&format!("CREATE DATABASE {DEMO_DB}")).await?;
     let db = connect(&format!("host=127.0.0.1 port={port} user=postgres dbname={DEMO_DB}")).await?;
-    db.batch_execute(SCHEMA_SQL).await.context("loading sql/demo/schema.sql")?;
+    db.batch_execute(SCHEMA_SQL).await.context("loading sql/movies/schema.sql")?;
     db.batch_execute(DATA_SQL).await.context("loading sql/demo/data.sql")?;
 
     let state_dir = dir.join("walcast-state").display().to_string().replace('\\', "\\\\").replace('"', "\\\"");

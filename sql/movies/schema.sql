@@ -1,5 +1,7 @@
--- The `content` schema of the online course's Django admin panel, for the movies dataset
--- (/work/shared/datasets/movies/db.sqlite; load it with scripts/load-movies DATABASE_URL).
+-- The `content` schema of the online course's Django admin panel: for the movies dataset
+-- (../shared/datasets/movies/db.sqlite; load it with scripts/load-movies DATABASE_URL), and for
+-- `walcast demo` / docker-compose with the sample in sql/demo/. No psql meta-commands: the demo
+-- sends this file as one simple-protocol query.
 -- Column names follow the course's Postgres schema: SQLite's created_at/updated_at become
 -- created/modified. Idempotent: every statement can run again on a loaded database.
 

@@ -162,7 +162,8 @@ async fn stream_slot(
         let outcome = loop {
             let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
             let exported = snap.exported.as_ref().map(|e| e.name.as_str());
-            match crate::snapshot::load(config, &params, &snap.tables, start.lsn, exported, Some(&mut snap.state), handles, &metrics, &shutdown).await {
+            let plan = crate::snapshot::LoadPlan { tables: &snap.tables, point: start.lsn, exported, state: Some(&mut snap.state) };
+            match crate::snapshot::load(config, &params, plan, handles, &metrics, &shutdown).await {
                 Ok(outcome) => break outcome,
                 // Postgres went away: resume from the last recorded chunk in a fresh snapshot
                 // (the exported one died with its session).
@@ -401,7 +402,8 @@ pub async fn snapshot_on_demand(config: &Config, target: &SnapshotTarget, shutdo
         in_flight.batches.fetch_add(1, Ordering::AcqRel);
     };
     let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
-    let outcome = crate::snapshot::load(config, &params, &[table], exported.point, Some(&exported.name), None, handles, &metrics, &shutdown).await;
+    let plan = crate::snapshot::LoadPlan { tables: &[table], point: exported.point, exported: Some(&exported.name), state: None };
+    let outcome = crate::snapshot::load(config, &params, plan, handles, &metrics, &shutdown).await;
     drop(exported);
     drop(queues);
     while tasks.join_next().await.is_some() {}

@@ -80,22 +80,30 @@ struct Pending {
     acks: usize,
 }
 
-/// Load `tables` at `point` and hand them to the sinks. `exported` is the slot's exported
-/// snapshot while its session lives; without it (resuming) a fresh snapshot is read, which is
-/// safe because streaming then replays every change after `point` over it. `state` (when given)
-/// records progress after each finished chunk and tells where to resume.
-#[allow(clippy::too_many_arguments)]
+/// What to load, and where progress goes.
+pub struct LoadPlan<'a> {
+    /// The tables, in order.
+    pub tables: &'a [TableRef],
+    /// The version of every write: the slot's consistent point.
+    pub point: Lsn,
+    /// The slot's exported snapshot while its session lives; without it (resuming) a fresh
+    /// snapshot is read, which is safe because streaming then replays every change after
+    /// `point` over it.
+    pub exported: Option<&'a str>,
+    /// Progress after each finished chunk, and where to resume (`None`: not recorded).
+    pub state: Option<&'a mut SnapshotState>,
+}
+
+/// Load the plan's tables and hand them to the sinks.
 pub async fn load(
     config: &Config,
     params: &ConnParams,
-    tables: &[TableRef],
-    point: Lsn,
-    exported: Option<&str>,
-    mut state: Option<&mut SnapshotState>,
+    plan: LoadPlan<'_>,
     sinks: SinkHandles<'_>,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<Outcome, PipelineError> {
+    let LoadPlan { tables, point, exported, mut state } = plan;
     let started = Instant::now();
     let client = connect_sql(params).await?;
     let mut reader = Reader::begin(client, exported).await?;

@@ -564,16 +564,21 @@ impl Config {
             return Err(ConfigError::invalid("ha.poll_ms", "must be between 100 and 60000"));
         }
         if self.heartbeat.mode == HeartbeatMode::Table {
-            match TableSelector::parse(&self.heartbeat.table) {
-                Ok(TableSelector::Table { .. }) => {}
-                _ => return Err(ConfigError::invalid("heartbeat.table", "must be `schema.table`")),
-            }
+            qualified_table("heartbeat.table", &self.heartbeat.table)?;
         }
         self.log
             .level
             .parse::<tracing_subscriber::EnvFilter>()
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
         Ok(())
+    }
+}
+
+/// `value` must name one table, `schema.table` (no wildcard); the error names `field`.
+pub(crate) fn qualified_table(field: &str, value: &str) -> Result<(), ConfigError> {
+    match TableSelector::parse(value) {
+        Ok(TableSelector::Table { .. }) => Ok(()),
+        _ => Err(ConfigError::invalid(field, "must be `schema.table`")),
     }
 }
 

@@ -156,9 +156,7 @@ async fn stream_slot(
     // ---- Snapshot (issue 3; src/snapshot.rs): existing rows first, then the stream from the
     // slot's consistent point. Interrupted: progress is saved, the next start resumes.
     if let Some(mut snap) = start.snapshot {
-        let on_dispatch = || {
-            in_flight.batches.fetch_add(1, Ordering::AcqRel);
-        };
+        let on_dispatch = || in_flight.add();
         let outcome = loop {
             let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
             let exported = snap.exported.as_ref().map(|e| e.name.as_str());
@@ -398,9 +396,7 @@ pub async fn snapshot_on_demand(config: &Config, target: &SnapshotTarget, shutdo
     slot.truncate(63);
     let exported = source::create_slot_exporting(&params, &slot, &config.source.publication, true).await?;
     tracing::info!(table = %table, point = %exported.point, "snapshot on demand");
-    let on_dispatch = || {
-        in_flight.batches.fetch_add(1, Ordering::AcqRel);
-    };
+    let on_dispatch = || in_flight.add();
     let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
     let plan = crate::snapshot::LoadPlan { tables: &[table], point: exported.point, exported: Some(&exported.name), state: None };
     let outcome = crate::snapshot::load(config, &params, plan, handles, &metrics, &shutdown).await;
@@ -442,6 +438,11 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// One more batch handed to one sink (the sink's `Tracked` wrapper takes it off).
+    fn add(&self) {
+        self.batches.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn is_idle(&self) -> bool {
         self.batches.load(Ordering::Acquire) == 0
     }
@@ -872,7 +873,7 @@ impl Streamer<'_> {
         self.checkpoint.on_dispatched(batch.checkpoint, self.batch_oldest_ts.take());
         self.update_lag();
         for queue in &self.queues {
-            self.in_flight.batches.fetch_add(1, Ordering::AcqRel);
+            self.in_flight.add();
             if queue.send(Arc::clone(&batch)).await.is_err() {
                 // The sink task ended, and sent its report before it dropped its queue: the
                 // report is either waiting here or was handled already (then the caller holds the

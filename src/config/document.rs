@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{ConfigError, TableSelector};
+use super::{qualified_table, ConfigError};
 
 /// Default number of root ids rebuilt by one query.
 pub const DEFAULT_DOCUMENT_MAX_IDS: usize = 1_000;
@@ -115,13 +115,6 @@ fn default_snapshot_chunk_rows() -> usize {
 }
 fn default_snapshot_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_SNAPSHOT_STATE_DIR)
-}
-
-fn qualified_table(field: &str, table: &str) -> Result<(), ConfigError> {
-    match TableSelector::parse(table) {
-        Ok(TableSelector::Table { .. }) => Ok(()),
-        _ => Err(ConfigError::invalid(field, "must be `schema.table`")),
-    }
 }
 
 /// Whether `query` uses the parameter `$1` (and no other).

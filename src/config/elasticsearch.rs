@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{default_true, read_secret, ConfigError, EsDocumentRule, TableSelector};
+use super::{default_true, qualified_table, read_secret, ConfigError, EsDocumentRule};
 
 /// Default timeout of one HTTP request to Elasticsearch.
 pub const DEFAULT_ES_REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -320,10 +320,7 @@ impl ElasticsearchSinkConfig {
         }
         for (i, rule) in self.tables.iter().enumerate() {
             let field = |name: &str| format!("sinks.elasticsearch.tables[{i}].{name}");
-            match TableSelector::parse(&rule.table) {
-                Ok(TableSelector::Table { .. }) => {}
-                _ => return Err(ConfigError::invalid(&field("table"), "must be `schema.table`")),
-            }
+            qualified_table(&field("table"), &rule.table)?;
             validate_index_name(&rule.index).map_err(|e| ConfigError::invalid(&field("index"), e))?;
             if let Some(cols) = &rule.id_columns {
                 if cols.is_empty() || cols.iter().any(|c| c.is_empty()) {

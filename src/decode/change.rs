@@ -247,22 +247,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Column, ReplicaIdentity};
-    use bytes::Bytes;
+    use crate::decode::fixtures::{self, text};
+    use crate::decode::ReplicaIdentity;
 
     fn rel() -> Arc<Relation> {
-        let col = |name: &str, key, type_oid| Column { key, name: name.into(), type_oid, type_modifier: -1 };
-        Arc::new(Relation {
-            oid: 16_384,
-            schema: "public".into(),
-            table: "t\"q".into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: vec![col("id", true, 23), col("body", false, 25), col("n", false, 23)],
-        })
-    }
-
-    fn text(s: &str) -> Datum {
-        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+        fixtures::relation("public", "t\"q", ReplicaIdentity::Default, &[("id", true, 23), ("body", false, 25), ("n", false, 23)])
     }
 
     fn render(c: &Change) -> serde_json::Value {
@@ -272,18 +261,7 @@ mod tests {
     }
 
     fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
-        Change {
-            lsn: Lsn(0x10),
-            commit_lsn: Lsn(0x1_0000_0020),
-            xid: 7,
-            commit_ts: 0,
-            seq: 3,
-            relation: rel(),
-            op,
-            old,
-            new,
-            truncate: TruncateOptions::default(),
-        }
+        Change { seq: 3, ..fixtures::change(rel(), op, old, new) }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! value until a sink renders it.
 
 mod change;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod pgoutput;
 #[cfg(test)]
 mod proptests;

@@ -573,6 +573,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::fixtures::text;
 
     /// Builds payloads field by field, as the server's `pq_send*` calls do.
     #[derive(Default)]
@@ -626,10 +627,6 @@ mod tests {
             Ok(m) => panic!("{b:?} parsed as {m:?}"),
             Err(e) => e,
         }
-    }
-
-    fn text(s: &str) -> Datum {
-        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
     }
 
     #[test]

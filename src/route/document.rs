@@ -47,7 +47,8 @@ enum Trigger {
 #[derive(Debug, Default)]
 pub struct DocumentRules {
     rules: Vec<Arc<DocumentRule>>,
-    by_table: HashMap<(String, String), Vec<Trigger>>,
+    /// Triggers by schema, then table (nested so a lookup borrows the names, allocating nothing).
+    by_table: HashMap<String, HashMap<String, Vec<Trigger>>>,
 }
 
 /// What one batch asks one rule to do.
@@ -97,14 +98,14 @@ impl DocumentRules {
     pub fn new(rules: &[EsDocumentRule]) -> Self {
         let mut out = Self::default();
         for (i, r) in rules.iter().enumerate() {
-            out.by_table.entry(split(&r.table)).or_default().push(Trigger::Root { rule: i });
+            out.add_trigger(&r.table, Trigger::Root { rule: i });
             for (j, d) in r.dependents.iter().enumerate() {
                 let trigger = match (&d.root_id_column, &d.key_column) {
                     (Some(column), _) => Trigger::Column { rule: i, column: column.clone() },
                     (None, Some(key)) => Trigger::Lookup { rule: i, dependent: j, key_column: key.clone() },
                     (None, None) => continue, // refused by validation
                 };
-                out.by_table.entry(split(&d.table)).or_default().push(trigger);
+                out.add_trigger(&d.table, trigger);
             }
             out.rules.push(Arc::new(DocumentRule {
                 name: Arc::from(r.name.as_str()),
@@ -118,6 +119,11 @@ impl DocumentRules {
             }));
         }
         out
+    }
+
+    fn add_trigger(&mut self, table: &str, trigger: Trigger) {
+        let (schema, table) = split(table);
+        self.by_table.entry(schema).or_default().entry(table).or_default().push(trigger);
     }
 
     /// The rules, by position.
@@ -143,7 +149,7 @@ impl DocumentRules {
         for (pos, change) in changes.iter().enumerate() {
             let rel = &change.relation;
             // Cheap check first: most tables of a busy database have no rule.
-            let Some(triggers) = self.by_table.get(&(rel.schema.clone(), rel.table.clone())) else { continue };
+            let Some(triggers) = self.by_table.get(&rel.schema).and_then(|t| t.get(&rel.table)) else { continue };
             for trigger in triggers {
                 let (rule, column) = match trigger {
                     Trigger::Root { rule } => (*rule, self.rules[*rule].root_key.as_str()),
@@ -236,10 +242,9 @@ fn row_values(change: &Change, column: &str) -> Result<Vec<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-    use crate::decode::{Column, OldTuple, Relation, ReplicaIdentity};
+    use crate::decode::fixtures::{self, text as t};
+    use crate::decode::{OldTuple, Relation, ReplicaIdentity};
 
     fn rules() -> DocumentRules {
         let cfg: crate::config::ElasticsearchSinkConfig = toml::from_str(
@@ -265,32 +270,12 @@ root_ids_query = "SELECT film_id FROM content.link WHERE person_id = ANY($1)"
     }
 
     fn rel(table: &str, cols: &[(&str, bool)], identity: ReplicaIdentity) -> Arc<Relation> {
-        Arc::new(Relation {
-            oid: 1,
-            schema: "content".into(),
-            table: table.into(),
-            replica_identity: identity,
-            columns: cols.iter().map(|(n, k)| Column { key: *k, name: (*n).into(), type_oid: 25, type_modifier: -1 }).collect(),
-        })
-    }
-
-    fn t(s: &str) -> Datum {
-        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+        let columns: Vec<(&str, bool, u32)> = cols.iter().map(|&(name, key)| (name, key, 25)).collect();
+        fixtures::relation("content", table, identity, &columns)
     }
 
     fn change(relation: Arc<Relation>, op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>, commit: u64) -> Change {
-        Change {
-            lsn: Lsn(commit - 1),
-            commit_lsn: Lsn(commit),
-            xid: 1,
-            commit_ts: 0,
-            seq: 0,
-            relation,
-            op,
-            old,
-            new,
-            truncate: Default::default(),
-        }
+        Change { lsn: Lsn(commit - 1), commit_lsn: Lsn(commit), ..fixtures::change(relation, op, old, new) }
     }
 
     #[test]

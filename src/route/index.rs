@@ -44,7 +44,9 @@ struct Plan {
 /// The flat rules of the Elasticsearch sink, with per-relation plans cached.
 #[derive(Debug, Default)]
 pub struct FlatRules {
-    rules: HashMap<(String, String), Vec<Arc<Rule>>>,
+    /// Rules by schema, then table (nested so a lookup borrows the names: unmapped tables,
+    /// which get no cached plan, cost no allocation per change).
+    rules: HashMap<String, HashMap<String, Vec<Arc<Rule>>>>,
     /// Plans per relation OID, for the relation description they were made from.
     plans: HashMap<u32, (Arc<Relation>, Arc<[Plan]>)>,
 }
@@ -52,7 +54,7 @@ pub struct FlatRules {
 impl FlatRules {
     /// Rules from the config (already validated).
     pub fn new(rules: &[EsTableRule]) -> Self {
-        let mut map: HashMap<(String, String), Vec<Arc<Rule>>> = HashMap::new();
+        let mut map: HashMap<String, HashMap<String, Vec<Arc<Rule>>>> = HashMap::new();
         for r in rules {
             let Some((schema, table)) = r.table.split_once('.') else { continue };
             let rule = Rule {
@@ -66,14 +68,9 @@ impl FlatRules {
                 delete: r.ops.contains(&EsOpName::Delete),
                 truncate: r.ops.contains(&EsOpName::Truncate).then_some(r.truncate),
             };
-            map.entry((schema.to_string(), table.to_string())).or_default().push(Arc::new(rule));
+            map.entry(schema.to_string()).or_default().entry(table.to_string()).or_default().push(Arc::new(rule));
         }
         Self { rules: map, plans: HashMap::new() }
-    }
-
-    /// Whether any rule names this table.
-    pub fn maps(&self, schema: &str, table: &str) -> bool {
-        self.rules.contains_key(&(schema.to_string(), table.to_string()))
     }
 
     fn plans(&mut self, rel: &Arc<Relation>) -> Option<Arc<[Plan]>> {
@@ -82,7 +79,7 @@ impl FlatRules {
                 return Some(Arc::clone(plans));
             }
         }
-        let rules = self.rules.get(&(rel.schema.clone(), rel.table.clone()))?;
+        let rules = self.rules.get(&rel.schema).and_then(|t| t.get(&rel.table))?;
         let plans: Arc<[Plan]> = rules.iter().map(|r| plan(r, rel)).collect();
         self.plans.insert(rel.oid, (Arc::clone(rel), Arc::clone(&plans)));
         Some(plans)
@@ -303,39 +300,17 @@ fn render_document(rel: &Relation, fields: &[(usize, Vec<u8>)], values: &[Datum]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Column, OldTuple, TruncateOptions};
-    use crate::lsn::Lsn;
-    use bytes::Bytes;
+    use crate::decode::fixtures::{self, text};
+    use crate::decode::OldTuple;
     use serde_json::{json, Value};
 
     fn rel(identity: ReplicaIdentity) -> Arc<Relation> {
-        let col = |name: &str, key, type_oid| Column { key, name: name.into(), type_oid, type_modifier: -1 };
-        Arc::new(Relation {
-            oid: 16_384,
-            schema: "public".into(),
-            table: "orders".into(),
-            replica_identity: identity,
-            columns: vec![col("id", true, 23), col("region", true, 25), col("body", false, 25), col("n", false, 23), col("secret", false, 25)],
-        })
-    }
-
-    fn text(s: &str) -> Datum {
-        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+        let columns = [("id", true, 23), ("region", true, 25), ("body", false, 25), ("n", false, 23), ("secret", false, 25)];
+        fixtures::relation("public", "orders", identity, &columns)
     }
 
     fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
-        Change {
-            lsn: Lsn(0x10),
-            commit_lsn: Lsn(0x1_0000_0020),
-            xid: 7,
-            commit_ts: 0,
-            seq: 0,
-            relation: rel(ReplicaIdentity::Default),
-            op,
-            old,
-            new,
-            truncate: TruncateOptions::default(),
-        }
+        fixtures::change(rel(ReplicaIdentity::Default), op, old, new)
     }
 
     fn rule(extra: &str) -> EsTableRule {

@@ -799,39 +799,13 @@ fn transient(reason: String) -> SinkError {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-    use crate::decode::{Column, OldTuple};
-
-    fn rel() -> Arc<Relation> {
-        let col = |name: &str, key| Column { key, name: name.into(), type_oid: 23, type_modifier: -1 };
-        Arc::new(Relation {
-            oid: 1,
-            schema: "s".into(),
-            table: "t".into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: vec![col("id", true), col("v", false)],
-        })
-    }
-
-    fn text(s: &str) -> Datum {
-        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
-    }
+    use crate::decode::fixtures::{self, text};
+    use crate::decode::OldTuple;
 
     fn update(old: Option<OldTuple>, new: Vec<Datum>) -> Change {
-        Change {
-            lsn: Lsn(1),
-            commit_lsn: Lsn(2),
-            xid: 1,
-            commit_ts: 0,
-            seq: 0,
-            relation: rel(),
-            op: Op::Update,
-            old,
-            new: Some(new),
-            truncate: crate::decode::TruncateOptions::default(),
-        }
+        let rel = fixtures::relation("s", "t", ReplicaIdentity::Default, &[("id", true, 23), ("v", false, 23)]);
+        fixtures::change(rel, Op::Update, old, Some(new))
     }
 
     #[test]

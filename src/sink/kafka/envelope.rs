@@ -301,25 +301,14 @@ pub fn write_tx_end<'a>(
 mod tests {
     use std::sync::Arc;
 
-    use bytes::Bytes;
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::decode::{Column, OldTuple, OldTupleKind, ReplicaIdentity, TruncateOptions};
+    use crate::decode::fixtures::{self, text};
+    use crate::decode::{OldTuple, OldTupleKind, ReplicaIdentity};
 
     fn rel() -> Arc<Relation> {
-        let col = |name: &str, key, type_oid| Column { key, name: name.into(), type_oid, type_modifier: -1 };
-        Arc::new(Relation {
-            oid: 16_384,
-            schema: "public".into(),
-            table: "orders".into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: vec![col("id", true, 23), col("body", false, 25), col("amount", false, 1700)],
-        })
-    }
-
-    fn text(s: &str) -> Datum {
-        Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+        fixtures::relation("public", "orders", ReplicaIdentity::Default, &[("id", true, 23), ("body", false, 25), ("amount", false, 1700)])
     }
 
     fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
@@ -329,12 +318,7 @@ mod tests {
             xid: 771,
             // 2026-11-22T16:33:20.123456Z
             commit_ts: 848_680_400_123_456,
-            seq: 0,
-            relation: rel(),
-            op,
-            old,
-            new,
-            truncate: TruncateOptions::default(),
+            ..fixtures::change(rel(), op, old, new)
         }
     }
 

@@ -92,29 +92,17 @@ impl TxTracker {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::decode::{Op, Relation, ReplicaIdentity, TruncateOptions};
+    use crate::decode::fixtures;
+    use crate::decode::{Op, ReplicaIdentity};
 
     fn change(commit_lsn: u64, seq: u64) -> Change {
         Change {
             lsn: Lsn(commit_lsn - 10 + seq),
             commit_lsn: Lsn(commit_lsn),
             xid: (commit_lsn / 100) as u32,
-            commit_ts: 0,
             seq,
-            relation: Arc::new(Relation {
-                oid: 1,
-                schema: "s".into(),
-                table: "t".into(),
-                replica_identity: ReplicaIdentity::Default,
-                columns: vec![],
-            }),
-            op: Op::Insert,
-            old: None,
-            new: Some(vec![]),
-            truncate: TruncateOptions::default(),
+            ..fixtures::change(fixtures::relation("s", "t", ReplicaIdentity::Default, &[]), Op::Insert, None, Some(vec![]))
         }
     }
 

@@ -33,8 +33,7 @@ fn by_id(lines: &[Value], op: &str, table: &str) -> BTreeMap<i64, Value> {
 }
 
 fn state_file(dir: &std::path::Path, slot: &str) -> Option<Value> {
-    let text = std::fs::read_to_string(dir.join("state").join(format!("snapshot-{slot}.json"))).ok()?;
-    serde_json::from_str(&text).ok()
+    read_snapshot_state(&dir.join("state"), slot)
 }
 
 #[tokio::test(flavor = "multi_thread")]

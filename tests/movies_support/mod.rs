@@ -328,8 +328,7 @@ pub fn state_dir(wc: &Walcast) -> PathBuf {
 /// The snapshot progress file of `wc` (`snapshot-SLOT.json`), parsed, if it exists and is
 /// complete (it is replaced atomically, so a read never sees half a file).
 pub fn snapshot_state(wc: &Walcast, db: &TestDb) -> Option<Value> {
-    let text = std::fs::read_to_string(state_dir(wc).join(format!("snapshot-{}.json", db.slot))).ok()?;
-    serde_json::from_str(&text).ok()
+    crate::support::read_snapshot_state(&state_dir(wc), &db.slot)
 }
 
 /// Database, index and walcast for one test: a fresh database with the movies dataset loaded,

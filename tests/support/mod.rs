@@ -609,6 +609,13 @@ impl Drop for Walcast {
     }
 }
 
+/// The snapshot progress file of `slot` in `state_dir` (`snapshot-SLOT.json`), parsed, if it
+/// exists (walcast replaces it atomically, so a read never sees half a file).
+pub fn read_snapshot_state(state_dir: &Path, slot: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(state_dir.join(format!("snapshot-{slot}.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Send a signal with the `kill` command (no libc binding needed).
 pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("run kill");

@@ -14,8 +14,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -103,28 +101,10 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
     let oracle = format!("{}_oracle", db.slot);
     db.create_named_slot(&oracle).await;
 
-    let seed = std::env::var("WALCAST_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
-    eprintln!("crash: seed {seed} (set WALCAST_CRASH_SEED to repeat)");
+    let seed = crash_seed("crash");
     let mut rng = fastrand::Rng::with_seed(seed);
 
-    // The workload, on its own connection.
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let workload = tokio::spawn({
-        let (stop, committed) = (stop.clone(), committed.clone());
-        let client = db.client().await;
-        let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
-        async move {
-            while !stop.load(Ordering::SeqCst) {
-                exec(&client, &transaction(&mut rng)).await;
-                committed.fetch_add(1, Ordering::SeqCst);
-                // A few hundred transactions per second: plenty, and a bounded output.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    });
+    let workload = Workload::start(&db, seed, transaction).await;
 
     let started = Instant::now();
     // Small batches, so a kill also lands between two batches of one transaction.
@@ -146,8 +126,7 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
     let killing = started.elapsed();
 
     // Stop the workload, then let walcast catch up to a marker and stop cleanly.
-    stop.store(true, Ordering::SeqCst);
-    workload.await.expect("workload");
+    let committed = workload.stop().await;
     exec(&sql, "INSERT INTO marker VALUES (1)").await;
     run_starts.push(wc.lines().len());
     wc.start();
@@ -255,7 +234,7 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
         "crash: {KILLS} kills in {killing:?}; {} workload transactions ({} published, {changes} changes); \
          {} lines ({duplicates} sent again after kills); final catch-up {catch_up:?}; \
          confirmed at the kills lagged the output by {} transactions on average",
-        committed.load(Ordering::SeqCst),
+        committed,
         txs.len(),
         lines.len(),
         kills

@@ -10,8 +10,6 @@ mod kafka_support;
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafka_support::*;
@@ -67,26 +65,10 @@ async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_lsn() {
     let prefix = db.name.clone();
     let topics = [format!("{prefix}.public.acct"), format!("{prefix}.public.item")];
 
-    let seed = std::env::var("WALCAST_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
-    eprintln!("kafka_crash: seed {seed} (set WALCAST_CRASH_SEED to repeat)");
+    let seed = crash_seed("kafka_crash");
     let mut rng = fastrand::Rng::with_seed(seed);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let workload = tokio::spawn({
-        let (stop, committed) = (stop.clone(), committed.clone());
-        let client = db.client().await;
-        let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
-        async move {
-            while !stop.load(Ordering::SeqCst) {
-                exec(&client, &transaction(&mut rng)).await;
-                committed.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    });
+    let workload = Workload::start(&db, seed, transaction).await;
 
     let extra = format!(
         "[pipeline]\nbatch_max_changes = 256\n\n{}",
@@ -104,8 +86,7 @@ async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_lsn() {
     let killing = started.elapsed();
 
     // Stop the workload; a last run catches up and stops cleanly.
-    stop.store(true, Ordering::SeqCst);
-    workload.await.expect("workload");
+    let committed = workload.stop().await;
     let end = current_wal_lsn(&sql).await;
     wc.start();
     let confirmed = db.wait_confirmed_at_least(end, Duration::from_secs(120)).await;
@@ -208,7 +189,7 @@ async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_lsn() {
     eprintln!(
         "kafka_crash: {KILLS} kills in {killing:?}; {} workload transactions, {} published with {total} changes; \
          {} records consumed, {duplicates} duplicates dropped by (txId, lsn)",
-        committed.load(Ordering::SeqCst),
+        committed,
         expected_events.len(),
         collector.records.len()
     );

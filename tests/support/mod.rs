@@ -616,6 +616,53 @@ pub fn read_snapshot_state(state_dir: &Path, slot: &str) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// The seed of a randomized crash test: `WALCAST_CRASH_SEED`, or else the clock. Printed, so a
+/// failing run can be repeated.
+pub fn crash_seed(test: &str) -> u64 {
+    let seed = std::env::var("WALCAST_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    eprintln!("{test}: seed {seed} (set WALCAST_CRASH_SEED to repeat)");
+    seed
+}
+
+/// A background workload on its own connection: one `transaction(rng)` about every millisecond
+/// (a few hundred per second: plenty, and a bounded output) until [`Workload::stop`].
+pub struct Workload {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    committed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Workload {
+    /// Start committing transactions on `db` with an RNG derived from `seed`.
+    pub async fn start(db: &TestDb, seed: u64, transaction: fn(&mut fastrand::Rng) -> String) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let committed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let client = db.client().await;
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+        let task = tokio::spawn({
+            let (stop, committed) = (stop.clone(), committed.clone());
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    exec(&client, &transaction(&mut rng)).await;
+                    committed.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        Self { stop, committed, task }
+    }
+
+    /// Stop after the transaction in progress; returns how many were committed.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("workload");
+        self.committed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Send a signal with the `kill` command (no libc binding needed).
 pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("run kill");

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
 use crate::pipeline::{self, PipelineError};
+use crate::snapshot::SnapshotState;
 use crate::sink::SinkError;
 use crate::source::{self, connect_sql, preflight, ConnParams, Severity, SourceError};
 
@@ -69,6 +70,14 @@ pub enum Command {
         /// The document rule's name (`sinks.elasticsearch.documents[].name`).
         #[arg(long)]
         rule: Option<String>,
+    },
+    /// Recover from a lost slot (dropped, invalidated with wal_status = lost, or gone with a
+    /// restored server): drop what is left of it and have the next `run` create it anew, remove
+    /// the tables' data from every sink and reload it, so the sinks equal Postgres again.
+    Resync {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Inspect or manage the replication slot.
     Slot {
@@ -152,6 +161,17 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> ExitCode {
                 Err(e) => report_pipeline_error(&e),
             }
         }
+        Command::Resync { config } => {
+            let Some(config) = load(&config, cli.log_format) else { return ExitCode::from(EXIT_CONFIG) };
+            match crate::snapshot::request_resync(&config).await {
+                Ok(done) => {
+                    println!("{done}");
+                    println!("next: start `walcast run` (every replica, when [ha] is on): it creates the slot, removes the tables' data from the sinks and reloads it, then streams");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report_pipeline_error(&e.into()),
+            }
+        }
         Command::Slot { action } => slot(action, cli.log_format).await,
     }
 }
@@ -192,7 +212,15 @@ async fn check(config: &Config) -> ExitCode {
         }
     };
     println!("ok    config is valid");
-    let mut findings = preflight(config, &params).await;
+    // What `run` refuses when the slot is gone: the state dir remembers it existed.
+    let gone_slot = match SnapshotState::load(&config.snapshot.state_dir, &config.source.slot) {
+        Ok(state) => state.as_ref().and_then(SnapshotState::gone_slot),
+        Err(e) => {
+            eprintln!("walcast: cannot read the state in {}: {e}", config.snapshot.state_dir.display());
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    let mut findings = preflight(config, &params, gone_slot).await;
     // Kafka sink: brokers reachable, topics exist or can be created.
     findings.extend(crate::sink::kafka::kafka_findings(config, &params).await);
     // Elasticsearch sink: cluster reachable, credentials accepted, indexes exist or can be created.
@@ -204,10 +232,8 @@ async fn check(config: &Config) -> ExitCode {
             Err(e) => findings.push(crate::source::Finding::fail(format!("document rules: cannot connect to Postgres: {e}"), "see the source findings above")),
         }
     }
-    // Snapshot progress must be writable where it is kept.
-    if config.snapshot.mode == crate::config::SnapshotMode::Initial {
-        findings.push(snapshot_dir_finding(&config.snapshot.state_dir));
-    }
+    // The slot's history and snapshot progress must be writable where they are kept.
+    findings.push(snapshot_dir_finding(&config.snapshot.state_dir));
     let mut failed = false;
     for f in &findings {
         let tag = match f.severity {
@@ -269,13 +295,29 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
                     Some(_) => println!("slot {slot_name:?} already exists"),
                     None => {
                         let lsn = source::create_slot(&client, &slot_name).await.map_err(query_err)?;
-                        println!("created slot {slot_name:?} at {lsn}");
+                        // Remember the slot, so that losing it later is noticed by `run`.
+                        let mut state = SnapshotState::new(&config.snapshot.state_dir, &slot_name, crate::snapshot::Status::Done);
+                        state.point = Some(lsn.to_string());
+                        state.publication_oid = source::publication_oid(&client, &src.publication).await.map_err(query_err)?;
+                        state.save().map_err(|e| {
+                            SourceError::setup(
+                                format!("created slot {slot_name:?} at {lsn}, but cannot record it in {}: {e}", config.snapshot.state_dir.display()),
+                                "make snapshot.state_dir a writable directory",
+                            )
+                        })?;
+                        println!("created slot {slot_name:?} at {lsn} (no snapshot: existing rows are not loaded; `walcast snapshot --table` loads them)");
                     }
                 }
             }
             SlotAction::Drop { .. } => {
                 source::drop_slot(&client, &slot_name).await.map_err(query_err)?;
                 println!("dropped slot {slot_name:?}");
+                if SnapshotState::load(&config.snapshot.state_dir, &slot_name).ok().flatten().is_some() {
+                    println!(
+                        "note: changes committed from now on are not recorded; `walcast run` refuses to start until you run `walcast resync --config FILE` (reload, removing rows deleted meanwhile) or remove {}",
+                        SnapshotState::path_for(&config.snapshot.state_dir, &slot_name).display()
+                    );
+                }
             }
         }
         Ok(())

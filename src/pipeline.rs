@@ -148,10 +148,12 @@ async fn stream_slot(
     }
     let mut backoff = Backoff::new(&config.retry);
 
+    // Sinks first: a sink that cannot open (a secret missing, a read-only path) must fail before
+    // any slot or state exists, or the slot would hold WAL for a process that never runs.
+    let Sinks { queues, mut reports, tasks, in_flight, names: sink_names } = start_sinks(config, &params, &metrics, false)?;
     let Some(start) = prepare_slot(config, &params, &mut backoff, &shutdown).await? else {
         return Ok(RunSummary { confirmed: Lsn::ZERO });
     };
-    let Sinks { queues, mut reports, tasks, in_flight, names: sink_names } = start_sinks(config, &params, &metrics, false)?;
 
     // ---- Snapshot (issue 3; src/snapshot.rs): existing rows first, then the stream from the
     // slot's consistent point. Interrupted: progress is saved, the next start resumes.
@@ -252,54 +254,115 @@ async fn prepare_slot(
     let src = &config.source;
     let snapshots = config.snapshot.mode == SnapshotMode::Initial;
     let dir = &config.snapshot.state_dir;
+    let save = |state: &SnapshotState| state.save().map_err(|e| state_error(e, config));
     loop {
         let attempt = async {
             let client = connect_sql(params).await?;
+            let query_error = |e: tokio_postgres::Error| source::classify(&e, params, &src.slot);
+            let slot = source::slot_info(&client, &src.slot).await.map_err(query_error)?;
+            let state = SnapshotState::load(dir, &src.slot).map_err(|e| state_error(e, config))?;
+            // Re-creating a dropped publication cannot help a slot that streamed with the old
+            // one: check before `ensure_publication` would create it again.
+            if let (Some(_), Some(state)) = (&slot, &state) {
+                let now = source::publication_oid(&client, &src.publication).await.map_err(query_error)?;
+                if let Some((problem, fix)) = state.replaced_publication(&src.publication, now) {
+                    return Err(SourceError::setup(problem, fix));
+                }
+            }
             source::ensure_publication(&client, params, &src.publication, &src.table_selectors(), src.create_publication).await?;
-            let slot = source::slot_info(&client, &src.slot).await.map_err(|e| source::classify(&e, params, &src.slot))?;
-            let state = if snapshots { SnapshotState::load(dir, &src.slot).map_err(|e| state_error(e, config))? } else { None };
+            let publication_oid = source::publication_oid(&client, &src.publication).await.map_err(query_error)?;
+            // The tables a load reads: every mapped one for a snapshot or a re-sync, none otherwise.
+            let tables_for = |resync: bool| {
+                let client = &client;
+                async move {
+                    if snapshots || resync {
+                        crate::snapshot::tables_to_load(config, client).await
+                    } else {
+                        Ok(Vec::new())
+                    }
+                }
+            };
             match slot {
                 Some(s) => {
-                    let lsn = s.confirmed_flush_lsn.unwrap_or_default();
+                    // Never stream (or later advance) a slot that is not a live logical slot of ours.
+                    if let Some((problem, fix)) = s.problem(&src.database) {
+                        return Err(SourceError::setup(problem, fix));
+                    }
+                    let lsn = s.confirmed_flush_lsn.ok_or_else(|| {
+                        SourceError::setup(format!("slot {:?} has no confirmed_flush_lsn", src.slot), "the slot is not usable: check pg_replication_slots")
+                    })?;
                     let snapshot = match state {
                         // Created by walcast, not (fully) loaded: resume. A slot found while
                         // still "creating" was never read, so its confirmed position is its
                         // consistent point.
                         Some(mut state) if state.status != SnapshotStatus::Done => {
+                            state.publication_oid = state.publication_oid.or(publication_oid);
                             let point = state.point().unwrap_or(lsn);
-                            state.status = SnapshotStatus::Loading;
+                            let tables = tables_for(state.resync).await?;
+                            state.status = if tables.is_empty() { SnapshotStatus::Done } else { SnapshotStatus::Loading };
                             state.point = Some(point.to_string());
-                            state.save().map_err(|e| state_error(e, config))?;
-                            let tables = crate::snapshot::tables_to_load(config, &client).await?;
-                            tracing::info!(slot = %src.slot, %point, "resuming the interrupted snapshot");
-                            Some(PendingSnapshot { exported: None, state, tables })
+                            save(&state)?;
+                            if tables.is_empty() {
+                                None
+                            } else {
+                                tracing::info!(slot = %src.slot, %point, resync = state.resync, "resuming the interrupted snapshot");
+                                Some(PendingSnapshot { exported: None, state, tables })
+                            }
                         }
-                        _ => None,
+                        // A file of an older walcast: learn the publication now.
+                        Some(mut state) if state.publication_oid.is_none() => {
+                            state.publication_oid = publication_oid;
+                            save(&state)?;
+                            None
+                        }
+                        Some(_) => None,
+                        // First start on a slot made by `walcast slot create` or by hand: record
+                        // that it exists, so losing it later is noticed.
+                        None => {
+                            let mut state = SnapshotState::new(dir, &src.slot, SnapshotStatus::Done);
+                            state.point = Some(lsn.to_string());
+                            state.publication_oid = publication_oid;
+                            save(&state)?;
+                            None
+                        }
                     };
                     Ok::<SlotStart, SourceError>(SlotStart { lsn, snapshot })
                 }
-                None if src.create_slot => {
-                    let tables = if snapshots { crate::snapshot::tables_to_load(config, &client).await? } else { Vec::new() };
+                None => {
+                    // The slot existed and is gone: creating it anew would skip every change in
+                    // between (deletes never reach the sinks). Only a re-sync can repair that.
+                    if let Some((problem, fix)) = state.as_ref().and_then(SnapshotState::gone_slot) {
+                        return Err(SourceError::setup(problem, fix));
+                    }
+                    let resync = state.as_ref().is_some_and(|s| s.resync);
+                    if !src.create_slot && !resync {
+                        return Err(SourceError::setup(
+                            format!("replication slot {:?} does not exist", src.slot),
+                            "create it with `walcast slot create --config FILE`, or set source.create_slot = true",
+                        ));
+                    }
+                    let tables = tables_for(resync).await?;
+                    // Recorded before the slot exists: a crash between the two must not leave
+                    // a slot whose snapshot nobody loads (or whose history nobody knows).
+                    let mut state = SnapshotState::new(dir, &src.slot, SnapshotStatus::Creating);
+                    state.resync = resync;
+                    state.publication_oid = publication_oid;
+                    save(&state)?;
                     if tables.is_empty() {
                         let lsn = source::create_slot(&client, &src.slot).await.map_err(|e| source::classify(&e, params, &src.slot))?;
+                        state.status = SnapshotStatus::Done;
+                        state.point = Some(lsn.to_string());
+                        save(&state)?;
                         tracing::info!(slot = %src.slot, consistent_point = %lsn, "created replication slot");
                         return Ok(SlotStart { lsn, snapshot: None });
                     }
-                    // Recorded before the slot exists: a crash between the two must not leave
-                    // a slot whose snapshot nobody loads.
-                    let mut state = SnapshotState::new(dir, &src.slot, SnapshotStatus::Creating);
-                    state.save().map_err(|e| state_error(e, config))?;
                     let exported = source::create_slot_exporting(params, &src.slot, &src.publication, false).await?;
                     state.status = SnapshotStatus::Loading;
                     state.point = Some(exported.point.to_string());
-                    state.save().map_err(|e| state_error(e, config))?;
-                    tracing::info!(slot = %src.slot, consistent_point = %exported.point, tables = tables.len(), "created replication slot with an exported snapshot");
+                    save(&state)?;
+                    tracing::info!(slot = %src.slot, consistent_point = %exported.point, tables = tables.len(), resync, "created replication slot with an exported snapshot");
                     Ok(SlotStart { lsn: exported.point, snapshot: Some(PendingSnapshot { exported: Some(exported), state, tables }) })
                 }
-                None => Err(SourceError::setup(
-                    format!("replication slot {:?} does not exist", src.slot),
-                    "create it with `walcast slot create --config FILE`, or set source.create_slot = true",
-                )),
             }
         };
         let result = tokio::select! {
@@ -568,8 +631,40 @@ impl Streamer<'_> {
             }
         };
         let drained = self.drain(stream).await;
+        let result = match result {
+            Err(PipelineError::Source(e)) => Err(self.explain_slot_failure(e).await.into()),
+            other => other,
+        };
         result.and(drained)?;
         Ok(RunSummary { confirmed: self.checkpoint.confirmed() })
+    }
+
+    /// A replication error that is not retryable may mean the slot was dropped or invalidated
+    /// while streaming: then say so, with the way back, instead of the server's bare message.
+    async fn explain_slot_failure(&self, error: SourceError) -> SourceError {
+        let src = &self.config.source;
+        let Ok(client) = connect_sql(&self.params).await else { return error };
+        match source::slot_info(&client, &src.slot).await {
+            Ok(None) => {
+                let state = SnapshotState::load(&self.config.snapshot.state_dir, &src.slot).ok().flatten();
+                match state.as_ref().and_then(SnapshotState::gone_slot) {
+                    Some((problem, fix)) => SourceError::setup(format!("{problem} (streaming stopped: {error})"), fix),
+                    None => error,
+                }
+            }
+            Ok(Some(slot)) => {
+                if let Some((problem, fix)) = slot.problem(&src.database) {
+                    return SourceError::setup(format!("{problem} (streaming stopped: {error})"), fix);
+                }
+                let state = SnapshotState::load(&self.config.snapshot.state_dir, &src.slot).ok().flatten();
+                let Ok(now) = source::publication_oid(&client, &src.publication).await else { return error };
+                match state.as_ref().and_then(|s| s.replaced_publication(&src.publication, now)) {
+                    Some((problem, fix)) => SourceError::setup(format!("{problem} (streaming stopped: {error})"), fix),
+                    None => error,
+                }
+            }
+            Err(_) => error,
+        }
     }
 
     /// Open a replication session, retrying retryable failures. `None` on shutdown.
@@ -765,7 +860,7 @@ impl Streamer<'_> {
             Message::Truncate { relations, cascade, restart_identity } => {
                 for oid in relations {
                     let change = self.change(oid, lsn, Op::Truncate, None, None)?;
-                    self.push(Change { truncate: TruncateOptions { cascade, restart_identity }, ..change });
+                    self.push(Change { truncate: TruncateOptions { cascade, restart_identity, resync: false }, ..change });
                 }
                 return Ok(());
             }
@@ -939,6 +1034,10 @@ impl Streamer<'_> {
         for _ in 0..20 {
             let info = source::slot_info(&client, slot).await.map_err(|e| source::classify(&e, &self.params, slot))?;
             let Some(info) = info else { return Ok(()) };
+            // Never advance what is not a logical slot of ours (someone replaced it meanwhile).
+            if info.problem(&self.config.source.database).is_some() {
+                return Ok(());
+            }
             if info.confirmed_flush_lsn.is_some_and(|c| c >= confirmed) {
                 return Ok(());
             }

@@ -5,6 +5,7 @@
 //! has written, so an interrupted snapshot resumes from the last finished chunk.
 
 mod reader;
+mod resync;
 mod state;
 
 use std::collections::VecDeque;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::reader::TableRef;
 use self::reader::{Reader, TableReader};
+pub use self::resync::request_resync;
 pub use self::state::{SnapshotState, Status};
 use crate::config::Config;
 use crate::lsn::Lsn;
@@ -72,7 +74,8 @@ pub async fn tables_to_load(config: &Config, client: &tokio_postgres::Client) ->
 /// One chunk handed to the sinks and not yet written by all of them.
 struct Pending {
     chunk: u64,
-    table: usize,
+    /// The table the chunk belongs to (`None`: the re-sync's truncates).
+    table: Option<usize>,
     /// Key of the chunk's last row (resume after it), `None` for a table without a primary key.
     after: Option<Vec<String>>,
     rows: u64,
@@ -99,7 +102,7 @@ pub async fn load(
     config: &Config,
     params: &ConnParams,
     plan: LoadPlan<'_>,
-    sinks: SinkHandles<'_>,
+    mut sinks: SinkHandles<'_>,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<Outcome, PipelineError> {
@@ -115,6 +118,35 @@ pub async fn load(
     let mut total_rows = 0u64;
     let mut outcome = Outcome::Done;
     tracing::info!(tables = tables.len(), %point, exported = exported.is_some(), "snapshot started");
+
+    // A re-sync first empties what the sinks hold of every table (all before any load: tables
+    // may share an index), once: the state records it before the first chunk is read.
+    if state.as_deref().is_some_and(|s| s.resync && !s.cleared) {
+        let mut changes = Vec::with_capacity(tables.len());
+        for table in tables {
+            changes.push(reader.table(table, None).await?.resync_truncate(point, commit_ts));
+        }
+        let batch = Batch { changes, checkpoint: None, snapshot: None };
+        let p = Pending { chunk: next_chunk, table: None, after: None, rows: 0, last_of_table: false, acks: 0 };
+        dispatch(batch, p, &mut pending, &mut sinks, exported.clone()).await?;
+        next_chunk += 1;
+        while !pending.is_empty() {
+            let report = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(Outcome::Interrupted),
+                r = sinks.reports.recv() => r,
+            };
+            if report.is_none() {
+                return Err(stopped_sink(sinks.reports));
+            }
+            absorb(report, &mut pending, sinks.queues.len(), tables, &mut state)?;
+        }
+        if let Some(s) = state.as_deref_mut() {
+            s.cleared = true;
+            s.save().map_err(snapshot_state_error)?;
+        }
+        tracing::info!(tables = tables.len(), "re-sync: removed the tables' data from the sinks before reloading them");
+    }
 
     'tables: for (ti, table) in tables.iter().enumerate() {
         let name = table.to_string();
@@ -139,20 +171,10 @@ pub async fn load(
             counter.inc_by(rows);
             rows_done += rows;
             total_rows += rows;
-            let batch = Arc::new(Batch {
-                changes: chunk.changes,
-                checkpoint: None,
-                snapshot: Some(SnapshotPart { chunk: next_chunk, exported: exported.clone() }),
-            });
-            pending.push_back(Pending { chunk: next_chunk, table: ti, after: chunk.after, rows: rows_done, last_of_table, acks: 0 });
+            let batch = Batch { changes: chunk.changes, checkpoint: None, snapshot: None };
+            let p = Pending { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
+            dispatch(batch, p, &mut pending, &mut sinks, exported.clone()).await?;
             next_chunk += 1;
-            for queue in sinks.queues {
-                (sinks.on_dispatch)();
-                // A sink that stopped has dropped its queue: the send fails, its report says why.
-                if queue.send(Arc::clone(&batch)).await.is_err() {
-                    return Err(stopped_sink(sinks.reports));
-                }
-            }
             while let Ok(report) = sinks.reports.try_recv() {
                 absorb(Some(report), &mut pending, sinks.queues.len(), tables, &mut state)?;
             }
@@ -201,6 +223,27 @@ pub async fn load(
     Ok(outcome)
 }
 
+/// Hand one chunk to every sink, tracking it until all of them wrote it.
+async fn dispatch(
+    mut batch: Batch,
+    p: Pending,
+    pending: &mut VecDeque<Pending>,
+    sinks: &mut SinkHandles<'_>,
+    exported: Option<Arc<str>>,
+) -> Result<(), PipelineError> {
+    batch.snapshot = Some(SnapshotPart { chunk: p.chunk, exported });
+    let batch = Arc::new(batch);
+    pending.push_back(p);
+    for queue in sinks.queues {
+        (sinks.on_dispatch)();
+        // A sink that stopped has dropped its queue: the send fails, its report says why.
+        if queue.send(Arc::clone(&batch)).await.is_err() {
+            return Err(stopped_sink(sinks.reports));
+        }
+    }
+    Ok(())
+}
+
 /// Count one sink report against the pending chunks; record every chunk all sinks wrote.
 fn absorb(
     report: Option<SinkReport>,
@@ -221,8 +264,8 @@ fn absorb(
     // Sinks write in order, so finished chunks are at the front.
     while pending.front().is_some_and(|p| p.acks >= sinks) {
         let Some(p) = pending.pop_front() else { break };
-        if let Some(s) = state.as_deref_mut() {
-            s.record(&tables[p.table].to_string(), p.after, p.rows, p.last_of_table);
+        if let (Some(s), Some(table)) = (state.as_deref_mut(), p.table.and_then(|t| tables.get(t))) {
+            s.record(&table.to_string(), p.after, p.rows, p.last_of_table);
             s.save().map_err(snapshot_state_error)?;
         }
     }

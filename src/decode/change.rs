@@ -33,6 +33,9 @@ pub struct TruncateOptions {
     pub cascade: bool,
     /// TRUNCATE ... RESTART IDENTITY.
     pub restart_identity: bool,
+    /// Not a TRUNCATE in Postgres: walcast empties the table's data in every sink before
+    /// re-loading it in a re-sync (`walcast resync`), so rows deleted meanwhile go too.
+    pub resync: bool,
 }
 
 /// One change as it flows from decode to the sinks.
@@ -130,8 +133,10 @@ impl Change {
         if self.op == Op::Truncate {
             let _ = write!(
                 out,
-                ",\"truncate\":{{\"cascade\":{},\"restart_identity\":{}}}",
-                self.truncate.cascade, self.truncate.restart_identity
+                ",\"truncate\":{{\"cascade\":{},\"restart_identity\":{}{}}}",
+                self.truncate.cascade,
+                self.truncate.restart_identity,
+                if self.truncate.resync { ",\"resync\":true" } else { "" }
             );
         }
         out.push(b'}');

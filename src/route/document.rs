@@ -153,8 +153,9 @@ impl DocumentRules {
             for trigger in triggers {
                 let (rule, column) = match trigger {
                     Trigger::Root { rule } => (*rule, self.rules[*rule].root_key.as_str()),
-                    // A snapshot loads root tables; rows of dependents read by it add nothing.
-                    _ if change.op == Op::Read => continue,
+                    // A snapshot loads root tables; rows of dependents read by it add nothing,
+                    // nor does a re-sync's truncate of a dependent (the roots are reloaded).
+                    _ if change.op == Op::Read || change.truncate.resync => continue,
                     Trigger::Column { rule, column } => (*rule, column.as_str()),
                     Trigger::Lookup { rule, key_column, .. } => (*rule, key_column.as_str()),
                 };

@@ -156,6 +156,9 @@ impl FlatRules {
                         Err(e) => out.push(Err(reject(e))),
                     }
                 }
+                // A re-sync empties the index whatever the rule says about truncates: the rows
+                // loaded next are all that may remain.
+                Op::Truncate if change.truncate.resync => out.push(Ok(action(String::new(), EsOp::DeleteAll))),
                 Op::Truncate => match plan.rule.truncate {
                     None => {}
                     Some(EsTruncate::Ignore) => tracing::warn!(
@@ -421,6 +424,17 @@ mod tests {
         let out = route(&[rule("id_columns = [\"n\"]")], &change(Op::Delete, Some(old), None));
         let rej = out[0].as_ref().expect_err("rejected");
         assert!(rej.reason.contains("replica identity"), "{}", rej.reason);
+    }
+
+    #[test]
+    fn resync_truncate_empties_the_index_whatever_the_rule() {
+        let mut c = change(Op::Truncate, None, None);
+        c.truncate.resync = true;
+        for r in [rule(""), rule("ops = [\"insert\"]")] {
+            let out = route(&[r], &c);
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].as_ref().expect("action").op, EsOp::DeleteAll);
+        }
     }
 
     #[test]

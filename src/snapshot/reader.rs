@@ -223,6 +223,23 @@ impl Reader {
 }
 
 impl TableReader {
+    /// The truncate a re-sync sends before the table's first chunk: every sink drops what it
+    /// holds of the table, then the chunks load what exists now.
+    pub(super) fn resync_truncate(&self, point: Lsn, commit_ts: i64) -> Change {
+        Change {
+            lsn: point,
+            commit_lsn: point,
+            xid: 0,
+            commit_ts,
+            seq: 0,
+            relation: Arc::clone(&self.relation),
+            op: Op::Truncate,
+            old: None,
+            new: None,
+            truncate: TruncateOptions { resync: true, ..TruncateOptions::default() },
+        }
+    }
+
     /// Postgres's row estimate (`reltuples`; -1 when never analyzed).
     pub(super) fn estimated_rows(&self) -> i64 {
         self.estimated_rows

@@ -1,5 +1,7 @@
 //! Snapshot progress on disk: `STATE_DIR/snapshot-SLOT.json`, replaced atomically (write,
-//! fsync, rename) after every chunk all sinks wrote.
+//! fsync, rename) after every chunk all sinks wrote. The file is also the slot's history: it
+//! exists from the moment walcast created (or first streamed) the slot, so a slot that vanished
+//! afterwards is noticed instead of silently re-created (the changes in between would be lost).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -43,6 +45,18 @@ pub struct SnapshotState {
     pub point: Option<String>,
     /// Per table `schema.table`.
     pub tables: BTreeMap<String, TableProgress>,
+    /// This load is a re-sync (`walcast resync`): the tables' documents/rows in the sinks are
+    /// removed (truncate events) before the first chunk, so rows deleted while no slot
+    /// recorded changes disappear too.
+    #[serde(default)]
+    pub resync: bool,
+    /// The re-sync's truncates were written by every sink (they are sent once, before any chunk).
+    #[serde(default)]
+    pub cleared: bool,
+    /// Oid of the publication the slot was streamed with: one dropped (and maybe created again)
+    /// since then has another or none, and the slot cannot be decoded past the drop.
+    #[serde(default)]
+    pub publication_oid: Option<u32>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -69,7 +83,44 @@ impl SnapshotState {
 
     /// A fresh state for `slot` (not yet saved).
     pub fn new(dir: &Path, slot: &str, status: Status) -> Self {
-        Self { slot: slot.to_string(), status, point: None, tables: BTreeMap::new(), path: Self::path_for(dir, slot) }
+        Self { slot: slot.to_string(), status, point: None, tables: BTreeMap::new(), resync: false, cleared: false, publication_oid: None, path: Self::path_for(dir, slot) }
+    }
+
+    /// When the publication the slot was streamed with was dropped since (`now`: its oid today,
+    /// `None` when missing): what happened, and the fix.
+    pub fn replaced_publication(&self, publication: &str, now: Option<u32>) -> Option<(String, String)> {
+        let recorded = self.publication_oid?;
+        if now == Some(recorded) {
+            return None;
+        }
+        let what = if now.is_some() { "was dropped and created again" } else { "was dropped" };
+        Some((
+            format!(
+                "publication {publication:?} {what} after walcast streamed with it: Postgres cannot decode the slot past the drop (it fails with `publication does not exist` whatever exists now), and the changes made while it was missing were never published"
+            ),
+            format!("create the publication again if it is missing (or keep source.create_publication = true), then {}", crate::source::RESYNC_FIX),
+        ))
+    }
+
+    /// When the slot this file belongs to no longer exists: what happened, and the fix. `None`
+    /// while the file only says the slot is about to be created (then creating it is right).
+    pub fn gone_slot(&self) -> Option<(String, String)> {
+        if self.status == Status::Creating {
+            return None;
+        }
+        let since = self.point.as_deref().map(|p| format!(" (consistent point {p})")).unwrap_or_default();
+        Some((
+            format!(
+                "replication slot {:?} no longer exists, but walcast streamed from it before{since}, as {} records: it was dropped, or the server was restored or failed over without it. Changes committed since then cannot be read, so the sinks would miss deletes and updates",
+                self.slot,
+                self.path.display()
+            ),
+            format!(
+                "{}; or, if the sinks may stay as they are (e.g. you dropped the slot on purpose and nothing changed), remove {} and start again",
+                crate::source::RESYNC_FIX,
+                self.path.display()
+            ),
+        ))
     }
 
     /// The consistent point, when recorded.

@@ -44,8 +44,9 @@ impl Finding {
 }
 
 /// Run every preflight check against the server. Connection failures are findings too, so the
-/// caller always gets a report.
-pub async fn preflight(config: &Config, params: &ConnParams) -> Vec<Finding> {
+/// caller always gets a report. `gone_slot` is what to report (problem, fix) when the slot is
+/// missing although walcast's state says it streamed from it before (as `run` refuses then).
+pub async fn preflight(config: &Config, params: &ConnParams, gone_slot: Option<(String, String)>) -> Vec<Finding> {
     let mut out = Vec::new();
     let client = match super::connect_sql(params).await {
         Ok(c) => {
@@ -57,13 +58,19 @@ pub async fn preflight(config: &Config, params: &ConnParams) -> Vec<Finding> {
             return out;
         }
     };
-    if let Err(e) = run_checks(&client, config, params, &mut out).await {
+    if let Err(e) = run_checks(&client, config, params, gone_slot, &mut out).await {
         out.push(Finding::fail(format!("a check query failed: {}", classify(&e, params, &config.source.slot)), "see the error above"));
     }
     out
 }
 
-async fn run_checks(client: &Client, config: &Config, params: &ConnParams, out: &mut Vec<Finding>) -> Result<(), tokio_postgres::Error> {
+async fn run_checks(
+    client: &Client,
+    config: &Config,
+    params: &ConnParams,
+    gone_slot: Option<(String, String)>,
+    out: &mut Vec<Finding>,
+) -> Result<(), tokio_postgres::Error> {
     let src = &config.source;
 
     let version: i32 = client.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
@@ -114,32 +121,22 @@ async fn run_checks(client: &Client, config: &Config, params: &ConnParams, out: 
         .await?;
     let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) = (limits.get(0), limits.get(1), limits.get(2), limits.get(3));
     match &slot {
-        Some(s) => {
-            if s.slot_type != "logical" || s.plugin.as_deref() != Some("pgoutput") {
-                out.push(Finding::fail(
-                    format!("slot {:?} exists but is a {} slot with plugin {:?}", src.slot, s.slot_type, s.plugin.as_deref().unwrap_or("none")),
-                    "walcast needs a logical pgoutput slot: pick another source.slot name, or drop this slot if nothing else uses it",
-                ));
-            } else if s.database.as_deref() != Some(src.database.as_str()) {
-                out.push(Finding::fail(
-                    format!("slot {:?} belongs to database {:?}, not {:?}", src.slot, s.database.as_deref().unwrap_or(""), src.database),
-                    "logical slots are per database: use another source.slot name",
-                ));
-            } else {
+        Some(s) => match s.problem(&src.database) {
+            Some((problem, fix)) => out.push(Finding::fail(problem, fix)),
+            None => {
                 let conf = s.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
                 out.push(Finding::ok(format!("slot {:?} exists (confirmed_flush_lsn {conf}, wal_status {})", src.slot, s.wal_status.as_deref().unwrap_or("-"))));
-                if s.wal_status.as_deref() == Some("lost") {
-                    out.push(Finding::fail(
-                        format!("slot {:?} has lost WAL it needed (wal_status = lost)", src.slot),
-                        "the changes in between are gone: drop and re-create the slot (walcast slot drop / create) and re-load the data",
-                    ));
-                }
                 if s.active {
                     out.push(Finding::warn(
                         format!("slot {:?} is in use by process {}", src.slot, s.active_pid.unwrap_or_default()),
                         "only one consumer can stream a slot; stop the other one (or this is a running walcast)",
                     ));
                 }
+            }
+        },
+        None if gone_slot.is_some() => {
+            if let Some((problem, fix)) = gone_slot {
+                out.push(Finding::fail(problem, fix));
             }
         }
         None if !src.create_slot => out.push(Finding::fail(

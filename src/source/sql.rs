@@ -103,6 +103,40 @@ pub struct SlotInfo {
     pub current_wal_lsn: Option<Lsn>,
 }
 
+/// The fix for a slot whose changes are gone (dropped, lost, or never ours): what `walcast
+/// resync` does is the only way back to sinks equal to Postgres.
+pub const RESYNC_FIX: &str = "run `walcast resync --config FILE`, then start walcast again: it creates the slot anew and reloads every table, removing from the sinks what was deleted meanwhile (docs/snapshot.md, \"Re-sync\")";
+
+impl SlotInfo {
+    /// Why walcast cannot stream this slot for `database`, as (problem, fix); `None` when it can.
+    /// `walcast check` and `walcast run` both ask this, so they agree.
+    pub fn problem(&self, database: &str) -> Option<(String, String)> {
+        if self.slot_type != "logical" || self.plugin.as_deref() != Some("pgoutput") {
+            return Some((
+                format!("slot {:?} exists but is a {} slot with plugin {:?}, not a logical pgoutput slot", self.name, self.slot_type, self.plugin.as_deref().unwrap_or("none")),
+                "walcast needs a logical pgoutput slot of its own: set source.slot to another name (walcast never touches a slot it cannot stream)".into(),
+            ));
+        }
+        if self.database.as_deref() != Some(database) {
+            return Some((
+                format!("slot {:?} belongs to database {:?}, not {:?}", self.name, self.database.as_deref().unwrap_or(""), database),
+                "logical slots are per database: set source.slot to another name".into(),
+            ));
+        }
+        if self.wal_status.as_deref() == Some("lost") {
+            return Some((
+                format!(
+                    "slot {:?} was invalidated: it lost WAL it needed (wal_status = lost, max_slot_wal_keep_size exceeded), so changes after {} can no longer be streamed",
+                    self.name,
+                    self.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "its confirmed position".into())
+                ),
+                RESYNC_FIX.into(),
+            ));
+        }
+        None
+    }
+}
+
 fn parse_lsn(s: Option<String>) -> Option<Lsn> {
     s.and_then(|s| s.parse().ok())
 }
@@ -145,6 +179,14 @@ pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn, tokio_postg
 /// Drop a slot (fails while a walsender is streaming it).
 pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), tokio_postgres::Error> {
     client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.map(|_| ())
+}
+
+/// The oid of a publication, `None` when it does not exist. A publication dropped and created
+/// again gets a new oid, which is how walcast notices it (the slot cannot be decoded past the
+/// drop, whatever exists now).
+pub async fn publication_oid(client: &Client, publication: &str) -> Result<Option<u32>, tokio_postgres::Error> {
+    let row = client.query_opt("SELECT oid FROM pg_publication WHERE pubname = $1", &[&publication]).await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// `"name"` with embedded quotes doubled: an identifier safe to put in DDL, which cannot take

@@ -1,0 +1,198 @@
+//! The slot's lifecycle around operator actions (docs/snapshot.md, "Re-sync"): a slot dropped
+//! while walcast streams is never silently re-created (the changes made meanwhile would never
+//! reach the sinks); `walcast check` and `walcast run` both refuse with the way back;
+//! `walcast resync` then makes the sinks equal to the table again, rows deleted meanwhile
+//! included. A publication dropped under a running walcast is reported with the same way back
+//! (re-creating it cannot help: the slot cannot be decoded past the drop). A slot of the configured name that is not a logical pgoutput slot is refused and
+//! left untouched.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// The table as a consumer that applies every line in order sees it (by `id`).
+fn applied(lines: &[Value]) -> BTreeMap<i64, Value> {
+    let mut rows = BTreeMap::new();
+    for l in lines {
+        match l["op"].as_str().unwrap_or_default() {
+            "insert" | "update" | "read" => {
+                rows.insert(l["after"]["id"].as_i64().expect("id"), l["after"].clone());
+            }
+            "delete" => {
+                rows.remove(&l["key"]["id"].as_i64().expect("key id"));
+            }
+            "truncate" => rows.clear(),
+            op => panic!("unexpected op {op:?} in {l}"),
+        }
+    }
+    rows
+}
+
+async fn table_rows(client: &tokio_postgres::Client) -> BTreeMap<i64, Value> {
+    client
+        .query("SELECT id, v FROM t ORDER BY id", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| {
+            let id: i32 = r.get(0);
+            let v: Option<String> = r.get(1);
+            (i64::from(id), serde_json::json!({ "id": id, "v": v }))
+        })
+        .collect()
+}
+
+/// Drop `slot` although a walsender streams it: end the walsender, then drop before walcast
+/// reconnects (retrying the race).
+async fn drop_streaming_slot(admin: &tokio_postgres::Client, slot: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = admin
+            .execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", &[&slot])
+            .await;
+        if admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "could not drop slot {slot}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_slot_is_refused_then_resync_removes_rows_deleted_meanwhile() {
+    let db = TestDb::create("slot_dropped").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    exec(&sql, "INSERT INTO t SELECT g, 'r' || g FROM generate_series(1, 50) g").await;
+    db.create_publication(&["t"]).await;
+
+    // Snapshot of 50 rows, then streaming.
+    let mut wc = Walcast::new(&db);
+    wc.start();
+    wc.wait_lines(50, WAIT).await;
+    exec(&sql, "INSERT INTO t VALUES (51, 'streamed')").await;
+    wc.wait_for("row 51", WAIT, |l| l["after"]["id"] == 51).await;
+
+    // The operator drops the slot under the running walcast: it stops with the setup exit code
+    // and says what happened.
+    drop_streaming_slot(&db.admin().await, &db.slot).await;
+    let status = wc.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(3), "walcast must stop with exit 3 when its slot is dropped\n{}", wc.log_tail(30));
+    let log = wc.log_tail(40);
+    assert!(log.contains("walcast resync"), "the error must name the way back:\n{log}");
+
+    // Changes while no slot records them: a delete, an update and an insert.
+    exec(&sql, "DELETE FROM t WHERE id IN (7, 51)").await;
+    exec(&sql, "UPDATE t SET v = 'changed' WHERE id = 8").await;
+    exec(&sql, "INSERT INTO t VALUES (52, 'meanwhile')").await;
+
+    // Starting again must not re-create the slot silently (the delete would never arrive).
+    let before_restart = wc.lines().len();
+    wc.start();
+    let status = wc.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(3), "run must refuse a slot that vanished\n{}", wc.log_tail(30));
+    let log = wc.log_tail(40);
+    assert!(log.contains("no longer exists") && log.contains("walcast resync"), "refusal must explain and give the fix:\n{log}");
+    assert!(db.slot_state(&db.slot).await.is_none(), "a refused start must not create the slot");
+    assert_eq!(wc.lines().len(), before_restart, "a refused start writes nothing");
+
+    // `check` agrees with `run`.
+    let config = wc.config_path.to_string_lossy().into_owned();
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(3), "{check}");
+    assert!(check.stdout.contains("FAIL") && check.stdout.contains("walcast resync"), "{check}");
+
+    // The way back.
+    let resync = walcast_cmd(&["resync", "--config", &config]).await;
+    assert_eq!(resync.code, Some(0), "{resync}");
+    wc.start();
+    exec(&sql, "INSERT INTO t VALUES (1000, 'marker')").await;
+    wc.wait_for("the marker row", WAIT, |l| l["after"]["id"] == 1000).await;
+    let lines = wc.lines().to_vec();
+    assert!(
+        lines[before_restart..].iter().any(|l| l["op"] == "truncate" && l["truncate"]["resync"] == true),
+        "the re-sync removes the table's rows before reloading them"
+    );
+    let expected = table_rows(&sql).await;
+    assert!(!expected.contains_key(&7) && !expected.contains_key(&51));
+    assert_eq!(applied(&lines), expected, "after the re-sync the sink equals the table (rows 7 and 51 deleted meanwhile)");
+    wc.stop().await;
+
+    // The re-sync is done: a normal restart resumes, nothing is refused or reloaded.
+    let lines_before = wc.lines().len();
+    wc.start();
+    exec(&sql, "DELETE FROM t WHERE id = 1").await;
+    let after = wc.wait_for("the delete of row 1", WAIT, |l| l["op"] == "delete" && l["key"]["id"] == 1).await;
+    assert!(after[lines_before..].iter().all(|l| l["op"] != "read" && l["op"] != "truncate"), "no reload after the re-sync finished");
+    assert_eq!(applied(&after), table_rows(&sql).await);
+    wc.stop().await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_physical_slot_of_the_configured_name_is_refused_and_left_alone() {
+    let db = TestDb::create("slot_physical").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    db.create_publication(&["t"]).await;
+    exec(&sql, &format!("SELECT pg_create_physical_replication_slot('{}', true)", db.slot)).await;
+    let restart_before = db.slot_state(&db.slot).await.expect("slot").restart_lsn;
+
+    let mut wc = Walcast::new(&db);
+    let config = wc.config_path.to_string_lossy().into_owned();
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(3), "{check}");
+    assert!(check.stdout.contains("physical"), "{check}");
+
+    wc.start();
+    let status = wc.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(3), "run must refuse a physical slot like check does\n{}", wc.log_tail(30));
+    let log = wc.log_tail(20);
+    assert!(log.contains("physical") && log.contains("fix:"), "{log}");
+    let resync = walcast_cmd(&["resync", "--config", &config]).await;
+    assert_eq!(resync.code, Some(3), "resync never drops a slot that is not walcast's\n{resync}");
+    let after = db.slot_state(&db.slot).await.expect("the physical slot is still there");
+    assert_eq!(after.restart_lsn, restart_before, "walcast must not move a slot that is not its own");
+    exec(&sql, &format!("SELECT pg_drop_replication_slot('{}')", db.slot)).await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_publication_is_explained_and_resync_recovers() {
+    let db = TestDb::create("pub_dropped").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    exec(&sql, "INSERT INTO t SELECT g, 'r' || g FROM generate_series(1, 10) g").await;
+    db.create_publication(&["t"]).await;
+    let mut wc = Walcast::new(&db);
+    wc.start();
+    wc.wait_lines(10, WAIT).await;
+
+    exec(&sql, &format!("DROP PUBLICATION {}", db.publication)).await;
+    exec(&sql, "DELETE FROM t WHERE id = 3").await;
+    let status = wc.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(3), "{}", wc.log_tail(30));
+    let log = wc.log_tail(40);
+    assert!(log.contains("was dropped") && log.contains("walcast resync"), "the error must say what happened and the fix that works:\n{log}");
+
+    // Restarting (walcast would create the publication again) must not loop on the same error.
+    wc.start();
+    let status = wc.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(3), "{}", wc.log_tail(30));
+    assert!(wc.log_tail(20).contains("walcast resync"), "{}", wc.log_tail(20));
+
+    let config = wc.config_path.to_string_lossy().into_owned();
+    let resync = walcast_cmd(&["resync", "--config", &config]).await;
+    assert_eq!(resync.code, Some(0), "{resync}");
+    wc.start();
+    exec(&sql, "INSERT INTO t VALUES (1000, 'marker')").await;
+    wc.wait_for("the marker row", WAIT, |l| l["after"]["id"] == 1000).await;
+    let lines = wc.lines().to_vec();
+    assert_eq!(applied(&lines), table_rows(&sql).await, "after the re-sync the sink equals the table (row 3 deleted meanwhile)");
+    wc.stop().await;
+    db.drop().await;
+}

@@ -187,7 +187,7 @@ async fn stream_slot(
             return Ok(RunSummary { confirmed: start.lsn });
         }
     }
-    let start = start.lsn;
+    let (start, published) = (start.lsn, start.published);
     let mut sink_gauges = Vec::with_capacity(sink_names.len());
     for name in &sink_names {
         let label = SinkLabel { sink: name.to_string() };
@@ -217,6 +217,7 @@ async fn stream_slot(
         sink_gauges,
         batch_oldest_ts: None,
         change_counters: HashMap::new(),
+        published,
     };
     stream.run(&shutdown).await
 }
@@ -226,6 +227,8 @@ struct SlotStart {
     /// The slot's confirmed position (its consistent point when just created).
     lsn: Lsn,
     snapshot: Option<PendingSnapshot>,
+    /// What the publication published when streaming started.
+    published: source::Published,
 }
 
 /// A snapshot to load before streaming.
@@ -271,6 +274,11 @@ async fn prepare_slot(
             }
             source::ensure_publication(&client, params, &src.publication, &src.table_selectors(), src.create_publication).await?;
             let publication_oid = source::publication_oid(&client, &src.publication).await.map_err(query_error)?;
+            // Stream exactly the configured tables, or refuse (as `check` does).
+            let published = source::published_tables(&client, &src.publication, &src.table_selectors()).await.map_err(query_error)?.unwrap_or_default();
+            if let Some((problem, fix)) = published.mismatch(&src.publication) {
+                return Err(SourceError::setup(problem, fix));
+            }
             // The tables a load reads: every mapped one for a snapshot or a re-sync, none otherwise.
             let tables_for = |resync: bool| {
                 let client = &client;
@@ -326,7 +334,7 @@ async fn prepare_slot(
                             None
                         }
                     };
-                    Ok::<SlotStart, SourceError>(SlotStart { lsn, snapshot })
+                    Ok::<SlotStart, SourceError>(SlotStart { lsn, snapshot, published })
                 }
                 None => {
                     // The slot existed and is gone: creating it anew would skip every change in
@@ -354,14 +362,14 @@ async fn prepare_slot(
                         state.point = Some(lsn.to_string());
                         save(&state)?;
                         tracing::info!(slot = %src.slot, consistent_point = %lsn, "created replication slot");
-                        return Ok(SlotStart { lsn, snapshot: None });
+                        return Ok(SlotStart { lsn, snapshot: None, published });
                     }
                     let exported = source::create_slot_exporting(params, &src.slot, &src.publication, false).await?;
                     state.status = SnapshotStatus::Loading;
                     state.point = Some(exported.point.to_string());
                     save(&state)?;
                     tracing::info!(slot = %src.slot, consistent_point = %exported.point, tables = tables.len(), resync, "created replication slot with an exported snapshot");
-                    Ok(SlotStart { lsn: exported.point, snapshot: Some(PendingSnapshot { exported: Some(exported), state, tables }) })
+                    Ok(SlotStart { lsn: exported.point, snapshot: Some(PendingSnapshot { exported: Some(exported), state, tables }), published })
                 }
             }
         };
@@ -586,6 +594,9 @@ struct Streamer<'a> {
     batch_oldest_ts: Option<i64>,
     /// `walcast_changes_total` handles per (relation, op), so counting costs no label allocation.
     change_counters: HashMap<(u32, Op), prometheus_client::metrics::counter::Counter>,
+    /// The publication's tables at start: a table that joins later is streamed from then on,
+    /// without the rows it had before, which the log says.
+    published: source::Published,
 }
 
 impl Streamer<'_> {
@@ -846,6 +857,14 @@ impl Streamer<'_> {
             Message::Relation(body) => {
                 // A renamed table must count under its new name.
                 self.change_counters.retain(|(oid, _), _| *oid != body.oid);
+                if !self.published.all_tables && self.published.oids.insert(body.oid) {
+                    tracing::warn!(
+                        schema = %body.namespace,
+                        table = %body.name,
+                        fix = "if it had rows before, load them with `walcast snapshot --config FILE --table SCHEMA.TABLE`",
+                        "a table joined the publication while walcast streamed: its changes are streamed from now on, the rows it had before are not in the sinks"
+                    );
+                }
                 let rel = self.relations.apply_relation(body);
                 tracing::debug!(relation = %rel.qualified_name(), columns = rel.columns.len(), "relation described");
                 return Ok(());

@@ -196,3 +196,57 @@ async fn dropped_publication_is_explained_and_resync_recovers() {
     wc.stop().await;
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_streams_exactly_the_configured_tables_or_refuses() {
+    let db = TestDb::create("pub_tables").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text)").await;
+    exec(&sql, "INSERT INTO a VALUES (1, 'a1'); INSERT INTO b VALUES (1, 'b1')").await;
+    db.create_publication(&["b"]).await;
+    let opts = Options { source: "tables = [\"public.a\"]".into(), ..Options::default() };
+    let mut wc = Walcast::with_options(&db, &opts);
+    let config = wc.config_path.to_string_lossy().into_owned();
+
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(3), "{check}");
+    wc.start();
+    let status = wc.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(3), "run must refuse a publication that publishes other tables\n{}", wc.log_tail(30));
+    assert!(db.slot_state(&db.slot).await.is_none(), "no slot is left behind by a refused start");
+    // The fix walcast prints works when pasted.
+    let log = wc.log_tail(10);
+    let fix = log.lines().find_map(|l| l.split_once("make them agree: ").map(|(_, f)| f.to_string())).unwrap_or_else(|| panic!("no fix in:\n{log}"));
+    let sql_fix = fix.split(" (then").next().expect("fix SQL");
+    exec(&sql, sql_fix).await;
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(0), "after the printed fix, check passes\n{check}");
+
+    wc.start();
+    exec(&sql, "INSERT INTO a VALUES (2, 'a2'); INSERT INTO b VALUES (2, 'b2')").await;
+    let lines = wc.wait_for("row 2 of a", WAIT, |l| l["table"] == "a" && l["after"]["id"] == 2).await;
+    assert!(lines.iter().all(|l| l["table"] == "a"), "only the configured table is streamed: {lines:?}");
+    assert!(lines.iter().any(|l| l["op"] == "read" && l["after"]["id"] == 1), "and its existing rows are loaded");
+    wc.stop().await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_joining_the_publication_mid_stream_is_reported() {
+    let db = TestDb::create("pub_joined").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE c (id int PRIMARY KEY)").await;
+    exec(&sql, "INSERT INTO c VALUES (1)").await;
+    db.create_publication(&["a"]).await;
+    let mut wc = Walcast::new(&db);
+    wc.start();
+    exec(&sql, "INSERT INTO a VALUES (1)").await;
+    wc.wait_for("row of a", WAIT, |l| l["table"] == "a").await;
+    exec(&sql, &format!("ALTER PUBLICATION {} ADD TABLE c", db.publication)).await;
+    exec(&sql, "INSERT INTO c VALUES (2)").await;
+    wc.wait_for("row 2 of c", WAIT, |l| l["table"] == "c" && l["after"]["id"] == 2).await;
+    wc.wait_log("a table joined the publication while walcast streamed", WAIT).await;
+    assert!(wc.log_tail(20).contains("walcast snapshot"), "the warning gives the fix");
+    wc.stop().await;
+    db.drop().await;
+}

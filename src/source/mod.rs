@@ -13,7 +13,7 @@ pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};
 pub use replication::{create_slot_exporting, ExportedSnapshot, ReplicationStream, SourceEvent, StreamSettings};
 pub(crate) use sql::classify;
-pub use sql::{connect_sql, create_slot, drop_slot, ensure_publication, publication_oid, quote_ident, slot_info, SlotInfo, RESYNC_FIX};
+pub use sql::{connect_sql, create_slot, drop_slot, ensure_publication, publication_oid, published_tables, quote_ident, slot_info, Published, SlotInfo, RESYNC_FIX};
 
 use crate::config::{ConfigError, SourceConfig, SslMode};
 

@@ -167,7 +167,11 @@ async fn check_publication(client: &Client, config: &Config, superuser: bool, ou
     let src = &config.source;
     let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&src.publication]).await?.is_some();
     if exists {
-        out.push(Finding::ok(format!("publication {:?} exists", src.publication)));
+        let published = super::published_tables(client, &src.publication, &src.table_selectors()).await?.unwrap_or_default();
+        match published.mismatch(&src.publication) {
+            Some((problem, fix)) => out.push(Finding::fail(problem, fix)),
+            None => out.push(Finding::ok(format!("publication {:?} exists", src.publication))),
+        }
         return Ok(());
     }
     if !src.create_publication {

@@ -189,6 +189,87 @@ pub async fn publication_oid(client: &Client, publication: &str) -> Result<Optio
     Ok(row.map(|r| r.get(0)))
 }
 
+/// What a publication publishes, as walcast compares it with `source.tables`.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// `FOR ALL TABLES`: tables created later join by design.
+    pub all_tables: bool,
+    /// Oids of the published tables (partitions as Postgres lists them).
+    pub oids: std::collections::HashSet<u32>,
+    /// Tables configured in `source.tables` that the publication lacks (`schema.table`).
+    pub missing: Vec<(String, String)>,
+    /// Published tables that `source.tables` does not select.
+    pub extra: Vec<(String, String)>,
+}
+
+impl Published {
+    /// When the publication does not publish exactly the configured tables: (problem, fix),
+    /// the fix being SQL that works when pasted (as the tables' owner or a superuser).
+    pub fn mismatch(&self, publication: &str) -> Option<(String, String)> {
+        if self.missing.is_empty() && self.extra.is_empty() {
+            return None;
+        }
+        let names = |v: &[(String, String)]| v.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect::<Vec<_>>().join(", ");
+        let mut problem = format!("publication {publication:?} exists but does not publish exactly source.tables:");
+        let mut fix = Vec::new();
+        if !self.missing.is_empty() {
+            problem.push_str(&format!(" missing {}", names(&self.missing)));
+            fix.push(format!("ALTER PUBLICATION {} ADD TABLE {};", quote_ident(publication), names(&self.missing)));
+        }
+        if !self.extra.is_empty() {
+            problem.push_str(&format!("{} not configured {}", if self.missing.is_empty() { "" } else { ";" }, names(&self.extra)));
+            fix.push(format!("ALTER PUBLICATION {} DROP TABLE {};", quote_ident(publication), names(&self.extra)));
+        }
+        Some((
+            problem,
+            format!(
+                "make them agree: {} (then `walcast snapshot --table` loads the rows an added table already had), or change source.tables",
+                fix.join(" ")
+            ),
+        ))
+    }
+}
+
+/// What `publication` publishes, compared with the configured `tables` (no comparison when
+/// `tables` is empty: the publication decides). `None` when the publication does not exist.
+pub async fn published_tables(client: &Client, publication: &str, tables: &[TableSelector]) -> Result<Option<Published>, tokio_postgres::Error> {
+    let Some(head) = client.query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication]).await? else {
+        return Ok(None);
+    };
+    // A partition counts as its partition root, which is what source.tables names.
+    let rows = client
+        .query(
+            "SELECT c.oid, pt.schemaname::text, pt.tablename::text, rn.nspname::text, rc.relname::text              FROM pg_publication_tables pt              JOIN pg_namespace n ON n.nspname = pt.schemaname              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename              JOIN pg_class rc ON rc.oid = COALESCE(pg_partition_root(c.oid), c.oid)              JOIN pg_namespace rn ON rn.oid = rc.relnamespace              WHERE pt.pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    let mut out = Published { all_tables: head.get(0), ..Published::default() };
+    let selects = |schema: &str, table: &str| {
+        tables.iter().any(|sel| match sel {
+            TableSelector::Table { schema: s, table: t } => s == schema && t == table,
+            TableSelector::Schema(s) => s == schema,
+        })
+    };
+    let mut seen = Vec::new();
+    for r in &rows {
+        out.oids.insert(r.get(0));
+        let (schema, table, root_schema, root_table): (String, String, String, String) = (r.get(1), r.get(2), r.get(3), r.get(4));
+        if !tables.is_empty() && !selects(&schema, &table) && !selects(&root_schema, &root_table) {
+            out.extra.push((schema.clone(), table.clone()));
+        }
+        seen.push((schema, table));
+        seen.push((root_schema, root_table));
+    }
+    for sel in tables {
+        if let TableSelector::Table { schema, table } = sel {
+            if !seen.iter().any(|(s, t)| s == schema && t == table) {
+                out.missing.push((schema.clone(), table.clone()));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
 /// `"name"` with embedded quotes doubled: an identifier safe to put in DDL, which cannot take
 /// bind parameters.
 pub fn quote_ident(name: &str) -> String {

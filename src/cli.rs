@@ -204,7 +204,7 @@ fn report_pipeline_error(e: &PipelineError) -> ExitCode {
 }
 
 async fn check(config: &Config) -> ExitCode {
-    let params = match ConnParams::from_config(&config.source) {
+    let params = match config.read_secrets().and_then(|()| ConnParams::from_config(&config.source)) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("walcast: {e}");

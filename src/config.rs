@@ -462,6 +462,20 @@ impl Config {
         Ok(config)
     }
 
+    /// Read every secret the config names (environment variables, files), so a missing one
+    /// stops `run` and `check` as a config error before any slot or state exists. The values
+    /// are dropped; each sink reads its own again when it opens.
+    pub fn read_secrets(&self) -> Result<(), ConfigError> {
+        self.source.password()?;
+        if let Some(sasl) = self.sinks.kafka.as_ref().and_then(|k| k.sasl.as_ref()) {
+            sasl.password()?;
+        }
+        if let Some(es) = &self.sinks.elasticsearch {
+            es.auth()?;
+        }
+        Ok(())
+    }
+
     /// Check every value; the error names the first bad field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.source;

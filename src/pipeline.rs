@@ -65,6 +65,7 @@ pub struct RunSummary {
 
 /// Run until `shutdown` is cancelled (then drain and return) or a permanent error.
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSummary, PipelineError> {
+    config.read_secrets()?;
     let params = ConnParams::from_config(&config.source)?;
     let metrics = Metrics::new();
 

@@ -250,3 +250,56 @@ async fn a_table_joining_the_publication_mid_stream_is_reported() {
     wc.stop().await;
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_finds_what_run_would_fail_on_before_any_slot_exists() {
+    let db = TestDb::create("preflight_owner").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    // A role that may replicate, read and create in the database, but owns no table: it cannot
+    // create a publication FOR TABLE t.
+    let role = format!("wc_noowner_{}", std::process::id());
+    let admin = db.admin().await;
+    let _ = admin.execute(&format!("DROP ROLE IF EXISTS {role}"), &[]).await;
+    exec(&admin, &format!("CREATE ROLE {role} LOGIN REPLICATION")).await;
+    exec(&admin, &format!("GRANT CREATE, CONNECT ON DATABASE {} TO {role}", db.name)).await;
+    exec(&sql, &format!("GRANT SELECT ON t TO {role}")).await;
+    let opts = Options { source: "tables = [\"public.t\"]".into(), ..Options::default() };
+    let mut wc = Walcast::with_options(&db, &opts);
+    let text = std::fs::read_to_string(&wc.config_path).expect("config").replace("user = \"postgres\"", &format!("user = \"{role}\""));
+    std::fs::write(&wc.config_path, text).expect("config");
+    let config = wc.config_path.to_string_lossy().into_owned();
+
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(3), "check must see that the publication cannot be created\n{check}");
+    assert!(check.stdout.contains("does not own"), "{check}");
+    wc.start();
+    assert_eq!(wc.wait_exit(WAIT).await.code(), Some(3), "{}", wc.log_tail(20));
+    assert!(db.slot_state(&db.slot).await.is_none(), "no slot is left behind");
+    // The printed fix works when pasted (as the owner), and then check passes.
+    let fix = check.stdout.lines().find_map(|l| l.trim().strip_prefix("fix: as the tables' owner or a superuser: ")).expect("fix line").to_string();
+    exec(&sql, &fix).await;
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(0), "{check}");
+    drop(wc);
+
+    // A secret a sink needs is missing: a config error (exit 2) from check and run, before any
+    // slot or state exists.
+    let opts = Options {
+        extra: "[sinks.kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[sinks.kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_env = \"WALCAST_TEST_UNSET_SECRET\"\n".into(),
+        ..Options::default()
+    };
+    let mut wc = Walcast::with_options(&db, &opts);
+    let config = wc.config_path.to_string_lossy().into_owned();
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(2), "{check}");
+    wc.start();
+    assert_eq!(wc.wait_exit(WAIT).await.code(), Some(2), "{}", wc.log_tail(20));
+    assert!(wc.log_tail(10).contains("WALCAST_TEST_UNSET_SECRET"), "the error names the variable: {}", wc.log_tail(10));
+    assert!(db.slot_state(&db.slot).await.is_none(), "no slot is left behind");
+    let state = wc.out_path.parent().expect("dir").join("state");
+    assert!(read_snapshot_state(&state, &db.slot).is_none(), "no state is left behind");
+    drop(wc);
+    db.drop().await;
+    exec(&admin, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+}

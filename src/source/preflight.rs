@@ -201,8 +201,41 @@ async fn check_publication(client: &Client, config: &Config, superuser: bool, ou
         ));
         return Ok(());
     }
+    // CREATE PUBLICATION ... FOR TABLE needs ownership of every table, which the CREATE
+    // privilege does not give: find out now rather than when `run` tries.
+    if !superuser {
+        let (schemas, tables): (Vec<&str>, Vec<&str>) = selectors
+            .iter()
+            .filter_map(|t| match t {
+                TableSelector::Table { schema, table } => Some((schema.as_str(), table.as_str())),
+                TableSelector::Schema(_) => None,
+            })
+            .unzip();
+        let not_owned: Vec<String> = client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE (n.nspname::text, c.relname::text) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+                   AND NOT pg_has_role(current_user, c.relowner, 'USAGE')",
+                &[&schemas, &tables],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !not_owned.is_empty() {
+            out.push(Finding::fail(
+                format!("publication {:?} must be created but role {} does not own {}", src.publication, params_user(client).await?, not_owned.join(", ")),
+                format!("as the tables' owner or a superuser: {};", super::sql::create_publication_sql(&src.publication, &selectors)),
+            ));
+            return Ok(());
+        }
+    }
     out.push(Finding::ok(format!("publication {:?} will be created", src.publication)));
     Ok(())
+}
+
+async fn params_user(client: &Client) -> Result<String, tokio_postgres::Error> {
+    Ok(client.query_one("SELECT current_user::text", &[]).await?.get(0))
 }
 
 async fn check_tables(client: &Client, config: &Config, out: &mut Vec<Finding>) -> Result<(), tokio_postgres::Error> {

@@ -648,9 +648,7 @@ impl KafkaSink {
                 for (r, _) in &records {
                     file.push(r);
                 }
-                if let Err(e) = file.sync() {
-                    return Err(SinkError::Transient { sink: NAME, source: std::io::Error::new(e.kind(), format!("dead-letter file {}: {e}", file.path().display())) });
-                }
+                file.sync().await.map_err(|e| e.into_sink_error(NAME))?;
             }
             DeadLetter::Topic(topic) => {
                 let topic = Arc::clone(topic);
@@ -723,6 +721,13 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        if let DeadLetter::File(file) = &mut self.dead_letter {
+            file.repair().await.map_err(|e| e.into_sink_error(NAME))?;
+        }
+        Ok(())
     }
 
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {

@@ -559,10 +559,10 @@ impl ElasticsearchSink {
                 )));
             }
             DeadLetters::File(file) => {
-                file.write(&letters).map_err(|source| {
-                    tracing::warn!(path = %file.path().display(), error = %source, "cannot write the dead-letter file");
-                    SinkError::Transient { sink: NAME, source }
-                })?;
+                if let Err(e) = file.write(&letters).await {
+                    tracing::warn!(path = %file.path().display(), error = %e, "cannot write the dead-letter file");
+                    return Err(e.into_sink_error(NAME));
+                }
             }
             DeadLetters::Index(index) => {
                 let index = Arc::clone(index);
@@ -595,6 +595,9 @@ impl Sink for ElasticsearchSink {
     }
 
     async fn prepare(&mut self) -> Result<(), SinkError> {
+        if let DeadLetters::File(file) = &mut self.dead_letters {
+            file.repair().await.map_err(|e| e.into_sink_error(NAME))?;
+        }
         self.ensure_indexes().await
     }
 

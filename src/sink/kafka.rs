@@ -8,7 +8,8 @@
 //! failure fails the whole batch (`SinkError::Transient`), which `sink::drive` writes again;
 //! duplicates are allowed (contract 2), loss and reordering per key are not: the producer is
 //! idempotent with at most 5 requests in flight, and a retried batch re-sends every record after
-//! the failed one too.
+//! the failed one too. A producer that can never deliver again (fenced after a broker stall, or
+//! in a fatal idempotence state) is replaced by a new one before the batch is written again.
 
 mod check;
 mod client;
@@ -93,6 +94,8 @@ pub struct KafkaSink {
     dead_letter_metric: Option<prometheus_client::metrics::counter::Counter>,
     /// Rendered keys and values of the current batch (reused).
     arena: Vec<u8>,
+    /// How many times the producer was replaced since the sink was opened (logged).
+    replacements: u64,
 }
 
 /// What a record of the batch is, for the dead-letter destination and for logs.
@@ -117,6 +120,8 @@ struct Pending {
     dead: Vec<(usize, String)>,
     /// Why the batch must be written again, if it must.
     retry: Option<String>,
+    /// Why the producer must be replaced before the batch is written again, if it must.
+    replace: Option<String>,
 }
 
 impl KafkaSink {
@@ -171,6 +176,7 @@ impl KafkaSink {
             dead_letters: Arc::new(AtomicU64::new(0)),
             dead_letter_metric: None,
             arena: Vec::with_capacity(1 << 20),
+            replacements: 0,
         })
     }
 
@@ -190,21 +196,39 @@ impl KafkaSink {
         Arc::clone(&self.dead_letters)
     }
 
-    /// Stop on an authentication failure; replace a producer that hit a fatal idempotence error.
-    fn check_fatal(&mut self) -> Result<(), SinkError> {
-        let notice = self.fatal.borrow().clone();
-        let Some(notice) = notice else { return Ok(()) };
+    /// Stop on an authentication failure; replace a producer in a fatal state (asked directly:
+    /// the notice of the client context only wakes a waiting write up sooner).
+    async fn check_producer(&mut self) -> Result<(), SinkError> {
         match self.producer.client().fatal_error() {
-            Some((code, reason)) if !client::is_auth_error(code) => {
-                tracing::warn!(code = ?code, reason = %reason, "kafka producer failed for good; starting a new one and writing the batch again");
-                let (producer, fatal) = new_producer(&self.cfg)?;
-                self.producer = producer;
-                self.fatal = fatal;
-                Err(transient(format!("the producer was replaced after a fatal error: {reason}")))
+            Some((code, reason)) if client::is_auth_error(code) => Err(fatal_err(client::auth_message(&reason))),
+            Some((code, reason)) => {
+                let reason = format!("{code:?}: {reason}");
+                self.replace_producer(&reason).await?;
+                Err(transient(format!("the producer failed for good and was replaced: {reason}")))
             }
-            Some((_, reason)) => Err(fatal_err(client::auth_message(&reason))),
-            None => Err(fatal_err(client::auth_message(&notice))),
+            None => match self.fatal.borrow().clone() {
+                Some(notice) => Err(fatal_err(client::auth_message(&notice))),
+                None => Ok(()),
+            },
         }
+    }
+
+    /// Replace the producer with a new one (a new producer id): a fenced or failed idempotent
+    /// producer never delivers again, however often the batch is retried. The caller then fails
+    /// the batch, which is written again whole by the new producer (at-least-once: records the
+    /// old one did deliver are duplicated, as after a crash). The old producer is destroyed
+    /// first, purging what it still holds and closing its connections, so nothing it had in
+    /// flight can land after the new producer's records of the same keys.
+    async fn replace_producer(&mut self, reason: &str) -> Result<(), SinkError> {
+        let (producer, fatal) = new_producer(&self.cfg)?;
+        let old = std::mem::replace(&mut self.producer, producer);
+        self.fatal = fatal;
+        self.replacements += 1;
+        tracing::warn!(reason, replacements = self.replacements, "replacing the kafka producer (fenced or failed for good); the batch is written again");
+        // Destroying a producer purges and waits for its threads: not on the runtime thread.
+        tokio::task::spawn_blocking(move || drop(old))
+            .await
+            .map_err(|e| fatal_err(format!("destroying the replaced Kafka producer failed: {e}")))
     }
 
     fn admin(&mut self) -> Result<&AdminClient<Context>, SinkError> {
@@ -547,6 +571,9 @@ impl KafkaSink {
             Err(e) => match classify(&e, self.cfg.create_topics, &rec.topic, self.cfg.message_max_bytes) {
                 Failure::DeadLetter(reason) => p.dead.push((index, reason)),
                 Failure::Fatal(reason) => return Err(fatal_err(reason)),
+                Failure::Replace(reason) => {
+                    p.replace.get_or_insert(reason);
+                }
                 Failure::Retry(reason) => {
                     self.known_topics.remove(&rec.topic);
                     p.retry.get_or_insert(reason);
@@ -575,7 +602,7 @@ impl KafkaSink {
         let failed = tokio::select! {
             failed = all => failed,
             () = wait_fatal(&mut fatal) => {
-                self.check_fatal()?;
+                self.check_producer().await?;
                 return Err(transient("the producer reported an error".into()));
             }
         };
@@ -588,6 +615,9 @@ impl KafkaSink {
             match failure {
                 Failure::DeadLetter(reason) => p.dead.push((index, reason)),
                 Failure::Fatal(reason) => return Err(fatal_err(reason)),
+                Failure::Replace(reason) => {
+                    p.replace.get_or_insert(reason);
+                }
                 Failure::Retry(reason) => {
                     if matches!(error.as_ref().and_then(KafkaError::rdkafka_error_code), Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)) {
                         // Created again (or looked up) before the retry.
@@ -598,10 +628,15 @@ impl KafkaSink {
                 }
             }
         }
+        let undelivered = p.recs.len() - p.dead.len();
+        if let Some(reason) = p.replace.take() {
+            self.replace_producer(&reason).await?;
+            return Err(transient(format!("{undelivered} of {} records not delivered, the producer was replaced: {reason}", p.recs.len())));
+        }
         match p.retry.take() {
             Some(reason) => {
-                self.check_fatal()?;
-                Err(transient(format!("{} of {} records not delivered: {reason}", p.recs.len() - p.dead.len(), p.recs.len())))
+                self.check_producer().await?;
+                Err(transient(format!("{undelivered} of {} records not delivered: {reason}", p.recs.len())))
             }
             None => Ok(()),
         }
@@ -648,9 +683,7 @@ impl KafkaSink {
                 for (r, _) in &records {
                     file.push(r);
                 }
-                if let Err(e) = file.sync() {
-                    return Err(SinkError::Transient { sink: NAME, source: std::io::Error::new(e.kind(), format!("dead-letter file {}: {e}", file.path().display())) });
-                }
+                file.sync().await.map_err(|e| e.into_sink_error(NAME))?;
             }
             DeadLetter::Topic(topic) => {
                 let topic = Arc::clone(topic);
@@ -711,6 +744,10 @@ impl KafkaSink {
                             return Err(fatal_err(format!("the dead-letter topic {topic} cannot take a record: {why}; fix sinks.kafka.dead_letter")))
                         }
                         Failure::Fatal(why) => return Err(fatal_err(why)),
+                        Failure::Replace(why) => {
+                            self.replace_producer(&why).await?;
+                            return Err(transient(format!("dead-letter topic {topic}: {why}; the producer was replaced")));
+                        }
                         Failure::Retry(why) => return Err(transient(format!("dead-letter topic {topic}: {why}"))),
                     },
                 }
@@ -725,8 +762,15 @@ impl Sink for KafkaSink {
         NAME
     }
 
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        if let DeadLetter::File(file) = &mut self.dead_letter {
+            file.repair().await.map_err(|e| e.into_sink_error(NAME))?;
+        }
+        Ok(())
+    }
+
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        self.check_fatal()?;
+        self.check_producer().await?;
         if batch.changes.is_empty() && self.tx.open().is_none() {
             return Ok(());
         }

@@ -3,6 +3,7 @@
 pub mod elasticsearch;
 mod jsonl;
 pub mod kafka;
+mod line_file;
 mod memory;
 
 use std::future::Future;

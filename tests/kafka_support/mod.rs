@@ -1,9 +1,12 @@
 //! Shared support of the Kafka tests (`tests/kafka_*.rs`): the broker from `scripts/test-env`
-//! (`WALCAST_TEST_KAFKA`, tansu), a consumer that collects records, the `[sinks.kafka]` config
-//! section, and the Debezium field list every envelope is checked against.
+//! (`WALCAST_TEST_KAFKA`, tansu), a private tansu for tests that stall the broker, a consumer
+//! that collects records, the `[sinks.kafka]` config section, and the Debezium field list every
+//! envelope is checked against.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,76 @@ pub fn bootstrap() -> String {
     match std::env::var("WALCAST_TEST_KAFKA") {
         Ok(v) if !v.is_empty() => v,
         _ => panic!("WALCAST_TEST_KAFKA is not set: run `eval \"$(scripts/test-env)\"` first (or use scripts/test)"),
+    }
+}
+
+/// A private tansu broker on a free port with in-memory storage, for tests that stop or pause
+/// the broker: the shared one of `scripts/test-env` is used by other tests at the same time and
+/// is never paused. The binary comes from `scripts/kafka-broker bin`. Killed when dropped.
+pub struct PrivateBroker {
+    pub port: u16,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl PrivateBroker {
+    /// Start tansu on a free port, its log in `dir`; returns once it accepts connections.
+    pub fn start(dir: &Path) -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash").arg(root.join("scripts/kafka-broker")).arg("bin").output().expect("run scripts/kafka-broker bin");
+        assert!(out.status.success(), "scripts/kafka-broker bin failed: {}", String::from_utf8_lossy(&out.stderr));
+        let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let log = dir.join("tansu.log");
+        let file = std::fs::File::create(&log).expect("tansu log");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        let mut this = Self { port, child, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(matches!(this.child.try_wait(), Ok(None)), "private tansu exited at start: {}", this.log_text());
+            assert!(Instant::now() < deadline, "private tansu did not listen on {port} within 20 s: {}", this.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        this
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGSTOP: the broker keeps its connections open and answers nothing.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{sig} of the private broker failed");
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        // A paused process dies of SIGKILL all the same.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,12 +1,12 @@
 //! Dead letters: documents the cluster rejects for good (and changes no document can be built
 //! from) are set aside with their reason, in a JSON-lines file or an index, and the stream goes on.
 
-use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::decode::write_json_str;
 use crate::lsn::Lsn;
+use crate::sink::line_file::{LineFile, LineFileError};
 
 /// The mapping of a dead-letter index walcast creates: nothing in it is parsed by the cluster
 /// except the keyword fields, so a dead letter cannot itself be rejected.
@@ -64,35 +64,37 @@ impl DeadLetter {
 
 /// A JSON-lines file of dead letters, fsynced before the batch counts as durable.
 pub struct DeadLetterFile {
-    path: PathBuf,
-    file: File,
+    file: LineFile,
+    buf: Vec<u8>,
 }
 
 impl DeadLetterFile {
     /// Open `path` for appending (created when missing).
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { path: path.to_path_buf(), file })
+        Ok(Self { file: LineFile::open(path)?, buf: Vec::new() })
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
-    /// Append the letters as lines, flush and fsync.
-    pub fn write(&mut self, letters: &[DeadLetter]) -> std::io::Result<()> {
+    /// Cut off a line torn by a killed run.
+    pub(crate) async fn repair(&mut self) -> Result<(), LineFileError> {
+        self.file.repair().await
+    }
+
+    /// Append the letters as lines, flush and fsync (on the blocking pool).
+    pub(crate) async fn write(&mut self, letters: &[DeadLetter]) -> Result<(), LineFileError> {
         if letters.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(letters.len() * 256);
+        self.buf.clear();
         for l in letters {
-            l.render(&mut buf);
-            buf.push(b'\n');
+            l.render(&mut self.buf);
+            self.buf.push(b'\n');
         }
-        self.file.write_all(&buf)?;
-        self.file.flush()?;
-        self.file.sync_data()
+        self.file.append(&mut self.buf).await
     }
 }
 
@@ -113,15 +115,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn file_lines_have_every_field() {
+    #[tokio::test]
+    async fn file_lines_have_every_field() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead.jsonl");
         let mut f = DeadLetterFile::open(&path).expect("open");
         let mut second = letter();
         second.key = Vec::new();
         second.document = None;
-        f.write(&[letter(), second]).expect("write");
+        f.write(&[letter(), second]).await.expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
         assert_eq!(
@@ -131,6 +133,26 @@ mod tests {
         );
         assert_eq!(lines[1]["key"], serde_json::Value::Null);
         assert_eq!(lines[1]["document"], serde_json::Value::Null);
+    }
+
+    #[tokio::test]
+    async fn a_line_torn_by_a_kill_is_cut_before_the_next_letter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dead.jsonl");
+        let mut f = DeadLetterFile::open(&path).expect("open");
+        f.write(&[letter()]).await.expect("write");
+        drop(f);
+        // Killed in the middle of the next line: whole lines, then partial JSON without newline.
+        let whole = std::fs::read(&path).expect("read");
+        std::fs::OpenOptions::new().append(true).open(&path).expect("reopen").write_all(&whole[..whole.len() / 2]).expect("torn");
+        let mut f = DeadLetterFile::open(&path).expect("open");
+        f.write(&[letter()]).await.expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}):\n{text}"));
+            assert_eq!(v["id"], "1");
+        }
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 
     #[test]

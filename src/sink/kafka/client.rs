@@ -150,6 +150,10 @@ pub(crate) enum Failure {
     DeadLetter(String),
     /// A setup problem (authentication, authorization): stop walcast with this message.
     Fatal(String),
+    /// The idempotent producer itself is broken (fenced, epoch or sequence out of step with the
+    /// broker, fatal state): no retry by this producer can pass. Replace the producer, then write
+    /// the batch again.
+    Replace(String),
 }
 
 /// Classify a produce or delivery error. `create_topics` says whether a missing topic is
@@ -172,8 +176,27 @@ pub(crate) fn classify(error: &KafkaError, create_topics: bool, topic: &str, max
             Failure::DeadLetter(format!("topic {topic} does not exist and sinks.kafka.create_topics = false: {error}"))
         }
         c if is_auth_error(c) => Failure::Fatal(auth_message(&error.to_string())),
+        c if breaks_the_producer(c) => Failure::Replace(error.to_string()),
         _ => Failure::Retry(error.to_string()),
     }
+}
+
+/// Errors after which an idempotent producer never delivers again. After a long broker stall
+/// (records timed out in flight) the broker answers every produce of the old producer id with
+/// `ProducerFenced`, without librdkafka raising a fatal error: only a new producer (a new
+/// producer id) gets through.
+fn breaks_the_producer(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::GaplessGuarantee
+    )
 }
 
 /// The message for an authentication or authorization failure, with what to fix.
@@ -240,6 +263,16 @@ mod tests {
             RDKafkaErrorCode::LeaderNotAvailable,
         ] {
             assert!(matches!(classify(&e(c), true, "t", 1000), Failure::Retry(_)), "{c:?}");
+        }
+        for c in [
+            RDKafkaErrorCode::ProducerFenced,
+            RDKafkaErrorCode::Fenced,
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+            RDKafkaErrorCode::UnknownProducerId,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+        ] {
+            assert!(matches!(classify(&e(c), true, "t", 1000), Failure::Replace(_)), "{c:?}");
         }
     }
 }

@@ -1,12 +1,12 @@
 //! The dead-letter destination: records that can never be written (too large, topic missing or
 //! invalid) go here with their reason, and the stream goes on.
 
-use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::decode::write_json_str;
 use crate::lsn::Lsn;
+use crate::sink::line_file::{LineFile, LineFileError};
 
 /// One record that could not be written.
 #[derive(Debug)]
@@ -31,21 +31,19 @@ pub(crate) struct DeadRecord<'a> {
 
 /// A JSON-lines file of dead letters, fsynced before the batch counts as durable.
 pub(crate) struct DeadLetterFile {
-    path: PathBuf,
-    file: File,
+    file: LineFile,
     buf: Vec<u8>,
 }
 
 impl DeadLetterFile {
     /// Open `path` for appending (created when missing).
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { path: path.to_path_buf(), file, buf: Vec::new() })
+        Ok(Self { file: LineFile::open(path)?, buf: Vec::new() })
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Cut off a line torn by a killed run.
+    pub async fn repair(&mut self) -> Result<(), LineFileError> {
+        self.file.repair().await
     }
 
     /// Queue one line `{lsn, commit_lsn, schema, table, key, reason, topic}`.
@@ -68,12 +66,12 @@ impl DeadLetterFile {
         b.extend_from_slice(b"}\n");
     }
 
-    /// Write, flush and fsync what was queued.
-    pub fn sync(&mut self) -> std::io::Result<()> {
+    /// Write, flush and fsync what was queued (on the blocking pool).
+    pub async fn sync(&mut self) -> Result<(), LineFileError> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.buf).and_then(|()| self.file.flush()).and_then(|()| self.file.sync_data());
+        let result = self.file.append(&mut self.buf).await;
         self.buf.clear();
         result
     }
@@ -119,13 +117,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn file_lines_are_json_with_every_field() {
+    #[tokio::test]
+    async fn file_lines_are_json_with_every_field() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead.jsonl");
         let mut f = DeadLetterFile::open(&path).expect("open");
         f.push(&record());
-        f.sync().expect("sync");
+        f.sync().await.expect("sync");
         let text = std::fs::read_to_string(&path).expect("read");
         let v: serde_json::Value = serde_json::from_str(text.trim_end()).expect("json");
         assert_eq!(
@@ -133,6 +131,28 @@ mod tests {
             serde_json::json!({"lsn": "0/10", "commit_lsn": "0/20", "schema": "public", "table": "big",
                 "key": {"id": 1}, "reason": "record too large", "topic": "walcast.public.big"})
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_torn_by_a_kill_is_cut_before_the_next_dead_letter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dead.jsonl");
+        let mut f = DeadLetterFile::open(&path).expect("open");
+        f.push(&record());
+        f.sync().await.expect("sync");
+        drop(f);
+        // Killed in the middle of the next line: whole lines, then partial JSON without newline.
+        let whole = std::fs::read(&path).expect("read");
+        std::fs::OpenOptions::new().append(true).open(&path).expect("reopen").write_all(&whole[..whole.len() / 2]).expect("torn");
+        let mut f = DeadLetterFile::open(&path).expect("open");
+        f.push(&record());
+        f.sync().await.expect("sync");
+        let text = std::fs::read_to_string(&path).expect("read");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}):\n{text}"));
+            assert_eq!(v["lsn"], "0/10");
+        }
+        assert_eq!(text.lines().count(), 2, "{text}");
     }
 
     #[test]

@@ -1,0 +1,246 @@
+//! Append-only files of JSON lines: the JSON-lines sink's output file and the Kafka and
+//! Elasticsearch dead-letter files. A line torn by a kill is cut off before anything else is
+//! appended (the sinks do it in `prepare`); appends are written, flushed and fsynced on the
+//! blocking pool, never on the runtime thread; a failed write is rolled back so that a retry
+//! never leaves half a line behind.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::SinkError;
+
+/// What went wrong with a line file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LineFileError {
+    /// The torn end could not be cut off.
+    #[error("cannot repair the torn end of {}: {source}; fix: check the file and its permissions", path.display())]
+    Repair {
+        /// The file.
+        path: Arc<Path>,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Writing failed and was rolled back: writing again may pass (disk full, quota).
+    #[error("cannot write to {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: Arc<Path>,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Writing failed and the file could not be cut back to its previous length.
+    #[error("write to {} failed ({source}) and rolling it back failed too ({rollback}); fix: check the disk, then restart walcast (a torn end is cut off at start)", path.display())]
+    Rollback {
+        /// The file.
+        path: Arc<Path>,
+        /// The write error.
+        source: std::io::Error,
+        /// The truncate error.
+        rollback: std::io::Error,
+    },
+    /// A failed fsync may have dropped dirty pages: writing again could report lines durable
+    /// that are not.
+    #[error("fsync of {} failed: {source}; fix: check the disk, then restart walcast (it resumes from the last confirmed LSN)", path.display())]
+    Sync {
+        /// The file.
+        path: Arc<Path>,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The blocking task holding the file panicked; the file is gone with it.
+    #[error("the writer task of {} failed: {reason}; fix: restart walcast (it resumes from the last confirmed LSN)", path.display())]
+    Lost {
+        /// The file.
+        path: Arc<Path>,
+        /// What happened to the task.
+        reason: String,
+    },
+}
+
+impl LineFileError {
+    /// Whether writing the same lines again may succeed.
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self, Self::Write { .. })
+    }
+
+    /// The error as sink `sink` reports it: retryable errors are transient, the others fatal.
+    pub(crate) fn into_sink_error(self, sink: &'static str) -> SinkError {
+        if !self.is_retryable() {
+            return SinkError::Fatal { sink, reason: self.to_string() };
+        }
+        let kind = match &self {
+            Self::Write { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::Other,
+        };
+        SinkError::Transient { sink, source: std::io::Error::new(kind, self.to_string()) }
+    }
+}
+
+/// An append-only file of lines. See the module documentation.
+pub(crate) struct LineFile {
+    path: Arc<Path>,
+    /// `None` only while a write runs on the blocking pool (or after that task panicked).
+    file: Option<File>,
+    /// A regular file is repaired and fsynced; a pipe or `/dev/null` cannot be, and is only
+    /// written and flushed.
+    regular: bool,
+    /// Whether the end of the file was checked for a torn line since it was opened.
+    repaired: bool,
+}
+
+impl LineFile {
+    /// Open `path` for appending (created when missing). Nothing is read or synced yet: the torn
+    /// end is cut off by [`LineFile::repair`] or before the first append, on the blocking pool.
+    pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+        let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        Ok(Self { path: Arc::from(path), file: Some(file), regular, repaired: !regular })
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Cut off a torn last line left by a killed run (once; later calls do nothing).
+    pub(crate) async fn repair(&mut self) -> Result<(), LineFileError> {
+        self.append(&mut Vec::new()).await
+    }
+
+    /// Append `buf` (whole lines), flush, and fsync a regular file: when this returns `Ok` the
+    /// lines are durable. `buf` is handed back unchanged (the caller reuses it). A torn end is
+    /// cut off first if that was not done yet.
+    pub(crate) async fn append(&mut self, buf: &mut Vec<u8>) -> Result<(), LineFileError> {
+        if self.repaired && buf.is_empty() {
+            return Ok(());
+        }
+        let lost = |reason: String| LineFileError::Lost { path: Arc::clone(&self.path), reason };
+        let file = self.file.take().ok_or_else(|| lost("lost after an earlier failure".into()))?;
+        let data = std::mem::take(buf);
+        let (path, repair, sync) = (Arc::clone(&self.path), !self.repaired, self.regular);
+        let joined = tokio::task::spawn_blocking(move || {
+            let repaired = if repair { cut_torn_line(&file, &path).map_err(|source| LineFileError::Repair { path: Arc::clone(&path), source }) } else { Ok(()) };
+            let result = repaired.and_then(|()| append_blocking(&file, &path, &data, sync));
+            (file, data, result)
+        })
+        .await;
+        let (file, data, result) = joined.map_err(|e| lost(e.to_string()))?;
+        self.file = Some(file);
+        *buf = data;
+        if !matches!(result, Err(LineFileError::Repair { .. })) {
+            self.repaired = true;
+        }
+        result
+    }
+}
+
+/// A process killed in the middle of a write leaves a torn last line. Those bytes were never
+/// reported durable, so they are written again; cut them off, or the next line would be glued
+/// onto them and the file would no longer hold one JSON object per line. Blocking.
+fn cut_torn_line(file: &File, path: &Path) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    let mut f = file;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = len;
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    if keep < len {
+        tracing::warn!(path = %path.display(), bytes = len - keep, "the file ends in a torn line (an earlier run was killed while writing); removing it, what it held is written again");
+        file.set_len(keep)?;
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Write all of `data`, flush, and fsync when `sync`. A failed write to a regular file is rolled
+/// back to the previous length. Blocking.
+fn append_blocking(file: &File, path: &Arc<Path>, data: &[u8], sync: bool) -> Result<(), LineFileError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let before = file.metadata().map(|m| m.len()).ok();
+    let mut f = file;
+    if let Err(source) = f.write_all(data).and_then(|()| f.flush()) {
+        if let Some(len) = before.filter(|_| sync) {
+            if let Err(rollback) = file.set_len(len) {
+                return Err(LineFileError::Rollback { path: Arc::clone(path), source, rollback });
+            }
+        }
+        return Err(LineFileError::Write { path: Arc::clone(path), source });
+    }
+    if sync {
+        file.sync_data().map_err(|source| LineFileError::Sync { path: Arc::clone(path), source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file as a SIGKILL in the middle of a write leaves it: whole lines, then part of one.
+    fn torn(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("lines.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"a\":2}\n{\"a\":3,\"b\":\"par").expect("write");
+        path
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_cut_before_the_next_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = torn(dir.path());
+        let mut f = LineFile::open(&path).expect("open");
+        let mut buf = b"{\"a\":4}\n".to_vec();
+        f.append(&mut buf).await.expect("append");
+        assert_eq!(buf, b"{\"a\":4}\n", "the buffer is handed back");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"a\":1}\n{\"a\":2}\n{\"a\":4}\n");
+    }
+
+    #[tokio::test]
+    async fn repair_cuts_a_torn_line_without_appending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = torn(dir.path());
+        let mut f = LineFile::open(&path).expect("open");
+        f.repair().await.expect("repair");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"a\":1}\n{\"a\":2}\n");
+        // A file holding only a torn line ends up empty; a whole file is left alone.
+        std::fs::write(&path, b"{\"a\":").expect("write");
+        LineFile::open(&path).expect("open").repair().await.expect("repair");
+        assert_eq!(std::fs::read(&path).expect("read"), b"");
+        std::fs::write(&path, b"{\"a\":1}\n").expect("write");
+        LineFile::open(&path).expect("open").repair().await.expect("repair");
+        assert_eq!(std::fs::read(&path).expect("read"), b"{\"a\":1}\n");
+    }
+
+    #[tokio::test]
+    async fn a_torn_line_longer_than_the_read_chunk_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("long.jsonl");
+        let mut text = b"{\"a\":1}\n{\"big\":\"".to_vec();
+        text.extend(std::iter::repeat_n(b'x', 200_000));
+        std::fs::write(&path, &text).expect("write");
+        let mut f = LineFile::open(&path).expect("open");
+        f.append(&mut b"{\"a\":2}\n".to_vec()).await.expect("append");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    #[tokio::test]
+    async fn a_pipe_like_file_is_written_without_repair() {
+        let mut f = LineFile::open(Path::new("/dev/null")).expect("open");
+        f.repair().await.expect("nothing to repair");
+        f.append(&mut b"{}\n".to_vec()).await.expect("append");
+    }
+}

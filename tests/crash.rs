@@ -1,4 +1,5 @@
-//! walcast is killed with SIGKILL at random moments (20 times) while a workload of inserts,
+//! walcast is killed with SIGKILL at random moments (20 times; `WALCAST_CRASH_KILLS` sets another
+//! count, e.g. 100 for a long run) while a workload of inserts,
 //! updates and deletes over three tables runs (many small transactions, some multi-row ones, a
 //! few large ones), and restarted each time. Checks:
 //! 1. no loss: replaying the output per key (a row's last event is its state) gives exactly the
@@ -20,7 +21,11 @@ use serde_json::{json, Value};
 use support::*;
 use walcast::lsn::Lsn;
 
-const KILLS: usize = 20;
+const DEFAULT_KILLS: usize = 20;
+
+fn kill_count_from_env() -> usize {
+    std::env::var("WALCAST_CRASH_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_KILLS)
+}
 
 const SCHEMA: &str = "
 CREATE TABLE acct (id int PRIMARY KEY, balance int8 NOT NULL, note text);
@@ -111,7 +116,8 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
     let mut wc = Walcast::with_options(&db, &Options { extra: "[pipeline]\nbatch_max_changes = 256\n".into(), ..Options::default() });
     let mut kills = Vec::new();
     let mut run_starts = Vec::new(); // line count when each run started
-    for _ in 0..KILLS {
+    let kill_count = kill_count_from_env();
+    for _ in 0..kill_count {
         run_starts.push(wc.lines().len());
         wc.start();
         tokio::time::sleep(Duration::from_millis(rng.u64(200..=1500))).await;
@@ -231,7 +237,7 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
 
     let changes: usize = txs.iter().map(|t| t.changes).sum();
     eprintln!(
-        "crash: {KILLS} kills in {killing:?}; {} workload transactions ({} published, {changes} changes); \
+        "crash: {kill_count} kills in {killing:?}; {} workload transactions ({} published, {changes} changes); \
          {} lines ({duplicates} sent again after kills); final catch-up {catch_up:?}; \
          confirmed at the kills lagged the output by {} transactions on average",
         committed,
@@ -244,7 +250,7 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
                 written.iter().filter(|c| end_of[c] > k.confirmed).count()
             })
             .sum::<usize>()
-            / KILLS,
+            / kill_count,
     );
     db.drop().await;
 }

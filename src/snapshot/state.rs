@@ -41,6 +41,10 @@ pub struct SnapshotState {
     pub status: Status,
     /// The slot's consistent point: the version of every snapshot write (as `X/Y`).
     pub point: Option<String>,
+    /// Start of the latest load (the `commit_ts` of its rows, microseconds since 2000): the
+    /// next load takes a later time.
+    #[serde(default)]
+    pub load_ts: Option<i64>,
     /// Per table `schema.table`.
     pub tables: BTreeMap<String, TableProgress>,
     #[serde(skip)]
@@ -69,7 +73,7 @@ impl SnapshotState {
 
     /// A fresh state for `slot` (not yet saved).
     pub fn new(dir: &Path, slot: &str, status: Status) -> Self {
-        Self { slot: slot.to_string(), status, point: None, tables: BTreeMap::new(), path: Self::path_for(dir, slot) }
+        Self { slot: slot.to_string(), status, point: None, load_ts: None, tables: BTreeMap::new(), path: Self::path_for(dir, slot) }
     }
 
     /// The consistent point, when recorded.

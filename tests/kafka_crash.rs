@@ -53,7 +53,7 @@ fn transaction(rng: &mut fastrand::Rng) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_lsn() {
+async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_change_id() {
     let bootstrap = bootstrap();
     let db = TestDb::create("kafka_crash").await;
     let sql = db.client().await;

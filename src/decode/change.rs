@@ -81,13 +81,19 @@ impl Change {
         use std::io::Write as _;
         let rel = &*self.relation;
         // Writing into a Vec<u8> cannot fail.
-        let _ = write!(
-            out,
-            "{{\"lsn\":\"{}\",\"commit_lsn\":\"{}\",\"xid\":{},\"commit_ts\":\"",
-            self.lsn, self.commit_lsn, self.xid
-        );
+        // The text of commit_lsn and seq is kept (as ranges of `out`): a streamed change's
+        // change_id repeats it, copied rather than formatted again.
+        let _ = write!(out, "{{\"lsn\":\"{}\",\"commit_lsn\":\"", self.lsn);
+        let commit_lsn_at = out.len();
+        let _ = write!(out, "{}", self.commit_lsn);
+        let commit_lsn = commit_lsn_at..out.len();
+        let _ = write!(out, "\",\"xid\":{},\"commit_ts\":\"", self.xid);
         write_pg_timestamp(out, self.commit_ts);
-        let _ = write!(out, "\",\"seq\":{},\"schema\":", self.seq);
+        out.extend_from_slice(b"\",\"seq\":");
+        let seq_at = out.len();
+        let _ = write!(out, "{}", self.seq);
+        let seq = seq_at..out.len();
+        out.extend_from_slice(b",\"schema\":");
         write_json_str(out, &rel.schema);
         out.extend_from_slice(b",\"table\":");
         write_json_str(out, &rel.table);
@@ -135,7 +141,16 @@ impl Change {
             );
         }
         out.extend_from_slice(b",\"change_id\":");
-        self.write_change_id(out)?;
+        if self.op == Op::Read {
+            self.write_change_id(out)?;
+        } else {
+            // `<commit_lsn>:<seq>`, as write_change_id writes it.
+            out.push(b'"');
+            out.extend_from_within(commit_lsn);
+            out.push(b':');
+            out.extend_from_within(seq);
+            out.push(b'"');
+        }
         out.push(b'}');
         Ok(())
     }
@@ -153,7 +168,8 @@ impl Change {
     ///   in it: an interrupted table is read again whole, in another order, so its rows cannot be
     ///   matched with an earlier load's and are never taken for them.
     ///
-    /// Streamed changes are written without allocating (this runs for every change).
+    /// Streamed changes are written without allocating (and `write_json` copies the text it
+    /// already wrote instead of calling this for them).
     pub(crate) fn write_change_id(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         use std::io::Write as _;
         if self.op != Op::Read {
@@ -333,8 +349,13 @@ mod tests {
 
     #[test]
     fn change_id_is_position_for_streamed_changes_and_key_for_snapshot_rows() {
-        let v = render(&change(Op::Insert, None, Some(vec![text("1"), text("x"), Datum::Null])));
+        let c = change(Op::Insert, None, Some(vec![text("1"), text("x"), Datum::Null]));
+        let v = render(&c);
         assert_eq!(v["change_id"], "1/20:3");
+        // write_json copies the text; the Kafka envelope calls write_change_id: the same id.
+        let mut id = Vec::new();
+        c.write_change_id(&mut id).expect("renders");
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&id).expect("json"), v["change_id"]);
         // Snapshot rows: the point, the table and the key; not the position (which a resumed load
         // does not reproduce) nor the row's other values (which it may read newer).
         let read = |key: &str, body: &str, seq: u64| Change {

@@ -111,7 +111,16 @@ pub async fn load(
     let client = connect_sql(params).await?;
     let mut reader = Reader::begin(client, exported).await?;
     let exported: Option<Arc<str>> = exported.map(Arc::from);
-    let commit_ts = pg_now_micros();
+    let mut commit_ts = pg_now_micros();
+    if let Some(s) = state.as_deref_mut() {
+        // Every load of one snapshot gets its own time, even if the clock went back: the rows of
+        // a table without a primary key are identified by it (`Change::write_change_id`).
+        if let Some(previous) = s.load_ts {
+            commit_ts = commit_ts.max(previous.saturating_add(1));
+        }
+        s.load_ts = Some(commit_ts);
+        s.save().map_err(snapshot_state_error)?;
+    }
     let mut pending: VecDeque<Pending> = VecDeque::new();
     // Unique across attempts: reports of an abandoned attempt's chunks may still arrive.
     let mut next_chunk = NEXT_CHUNK.fetch_add(1 << 32, std::sync::atomic::Ordering::Relaxed);

@@ -229,7 +229,7 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
             }
         }
         for l in segment {
-            if !seen.insert((commit_lsn(l), l["seq"].as_u64())) {
+            if !seen.insert(change_id(l)) {
                 duplicates += 1;
             }
         }

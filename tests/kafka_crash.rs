@@ -3,7 +3,7 @@
 //! restarted each time. Then:
 //! 1. every committed change is on its topic at least once (the transactions and their change
 //!    counts come from a second "oracle" slot created together with walcast's);
-//! 2. a consumer that drops duplicates by `source.lsn` + `source.txId` and replays the records
+//! 2. a consumer that drops duplicates by `(source.change_id, op)` and replays the records
 //!    of each key in partition order ends with exactly the tables' contents.
 
 mod kafka_support;
@@ -53,7 +53,7 @@ fn transaction(rng: &mut fastrand::Rng) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_lsn() {
+async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_change_id() {
     let bootstrap = bootstrap();
     let db = TestDb::create("kafka_crash").await;
     let sql = db.client().await;
@@ -138,15 +138,16 @@ async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_lsn() {
     }
     assert!(missing.is_empty(), "{} transactions incomplete:\n  {}", missing.len(), missing[..missing.len().min(20)].join("\n  "));
 
-    // --- 2. De-duplicate by (txId, lsn) per key, replay in partition order: the tables' state.
+    // --- 2. De-duplicate by (source.change_id, op) (docs/kafka.md "Delivery"), replay in
+    // partition order: the tables' state.
     let mut duplicates = 0usize;
     let mut state: BTreeMap<(String, String), Option<Value>> = BTreeMap::new();
-    let mut seen: HashSet<(String, String, u64, u64)> = HashSet::new();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
     for topic in &topics {
         for r in collector.topic(topic) {
             let Some(v) = &r.value else { continue }; // tombstones
             let key = r.key.as_ref().expect("key").to_string();
-            let id = (topic.clone(), key.clone(), v["source"]["txId"].as_u64().expect("txId"), v["source"]["lsn"].as_u64().expect("lsn"));
+            let id = (v["source"]["change_id"].as_str().expect("change_id").to_string(), v["op"].as_str().expect("op").to_string());
             if !seen.insert(id) {
                 duplicates += 1;
                 continue;
@@ -188,7 +189,7 @@ async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_lsn() {
     assert!(mismatches.is_empty(), "{} differences:\n  {}", mismatches.len(), mismatches[..mismatches.len().min(30)].join("\n  "));
     eprintln!(
         "kafka_crash: {KILLS} kills in {killing:?}; {} workload transactions, {} published with {total} changes; \
-         {} records consumed, {duplicates} duplicates dropped by (txId, lsn)",
+         {} records consumed, {duplicates} duplicates dropped by (change_id, op)",
         committed,
         expected_events.len(),
         collector.records.len()

@@ -84,13 +84,19 @@ impl Change {
         use std::io::Write as _;
         let rel = &*self.relation;
         // Writing into a Vec<u8> cannot fail.
-        let _ = write!(
-            out,
-            "{{\"lsn\":\"{}\",\"commit_lsn\":\"{}\",\"xid\":{},\"commit_ts\":\"",
-            self.lsn, self.commit_lsn, self.xid
-        );
+        // The text of commit_lsn and seq is kept (as ranges of `out`): a streamed change's
+        // change_id repeats it, copied rather than formatted again.
+        let _ = write!(out, "{{\"lsn\":\"{}\",\"commit_lsn\":\"", self.lsn);
+        let commit_lsn_at = out.len();
+        let _ = write!(out, "{}", self.commit_lsn);
+        let commit_lsn = commit_lsn_at..out.len();
+        let _ = write!(out, "\",\"xid\":{},\"commit_ts\":\"", self.xid);
         write_pg_timestamp(out, self.commit_ts);
-        let _ = write!(out, "\",\"seq\":{},\"schema\":", self.seq);
+        out.extend_from_slice(b"\",\"seq\":");
+        let seq_at = out.len();
+        let _ = write!(out, "{}", self.seq);
+        let seq = seq_at..out.len();
+        out.extend_from_slice(b",\"schema\":");
         write_json_str(out, &rel.schema);
         out.extend_from_slice(b",\"table\":");
         write_json_str(out, &rel.table);
@@ -139,7 +145,54 @@ impl Change {
                 if self.truncate.resync { ",\"resync\":true" } else { "" }
             );
         }
+        out.extend_from_slice(b",\"change_id\":");
+        if self.op == Op::Read {
+            self.write_change_id(out)?;
+        } else {
+            // `<commit_lsn>:<seq>`, as write_change_id writes it.
+            out.push(b'"');
+            out.extend_from_within(commit_lsn);
+            out.push(b':');
+            out.extend_from_within(seq);
+            out.push(b'"');
+        }
         out.push(b'}');
+        Ok(())
+    }
+
+    /// Append the change's identity as a JSON string (docs/events.md "Duplicates"): the same for
+    /// every resend of this change, different for every other change.
+    ///
+    /// - streamed: `<commit_lsn>:<seq>`. The server resends a transaction whole and `seq`
+    ///   counts from its first change, so a resend has the same pair.
+    /// - snapshot row of a table with a primary key: `<P>:r<table oid>:<key>`. A resumed load
+    ///   re-reads (in a fresh snapshot, at the same point P) the chunks written but not recorded:
+    ///   the same row has the same key; every other row of the snapshot has another one.
+    /// - snapshot row of a table without one: `<P>:r<table oid>:<load>:<n>`, the load's start
+    ///   time (distinct per load of one snapshot, see `snapshot::load`) and the row's position
+    ///   in it: an interrupted table is read again whole, in another order, so its rows cannot be
+    ///   matched with an earlier load's and are never taken for them.
+    ///
+    /// Streamed changes are written without allocating (and `write_json` copies the text it
+    /// already wrote instead of calling this for them).
+    pub(crate) fn write_change_id(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        use std::io::Write as _;
+        if self.op != Op::Read {
+            let _ = write!(out, "\"{}:{}\"", self.commit_lsn, self.seq);
+            return Ok(());
+        }
+        let rel = &*self.relation;
+        match &self.new {
+            Some(new) if rel.key_columns().next().is_some() => {
+                let mut id = format!("{}:r{}:", self.commit_lsn, rel.oid).into_bytes();
+                write_row_object(&mut id, rel, new, |i| rel.columns[i].key, UnchangedToast::Omit)?;
+                // Built from a JSON rendering and an ASCII prefix: valid UTF-8.
+                write_json_str(out, &String::from_utf8_lossy(&id));
+            }
+            _ => {
+                let _ = write!(out, "\"{}:r{}:{}:{}\"", self.commit_lsn, rel.oid, self.commit_ts, self.seq);
+            }
+        }
         Ok(())
     }
 
@@ -297,6 +350,39 @@ mod tests {
     fn column_count_mismatch_is_an_error() {
         let c = change(Op::Insert, None, Some(vec![text("1")]));
         assert!(matches!(c.write_json(&mut Vec::new()), Err(DecodeError::ColumnCount { .. })));
+    }
+
+    #[test]
+    fn change_id_is_position_for_streamed_changes_and_key_for_snapshot_rows() {
+        let c = change(Op::Insert, None, Some(vec![text("1"), text("x"), Datum::Null]));
+        let v = render(&c);
+        assert_eq!(v["change_id"], "1/20:3");
+        // write_json copies the text; the Kafka envelope calls write_change_id: the same id.
+        let mut id = Vec::new();
+        c.write_change_id(&mut id).expect("renders");
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&id).expect("json"), v["change_id"]);
+        // Snapshot rows: the point, the table and the key; not the position (which a resumed load
+        // does not reproduce) nor the row's other values (which it may read newer).
+        let read = |key: &str, body: &str, seq: u64| Change {
+            lsn: Lsn(0x16B_3748),
+            commit_lsn: Lsn(0x16B_3748),
+            seq,
+            ..fixtures::change(rel(), Op::Read, None, Some(vec![text(key), text(body), Datum::Null]))
+        };
+        let a = render(&read("5", "old", 0));
+        assert_eq!(a["change_id"], "0/16B3748:r16384:{\"id\":5}");
+        assert_eq!(render(&read("5", "new", 7))["change_id"], a["change_id"]);
+        assert_ne!(render(&read("6", "old", 0))["change_id"], a["change_id"]);
+        // Without a primary key: the load (its start time) and the position in it.
+        let nokey = fixtures::relation("public", "n", ReplicaIdentity::Full, &[("id", false, 23)]);
+        let keyless = |commit_ts: i64, seq: u64| Change {
+            commit_lsn: Lsn(0x16B_3748),
+            commit_ts,
+            seq,
+            ..fixtures::change(Arc::clone(&nokey), Op::Read, None, Some(vec![text("1")]))
+        };
+        assert_eq!(render(&keyless(42, 3))["change_id"], "0/16B3748:r16384:42:3");
+        assert_ne!(render(&keyless(43, 3))["change_id"], render(&keyless(42, 3))["change_id"]);
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct SnapshotState {
     pub status: Status,
     /// The slot's consistent point: the version of every snapshot write (as `X/Y`).
     pub point: Option<String>,
+    /// Start of the latest load (the `commit_ts` of its rows, microseconds since 2000): the
+    /// next load takes a later time.
+    #[serde(default)]
+    pub load_ts: Option<i64>,
     /// Per table `schema.table`.
     pub tables: BTreeMap<String, TableProgress>,
     /// This load is a re-sync (`walcast resync`): the tables' documents/rows in the sinks are
@@ -83,7 +87,7 @@ impl SnapshotState {
 
     /// A fresh state for `slot` (not yet saved).
     pub fn new(dir: &Path, slot: &str, status: Status) -> Self {
-        Self { slot: slot.to_string(), status, point: None, tables: BTreeMap::new(), resync: false, cleared: false, publication_oid: None, path: Self::path_for(dir, slot) }
+        Self { slot: slot.to_string(), status, point: None, load_ts: None, tables: BTreeMap::new(), resync: false, cleared: false, publication_oid: None, path: Self::path_for(dir, slot) }
     }
 
     /// When the publication the slot was streamed with was dropped since (`now`: its oid today,

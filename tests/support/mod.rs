@@ -5,7 +5,7 @@
 //! Every test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -718,6 +718,11 @@ pub fn commit_lsn(v: &Value) -> Lsn {
     parse_lsn(v["commit_lsn"].as_str().unwrap_or_else(|| panic!("no commit_lsn in {v}")))
 }
 
+/// A line's `change_id`: the documented de-duplication identity (docs/events.md "Duplicates").
+pub fn change_id(v: &Value) -> String {
+    v["change_id"].as_str().unwrap_or_else(|| panic!("no change_id in {v}")).to_string()
+}
+
 /// `schema.table` of a line.
 pub fn table_of(v: &Value) -> String {
     format!("{}.{}", v["schema"].as_str().unwrap_or("?"), v["table"].as_str().unwrap_or("?"))
@@ -967,4 +972,126 @@ pub fn percent_encode(s: &str) -> String {
 /// A free TCP port on 127.0.0.1 (bound then released; good enough for a test).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot identity (issue 10 item 3): a snapshot interrupted while chunks are in flight
+
+/// Tables of the scenario: keys overlapping between tables, a composite key, and a table without
+/// a primary key holding identical rows (7,000 keyed rows, 1,050 without a key).
+pub const SNAPSHOT_ID_SCHEMA: &str = "CREATE TABLE a (id int PRIMARY KEY, v text); \
+     INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 3000) g; \
+     CREATE TABLE b (k text, n int, v text, PRIMARY KEY (k, n)); \
+     INSERT INTO b SELECT 'k' || (g % 7), g, 'b' || g FROM generate_series(1, 2000) g; \
+     CREATE TABLE c (id bigint PRIMARY KEY, v text); \
+     INSERT INTO c SELECT g, 'c' FROM generate_series(1, 2000) g; \
+     CREATE TABLE nopk (id int, v text); \
+     INSERT INTO nopk SELECT g, 'n' || g FROM generate_series(1, 1000) g; \
+     INSERT INTO nopk SELECT g, 'n' || g FROM generate_series(1, 50) g; \
+     ALTER TABLE nopk REPLICA IDENTITY FULL";
+
+/// The scenario's tables (publication order).
+pub const SNAPSHOT_ID_TABLES: [&str; 4] = ["a", "b", "c", "nopk"];
+
+/// The scenario's tables with a primary key.
+pub const SNAPSHOT_ID_KEYED: [&str; 3] = ["a", "b", "c"];
+
+/// One streamed transaction after the snapshot: three inserts, the last into `nopk`.
+pub const SNAPSHOT_ID_STREAMED: &str = "BEGIN; INSERT INTO a VALUES (3001, 's'); INSERT INTO c VALUES (3001, 's'); \
+     INSERT INTO nopk VALUES (1, 'n1'); COMMIT";
+
+/// Rows recorded as written in a progress file, over the keyed tables.
+fn recorded_keyed_rows(st: &Value) -> u64 {
+    SNAPSHOT_ID_KEYED.iter().map(|t| st["tables"][format!("public.{t}")]["rows"].as_u64().unwrap_or(0)).sum()
+}
+
+/// Start `wc` (which must create the slot and snapshot with a small `chunk_rows`, progress in
+/// `state_dir`) and SIGKILL it each time 300 more keyed rows are recorded, until at least two kills
+/// caught rows written to the JSON-lines output but not recorded (a resumed load sends those again),
+/// then once more while `nopk` is read (it is read again whole, in a new load).
+/// Returns the number of kills and of such rows, with walcast running again and the snapshot done.
+pub async fn interrupt_snapshot_in_flight(wc: &mut Walcast, state_dir: &Path, slot: &str) -> (u32, u64) {
+    let key_of = |l: &Value| format!("{}:{}", l["table"], l["key"]);
+    let (mut kills, mut resent, mut last_recorded) = (0u32, 0u64, 0u64);
+    wc.start();
+    while kills < 10 && (kills < 2 || resent == 0) {
+        let deadline = Instant::now() + WAIT;
+        let finished = loop {
+            let st = read_snapshot_state(state_dir, slot);
+            if st.as_ref().is_some_and(|s| s["status"] == "done") {
+                break true;
+            }
+            if st.as_ref().map_or(0, recorded_keyed_rows) >= last_recorded + 300 {
+                break false;
+            }
+            assert!(Instant::now() < deadline, "no snapshot progress\n{}", wc.log_tail(40));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        if finished {
+            break;
+        }
+        wc.kill().await;
+        kills += 1;
+        last_recorded = read_snapshot_state(state_dir, slot).as_ref().map_or(0, recorded_keyed_rows);
+        let written: BTreeSet<String> = wc.lines().iter().filter(|l| l["op"] == "read" && l["table"] != "nopk").map(key_of).collect();
+        // Written but not recorded: the resumed load reads these again.
+        resent += (written.len() as u64).saturating_sub(last_recorded);
+        wc.start();
+    }
+    assert!(resent > 0, "no kill caught a chunk written but not recorded ({kills} kills); make the snapshot slower");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = read_snapshot_state(state_dir, slot);
+        assert!(st.as_ref().is_none_or(|s| s["status"] != "done"), "nopk was loaded before it could be interrupted; make it bigger");
+        if st.as_ref().and_then(|s| s["tables"]["public.nopk"]["rows"].as_u64()).is_some_and(|rows| rows >= 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot progress on nopk\n{}", wc.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    wc.kill().await;
+    kills += 1;
+    wc.start();
+    let deadline = Instant::now() + WAIT;
+    while read_snapshot_state(state_dir, slot).is_none_or(|s| s["status"] != "done") {
+        assert!(Instant::now() < deadline, "the snapshot did not finish\n{}", wc.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (kills, resent)
+}
+
+/// The scenario's tables as they are after the snapshot.
+pub struct SnapshotIdExpectation {
+    /// Rows per keyed table.
+    pub keyed: BTreeMap<&'static str, u64>,
+    /// `nopk`'s rows as sorted JSON texts.
+    nopk: Vec<String>,
+}
+
+impl SnapshotIdExpectation {
+    /// Read them from Postgres.
+    pub async fn read(sql: &Client) -> Self {
+        let mut keyed = BTreeMap::new();
+        for table in SNAPSHOT_ID_KEYED {
+            let rows = sql.query(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count");
+            keyed.insert(table, u64::try_from(rows[0].get::<_, i64>(0)).expect("count"));
+        }
+        let rows = sql.query("SELECT json_build_object('id', id, 'v', v)::text FROM nopk", &[]).await.expect("select");
+        let mut nopk: Vec<String> = rows.iter().map(|r| serde_json::from_str::<Value>(r.get(0)).expect("json").to_string()).collect();
+        nopk.sort();
+        Self { keyed, nopk }
+    }
+
+    /// Rows of `nopk`.
+    pub fn nopk_rows(&self) -> usize {
+        self.nopk.len()
+    }
+
+    /// `rows` (the `after` of one load of `nopk`) are exactly `nopk`'s rows, identical ones included.
+    pub fn assert_nopk<'a>(&self, rows: impl Iterator<Item = &'a Value>) {
+        let mut got: Vec<String> = rows.map(Value::to_string).collect();
+        got.sort();
+        assert_eq!(got.len(), self.nopk.len(), "rows in the last load of the table without a primary key");
+        assert!(got == self.nopk, "the last load of the table without a primary key is the table");
+    }
 }

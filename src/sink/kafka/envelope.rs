@@ -196,7 +196,7 @@ pub fn write_value(
     write_row(out, rel, event.before)?;
     out.extend_from_slice(b",\"after\":");
     write_row(out, rel, event.after)?;
-    write_source(out, change, event.snapshot, source);
+    write_source(out, change, event.snapshot, source)?;
     out.extend_from_slice(b",\"transaction\":");
     match tx {
         Some(t) => {
@@ -229,8 +229,8 @@ fn write_row(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>) -> Res
     }
 }
 
-/// `,"source":{...}`
-fn write_source(out: &mut Vec<u8>, change: &Change, snapshot: SnapshotMarker, source: &SourceStatic) {
+/// `,"source":{...}`: Debezium's fields, then walcast's `change_id` (docs/kafka.md "Delivery").
+fn write_source(out: &mut Vec<u8>, change: &Change, snapshot: SnapshotMarker, source: &SourceStatic) -> Result<(), DecodeError> {
     let commit_us = pg_micros_to_unix_micros(change.commit_ts);
     out.extend_from_slice(b",\"source\":{\"version\":");
     write_json_str(out, &source.version);
@@ -252,7 +252,10 @@ fn write_source(out: &mut Vec<u8>, change: &Change, snapshot: SnapshotMarker, so
     write_json_str(out, &change.relation.schema);
     out.extend_from_slice(b",\"table\":");
     write_json_str(out, &change.relation.table);
-    let _ = write!(out, ",\"txId\":{},\"lsn\":{},\"xmin\":null}}", change.xid, change.lsn.0);
+    let _ = write!(out, ",\"txId\":{},\"lsn\":{},\"xmin\":null,\"change_id\":", change.xid, change.lsn.0);
+    change.write_change_id(out)?;
+    out.push(b'}');
+    Ok(())
 }
 
 /// The id of a transaction on the transaction topic and in `transaction.id`:
@@ -346,7 +349,8 @@ mod tests {
                     "ts_ms": 1_795_365_200_123i64, "snapshot": "false", "db": "app",
                     "sequence": format!("[\"{}\",\"{}\"]", 0x1_0000_0200u64, 0x1_0000_0010u64),
                     "ts_us": 1_795_365_200_123_456i64, "ts_ns": 1_795_365_200_123_456_000i64,
-                    "schema": "public", "table": "orders", "txId": 771, "lsn": 0x1_0000_0010u64, "xmin": null
+                    "schema": "public", "table": "orders", "txId": 771, "lsn": 0x1_0000_0010u64, "xmin": null,
+                    "change_id": "1/200:0"
                 },
                 "transaction": null,
                 "op": "c",
@@ -384,6 +388,8 @@ mod tests {
         let c = change(Op::Update, Some(old), Some(vec![text("6"), text("x"), Datum::Null]));
         let (d, cr) = split_key_change(&c);
         let (d, cr) = (value(&d, None), value(&cr, None));
+        // One change, two events: (change_id, op) tells them apart.
+        assert_eq!(d["source"]["change_id"], cr["source"]["change_id"]);
         assert_eq!((d["op"].clone(), d["before"]["id"].clone(), d["after"].clone()), (json!("d"), json!(5), Value::Null));
         assert_eq!((cr["op"].clone(), cr["before"].clone(), cr["after"]["id"].clone()), (json!("c"), Value::Null, json!(6)));
     }
@@ -403,6 +409,7 @@ mod tests {
         let read = change(Op::Read, None, Some(vec![text("1"), text("a"), text("1")]));
         let v = value(&Event::streamed(&read), None);
         assert_eq!((v["op"].clone(), v["source"]["snapshot"].clone(), v["before"].clone()), (json!("r"), json!("true"), Value::Null));
+        assert_eq!(v["source"]["change_id"], "1/200:r16384:{\"id\":1}", "a snapshot row is identified by its key");
         let c = change(Op::Insert, None, Some(vec![text("1"), text("a"), text("1")]));
         for (marker, expected) in [(SnapshotMarker::True, "true"), (SnapshotMarker::Last, "last")] {
             let v = value(&Event::with_op(&c, EventOp::Read, marker), None);

@@ -136,7 +136,7 @@ impl SourceError {
             // invalid_authorization_specification, invalid_password
             "28000" | "28P01" => SourceError::setup(
                 format!("postgres refused the login of role {:?}: {message}", params.user),
-                "check source.user and the password (source.password_env / source.password_file), and that pg_hba.conf allows this role, including a `replication` line for the replication connection",
+                "check source.user and the password (source.password_env / source.password_file), and that pg_hba.conf lets this role into source.database from this address (walcast's replication connection is a logical one: it matches the same lines as an SQL session, never the `replication` lines, which are for physical replication)",
             ),
             // invalid_catalog_name: the database does not exist
             "3D000" => SourceError::setup(message.to_string(), "check source.database (names are case-sensitive), or create the database"),

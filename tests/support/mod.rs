@@ -5,6 +5,9 @@
 //! Every test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
+mod private_cluster;
+pub use private_cluster::PrivateCluster;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};

@@ -7,12 +7,14 @@ mod preflight;
 mod replication;
 mod sql;
 mod tls;
+mod types;
 
 pub use lease::{lease_key, Lease, LeaseEnd};
 pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};
 pub use replication::{create_slot_exporting, ExportedSnapshot, ReplicationStream, SourceEvent, StreamSettings};
 pub(crate) use sql::classify;
+pub use types::TypeRules;
 pub use sql::{connect_sql, create_slot, drop_slot, ensure_publication, quote_ident, slot_info, SlotInfo};
 
 use crate::config::{ConfigError, SourceConfig, SslMode};

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 mod private_cluster;
+#[allow(unused_imports)] // used by the tests that need a cluster of their own
 pub use private_cluster::PrivateCluster;
 
 use std::collections::BTreeSet;

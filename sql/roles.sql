@@ -40,9 +40,11 @@ CREATE PUBLICATION walcast FOR TABLE public.orders, public.customers;
 -- Replica identity: updates and deletes carry the key walcast needs with the default identity
 -- (the primary key). Tables without one need REPLICA IDENTITY FULL or USING INDEX (table owner).
 
--- pg_hba.conf must let the role in twice: once for the database, once for replication, e.g.
---   host  app          walcast  10.0.0.0/8  scram-sha-256
---   host  replication  walcast  10.0.0.0/8  scram-sha-256
+-- pg_hba.conf must let the role into the database, e.g.
+--   host  app  walcast  10.0.0.0/8  scram-sha-256
+-- walcast's replication connection is a logical one: it matches the same lines as its SQL
+-- sessions (a `replication` line is for physical replication only and is not needed).
+-- Authentication: trust, password, md5 or scram-sha-256.
 -- and the server needs wal_level = logical and a free slot and WAL sender (max_replication_slots,
 -- max_wal_senders). `walcast check --config FILE` checks wal_level, slots and senders, the role's
 -- rights, the publication and its tables, with a fix for each problem it finds.

@@ -19,7 +19,7 @@ use crate::metrics::{self, Metrics, SinkLabel, TableOp};
 use crate::retry::Backoff;
 use crate::sink::{self, Batch, JsonlSink, Sink, SinkError, SinkReport};
 use crate::source::{
-    self, connect_sql, ConnParams, ReplicationStream, SourceError, SourceEvent, StreamSettings,
+    self, connect_sql, ConnParams, ReplicationStream, SourceError, SourceEvent, StreamSettings, TypeRules,
 };
 
 /// Why the pipeline stopped with an error.
@@ -214,6 +214,7 @@ async fn stream_slot(
         committed_len: 0,
         backoff,
         catalog: None,
+        type_rules: TypeRules::new(),
         metrics,
         sink_gauges,
         batch_oldest_ts: None,
@@ -588,6 +589,8 @@ struct Streamer<'a> {
     backoff: Backoff,
     /// SQL connection for catalog lookups, opened on first use.
     catalog: Option<tokio_postgres::Client>,
+    /// User-defined column types seen on this replication connection.
+    type_rules: TypeRules,
     metrics: Arc<Metrics>,
     /// Per-sink metric handles, by sink index (looked up once, not per batch).
     sink_gauges: Vec<SinkGauges>,
@@ -625,6 +628,7 @@ impl Streamer<'_> {
                     self.batch.changes.truncate(self.committed_len);
                     self.tx = None;
                     self.relations.clear();
+                    self.type_rules = TypeRules::new();
                     if let Err(e) = self.flush().await {
                         break Err(e);
                     }
@@ -750,7 +754,11 @@ impl Streamer<'_> {
                 // 3. The replication stream, while the batch has room (and not parked).
                 event = stream.recv(), if room && !parked => match event {
                     Ok(Some(event)) => {
-                        self.on_event(event, stream).await?;
+                        match self.on_event(event, stream).await {
+                            // A catalog lookup that may work on a new connection.
+                            Err(PipelineError::Source(e)) if e.is_retryable() => return Ok(SessionEnd::Lost(e)),
+                            other => other?,
+                        }
                         if finish_by.is_some() && self.tx.is_none() {
                             return Ok(SessionEnd::Shutdown);
                         }
@@ -792,6 +800,9 @@ impl Streamer<'_> {
                 if let Message::Relation(body) = &mut message {
                     if body.replica_identity == ReplicaIdentity::Full {
                         self.key_by_primary_key(body).await;
+                    }
+                    if TypeRules::needed(&body.columns) {
+                        self.resolve_types(body).await?;
                     }
                 }
                 self.on_message(message, wal_start)?;
@@ -851,6 +862,20 @@ impl Streamer<'_> {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, relation = %body.name, "cannot look up the primary key; keying by every column"),
         }
+    }
+
+    /// Columns of user-defined types take a built-in type's value rule (`TypeRules`). A failed
+    /// lookup ends the session (a retryable one reconnects and looks up again): guessing would
+    /// write such values in another shape.
+    async fn resolve_types(&mut self, body: &mut decode::RelationBody) -> Result<(), SourceError> {
+        if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
+            self.catalog = Some(connect_sql(&self.params).await?);
+        }
+        let Some(client) = &self.catalog else { return Ok(()) };
+        self.type_rules
+            .resolve(client, &mut body.columns)
+            .await
+            .map_err(|e| source::classify(&e, &self.params, &self.config.source.slot))
     }
 
     fn on_message(&mut self, message: Message, lsn: Lsn) -> Result<(), PipelineError> {

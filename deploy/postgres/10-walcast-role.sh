@@ -16,6 +16,6 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA content GRANT SELECT ON TABLES TO walcast;
 CREATE PUBLICATION walcast FOR TABLES IN SCHEMA content;
 SQL
 
-# The image's pg_hba.conf admits remote clients to databases ("all"), which does not cover
-# replication connections; walcast needs both.
-echo "host replication walcast all scram-sha-256" >>"$PGDATA/pg_hba.conf"
+# The image's pg_hba.conf admits remote clients to every database ("host all all all"), which
+# covers walcast's replication connection too: a logical replication connection matches the
+# database lines (`host replication` lines are for physical replication only).

@@ -20,7 +20,7 @@ pub use pgoutput::{
     RelationBody, ReplicaIdentity, TypeBody,
 };
 pub use relation::{Relation, RelationCache};
-pub use value::{to_json_value, write_json_value};
+pub use value::{to_json_value, value_rule, write_json_value, UserType, FIRST_USER_OID};
 
 /// What can go wrong while decoding. Every variant is permanent: the same bytes decode the same way.
 #[derive(Debug, thiserror::Error)]

@@ -107,7 +107,8 @@ pub struct Column {
     pub key: bool,
     /// Column name.
     pub name: String,
-    /// Type OID.
+    /// Type OID. For a user-defined type, walcast replaces it with the built-in type whose
+    /// value rule converts the column (`source::TypeRules`) before the relation is used.
     pub type_oid: u32,
     /// Type modifier (`atttypmod`), -1 when none.
     pub type_modifier: i32,

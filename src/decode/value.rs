@@ -195,6 +195,75 @@ pub(super) fn array_element(array_oid: u32) -> Option<(u32, u8)> {
     Some((elem, b','))
 }
 
+/// First OID that initdb does not assign (Postgres' `FirstNormalObjectId`): types below it are
+/// built in and have their rule here; types from it on are user-defined (enums, domains,
+/// composites, their arrays, extension types) and get the rule of a built-in type through
+/// [`value_rule`].
+pub const FIRST_USER_OID: u32 = 16384;
+
+/// What `pg_type` says about a user-defined type: enough to choose its value rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserType {
+    /// `typtype`: `b` base, `c` composite, `d` domain, `e` enum, `m` multirange, `p` pseudo,
+    /// `r` range.
+    pub typtype: u8,
+    /// `typcategory`: `A` for array types.
+    pub category: u8,
+    /// `typelem`: an array type's element type, else 0.
+    pub elem: u32,
+    /// `typbasetype`: a domain's base type, else 0.
+    pub base: u32,
+    /// `typdelim`: the element delimiter in the text form of arrays of this type.
+    pub delim: u8,
+}
+
+/// Domains and arrays nest (a domain over an array of a domain ...); deeper than this is not a
+/// real schema, and such a value stays a string.
+const MAX_TYPE_DEPTH: usize = 16;
+
+/// The type OID whose rule [`write_json_value`] applies to values of type `oid`: a built-in
+/// type its own; a domain its base type's; an array of user-defined elements the built-in array
+/// type of its element's rule (`text[]` for elements written as strings); every other
+/// user-defined type (enum, composite, range, extension types) `text`, a string of its text
+/// form. `lookup` describes user-defined types; one it does not know (or a too deep nesting)
+/// is `text` too.
+pub fn value_rule(oid: u32, lookup: &impl Fn(u32) -> Option<UserType>) -> u32 {
+    rule_at(oid, lookup, 0)
+}
+
+/// `text`: the rule of everything without a rule of its own.
+const TEXT: u32 = 25;
+/// `text[]`.
+const TEXT_ARRAY: u32 = 1009;
+
+fn rule_at(oid: u32, lookup: &impl Fn(u32) -> Option<UserType>, depth: usize) -> u32 {
+    if oid < FIRST_USER_OID {
+        return oid;
+    }
+    let Some(t) = lookup(oid).filter(|_| depth < MAX_TYPE_DEPTH) else { return TEXT };
+    match t.typtype {
+        b'd' => rule_at(t.base, lookup, depth + 1),
+        _ if t.category == b'A' && t.elem != 0 => {
+            let elem = rule_at(t.elem, lookup, depth + 1);
+            // The element's own array type, when it is built in and parses with the same
+            // delimiter; else the elements are strings.
+            match array_of(elem) {
+                Some(array) if array_element(array).is_some_and(|(_, d)| d == t.delim) => array,
+                _ if t.delim == b',' => TEXT_ARRAY,
+                // An extension's element type with another delimiter: the whole value as text.
+                _ => TEXT,
+            }
+        }
+        _ => TEXT,
+    }
+}
+
+/// The built-in array type whose elements are `elem` (the inverse of [`array_element`]).
+fn array_of(elem: u32) -> Option<u32> {
+    // Called once per user-defined array type and connection, never per value.
+    (0..FIRST_USER_OID).find(|&a| array_element(a).is_some_and(|(e, _)| e == elem))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Strings
 
@@ -1471,5 +1540,60 @@ mod tests {
         write_json_value(&mut out, 25, b"x").unwrap();
         out.push(b']');
         assert_eq!(out, b"[1,\"x\"]");
+    }
+
+    /// A schema like `CREATE TYPE mood AS ENUM ...; CREATE DOMAIN posint AS int4; CREATE TYPE
+    /// pair AS (...)` with their array types, as `pg_type` describes them.
+    fn user_types(oid: u32) -> Option<UserType> {
+        let t = |typtype, category, elem, base, delim| Some(UserType { typtype, category, elem, base, delim });
+        match oid {
+            16_400 => t(b'e', b'E', 0, 0, b','),         // mood
+            16_401 => t(b'b', b'A', 16_400, 0, b','),    // _mood
+            16_402 => t(b'd', b'N', 0, 23, b','),        // posint (int4)
+            16_403 => t(b'b', b'A', 16_402, 0, b','),    // _posint
+            16_404 => t(b'c', b'C', 0, 0, b','),         // pair
+            16_405 => t(b'b', b'A', 16_404, 0, b','),    // _pair
+            16_406 => t(b'd', b'N', 0, 16_402, b','),    // domain over posint
+            16_407 => t(b'b', b'A', 16_406, 0, b','),    // its array
+            16_408 => t(b'd', b'A', 0, 1009, b','),      // domain over text[]
+            16_409 => t(b'd', b'D', 0, 603, b';'),       // domain over box
+            16_410 => t(b'b', b'A', 16_409, 0, b';'),    // its array
+            16_411 => t(b'b', b'U', 0, 0, b'|'),         // an extension type with its own delimiter
+            16_412 => t(b'b', b'A', 16_411, 0, b'|'),    // its array
+            16_413 => t(b'd', b'N', 0, 16_413, b','),    // a (corrupt) domain over itself
+            _ => None,
+        }
+    }
+
+    fn rule(oid: u32) -> u32 {
+        value_rule(oid, &user_types)
+    }
+
+    #[test]
+    fn user_defined_types_take_a_built_in_rule() {
+        assert_eq!(rule(23), 23, "built-in types keep their own rule");
+        assert_eq!(rule(1007), 1007);
+        assert_eq!(rule(16_400), 25, "enum: string");
+        assert_eq!(rule(16_401), 1009, "enum array: array of strings");
+        assert_eq!(rule(16_402), 23, "domain: its base type's rule");
+        assert_eq!(rule(16_403), 1007, "domain array: the base type's array");
+        assert_eq!(rule(16_404), 25, "composite: string");
+        assert_eq!(rule(16_405), 1009, "composite array: array of strings");
+        assert_eq!(rule(16_406), 23, "domain over a domain");
+        assert_eq!(rule(16_407), 1007);
+        assert_eq!(rule(16_408), 1009, "domain over an array");
+        assert_eq!(rule(16_410), 1020, "box elements keep their ';' delimiter");
+        assert_eq!(rule(16_412), 25, "an array delimited by something else stays a string");
+        assert_eq!(rule(16_413), 25, "nesting is bounded");
+        assert_eq!(rule(99_999), 25, "unknown types are strings");
+    }
+
+    #[test]
+    fn arrays_of_user_defined_types_become_json_arrays() {
+        assert_eq!(js(rule(16_401), r#"{happy,"very sad",NULL}"#), json!(["happy", "very sad", null]));
+        assert_eq!(js(rule(16_403), "{{1,2},{3,NULL}}"), json!([[1, 2], [3, null]]));
+        assert_eq!(js(rule(16_405), r#"{"(1,\"a b\")","(2,)"}"#), json!(["(1,\"a b\")", "(2,)"]));
+        assert_eq!(js(rule(16_402), "42"), json!(42));
+        assert_eq!(js(rule(16_400), "happy"), json!("happy"));
     }
 }

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
 use crate::lsn::Lsn;
-use crate::source::{quote_ident, SourceError};
+use crate::source::{quote_ident, SourceError, TypeRules};
 
 /// A table, `schema.table`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,6 +44,8 @@ impl fmt::Display for TableRef {
 pub(super) struct Reader {
     client: Client,
     cursors: usize,
+    /// User-defined column types, looked up once per type for the whole snapshot.
+    types: TypeRules,
 }
 
 /// One table being read.
@@ -90,7 +92,7 @@ impl Reader {
             sql.push_str(&format!("SET TRANSACTION SNAPSHOT '{name}';"));
         }
         client.batch_execute(&sql).await.map_err(|e| query_error("starting the read transaction", &e))?;
-        Ok(Self { client, cursors: 0 })
+        Ok(Self { client, cursors: 0, types: TypeRules::new() })
     }
 
     /// Describe `table` and prepare its chunk queries; resume after `after` when given.
@@ -143,6 +145,13 @@ impl Reader {
                 type_oid: u32::try_from(c.get::<_, i64>(1)).unwrap_or_default(),
                 type_modifier: c.get(2),
             });
+        }
+        // The same value rules as the stream's (a user-defined type's text by its built-in rule).
+        if TypeRules::needed(&columns) {
+            self.types
+                .resolve(&self.client, &mut columns)
+                .await
+                .map_err(|e| query_error(&format!("describing the column types of {table}"), &e))?;
         }
         keyed.sort();
         let key: Vec<usize> = keyed.iter().map(|(_, i, _)| *i).collect();

@@ -7,12 +7,14 @@ mod preflight;
 mod replication;
 mod sql;
 mod tls;
+mod types;
 
 pub use lease::{lease_key, Lease, LeaseEnd};
 pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};
 pub use replication::{create_slot_exporting, ExportedSnapshot, ReplicationStream, SourceEvent, StreamSettings};
 pub(crate) use sql::classify;
+pub use types::TypeRules;
 pub use sql::{connect_sql, create_slot, drop_slot, ensure_publication, publication_oid, published_tables, quote_ident, slot_info, Published, SlotInfo, RESYNC_FIX};
 
 use crate::config::{ConfigError, SourceConfig, SslMode};
@@ -136,7 +138,7 @@ impl SourceError {
             // invalid_authorization_specification, invalid_password
             "28000" | "28P01" => SourceError::setup(
                 format!("postgres refused the login of role {:?}: {message}", params.user),
-                "check source.user and the password (source.password_env / source.password_file), and that pg_hba.conf allows this role, including a `replication` line for the replication connection",
+                "check source.user and the password (source.password_env / source.password_file), and that pg_hba.conf lets this role into source.database from this address (walcast's replication connection is a logical one: it matches the same lines as an SQL session, never the `replication` lines, which are for physical replication)",
             ),
             // invalid_catalog_name: the database does not exist
             "3D000" => SourceError::setup(message.to_string(), "check source.database (names are case-sensitive), or create the database"),

@@ -1,9 +1,11 @@
-//! `walcast check`: everything the server must provide, each failure with its fix.
+//! `walcast check`: everything the server must provide, each failure with its fix, and the
+//! replication connection itself opened as `run` opens it.
 
 use tokio_postgres::Client;
 
+use super::replication::probe_replication;
 use super::sql::{classify, slot_info};
-use super::{quote_ident, ConnParams};
+use super::{quote_ident, ConnParams, SourceError};
 use crate::config::{Config, TableSelector};
 
 /// How serious a finding is.
@@ -48,20 +50,39 @@ impl Finding {
 /// missing although walcast's state says it streamed from it before (as `run` refuses then).
 pub async fn preflight(config: &Config, params: &ConnParams, gone_slot: Option<(String, String)>) -> Vec<Finding> {
     let mut out = Vec::new();
-    let client = match super::connect_sql(params).await {
-        Ok(c) => {
+    match super::connect_sql(params).await {
+        Ok(client) => {
             out.push(Finding::ok(format!("connected to {} as {}", params.display(), params.user)));
-            c
+            if let Err(e) = run_checks(&client, config, params, gone_slot, &mut out).await {
+                out.push(Finding::fail(format!("a check query failed: {}", classify(&e, params, &config.source.slot)), "see the error above"));
+            }
         }
         Err(e) => {
             out.push(Finding::fail(format!("cannot connect to {}: {e}", params.display()), "check source.host, source.port, source.database, the credentials and pg_hba.conf"));
-            return out;
         }
-    };
-    if let Err(e) = run_checks(&client, config, params, gone_slot, &mut out).await {
-        out.push(Finding::fail(format!("a check query failed: {}", classify(&e, params, &config.source.slot)), "see the error above"));
     }
+    out.push(replication_finding(config, params).await);
     out
+}
+
+/// The replication connection, opened as `run` opens it: pg_hba.conf has separate `replication`
+/// lines, and authentication and TLS go through another client than the SQL connection's.
+async fn replication_finding(config: &Config, params: &ConnParams) -> Finding {
+    let src = &config.source;
+    match probe_replication(params, &src.slot, &src.publication).await {
+        Ok(p) => Finding::ok(format!(
+            "replication connection to {} works (IDENTIFY_SYSTEM: system {}, timeline {}, WAL at {})",
+            params.display(),
+            p.system_id,
+            p.timeline,
+            p.xlogpos
+        )),
+        Err(SourceError::Setup { problem, fix }) => Finding::fail(format!("replication connection: {problem}"), fix),
+        Err(e) => Finding::fail(
+            format!("replication connection to {} failed: {e}", params.display()),
+            "check source.host, source.port, the credentials, source.sslmode and source.sslrootcert; the error above says which",
+        ),
+    }
 }
 
 async fn run_checks(

@@ -58,24 +58,14 @@ pub struct ReplicationStream {
 impl ReplicationStream {
     /// Connect and start streaming; returns once the server accepted START_REPLICATION.
     pub async fn start(params: &ConnParams, settings: &StreamSettings) -> Result<Self, SourceError> {
-        let cfg = ReplicationConfig::new(
-            params.host.clone(),
-            params.user.clone(),
-            params.password.clone().unwrap_or_default(),
-            params.database.clone(),
-            settings.slot.clone(),
-            settings.publication.clone(),
-        )
-        .with_port(params.port)
-        .with_tls(tls_config(params))
-        .with_start_lsn(settings.start.into())
+        let cfg = session_config(params, &settings.slot, &settings.publication)
+            .await?
+            .with_start_lsn(settings.start.into())
         // Report only what walcast confirms, never the requested start.
         .with_ack_lsn(settings.start.into())
         .with_status_interval(settings.status_interval)
         .with_wakeup_interval(std::time::Duration::from_secs(10))
-        .with_buffer_size(settings.buffer_events)
-        .with_options(SESSION_OPTIONS)
-        .with_application_name(params.application_name.clone());
+        .with_buffer_size(settings.buffer_events);
         let mut client = ReplicationClient::connect(cfg).await.map_err(|e| classify(&e, params, &settings.slot))?;
         match tokio::time::timeout(params.connect_timeout, client.wait_started()).await {
             Ok(Ok(())) => {}
@@ -151,18 +141,7 @@ pub struct ExportedSnapshot {
 /// Create logical slot `slot` (pgoutput) on a replication session and export its snapshot.
 /// `temporary`: the slot disappears with the session (used by `walcast snapshot`).
 pub async fn create_slot_exporting(params: &ConnParams, slot: &str, publication: &str, temporary: bool) -> Result<ExportedSnapshot, SourceError> {
-    let cfg = ReplicationConfig::new(
-        params.host.clone(),
-        params.user.clone(),
-        params.password.clone().unwrap_or_default(),
-        params.database.clone(),
-        slot.to_string(),
-        publication.to_string(),
-    )
-    .with_port(params.port)
-    .with_tls(tls_config(params))
-    .with_options(SESSION_OPTIONS)
-    .with_application_name(params.application_name.clone());
+    let cfg = session_config(params, slot, publication).await?;
     let mut session = ReplicationClient::connect_gated(cfg).await.map_err(|e| classify(&e, params, slot))?;
     // The slot name was validated as [a-z0-9_]; quoting keeps it an identifier regardless.
     let sql = format!(
@@ -200,14 +179,72 @@ impl From<Lsn> for pgwire_replication::Lsn {
     }
 }
 
+/// What the server answered IDENTIFY_SYSTEM on a replication session opened like `run` opens it.
+#[derive(Debug, Clone)]
+pub(super) struct ReplicationProbe {
+    /// The cluster's system identifier.
+    pub(super) system_id: String,
+    /// Current timeline.
+    pub(super) timeline: u32,
+    /// Current WAL flush position.
+    pub(super) xlogpos: Lsn,
+}
+
+/// Open a replication session with the settings `run` uses (address, TLS, authentication) and
+/// run IDENTIFY_SYSTEM on it: `walcast check` tests the replication connection itself, which
+/// pg_hba.conf, the authentication method and TLS can treat differently from the SQL one.
+pub(super) async fn probe_replication(params: &ConnParams, slot: &str, publication: &str) -> Result<ReplicationProbe, SourceError> {
+    let cfg = session_config(params, slot, publication).await?;
+    let mut session = ReplicationClient::connect_gated(cfg).await.map_err(|e| classify(&e, params, slot))?;
+    let answer = match tokio::time::timeout(params.connect_timeout, session.identify_system()).await {
+        Ok(r) => r.map_err(|e| classify(&e, params, slot))?,
+        Err(_) => {
+            session.abort();
+            return Err(SourceError::Connection {
+                target: params.display(),
+                reason: format!("IDENTIFY_SYSTEM not answered within {} ms", params.connect_timeout.as_millis()),
+            });
+        }
+    };
+    // Dropping a gated session before START_REPLICATION ends it.
+    Ok(ReplicationProbe { system_id: answer.system_id, timeline: answer.timeline, xlogpos: answer.xlogpos.into() })
+}
+
+/// The settings every replication session of walcast starts from.
+async fn session_config(params: &ConnParams, slot: &str, publication: &str) -> Result<ReplicationConfig, SourceError> {
+    Ok(ReplicationConfig::new(
+        params.host.clone(),
+        params.user.clone(),
+        params.password.clone().unwrap_or_default(),
+        params.database.clone(),
+        slot.to_string(),
+        publication.to_string(),
+    )
+    .with_port(params.port)
+    .with_tls(tls_config(params).await?)
+    .with_options(SESSION_OPTIONS)
+    .with_application_name(params.application_name.clone()))
+}
+
 /// The replication connection's TLS settings for the configured sslmode.
-fn tls_config(params: &ConnParams) -> TlsConfig {
-    match params.sslmode {
+async fn tls_config(params: &ConnParams) -> Result<TlsConfig, SourceError> {
+    Ok(match params.sslmode {
         SslMode::Disable => TlsConfig::disabled(),
         SslMode::Require => TlsConfig::require(),
-        SslMode::VerifyCa => TlsConfig::verify_ca(params.sslrootcert.clone()),
+        SslMode::VerifyCa => {
+            let tls = TlsConfig::verify_ca(params.sslrootcert.clone());
+            // A socket directory has no TLS (pgwire-replication refuses it with a clear error).
+            if params.host.starts_with('/') {
+                tls
+            } else {
+                match super::tls::verify_ca_server_name(params).await? {
+                    Some(name) => tls.with_sni_hostname(name),
+                    None => tls,
+                }
+            }
+        }
         SslMode::VerifyFull => TlsConfig::verify_full(params.sslrootcert.clone()),
-    }
+    })
 }
 
 /// pgwire-replication reports server errors as text ending in `(SQLSTATE xxxxx)`.
@@ -217,9 +254,13 @@ fn classify(e: &PgWireError, params: &ConnParams, slot: &str) -> SourceError {
             let (message, code) = split_sqlstate(text);
             SourceError::from_server(code, message, params, slot)
         }
+        PgWireError::Auth(text) if text.contains("unsupported auth method") => SourceError::setup(
+            format!("the server asks role {:?} for an authentication method the replication connection does not speak: {text}", params.user),
+            "give this role trust, password, md5 or scram-sha-256 in pg_hba.conf (on the line for source.database: a logical replication connection matches the same lines as an SQL session)",
+        ),
         PgWireError::Auth(text) => SourceError::setup(
             format!("authentication of role {:?} failed on the replication connection: {text}", params.user),
-            "check source.user and the password, and that pg_hba.conf has a `host replication` line for this role and address",
+            "check source.user and the password, and that pg_hba.conf lets this role into source.database from this address (walcast's replication connection is a logical one: it matches the same lines as an SQL session, never the `replication` lines, which are for physical replication)",
         ),
         PgWireError::Tls(text) => SourceError::setup(format!("TLS failed: {text}"), "check source.sslmode and source.sslrootcert"),
         PgWireError::MessageTooLarge { payload_bytes, limit_bytes } => SourceError::setup(

@@ -1,9 +1,14 @@
-//! Shared test support: connects to the clusters `scripts/test-env` started (it starts nothing),
-//! gives each test its own database, slot and publication, and runs the real `walcast` binary
-//! with a generated config, a JSON-lines file sink and a debug log.
+//! Shared test support: connects to the clusters `scripts/test-env` started (it starts nothing but
+//! the throwaway clusters of `PrivateCluster`), gives each test its own database, slot and
+//! publication, and runs the real `walcast` binary with a generated config, a JSON-lines file sink
+//! and a debug log.
 //!
 //! Every test binary includes this module and uses a different subset of it.
 #![allow(dead_code)]
+
+mod private_cluster;
+#[allow(unused_imports)] // used by the tests that need a cluster of their own
+pub use private_cluster::PrivateCluster;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

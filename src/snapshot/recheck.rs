@@ -7,10 +7,10 @@
 //! `index.gc_deletes`) the version-P write then creates the document again, for good.
 //!
 //! Why it is enough: the newer snapshot is taken (a second temporary slot, consistent point Q)
-//! after every chunk of the load was written by every sink. A delete committed at D <= Q is
-//! absent from it, so the recheck deletes the row with version Q >= D; one committed after Q was
+//! after every chunk of the load was written by every sink. A delete committed at D < Q is
+//! absent from it, so the recheck deletes the row with version Q - 1 >= D; one committed at Q or after was
 //! committed after the load's writes were acknowledged, so the stream applies it after them; a
-//! row inserted again after Q carries a version > Q and wins over the recheck's delete.
+//! row inserted again at Q or after carries a higher version and wins over the recheck's delete.
 //!
 //! Memory stays bounded: the load's rows are read again chunk by chunk, in the load's own
 //! snapshot (held open in a transaction), and checked against the newer one a chunk at a time.
@@ -52,12 +52,12 @@ pub struct RecheckPlan<'a> {
     pub loaded: HeldSnapshot,
     /// The newer snapshot's name (exported by a slot created after the load was written).
     pub newer: &'a str,
-    /// Its consistent point: the version of every delete.
+    /// Its consistent point Q: every delete has version Q - 1.
     pub point: Lsn,
 }
 
 /// Read the load's rows again (in its snapshot), find those the newer snapshot no longer has,
-/// and hand them to the sinks as deletes at the newer point (with the whole row as it was
+/// and hand them to the sinks as deletes just below the newer point (with the whole row as it was
 /// loaded, as a REPLICA IDENTITY FULL delete carries it). Tables without a primary key are
 /// skipped with a warning.
 pub async fn recheck(
@@ -70,6 +70,9 @@ pub async fn recheck(
     let mut sinks = sinks;
     let RecheckPlan { tables, loaded, newer, point } = plan;
     let mut loaded = loaded.reader;
+    // Every transaction the newer snapshot sees has its commit record below Q; one whose commit
+    // record starts exactly at Q is streamed, with version Q, and must win over these deletes.
+    let version = Lsn(point.0.saturating_sub(1));
     let started = Instant::now();
     let mut current = Reader::begin(connect_sql(params).await?, Some(newer)).await?;
     let exported: Option<Arc<str>> = Some(Arc::from(newer));
@@ -91,7 +94,7 @@ pub async fn recheck(
                 outcome = Outcome::Interrupted;
                 break 'tables;
             }
-            let chunk = loaded.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts).await?;
+            let chunk = loaded.next_chunk(&mut tr, config.snapshot.chunk_rows, version, commit_ts).await?;
             let last_of_table = chunk.changes.len() < config.snapshot.chunk_rows;
             checked += chunk.changes.len() as u64;
             let gone = current.missing(&tr, &chunk.changes).await?;

@@ -421,7 +421,30 @@ pub async fn snapshot_on_demand(config: &Config, target: &SnapshotTarget, shutdo
     .await;
     drop(queues);
     while tasks.join_next().await.is_some() {}
+    wait_slots_dropped(&params, &[&slot, &format!("{slot}_2")]).await;
     outcome
+}
+
+/// Postgres drops a temporary slot when the backend of its session exits, a moment after the
+/// connection closed: wait for that (at most 5 s), so that `walcast snapshot` ends with none of
+/// its slots left.
+async fn wait_slots_dropped(params: &ConnParams, slots: &[&str]) {
+    let Ok(client) = connect_sql(params).await else { return };
+    for _ in 0..250 {
+        let mut left = false;
+        for slot in slots {
+            match source::slot_info(&client, slot).await {
+                Ok(Some(_)) => left = true,
+                Ok(None) => {}
+                Err(_) => return,
+            }
+        }
+        if !left {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!(?slots, "temporary slots still exist after 5 s; Postgres drops them when their sessions end");
 }
 
 fn spawn_sink<S: Sink>(

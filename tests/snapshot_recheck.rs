@@ -232,7 +232,25 @@ async fn table_snapshot_beside_deletes(es_url: &str, test: &str) {
         assert!(commit_lsn(d) > point, "a recheck delete is newer than the reads: {d}");
         assert!(d["before"]["v"].is_string(), "the delete carries the row as read: {d}");
     }
-    eprintln!("{test}: {deleted} rows deleted while the snapshot ran; its recheck deleted {rechecked}");
+    // Both temporary slots went away with their sessions.
+    let pattern = format!("{}\\_snapshot\\_%", db.slot);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = query_text(&sql, &format!("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name LIKE '{pattern}'")).await;
+        if left.as_deref() == Some("0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "temporary slots left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = |what: &str| {
+        snapshot_log.lines().find(|l| l.contains(what)).and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("elapsed_ms="))).unwrap_or("?").to_string()
+    };
+    eprintln!(
+        "{test}: {deleted} rows deleted while the snapshot ran; its recheck deleted {rechecked}; load {} ms, recheck {} ms",
+        elapsed("snapshot finished"),
+        elapsed("snapshot recheck finished")
+    );
 
     wc.stop().await;
     db.drop().await;

@@ -36,8 +36,8 @@ pub struct HeldSnapshot {
 }
 
 impl HeldSnapshot {
-    /// Import the exported snapshot `name` into a new read transaction; it stays importable
-    /// by nobody else, but readable here, after its exporting session ends.
+    /// Import the exported snapshot `name` into a new read transaction, which keeps reading it
+    /// after the exporting session (and its slot) is gone.
     pub async fn hold(params: &ConnParams, name: &str) -> Result<Self, PipelineError> {
         let client = connect_sql(params).await?;
         Ok(Self { reader: Reader::begin(client, Some(name)).await? })

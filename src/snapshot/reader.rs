@@ -158,15 +158,24 @@ impl Reader {
         } else {
             (format!("{select} ORDER BY {order} LIMIT $1"), format!("{select} WHERE ({order}) > ({}) ORDER BY {order} LIMIT ${}", bounds.join(", "), key.len() + 1))
         };
+        // The chunk's first and last keys bound the lookup (`$k+1..$2k`, `$2k+1..$3k`), so the
+        // planner can read that key range once (hash anti join) instead of probing every key.
         let missing = (!key.is_empty()).then(|| {
-            let arrays: Vec<String> = (1..=key.len()).map(|n| format!("${n}::text[]")).collect();
-            let names: Vec<String> = (1..=key.len()).map(|n| format!("c{n}")).collect();
+            let k = key.len();
+            let arrays: Vec<String> = (1..=k).map(|n| format!("${n}::text[]")).collect();
+            let names: Vec<String> = (1..=k).map(|n| format!("c{n}")).collect();
             let equal: Vec<String> = keyed.iter().enumerate().map(|(n, (_, i, ty))| format!("t.{} = (k.c{})::{ty}", quote_ident(&columns[*i].name), n + 1)).collect();
+            let bound = |first: usize| -> Vec<String> { keyed.iter().enumerate().map(|(n, (_, _, ty))| format!("${}::text::{ty}", first + n)).collect() };
+            let tcols: Vec<String> = key.iter().map(|&i| format!("t.{}", quote_ident(&columns[i].name))).collect();
             format!(
-                "SELECT k.i::int8 FROM unnest({}) WITH ORDINALITY AS k({}, i) WHERE NOT EXISTS (SELECT 1 FROM {name} t WHERE {})",
+                "SELECT k.i::int8 FROM unnest({}) WITH ORDINALITY AS k({}, i) WHERE NOT EXISTS \
+                 (SELECT 1 FROM {name} t WHERE {} AND ({tc}) >= ({}) AND ({tc}) <= ({}))",
                 arrays.join(", "),
                 names.join(", "),
-                equal.join(" AND ")
+                equal.join(" AND "),
+                bound(k + 1).join(", "),
+                bound(2 * k + 1).join(", "),
+                tc = tcols.join(", "),
             )
         });
         let relation = Arc::new(Relation { oid, schema: table.schema.clone(), table: table.table.clone(), replica_identity: identity, columns });
@@ -258,7 +267,14 @@ impl Reader {
                 array.push(text);
             }
         }
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        // Rows come in key order: the first and last keys bound the range.
+        let first: Vec<&str> = arrays.iter().map(|a| a.first().copied().unwrap_or_default()).collect();
+        let last: Vec<&str> = arrays.iter().map(|a| a.last().copied().unwrap_or_default()).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .chain(first.iter().chain(&last).map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)))
+            .collect();
         let found = self.client.query(sql.as_str(), &params).await.map_err(|e| query_error(&what(), &e))?;
         let mut out = Vec::with_capacity(found.len());
         for row in found {

@@ -10,8 +10,9 @@
 //! - `rule_snapshot_beside_root_deletes_{osmem,noida}`: the movies document rule, chunked
 //!   (5 films a chunk), a film deleted every 20 ms (alternately the highest id, which the
 //!   snapshot writes last, and a random one) from its start to its end;
-//! - `table_snapshot_beside_deletes_{osmem,noida}`: the same with `--table` into a flat index
-//!   (and the JSON-lines sink of the snapshot's config, which gets the recheck's deletes).
+//! - `table_snapshot_beside_deletes_{osmem,noida}`: the same with `--table` into a flat index,
+//!   on a table with a composite primary key (text, int) (and the JSON-lines sink of the
+//!   snapshot's config, which gets the recheck's deletes).
 
 mod es_support;
 mod movies_support;
@@ -163,7 +164,13 @@ async fn table_snapshot_beside_deletes(es_url: &str, test: &str) {
     es.delete_index(&index).await;
     let db = TestDb::create(test).await;
     let sql = db.client().await;
-    exec(&sql, "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 5000) g").await;
+    // A composite key (text, int): documents ids are `["k3",17]`.
+    exec(
+        &sql,
+        "CREATE TABLE items (k text, id int, v text, PRIMARY KEY (k, id)); \
+         INSERT INTO items SELECT 'k' || (s % 7), s, 'v' || s FROM generate_series(1, 5000) s",
+    )
+    .await;
     db.create_publication(&["items"]).await;
     db.create_slot().await; // `walcast run` only streams; the index is filled by `walcast snapshot`
     let rule = format!("[[sinks.elasticsearch.tables]]\ntable = \"public.items\"\nindex = \"{index}\"\n");
@@ -180,19 +187,22 @@ async fn table_snapshot_beside_deletes(es_url: &str, test: &str) {
     wait_started(&mut snapshot, &log).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let rows = "DELETE FROM items WHERE id = (SELECT id FROM items ORDER BY";
-    let deletes = deleter(&db, [format!("{rows} id DESC LIMIT 1)"), format!("{rows} random() LIMIT 1)")], Arc::clone(&stop));
+    let rows = "DELETE FROM items WHERE (k, id) = (SELECT k, id FROM items ORDER BY";
+    let deletes = deleter(&db, [format!("{rows} k DESC, id DESC LIMIT 1)"), format!("{rows} random() LIMIT 1)")], Arc::clone(&stop));
     let (snapshot_log, rechecked) = finish(&mut snapshot, &log).await;
     stop.store(true, Ordering::Relaxed);
     let deleted = deletes.await.expect("deleter");
 
     // The index equals the table once the stream has caught up.
     let expected: Vec<(String, Value)> = sql
-        .query("SELECT id, v FROM items", &[])
+        .query("SELECT k, id, v FROM items", &[])
         .await
         .expect("rows")
         .iter()
-        .map(|r| (r.get::<_, i32>(0).to_string(), json!({"id": r.get::<_, i32>(0), "v": r.get::<_, String>(1)})))
+        .map(|r| {
+            let (k, id, v): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
+            (json!([k, id]).to_string(), json!({"k": k, "id": id, "v": v}))
+        })
         .collect::<std::collections::BTreeMap<_, _>>()
         .into_iter()
         .collect();

@@ -446,7 +446,8 @@ pub enum SnapshotTarget {
 
 /// `walcast snapshot`: load one table or document rule now, while streaming may go on in
 /// another process. The rows are read in the exported snapshot of a temporary slot and written
-/// with its consistent point as their version, so a newer streamed write is never overwritten.
+/// with its consistent point as their version, so a newer streamed write is never overwritten;
+/// then the rows deleted meanwhile are deleted again at a newer point (`snapshot::recheck`).
 pub async fn snapshot_on_demand(config: &Config, target: &SnapshotTarget, shutdown: CancellationToken) -> Result<crate::snapshot::Outcome, PipelineError> {
     let params = ConnParams::from_config(&config.source)?;
     let metrics = Metrics::new();
@@ -464,19 +465,59 @@ pub async fn snapshot_on_demand(config: &Config, target: &SnapshotTarget, shutdo
         return Err(ConfigError::Invalid { field: "--table".into(), reason: "must be `schema.table`".into() }.into());
     };
     let Sinks { queues, mut reports, mut tasks, in_flight, .. } = start_sinks(config, &params, &metrics, elasticsearch_only)?;
-    // Temporary: it disappears with the session, even if this process is killed.
-    let mut slot = format!("{}_snapshot_{}", config.source.slot, std::process::id());
-    slot.truncate(63);
-    let exported = source::create_slot_exporting(&params, &slot, &config.source.publication, true).await?;
-    tracing::info!(table = %table, point = %exported.point, "snapshot on demand");
+    // Temporary slots: they disappear with their session, even if this process is killed. The
+    // base is cut so that the two names stay distinct within Postgres's 63 bytes.
+    let base: String = config.source.slot.chars().take(40).collect();
+    let slot = format!("{base}_snapshot_{}", std::process::id());
     let on_dispatch = || in_flight.add();
-    let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
-    let plan = crate::snapshot::LoadPlan { tables: &[table], point: exported.point, exported: Some(&exported.name), state: None };
-    let outcome = crate::snapshot::load(config, &params, plan, handles, &metrics, &shutdown).await;
-    drop(exported);
+    let tables = [table];
+    let outcome = async {
+        let exported = source::create_slot_exporting(&params, &slot, &config.source.publication, true).await?;
+        tracing::info!(table = %tables[0], point = %exported.point, "snapshot on demand");
+        let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
+        let plan = crate::snapshot::LoadPlan { tables: &tables, point: exported.point, exported: Some(&exported.name), state: None };
+        if crate::snapshot::load(config, &params, plan, handles, &metrics, &shutdown).await? == crate::snapshot::Outcome::Interrupted {
+            return Ok(crate::snapshot::Outcome::Interrupted);
+        }
+        // The stream may have deleted rows after the load read them; written after its delete,
+        // a row would come back on a sink that keeps no tombstone. Recheck in a snapshot taken
+        // now that every sink has written the load (src/snapshot/recheck.rs).
+        let loaded = crate::snapshot::HeldSnapshot::hold(&params, &exported.name).await?;
+        drop(exported);
+        let newer = source::create_slot_exporting(&params, &format!("{slot}_2"), &config.source.publication, true).await?;
+        let handles = crate::snapshot::SinkHandles { queues: &queues, reports: &mut reports, on_dispatch: &on_dispatch };
+        let plan = crate::snapshot::RecheckPlan { tables: &tables, loaded, newer: &newer.name, point: newer.point };
+        let outcome = crate::snapshot::recheck(config, &params, plan, handles, &shutdown).await;
+        drop(newer);
+        outcome
+    }
+    .await;
     drop(queues);
     while tasks.join_next().await.is_some() {}
+    wait_slots_dropped(&params, &[&slot, &format!("{slot}_2")]).await;
     outcome
+}
+
+/// Postgres drops a temporary slot when the backend of its session exits, a moment after the
+/// connection closed: wait for that (at most 5 s), so that `walcast snapshot` ends with none of
+/// its slots left.
+async fn wait_slots_dropped(params: &ConnParams, slots: &[&str]) {
+    let Ok(client) = connect_sql(params).await else { return };
+    for _ in 0..250 {
+        let mut left = false;
+        for slot in slots {
+            match source::slot_info(&client, slot).await {
+                Ok(Some(_)) => left = true,
+                Ok(None) => {}
+                Err(_) => return,
+            }
+        }
+        if !left {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!(?slots, "temporary slots still exist after 5 s; Postgres drops them when their sessions end");
 }
 
 fn spawn_sink<S: Sink>(

@@ -5,6 +5,7 @@
 //! has written, so an interrupted snapshot resumes from the last finished chunk.
 
 mod reader;
+mod recheck;
 mod resync;
 mod state;
 
@@ -16,10 +17,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::reader::TableRef;
+pub use self::recheck::{recheck, HeldSnapshot, RecheckPlan};
 use self::reader::{Reader, TableReader};
 pub use self::resync::request_resync;
 pub use self::state::{SnapshotState, Status};
 use crate::config::Config;
+use crate::decode::Change;
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, TableLabel};
 use crate::pipeline::PipelineError;
@@ -102,10 +105,11 @@ pub async fn load(
     config: &Config,
     params: &ConnParams,
     plan: LoadPlan<'_>,
-    mut sinks: SinkHandles<'_>,
+    sinks: SinkHandles<'_>,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<Outcome, PipelineError> {
+    let mut sinks = sinks;
     let LoadPlan { tables, point, exported, mut state } = plan;
     let started = Instant::now();
     let client = connect_sql(params).await?;
@@ -135,20 +139,11 @@ pub async fn load(
         for table in tables {
             changes.push(reader.table(table, None).await?.resync_truncate(point, commit_ts));
         }
-        let batch = Batch { changes, checkpoint: None, snapshot: None };
-        let p = Pending { chunk: next_chunk, table: None, after: None, rows: 0, last_of_table: false, acks: 0 };
-        dispatch(batch, p, &mut pending, &mut sinks, exported.clone()).await?;
+        let part = Pending { chunk: next_chunk, table: None, after: None, rows: 0, last_of_table: false, acks: 0 };
         next_chunk += 1;
-        while !pending.is_empty() {
-            let report = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(Outcome::Interrupted),
-                r = sinks.reports.recv() => r,
-            };
-            if report.is_none() {
-                return Err(stopped_sink(sinks.reports));
-            }
-            absorb(report, &mut pending, sinks.queues.len(), tables, &mut state)?;
+        dispatch(&mut sinks, changes, part, exported.clone(), &mut pending, tables, &mut state).await?;
+        if wait_written(config, &mut sinks, Outcome::Done, &mut pending, tables, &mut state, shutdown).await? == Outcome::Interrupted {
+            return Ok(Outcome::Interrupted);
         }
         if let Some(s) = state.as_deref_mut() {
             s.cleared = true;
@@ -180,13 +175,9 @@ pub async fn load(
             counter.inc_by(rows);
             rows_done += rows;
             total_rows += rows;
-            let batch = Batch { changes: chunk.changes, checkpoint: None, snapshot: None };
-            let p = Pending { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
-            dispatch(batch, p, &mut pending, &mut sinks, exported.clone()).await?;
+            let part = Pending { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
             next_chunk += 1;
-            while let Ok(report) = sinks.reports.try_recv() {
-                absorb(Some(report), &mut pending, sinks.queues.len(), tables, &mut state)?;
-            }
+            dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut pending, tables, &mut state).await?;
             if last_log.elapsed() >= Duration::from_secs(2) || last_of_table {
                 last_log = Instant::now();
                 tracing::info!(table = %name, rows = rows_done, estimated_rows = tr.estimated_rows(), "snapshot progress");
@@ -197,7 +188,59 @@ pub async fn load(
         }
     }
     drop(reader);
-    // Wait until the sinks have written everything handed to them.
+    let outcome = wait_written(config, &mut sinks, outcome, &mut pending, tables, &mut state, shutdown).await?;
+    match outcome {
+        Outcome::Done => {
+            if let Some(s) = state {
+                s.status = Status::Done;
+                s.save().map_err(snapshot_state_error)?;
+            }
+            tracing::info!(rows = total_rows, tables = tables.len(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot finished");
+        }
+        Outcome::Interrupted => {
+            tracing::warn!(rows = total_rows, "snapshot interrupted; the next start resumes after the last chunk every sink wrote");
+        }
+    }
+    Ok(outcome)
+}
+
+/// Hand one chunk's changes to every sink (waiting while a queue is full), as chunk `part`;
+/// count the reports that came back meanwhile.
+async fn dispatch(
+    sinks: &mut SinkHandles<'_>,
+    changes: Vec<Change>,
+    part: Pending,
+    exported: Option<Arc<str>>,
+    pending: &mut VecDeque<Pending>,
+    tables: &[TableRef],
+    state: &mut Option<&mut SnapshotState>,
+) -> Result<(), PipelineError> {
+    let batch = Arc::new(Batch { changes, checkpoint: None, snapshot: Some(SnapshotPart { chunk: part.chunk, exported }) });
+    pending.push_back(part);
+    for queue in sinks.queues {
+        (sinks.on_dispatch)();
+        // A sink that stopped has dropped its queue: the send fails, its report says why.
+        if queue.send(Arc::clone(&batch)).await.is_err() {
+            return Err(stopped_sink(sinks.reports));
+        }
+    }
+    while let Ok(report) = sinks.reports.try_recv() {
+        absorb(Some(report), pending, sinks.queues.len(), tables, state)?;
+    }
+    Ok(())
+}
+
+/// Wait until the sinks have written every pending chunk. A shutdown turns the outcome into
+/// `Interrupted` and then waits at most `shutdown_timeout_ms`.
+async fn wait_written(
+    config: &Config,
+    sinks: &mut SinkHandles<'_>,
+    mut outcome: Outcome,
+    pending: &mut VecDeque<Pending>,
+    tables: &[TableRef],
+    state: &mut Option<&mut SnapshotState>,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, PipelineError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.pipeline.shutdown_timeout_ms);
     while !pending.is_empty() {
         let report = if outcome == Outcome::Interrupted {
@@ -215,42 +258,9 @@ pub async fn load(
         if report.is_none() {
             return Err(stopped_sink(sinks.reports));
         }
-        absorb(report, &mut pending, sinks.queues.len(), tables, &mut state)?;
-    }
-    match outcome {
-        Outcome::Done => {
-            if let Some(s) = state {
-                s.status = Status::Done;
-                s.save().map_err(snapshot_state_error)?;
-            }
-            tracing::info!(rows = total_rows, tables = tables.len(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot finished");
-        }
-        Outcome::Interrupted => {
-            tracing::warn!(rows = total_rows, "snapshot interrupted; the next start resumes after the last chunk every sink wrote");
-        }
+        absorb(report, pending, sinks.queues.len(), tables, state)?;
     }
     Ok(outcome)
-}
-
-/// Hand one chunk to every sink, tracking it until all of them wrote it.
-async fn dispatch(
-    mut batch: Batch,
-    p: Pending,
-    pending: &mut VecDeque<Pending>,
-    sinks: &mut SinkHandles<'_>,
-    exported: Option<Arc<str>>,
-) -> Result<(), PipelineError> {
-    batch.snapshot = Some(SnapshotPart { chunk: p.chunk, exported });
-    let batch = Arc::new(batch);
-    pending.push_back(p);
-    for queue in sinks.queues {
-        (sinks.on_dispatch)();
-        // A sink that stopped has dropped its queue: the send fails, its report says why.
-        if queue.send(Arc::clone(&batch)).await.is_err() {
-            return Err(stopped_sink(sinks.reports));
-        }
-    }
-    Ok(())
 }
 
 /// Count one sink report against the pending chunks; record every chunk all sinks wrote.

@@ -61,6 +61,9 @@ pub(super) struct TableReader {
     /// Cursor name, for a table without a primary key.
     cursor: Option<String>,
     seq: u64,
+    /// Which of a chunk's keys (`$1..$k`: one text array per key column) have no row: the
+    /// 1-based positions. `None` without a primary key.
+    missing: Option<String>,
 }
 
 /// Rows of one chunk as changes, and the key to resume after.
@@ -164,6 +167,26 @@ impl Reader {
         } else {
             (format!("{select} ORDER BY {order} LIMIT $1"), format!("{select} WHERE ({order}) > ({}) ORDER BY {order} LIMIT ${}", bounds.join(", "), key.len() + 1))
         };
+        // The chunk's first and last keys bound the lookup (`$k+1..$2k`, `$2k+1..$3k`), so the
+        // planner can read that key range once (hash anti join) instead of probing every key.
+        let missing = (!key.is_empty()).then(|| {
+            let k = key.len();
+            let arrays: Vec<String> = (1..=k).map(|n| format!("${n}::text[]")).collect();
+            let names: Vec<String> = (1..=k).map(|n| format!("c{n}")).collect();
+            let equal: Vec<String> = keyed.iter().enumerate().map(|(n, (_, i, ty))| format!("t.{} = (k.c{})::{ty}", quote_ident(&columns[*i].name), n + 1)).collect();
+            let bound = |first: usize| -> Vec<String> { keyed.iter().enumerate().map(|(n, (_, _, ty))| format!("${}::text::{ty}", first + n)).collect() };
+            let tcols: Vec<String> = key.iter().map(|&i| format!("t.{}", quote_ident(&columns[i].name))).collect();
+            format!(
+                "SELECT k.i::int8 FROM unnest({}) WITH ORDINALITY AS k({}, i) WHERE NOT EXISTS \
+                 (SELECT 1 FROM {name} t WHERE {} AND ({tc}) >= ({}) AND ({tc}) <= ({}))",
+                arrays.join(", "),
+                names.join(", "),
+                equal.join(" AND "),
+                bound(k + 1).join(", "),
+                bound(2 * k + 1).join(", "),
+                tc = tcols.join(", "),
+            )
+        });
         let relation = Arc::new(Relation { oid, schema: table.schema.clone(), table: table.table.clone(), replica_identity: identity, columns });
         let cursor = if key.is_empty() {
             tracing::warn!(table = %table, "table has no primary key: its snapshot is read with a cursor and restarts from the beginning if interrupted");
@@ -177,7 +200,7 @@ impl Reader {
         } else {
             None
         };
-        Ok(TableReader { relation, estimated_rows: rel.get(2), key, first, next, after: if cursor.is_some() { None } else { after }, cursor, seq: 0 })
+        Ok(TableReader { relation, estimated_rows: rel.get(2), key, first, next, after: if cursor.is_some() { None } else { after }, cursor, seq: 0, missing })
     }
 
     /// Read the next chunk of at most `limit` rows as [`Op::Read`] changes at `point`.
@@ -231,6 +254,49 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Which of `rows` (read from `t`, possibly in another snapshot) have no row with the same
+    /// primary key in this transaction's snapshot: their positions in `rows`. Nothing for a
+    /// table without a primary key.
+    pub(super) async fn missing(&mut self, t: &TableReader, rows: &[Change]) -> Result<Vec<usize>, SourceError> {
+        let Some(sql) = &t.missing else { return Ok(Vec::new()) };
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let what = || format!("checking which rows of {}.{} still exist", t.relation.schema, t.relation.table);
+        let mut arrays: Vec<Vec<&str>> = vec![Vec::with_capacity(rows.len()); t.key.len()];
+        for row in rows {
+            let values = row.new.as_deref().unwrap_or_default();
+            for (array, &i) in arrays.iter_mut().zip(&t.key) {
+                // Read by `next_chunk` from a String: key columns are text, never NULL.
+                let text = match values.get(i) {
+                    Some(Datum::Text(b)) => std::str::from_utf8(b).map_err(|_| SourceError::Query(format!("snapshot: {}: a key is not UTF-8", what())))?,
+                    _ => return Err(SourceError::Query(format!("snapshot: {}: a row without its key", what()))),
+                };
+                array.push(text);
+            }
+        }
+        // Rows come in key order: the first and last keys bound the range.
+        let first: Vec<&str> = arrays.iter().map(|a| a.first().copied().unwrap_or_default()).collect();
+        let last: Vec<&str> = arrays.iter().map(|a| a.last().copied().unwrap_or_default()).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .chain(first.iter().chain(&last).map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)))
+            .collect();
+        let found = self.client.query(sql.as_str(), &params).await.map_err(|e| query_error(&what(), &e))?;
+        let mut out = Vec::with_capacity(found.len());
+        for row in found {
+            let position: i64 = row.try_get(0).map_err(|e| query_error(&what(), &e))?;
+            if let Some(p) = usize::try_from(position).ok().and_then(|p| p.checked_sub(1)) {
+                out.push(p);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+}
+
 impl TableReader {
     /// The truncate a re-sync sends before the table's first chunk: every sink drops what it
     /// holds of the table, then the chunks load what exists now.
@@ -252,6 +318,11 @@ impl TableReader {
     /// Postgres's row estimate (`reltuples`; -1 when never analyzed).
     pub(super) fn estimated_rows(&self) -> i64 {
         self.estimated_rows
+    }
+
+    /// Whether the table has a primary key (keyset chunks, and [`Reader::missing`] works).
+    pub(super) fn has_key(&self) -> bool {
+        self.missing.is_some()
     }
 }
 

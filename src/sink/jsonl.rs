@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Write};
 use std::path::Path;
 
 use super::line_file::LineFile;
-use super::{render_line, Batch, Sink, SinkError};
+use super::{release_output_buf, render_line, Batch, Sink, SinkError, OUTPUT_BUF_CAPACITY};
 
 const NAME: &str = "jsonl";
 
@@ -38,7 +38,7 @@ impl JsonlSink {
                 reason: format!("cannot open {} for appending: {e}; check the path and its permissions", path.display()),
             })?)
         };
-        Ok(Self { target, buf: Vec::with_capacity(1 << 20) })
+        Ok(Self { target, buf: Vec::with_capacity(OUTPUT_BUF_CAPACITY) })
     }
 }
 
@@ -62,7 +62,7 @@ impl Sink for JsonlSink {
         for change in &batch.changes {
             render_line(change, &mut self.buf)?;
         }
-        match &mut self.target {
+        let result = match &mut self.target {
             Target::File(file) => file.append(&mut self.buf).await.map_err(|e| e.into_sink_error(NAME)),
             Target::Stdout => {
                 // Pipe writes block; keep them off the async workers.
@@ -76,7 +76,10 @@ impl Sink for JsonlSink {
                 self.buf = buf;
                 result
             }
-        }
+        };
+        // The lines are written (or are rendered again on retry): no huge value's buffer stays.
+        release_output_buf(&mut self.buf);
+        result
     }
 }
 

@@ -175,7 +175,7 @@ impl KafkaSink {
             dead_letter,
             dead_letters: Arc::new(AtomicU64::new(0)),
             dead_letter_metric: None,
-            arena: Vec::with_capacity(1 << 20),
+            arena: Vec::with_capacity(super::OUTPUT_BUF_CAPACITY),
             replacements: 0,
         })
     }
@@ -410,9 +410,9 @@ impl KafkaSink {
             Ok(()) => self.dead_letter_all(&p, batch).await,
             Err(e) => Err(e),
         };
-        if p.arena.capacity() <= 64 << 20 {
-            self.arena = std::mem::take(&mut p.arena);
-        }
+        // Keep the arena for the next batch unless a huge value grew it (see OUTPUT_BUF_KEEP_MAX).
+        self.arena = std::mem::take(&mut p.arena);
+        super::release_output_buf(&mut self.arena);
         if outcome.is_ok() {
             tracing::debug!(changes = batch.changes.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, "kafka batch delivered");
         }

@@ -184,6 +184,25 @@ pub async fn drive<S: Sink>(
     }
 }
 
+/// Capacity a sink's reused output buffer starts with: a normal batch fits, so rendering it
+/// allocates nothing.
+const OUTPUT_BUF_CAPACITY: usize = 1 << 20;
+
+/// Largest capacity a reused output buffer keeps between batches. One huge value (a 200 MB text
+/// column) grows the buffer to its size, and a kept buffer keeps those pages resident for the
+/// rest of the run; above this it is dropped (its memory goes back to the OS) and a small one
+/// takes its place. 8 MB leaves ordinary large batches their buffer.
+const OUTPUT_BUF_KEEP_MAX: usize = 8 << 20;
+
+/// Empty `buf` after use, for the next batch; a buffer grown beyond [`OUTPUT_BUF_KEEP_MAX`] is
+/// replaced by one of [`OUTPUT_BUF_CAPACITY`].
+fn release_output_buf(buf: &mut Vec<u8>) {
+    buf.clear();
+    if buf.capacity() > OUTPUT_BUF_KEEP_MAX {
+        *buf = Vec::with_capacity(OUTPUT_BUF_CAPACITY);
+    }
+}
+
 /// Render `change` as one JSON line (with `\n`) into `out`.
 pub(crate) fn render_line(change: &Change, out: &mut Vec<u8>) -> Result<(), SinkError> {
     change.write_json(out).map_err(|source| SinkError::Render {

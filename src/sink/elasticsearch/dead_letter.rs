@@ -94,7 +94,9 @@ impl DeadLetterFile {
             l.render(&mut self.buf);
             self.buf.push(b'\n');
         }
-        self.file.append(&mut self.buf).await
+        let result = self.file.append(&mut self.buf).await;
+        crate::sink::release_output_buf(&mut self.buf);
+        result
     }
 }
 

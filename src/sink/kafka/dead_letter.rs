@@ -72,13 +72,13 @@ impl DeadLetterFile {
             return Ok(());
         }
         let result = self.file.append(&mut self.buf).await;
-        self.buf.clear();
+        crate::sink::release_output_buf(&mut self.buf);
         result
     }
 
     /// Drop what was queued (the batch failed and will be written again).
     pub fn discard(&mut self) {
-        self.buf.clear();
+        crate::sink::release_output_buf(&mut self.buf);
     }
 }
 

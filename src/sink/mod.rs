@@ -213,3 +213,24 @@ pub(crate) fn render_line(change: &Change, out: &mut Vec<u8>) -> Result<(), Sink
     out.push(b'\n');
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_buffer_keeps_a_normal_capacity_and_gives_back_a_huge_one() {
+        let mut buf = Vec::with_capacity(OUTPUT_BUF_KEEP_MAX);
+        buf.resize(OUTPUT_BUF_KEEP_MAX, b'x');
+        let kept = buf.as_ptr();
+        release_output_buf(&mut buf);
+        assert!(buf.is_empty());
+        assert_eq!(buf.as_ptr(), kept, "a buffer up to the bound is reused, not reallocated");
+
+        buf.reserve_exact(OUTPUT_BUF_KEEP_MAX + 1);
+        buf.resize(OUTPUT_BUF_KEEP_MAX + 1, b'x');
+        release_output_buf(&mut buf);
+        assert!(buf.is_empty());
+        assert_eq!(buf.capacity(), OUTPUT_BUF_CAPACITY, "a huge buffer is replaced by a small one");
+    }
+}

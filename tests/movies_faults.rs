@@ -360,7 +360,7 @@ async fn link_table_without_full_identity() {
     exec(&sql, "ALTER TABLE content.person_film_work REPLICA IDENTITY DEFAULT").await;
     let mut wc = movies_walcast(&db, &es_url, &index, &MoviesOptions::default());
     let config = wc.config_path.to_string_lossy().into_owned();
-    let fix = "ALTER TABLE content.person_film_work REPLICA IDENTITY FULL";
+    let fix = r#"ALTER TABLE "content"."person_film_work" REPLICA IDENTITY FULL"#;
 
     // Refused at start, with the same finding and fix as `walcast check`, and no slot left behind.
     wc.start();
@@ -373,8 +373,9 @@ async fn link_table_without_full_identity() {
     assert_eq!(check.code, Some(3), "{check}");
     assert!(check.stdout.contains(&format!("fix: {fix}")), "{check}");
 
-    // Fixed: it starts and loads.
+    // Fixed: it starts and loads (a fresh log: the metrics address is read from it).
     exec(&sql, fix).await;
+    std::fs::remove_file(&wc.log_path).expect("remove the first log");
     wc.start();
     let before = loaded(&db, &es_url, &index, &wc).await;
     let addr = metrics_addr(&wc.log_path, Duration::from_secs(10));

@@ -1117,7 +1117,7 @@ bootstrap_servers = "127.0.0.1:9092"
     fn kafka_alone_is_a_sink_and_gets_defaults() {
         let c = parse(KAFKA_ONLY).expect("valid");
         assert!(c.sinks.jsonl.is_none());
-        let k = c.sinks.kafka.expect("kafka");
+        let k = c.sinks.kafka.clone().expect("kafka");
         assert_eq!(k.prefix, DEFAULT_KAFKA_PREFIX);
         assert_eq!(k.server_name(), DEFAULT_KAFKA_PREFIX);
         assert_eq!(k.topic_template, DEFAULT_KAFKA_TOPIC_TEMPLATE);
@@ -1125,7 +1125,11 @@ bootstrap_servers = "127.0.0.1:9092"
         assert_eq!(k.linger_ms, DEFAULT_KAFKA_LINGER_MS);
         assert_eq!(k.message_timeout_ms, DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS);
         assert_eq!(k.compression, KafkaCompression::None);
-        assert!(k.transaction_topic.is_none() && k.dead_letter.is_none() && k.sasl.is_none() && k.tls.is_none());
+        assert!(k.transaction_topic.is_none() && k.sasl.is_none() && k.tls.is_none());
+        // No dead-letter section: a file in the state dir, so one poison record never stops the stream.
+        let dl = k.dead_letter.as_ref().expect("a default dead-letter destination");
+        assert_eq!((dl.topic.as_deref(), dl.path.clone()), (None, Some(c.snapshot.state_dir.join(DEFAULT_KAFKA_DEAD_LETTER_FILE))));
+        assert_eq!(c.dead_letter_destinations(), vec![("kafka", DeadLetterDestination::File(c.snapshot.state_dir.join(DEFAULT_KAFKA_DEAD_LETTER_FILE)))]);
     }
 
     #[test]

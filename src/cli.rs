@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, DeadLetterDestination, LogFormat};
 use crate::pipeline::{self, PipelineError};
 use crate::snapshot::SnapshotState;
 use crate::sink::SinkError;
@@ -79,6 +79,16 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Where walcast stands: the slot (as `slot status`) and each sink's dead letters (where
+    /// they are, how many).
+    Status {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect or manage the replication slot.
     Slot {
         /// What to do with the slot.
@@ -90,7 +100,8 @@ pub enum Command {
 /// Slot actions.
 #[derive(Debug, Subcommand)]
 pub enum SlotAction {
-    /// Show confirmed_flush_lsn, restart_lsn, active pid, retained WAL, wal_status.
+    /// Show confirmed_flush_lsn, restart_lsn, active pid, retained WAL, wal_status, and each
+    /// sink's dead letters.
     Status {
         /// Config file.
         #[arg(long, short)]
@@ -172,6 +183,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> ExitCode {
                 Err(e) => report_pipeline_error(&e.into()),
             }
         }
+        Command::Status { config, json } => slot(SlotAction::Status { config, json }, cli.log_format).await,
         Command::Slot { action } => slot(action, cli.log_format).await,
     }
 }
@@ -283,7 +295,7 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
         match action {
             SlotAction::Status { json, .. } => {
                 let info = source::slot_info(&client, &slot_name).await.map_err(query_err)?;
-                print_slot_status(&slot_name, info.as_ref(), json);
+                print_slot_status(&slot_name, info.as_ref(), &dead_letter_status(&config), json);
                 if info.is_none() {
                     return Err(SourceError::setup(format!("slot {slot_name:?} does not exist"), "create it with `walcast slot create --config FILE`"));
                 }
@@ -332,10 +344,45 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
     }
 }
 
-fn print_slot_status(name: &str, info: Option<&source::SlotInfo>, json: bool) {
+/// One sink's dead letters: where they go and, for a file, how many it holds.
+struct DeadLetterStatus {
+    sink: &'static str,
+    destination: DeadLetterDestination,
+    /// Lines in the file (`None`: not a file, or unreadable, see `error`).
+    count: Option<u64>,
+    error: Option<String>,
+}
+
+/// What an operator needs at 3 a.m.: where each sink's dead letters are and how many.
+fn dead_letter_status(config: &Config) -> Vec<DeadLetterStatus> {
+    config
+        .dead_letter_destinations()
+        .into_iter()
+        .map(|(sink, destination)| {
+            let (count, error) = match &destination {
+                DeadLetterDestination::File(path) => match std::fs::read(path) {
+                    Ok(bytes) => (Some(bytes.iter().filter(|&&b| b == b'\n').count() as u64), None),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Some(0), None),
+                    Err(e) => (None, Some(e.to_string())),
+                },
+                DeadLetterDestination::Named(_) => (None, None),
+            };
+            DeadLetterStatus { sink, destination, count, error }
+        })
+        .collect()
+}
+
+fn print_slot_status(name: &str, info: Option<&source::SlotInfo>, dead: &[DeadLetterStatus], json: bool) {
     let lsn = |l: Option<crate::lsn::Lsn>| l.map(|l| l.to_string());
     if json {
-        let value = match info {
+        let dead: Vec<_> = dead
+            .iter()
+            .map(|d| match &d.destination {
+                DeadLetterDestination::File(p) => serde_json::json!({"sink": d.sink, "path": p.display().to_string(), "count": d.count, "error": d.error}),
+                DeadLetterDestination::Named(n) => serde_json::json!({"sink": d.sink, "destination": n}),
+            })
+            .collect();
+        let mut value = match info {
             None => serde_json::json!({ "slot": name, "exists": false }),
             Some(i) => serde_json::json!({
                 "slot": name,
@@ -351,9 +398,23 @@ fn print_slot_status(name: &str, info: Option<&source::SlotInfo>, json: bool) {
                 "wal_status": i.wal_status,
             }),
         };
+        value["dead_letters"] = serde_json::Value::Array(dead);
         println!("{value}");
         return;
     }
+    print_slot_info(name, info);
+    for d in dead {
+        let what = match (&d.destination, d.count, &d.error) {
+            (DeadLetterDestination::File(p), Some(n), _) => format!("{n} in {}", p.display()),
+            (DeadLetterDestination::File(p), None, e) => format!("cannot read {}: {}", p.display(), e.as_deref().unwrap_or("?")),
+            (DeadLetterDestination::Named(n), _, _) => format!("in {n} (see walcast_dead_letters_total)"),
+        };
+        println!("{:<20} {what}", format!("dead letters ({})", d.sink));
+    }
+}
+
+fn print_slot_info(name: &str, info: Option<&source::SlotInfo>) {
+    let lsn = |l: Option<crate::lsn::Lsn>| l.map(|l| l.to_string());
     let Some(i) = info else {
         println!("slot {name}: does not exist");
         return;

@@ -458,8 +458,44 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        let mut config = config;
         config.validate()?;
+        config.default_dead_letters();
         Ok(config)
+    }
+
+    /// A sink without a dead-letter destination sets rejected rows aside in a file of
+    /// `snapshot.state_dir`: one poison change must never stop the whole stream for good (a
+    /// restart would meet it again at the same LSN).
+    fn default_dead_letters(&mut self) {
+        let dir = &self.snapshot.state_dir;
+        if let Some(es) = self.sinks.elasticsearch.as_mut().filter(|es| es.dead_letter.is_none()) {
+            es.dead_letter = Some(EsDeadLetterConfig { index: None, path: Some(dir.join(DEFAULT_ES_DEAD_LETTER_FILE)) });
+        }
+        if let Some(k) = self.sinks.kafka.as_mut().filter(|k| k.dead_letter.is_none()) {
+            k.dead_letter = Some(KafkaDeadLetterConfig { topic: None, path: Some(dir.join(DEFAULT_KAFKA_DEAD_LETTER_FILE)) });
+        }
+    }
+
+    /// Where each sink sets its dead letters aside: `(sink, destination)`, the destination a
+    /// file path or an index/topic name (after [`Config::parse`], every sink has one).
+    pub fn dead_letter_destinations(&self) -> Vec<(&'static str, DeadLetterDestination)> {
+        let mut out = Vec::new();
+        if let Some(dl) = self.sinks.kafka.as_ref().and_then(|k| k.dead_letter.as_ref()) {
+            match (&dl.topic, &dl.path) {
+                (Some(t), _) => out.push(("kafka", DeadLetterDestination::Named(format!("topic {t}")))),
+                (None, Some(p)) => out.push(("kafka", DeadLetterDestination::File(p.clone()))),
+                (None, None) => {}
+            }
+        }
+        if let Some(dl) = self.sinks.elasticsearch.as_ref().and_then(|k| k.dead_letter.as_ref()) {
+            match (&dl.index, &dl.path) {
+                (Some(i), _) => out.push(("elasticsearch", DeadLetterDestination::Named(format!("index {i}")))),
+                (None, Some(p)) => out.push(("elasticsearch", DeadLetterDestination::File(p.clone()))),
+                (None, None) => {}
+            }
+        }
+        out
     }
 
     /// Read every secret the config names (environment variables, files), so a missing one
@@ -695,6 +731,21 @@ fn validate_identifier(field: &str, value: &str, slot_rules: bool) -> Result<(),
 
 /// Default topic prefix (`{prefix}` in the template), also the default `server_name`.
 pub const DEFAULT_KAFKA_PREFIX: &str = "walcast";
+/// Dead-letter file of the Kafka sink in `snapshot.state_dir` when `[sinks.kafka.dead_letter]`
+/// is not configured.
+pub const DEFAULT_KAFKA_DEAD_LETTER_FILE: &str = "dead-letters-kafka.jsonl";
+/// Dead-letter file of the Elasticsearch sink in `snapshot.state_dir` when
+/// `[sinks.elasticsearch.dead_letter]` is not configured.
+pub const DEFAULT_ES_DEAD_LETTER_FILE: &str = "dead-letters-elasticsearch.jsonl";
+
+/// Where a sink's dead letters go ([`Config::dead_letter_destinations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadLetterDestination {
+    /// A JSON-lines file, one dead letter a line.
+    File(PathBuf),
+    /// A topic or index, e.g. `topic walcast.dead_letters`.
+    Named(String),
+}
 /// Default topic template: Debezium's naming, `<prefix>.<schema>.<table>`.
 pub const DEFAULT_KAFKA_TOPIC_TEMPLATE: &str = "{prefix}.{schema}.{table}";
 /// Default Kafka `client.id`.
@@ -1066,7 +1117,7 @@ bootstrap_servers = "127.0.0.1:9092"
     fn kafka_alone_is_a_sink_and_gets_defaults() {
         let c = parse(KAFKA_ONLY).expect("valid");
         assert!(c.sinks.jsonl.is_none());
-        let k = c.sinks.kafka.expect("kafka");
+        let k = c.sinks.kafka.clone().expect("kafka");
         assert_eq!(k.prefix, DEFAULT_KAFKA_PREFIX);
         assert_eq!(k.server_name(), DEFAULT_KAFKA_PREFIX);
         assert_eq!(k.topic_template, DEFAULT_KAFKA_TOPIC_TEMPLATE);
@@ -1074,7 +1125,11 @@ bootstrap_servers = "127.0.0.1:9092"
         assert_eq!(k.linger_ms, DEFAULT_KAFKA_LINGER_MS);
         assert_eq!(k.message_timeout_ms, DEFAULT_KAFKA_MESSAGE_TIMEOUT_MS);
         assert_eq!(k.compression, KafkaCompression::None);
-        assert!(k.transaction_topic.is_none() && k.dead_letter.is_none() && k.sasl.is_none() && k.tls.is_none());
+        assert!(k.transaction_topic.is_none() && k.sasl.is_none() && k.tls.is_none());
+        // No dead-letter section: a file in the state dir, so one poison record never stops the stream.
+        let dl = k.dead_letter.as_ref().expect("a default dead-letter destination");
+        assert_eq!((dl.topic.as_deref(), dl.path.clone()), (None, Some(c.snapshot.state_dir.join(DEFAULT_KAFKA_DEAD_LETTER_FILE))));
+        assert_eq!(c.dead_letter_destinations(), vec![("kafka", DeadLetterDestination::File(c.snapshot.state_dir.join(DEFAULT_KAFKA_DEAD_LETTER_FILE)))]);
     }
 
     #[test]

@@ -248,6 +248,25 @@ fn state_error(e: std::io::Error, config: &Config) -> SourceError {
     )
 }
 
+/// Refuse, before any slot exists, document rules `walcast check` already knows will fail (a
+/// dependent whose `root_id_column` a DELETE does not carry, a query that does not prepare):
+/// otherwise the first such change stops the sink, or is set aside, at the same LSN on every
+/// restart.
+async fn document_rules_ready(config: &Config, client: &tokio_postgres::Client) -> Result<(), SourceError> {
+    let Some(es) = config.sinks.elasticsearch.as_ref().filter(|es| !es.documents.is_empty()) else { return Ok(()) };
+    let failed: Vec<_> = crate::sink::elasticsearch::document_findings(&es.documents, client)
+        .await
+        .into_iter()
+        .filter(|f| f.severity == source::Severity::Failure)
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let problem = failed.iter().map(|f| f.message.as_str()).collect::<Vec<_>>().join("; ");
+    let fix = failed.iter().filter_map(|f| f.fix.as_deref()).collect::<Vec<_>>().join("; ");
+    Err(SourceError::setup(problem, format!("{fix} (`walcast check` lists every finding)")))
+}
+
 /// Make sure the publication and slot exist; returns where to start (and the snapshot to load
 /// first), or `None` when shutdown was requested while waiting for the server.
 async fn prepare_slot(
@@ -263,6 +282,7 @@ async fn prepare_slot(
     loop {
         let attempt = async {
             let client = connect_sql(params).await?;
+            document_rules_ready(config, &client).await?;
             let query_error = |e: tokio_postgres::Error| source::classify(&e, params, &src.slot);
             let slot = source::slot_info(&client, &src.slot).await.map_err(query_error)?;
             let state = SnapshotState::load(dir, &src.slot).map_err(|e| state_error(e, config))?;

@@ -1,6 +1,6 @@
 //! A row the index mapping rejects goes to the dead-letter destination with its reason, is
 //! counted in walcast_dead_letters_total{sink="elasticsearch"}, and the stream goes on. Without
-//! a dead-letter destination the same row stops walcast with a fix.
+//! a dead-letter destination the same happens with a file in `snapshot.state_dir`.
 
 mod es_support;
 mod support;
@@ -116,15 +116,35 @@ async fn rejected_row_goes_to_the_dead_letter_index() {
     es.delete_index(&dlq).await;
 }
 
+/// Without `[sinks.elasticsearch.dead_letter]` a rejected row must not stop the stream for good
+/// (every restart met it again at the same LSN): it goes to `dead-letters-elasticsearch.jsonl`
+/// in `snapshot.state_dir`, and `walcast status` says where and how many.
 #[tokio::test(flavor = "multi_thread")]
-async fn rejected_row_without_dead_letter_destination_stops_with_a_fix() {
+async fn rejected_row_without_dead_letter_destination_goes_to_the_state_dir() {
     let mut s = setup("es_dlq_none", "").await;
-    s.wc.start();
-    exec(&s.db.client().await, "INSERT INTO t VALUES (2, 'not a number', 'bad')").await;
-    let status = s.wc.wait_exit(Duration::from_secs(60)).await;
-    assert_eq!(status.code(), Some(4), "a sink failure exits 4\n{}", s.wc.log_tail(30));
+    let path = s.wc.dir.as_ref().expect("dir").path().join("state").join("dead-letters-elasticsearch.jsonl");
+    let read = async || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("dead letter line is JSON"))
+            .collect::<Vec<_>>()
+    };
+    rejected_row_is_set_aside(&mut s, read).await;
+    // The warning names where it went.
     let log = std::fs::read_to_string(&s.wc.log_path).expect("log");
-    assert!(log.contains("cannot be written") && log.contains("configure [sinks.elasticsearch.dead_letter]"), "{}", s.wc.log_tail(30));
+    let warning = log.lines().find(|l| l.contains("set aside as a dead letter")).expect("warning");
+    assert!(warning.contains(&path.display().to_string()), "{warning}");
+
+    // `walcast status` (and `slot status`): where the dead letters are and how many.
+    let config = s.wc.config_path.to_string_lossy().into_owned();
+    let out = walcast_cmd(&["status", "--config", &config, "--json"]).await;
+    assert_eq!(out.code, Some(0), "{out}");
+    let status: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(status["dead_letters"], json!([{"sink": "elasticsearch", "path": path.display().to_string(), "count": 1, "error": null}]), "{out}");
+    let out = walcast_cmd(&["slot", "status", "--config", &config]).await;
+    assert!(out.stdout.contains(&format!("dead letters (elasticsearch) 1 in {}", path.display())), "{out}");
+    s.wc.stop().await;
     s.db.drop().await;
     Es::new(&es_url()).delete_index(&s.index).await;
 }

@@ -15,6 +15,10 @@
 //!   which the v2 mapping (float) rejects: the document goes to the dead-letter file with its
 //!   reason, walcast_dead_letters_total{sink="elasticsearch"} counts it, and later changes are
 //!   still applied.
+//! - `link_table_without_full_identity`: `run` refuses a link table without REPLICA IDENTITY
+//!   FULL at start (exit 3, the fix of `walcast check`, no slot created); a link DELETE after
+//!   the identity is lost mid-stream goes to the default dead-letter file in the state dir and
+//!   the stream goes on; fix + `walcast snapshot --rule movies` makes the index equal SQL.
 //! - `commit_not_yet_visible_is_not_indexed_stale`: a commit walcast can already decode but
 //!   other sessions cannot see yet (held in that window by a synchronous standby that never
 //!   answers, on the chaos cluster) must not leave a stale document behind once it is visible.
@@ -335,6 +339,79 @@ async fn rejected_document_is_dead_lettered() {
     let log = std::fs::read_to_string(&wc.log_path).expect("log");
     let warning = log.lines().find(|line| line.contains("dead letter")).unwrap_or("(none)");
     eprintln!("dead letter: table={} key={} reason={reason}\n  log: {warning}", l["table"], l["key"]);
+
+    wc.stop().await;
+    db.drop().await;
+    Es::new(&es_url).delete_index(&index).await;
+}
+
+/// A link table without REPLICA IDENTITY FULL (issue 10, item 5): `run` refuses at start, with
+/// the fix `walcast check` prints, before any slot exists. Once it streams, the same table losing
+/// its identity makes a link DELETE a poison change: with no dead-letter destination configured
+/// it goes to the default file in `snapshot.state_dir` (LSN, table, reason with the fix),
+/// is counted, and the stream goes on; the documented recovery (fix, then
+/// `walcast snapshot --rule movies`) makes the index equal SQL again.
+#[tokio::test(flavor = "multi_thread")]
+async fn link_table_without_full_identity() {
+    let es_url = es_url();
+    let index = index_name("movies-ident");
+    let db = movies_db("movies_ident", &es_url, &index).await;
+    let sql = db.client().await;
+    exec(&sql, "ALTER TABLE content.person_film_work REPLICA IDENTITY DEFAULT").await;
+    let mut wc = movies_walcast(&db, &es_url, &index, &MoviesOptions::default());
+    let config = wc.config_path.to_string_lossy().into_owned();
+    let fix = r#"ALTER TABLE "content"."person_film_work" REPLICA IDENTITY FULL"#;
+
+    // Refused at start, with the same finding and fix as `walcast check`, and no slot left behind.
+    wc.start();
+    let status = wc.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(3), "a setup problem exits 3\n{}", wc.log_tail(30));
+    let log = std::fs::read_to_string(&wc.log_path).expect("log");
+    assert!(log.contains(fix) && log.contains("a DELETE on content.person_film_work does not carry \"film_work_id\""), "{}", wc.log_tail(30));
+    assert!(db.slot_state(&db.slot).await.is_none(), "no slot may be created before the refusal");
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(3), "{check}");
+    assert!(check.stdout.contains(&format!("fix: {fix}")), "{check}");
+
+    // Fixed: it starts and loads (a fresh log: the metrics address is read from it).
+    exec(&sql, fix).await;
+    std::fs::remove_file(&wc.log_path).expect("remove the first log");
+    wc.start();
+    let before = loaded(&db, &es_url, &index, &wc).await;
+    let addr = metrics_addr(&wc.log_path, Duration::from_secs(10));
+    let dead_letters = "walcast_dead_letters_total{sink=\"elasticsearch\"}";
+    assert_eq!(metric(&addr, dead_letters).await, 0.0);
+
+    // The identity is lost while streaming: a link DELETE can no longer name its film.
+    exec(&sql, "ALTER TABLE content.person_film_work REPLICA IDENTITY DEFAULT").await;
+    let film = sql_text(&sql, "SELECT film_work_id::text FROM content.person_film_work ORDER BY id LIMIT 1").await;
+    let link = sql_text(&sql, &format!("SELECT id::text FROM content.person_film_work WHERE film_work_id = '{film}' ORDER BY id LIMIT 1")).await;
+    exec(&sql, &format!("DELETE FROM content.person_film_work WHERE id = '{link}'")).await;
+    let good = before.keys().find(|id| **id != film).expect("another film").clone();
+    exec(&sql, &format!("UPDATE content.film_work SET title = title || ' (after the poison change)' WHERE id = '{good}'")).await;
+    Es::new(&es_url)
+        .wait_doc(&index, &good, CONVERGE, |d| d.is_some_and(|d| d["title"].as_str().is_some_and(|t| t.ends_with("(after the poison change)"))))
+        .await;
+    let letters_file = state_dir(&wc).join("dead-letters-elasticsearch.jsonl");
+    let letters: Vec<Value> = std::fs::read_to_string(&letters_file)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", letters_file.display(), wc.log_tail(30)))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a dead letter is one JSON line"))
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let l = &letters[0];
+    assert_eq!(l["table"], "content.person_film_work", "{l}");
+    assert!(l["lsn"].as_str().is_some_and(|s| s.contains('/')), "{l}");
+    let reason = l["reason"].as_str().expect("reason");
+    assert!(reason.contains("REPLICA IDENTITY FULL"), "the reason carries the fix: {reason}");
+    assert_eq!(metric(&addr, dead_letters).await, 1.0);
+    assert!(wc.is_running(), "the stream goes on\n{}", wc.log_tail(30));
+
+    // The documented recovery: fix the cause, then reload the rule.
+    exec(&sql, fix).await;
+    let out = walcast_cmd(&["snapshot", "--rule", "movies", "--config", &config]).await;
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_index_matches_sql(&sql, &es_url, &index, CONVERGE, &wc, "after the recovery").await;
 
     wc.stop().await;
     db.drop().await;

@@ -546,10 +546,7 @@ impl ElasticsearchSink {
         if letters.is_empty() {
             return Ok(());
         }
-        for l in &letters {
-            tracing::warn!(table = %l.table, index = %l.index, id = %l.id, lsn = %l.lsn, reason = %l.reason, "document rejected, set aside as a dead letter");
-        }
-        match &mut self.dead_letters {
+        let destination = match &mut self.dead_letters {
             DeadLetters::None => {
                 let l = &letters[0];
                 return Err(fatal(format!(
@@ -563,6 +560,7 @@ impl ElasticsearchSink {
                     tracing::warn!(path = %file.path().display(), error = %e, "cannot write the dead-letter file");
                     return Err(e.into_sink_error(NAME));
                 }
+                file.path().display().to_string()
             }
             DeadLetters::Index(index) => {
                 let index = Arc::clone(index);
@@ -582,7 +580,12 @@ impl ElasticsearchSink {
                         "the dead-letter index {index} rejects dead letters: {reason}\n  fix: let walcast create it (drop it), or give it a mapping that accepts them"
                     )));
                 }
+                format!("index {index}")
             }
+        };
+        // Logged once they are durable there: the log never claims what did not happen.
+        for l in &letters {
+            tracing::warn!(table = %l.table, index = %l.index, id = %l.id, lsn = %l.lsn, reason = %l.reason, destination = %destination, "document rejected, set aside as a dead letter");
         }
         self.metrics.dead_letters.get_or_create(&SinkLabel { sink: NAME.into() }).inc_by(letters.len() as u64);
         Ok(())

@@ -670,7 +670,7 @@ impl KafkaSink {
                 (dead, reason.as_str())
             })
             .collect();
-        match &mut self.dead_letter {
+        let destination = match &mut self.dead_letter {
             DeadLetter::None => {
                 let (first, reason) = &records[0];
                 return Err(fatal_err(format!(
@@ -684,14 +684,16 @@ impl KafkaSink {
                     file.push(r);
                 }
                 file.sync().await.map_err(|e| e.into_sink_error(NAME))?;
+                file.path().display().to_string()
             }
             DeadLetter::Topic(topic) => {
                 let topic = Arc::clone(topic);
                 self.dead_letter_to_topic(&topic, &records).await?;
+                format!("topic {topic}")
             }
-        }
+        };
         for (r, reason) in &records {
-            tracing::warn!(topic = %r.topic, lsn = %r.lsn, commit_lsn = %r.commit_lsn, table = %format!("{}.{}", r.schema, r.table), reason, "record sent to the dead-letter destination");
+            tracing::warn!(topic = %r.topic, lsn = %r.lsn, commit_lsn = %r.commit_lsn, table = %format!("{}.{}", r.schema, r.table), reason, destination = %destination, "record sent to the dead-letter destination");
         }
         self.dead_letters.fetch_add(records.len() as u64, Ordering::Relaxed);
         if let Some(metric) = &self.dead_letter_metric {

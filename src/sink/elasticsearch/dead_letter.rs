@@ -69,8 +69,12 @@ pub struct DeadLetterFile {
 }
 
 impl DeadLetterFile {
-    /// Open `path` for appending (created when missing).
+    /// Open `path` for appending (created when missing, with its directory: the default file
+    /// lives in `snapshot.state_dir`, which may not exist yet).
     pub fn open(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
         Ok(Self { file: LineFile::open(path)?, buf: Vec::new() })
     }
 

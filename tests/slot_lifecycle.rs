@@ -303,3 +303,52 @@ async fn check_finds_what_run_would_fail_on_before_any_slot_exists() {
     db.drop().await;
     exec(&admin, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_slot_is_refused_and_resync_recovers() {
+    // A private cluster: the WAL limit that invalidates the slot must not touch other tests' slots.
+    let cluster = PrivateCluster::start("slot_lost").await;
+    let db = TestDb::create_on(&cluster.url, "slot_lost").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    exec(&sql, "INSERT INTO t SELECT g, 'r' || g FROM generate_series(1, 20) g").await;
+    db.create_publication(&["t"]).await;
+    let mut wc = Walcast::new(&db);
+    wc.start();
+    wc.wait_lines(20, WAIT).await;
+    wc.stop().await;
+
+    // While walcast is stopped: a delete, then more WAL than max_slot_wal_keep_size allows.
+    exec(&sql, "DELETE FROM t WHERE id = 5").await;
+    let admin = db.admin().await;
+    exec(&admin, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'").await;
+    exec(&admin, "SELECT pg_reload_conf()").await;
+    exec(&sql, "CREATE TABLE filler (b text)").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        exec(&sql, "INSERT INTO filler SELECT md5(g::text) FROM generate_series(1, 20000) g").await;
+        exec(&sql, "SELECT pg_switch_wal()").await;
+        exec(&sql, "CHECKPOINT").await;
+        let status = query_text(&admin, &format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{}'", db.slot)).await;
+        if status.as_deref() == Some("lost") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot did not become lost (wal_status {status:?})");
+    }
+
+    let config = wc.config_path.to_string_lossy().into_owned();
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(3), "{check}");
+    assert!(check.stdout.contains("wal_status = lost") && check.stdout.contains("walcast resync"), "{check}");
+    wc.start();
+    assert_eq!(wc.wait_exit(WAIT).await.code(), Some(3), "{}", wc.log_tail(20));
+    assert!(wc.log_tail(10).contains("wal_status = lost"), "{}", wc.log_tail(10));
+
+    let resync = walcast_cmd(&["resync", "--config", &config]).await;
+    assert_eq!(resync.code, Some(0), "{resync}");
+    wc.start();
+    exec(&sql, "INSERT INTO t VALUES (1000, 'marker')").await;
+    wc.wait_for("the marker row", WAIT, |l| l["after"]["id"] == 1000).await;
+    assert_eq!(applied(&wc.lines().to_vec()), table_rows(&sql).await, "after the re-sync the sink equals the table (row 5 deleted while the slot was lost)");
+    wc.stop().await;
+}

@@ -246,6 +246,10 @@ async fn check(config: &Config) -> ExitCode {
     }
     // The slot's history and snapshot progress must be writable where they are kept.
     findings.push(snapshot_dir_finding(&config.snapshot.state_dir));
+    // The JSON-lines file must open for appending, as `run` opens it before the slot exists.
+    if let Some(path) = config.sinks.jsonl.as_ref().map(|j| j.path.as_str()).filter(|p| *p != "-") {
+        findings.push(jsonl_path_finding(Path::new(path)));
+    }
     let mut failed = false;
     for f in &findings {
         let tag = match f.severity {
@@ -267,6 +271,22 @@ async fn check(config: &Config) -> ExitCode {
     } else {
         println!("check passed");
         ExitCode::SUCCESS
+    }
+}
+
+fn jsonl_path_finding(path: &Path) -> crate::source::Finding {
+    let existed = path.exists();
+    let opened = std::fs::OpenOptions::new().create(true).append(true).open(path);
+    // Leave no trace of the check: a file it created is removed again.
+    if opened.is_ok() && !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    match opened {
+        Ok(_) => crate::source::Finding::ok(format!("sinks.jsonl.path {} can be appended to", path.display())),
+        Err(e) => crate::source::Finding::fail(
+            format!("sinks.jsonl.path {} cannot be opened for appending: {e}", path.display()),
+            "point sinks.jsonl.path at a writable file (its directory must exist), or use \"-\" for standard output",
+        ),
     }
 }
 

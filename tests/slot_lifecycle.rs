@@ -300,6 +300,20 @@ async fn check_finds_what_run_would_fail_on_before_any_slot_exists() {
     let state = wc.out_path.parent().expect("dir").join("state");
     assert!(read_snapshot_state(&state, &db.slot).is_none(), "no state is left behind");
     drop(wc);
+
+    // A JSON-lines file that cannot be opened: check fails, and run stops before any slot exists.
+    let mut wc = Walcast::new(&db);
+    let text = std::fs::read_to_string(&wc.config_path).expect("config");
+    let out = toml_str(&wc.out_path.to_string_lossy());
+    std::fs::write(&wc.config_path, text.replace(&format!("path = {out}"), "path = \"/proc/walcast-no-such-dir/changes.jsonl\"")).expect("config");
+    let config = wc.config_path.to_string_lossy().into_owned();
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(3), "{check}");
+    assert!(check.stdout.contains("sinks.jsonl.path"), "{check}");
+    wc.start();
+    assert_eq!(wc.wait_exit(WAIT).await.code(), Some(4), "{}", wc.log_tail(20));
+    assert!(db.slot_state(&db.slot).await.is_none(), "no slot is left behind");
+    drop(wc);
     db.drop().await;
     exec(&admin, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
 }

@@ -358,7 +358,7 @@ async fn prepare_slot(
                     state.publication_oid = publication_oid;
                     save(&state)?;
                     if tables.is_empty() {
-                        let lsn = source::create_slot(&client, &src.slot).await.map_err(|e| source::classify(&e, params, &src.slot))?;
+                        let lsn = source::create_slot(&client, params, &src.slot).await?;
                         state.status = SnapshotStatus::Done;
                         state.point = Some(lsn.to_string());
                         save(&state)?;
@@ -750,7 +750,12 @@ impl Streamer<'_> {
                 // 3. The replication stream, while the batch has room (and not parked).
                 event = stream.recv(), if room && !parked => match event {
                     Ok(Some(event)) => {
-                        self.on_event(event, stream).await?;
+                        match self.on_event(event, stream).await {
+                            Ok(()) => {}
+                            // A failed primary-key lookup: read the transaction again on a new session.
+                            Err(PipelineError::Source(e @ SourceError::Connection { .. })) => return Ok(SessionEnd::Lost(e)),
+                            Err(e) => return Err(e),
+                        }
                         if finish_by.is_some() && self.tx.is_none() {
                             return Ok(SessionEnd::Shutdown);
                         }
@@ -791,7 +796,7 @@ impl Streamer<'_> {
                 let mut message = decode::parse(&payload).map_err(SourceError::from)?;
                 if let Message::Relation(body) = &mut message {
                     if body.replica_identity == ReplicaIdentity::Full {
-                        self.key_by_primary_key(body).await;
+                        self.key_by_primary_key(body).await?;
                     }
                 }
                 self.on_message(message, wal_start)?;
@@ -821,18 +826,19 @@ impl Streamer<'_> {
     /// With REPLICA IDENTITY FULL, Postgres flags every column as key, which would make each
     /// version of a row a different key (and break per-key ordering downstream). Flag the
     /// table's primary key instead, looked up once per Relation message. Without a primary key
-    /// (or if the lookup fails) the flags stay as sent.
-    async fn key_by_primary_key(&mut self, body: &mut decode::RelationBody) {
+    /// the flags stay as sent. A lookup that fails is a lost connection, never "no primary key":
+    /// keying by every column would silently change Kafka keys and Elasticsearch ids, so the
+    /// session is ended and the server sends the Relation message again on reconnect.
+    async fn key_by_primary_key(&mut self, body: &mut decode::RelationBody) -> Result<(), SourceError> {
         if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
-            match connect_sql(&self.params).await {
-                Ok(c) => self.catalog = Some(c),
-                Err(error) => {
-                    tracing::warn!(%error, relation = %body.name, "cannot look up the primary key; keying by every column");
-                    return;
-                }
-            }
+            self.catalog = None;
+            let client = connect_sql(&self.params).await.map_err(|error| SourceError::Connection {
+                target: self.params.display(),
+                reason: format!("cannot look up the primary key of {}.{}: {error}", body.namespace, body.name),
+            })?;
+            self.catalog = Some(client);
         }
-        let Some(client) = &self.catalog else { return };
+        let Some(client) = &self.catalog else { return Ok(()) };
         let rows = client
             .query(
                 "SELECT a.attname::text FROM pg_index i \
@@ -842,14 +848,23 @@ impl Streamer<'_> {
             )
             .await;
         match rows {
-            Ok(rows) if !rows.is_empty() => {
-                let pk: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-                for col in &mut body.columns {
-                    col.key = pk.contains(&col.name);
+            Ok(rows) => {
+                if !rows.is_empty() {
+                    let pk: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    for col in &mut body.columns {
+                        col.key = pk.contains(&col.name);
+                    }
                 }
+                Ok(())
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, relation = %body.name, "cannot look up the primary key; keying by every column"),
+            Err(error) => {
+                // Whatever broke, the next lookup starts from a new connection.
+                self.catalog = None;
+                Err(SourceError::Connection {
+                    target: self.params.display(),
+                    reason: format!("cannot look up the primary key of {}.{}: {error}", body.namespace, body.name),
+                })
+            }
         }
     }
 
@@ -887,7 +902,8 @@ impl Streamer<'_> {
             // Begin/Commit/Message arrive as their own events; Origin needs no action.
             Message::Begin(_) | Message::Commit(_) | Message::Origin(_) | Message::Message(_) => return Ok(()),
         };
-        let change = self.change(relation, lsn, op, old, new)?;
+        let mut change = self.change(relation, lsn, op, old, new)?;
+        change.fill_unchanged_from_old();
         self.push(change);
         Ok(())
     }

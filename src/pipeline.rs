@@ -625,7 +625,12 @@ impl Streamer<'_> {
                     self.batch.changes.truncate(self.committed_len);
                     self.tx = None;
                     self.relations.clear();
-                    if let Err(e) = self.flush().await {
+                    let flushed = tokio::select! {
+                        biased;
+                        r = self.flush() => r,
+                        _ = shutdown.cancelled() => break Ok(()),
+                    };
+                    if let Err(e) = flushed {
                         break Err(e);
                     }
                     if let Some(s) = stream.take() {
@@ -772,7 +777,22 @@ impl Streamer<'_> {
                 //    no batching delay. A full batch is handed over regardless (backpressure).
                 _ = std::future::ready(()), if self.has_batch() && (sinks_idle || !room) => {
                     parked = false;
-                    self.flush().await?;
+                    // A stuck sink keeps its queue full: the hand-over must not outlast shutdown
+                    // (what was not handed to every sink is not confirmed, and is sent again).
+                    let stop_at = finish_by;
+                    let flushed = tokio::select! {
+                        biased;
+                        r = self.flush() => Some(r),
+                        _ = shutdown.cancelled(), if stop_at.is_none() => None,
+                        _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => None,
+                    };
+                    match flushed {
+                        Some(r) => r?,
+                        None => {
+                            tracing::warn!("shutdown while a sink queue was full; what was not handed over will be sent again on restart");
+                            return Ok(SessionEnd::Shutdown);
+                        }
+                    }
                 }
                 // 5. Nothing more is ready but a sink is still writing: park (see `InFlight`).
                 //    What arrives meanwhile waits in the source buffer and joins this batch.
@@ -1022,9 +1042,18 @@ impl Streamer<'_> {
     async fn drain(&mut self, stream: Option<ReplicationStream>) -> Result<(), PipelineError> {
         // An unfinished transaction is resent after restart anyway; keep whole ones only.
         self.batch.changes.truncate(self.committed_len);
-        let flushed = self.flush().await;
-        self.queues.clear();
+        // One deadline for the whole drain: handing the last batch to a sink whose queue is full
+        // counts against it too, then the sink tasks are aborted wherever they are (a request,
+        // a retry sleep, index creation).
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.pipeline.shutdown_timeout_ms);
+        let flushed = match tokio::time::timeout_at(deadline, self.flush()).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("a sink queue stayed full until the shutdown timeout; the last batch will be sent again on restart");
+                Ok(())
+            }
+        };
+        self.queues.clear();
         let mut failure = flushed.err();
         loop {
             let report = tokio::select! {

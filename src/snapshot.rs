@@ -128,7 +128,9 @@ pub async fn load(
         }
         let batch = Batch { changes, checkpoint: None, snapshot: None };
         let p = Pending { chunk: next_chunk, table: None, after: None, rows: 0, last_of_table: false, acks: 0 };
-        dispatch(batch, p, &mut pending, &mut sinks, exported.clone()).await?;
+        if !dispatch(batch, p, &mut pending, &mut sinks, exported.clone(), shutdown).await? {
+            return Ok(Outcome::Interrupted);
+        }
         next_chunk += 1;
         while !pending.is_empty() {
             let report = tokio::select! {
@@ -173,7 +175,10 @@ pub async fn load(
             total_rows += rows;
             let batch = Batch { changes: chunk.changes, checkpoint: None, snapshot: None };
             let p = Pending { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
-            dispatch(batch, p, &mut pending, &mut sinks, exported.clone()).await?;
+            if !dispatch(batch, p, &mut pending, &mut sinks, exported.clone(), shutdown).await? {
+                outcome = Outcome::Interrupted;
+                break 'tables;
+            }
             next_chunk += 1;
             while let Ok(report) = sinks.reports.try_recv() {
                 absorb(Some(report), &mut pending, sinks.queues.len(), tables, &mut state)?;
@@ -223,25 +228,33 @@ pub async fn load(
     Ok(outcome)
 }
 
-/// Hand one chunk to every sink, tracking it until all of them wrote it.
+/// Hand one chunk to every sink, tracking it until all of them wrote it. `false` when shutdown
+/// came while a sink's queue was full (a stuck sink must not hold the shutdown; the chunk is
+/// not recorded as written, so the next start reads it again).
 async fn dispatch(
     mut batch: Batch,
     p: Pending,
     pending: &mut VecDeque<Pending>,
     sinks: &mut SinkHandles<'_>,
     exported: Option<Arc<str>>,
-) -> Result<(), PipelineError> {
+    shutdown: &CancellationToken,
+) -> Result<bool, PipelineError> {
     batch.snapshot = Some(SnapshotPart { chunk: p.chunk, exported });
     let batch = Arc::new(batch);
     pending.push_back(p);
     for queue in sinks.queues {
         (sinks.on_dispatch)();
         // A sink that stopped has dropped its queue: the send fails, its report says why.
-        if queue.send(Arc::clone(&batch)).await.is_err() {
+        let sent = tokio::select! {
+            biased;
+            r = queue.send(Arc::clone(&batch)) => r,
+            _ = shutdown.cancelled() => return Ok(false),
+        };
+        if sent.is_err() {
             return Err(stopped_sink(sinks.reports));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Count one sink report against the pending chunks; record every chunk all sinks wrote.

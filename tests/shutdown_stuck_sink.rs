@@ -48,8 +48,8 @@ async fn sigterm_with_a_full_sink_queue_ends_within_the_timeout() {
 
     // Batches of 10, a queue of one batch, a sink that never answers: the pipeline blocks
     // handing a batch over.
-    exec(&sql, "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g").await;
-    wc.wait_lines(10, WAIT).await;
+    // One transaction per row: committed batches wait for the full queue.
+    exec(&sql, "DO $$ BEGIN FOR i IN 1..500 LOOP INSERT INTO t VALUES (i, 'x'); COMMIT; END LOOP; END $$").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(wc.is_running(), "walcast must be streaming");
 
@@ -66,7 +66,8 @@ async fn sigterm_during_a_snapshot_into_a_stuck_sink_ends_within_the_timeout() {
     let db = TestDb::create("stucksnap").await;
     let sql = db.client().await;
     exec(&sql, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
-    exec(&sql, "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g").await;
+    // One transaction per row: committed batches wait for the full queue.
+    exec(&sql, "DO $$ BEGIN FOR i IN 1..500 LOOP INSERT INTO t VALUES (i, 'x'); COMMIT; END LOOP; END $$").await;
     db.create_publication(&["t"]).await;
     // Small snapshot chunks (the config then holds its own [snapshot] section).
     let state = tempfile::tempdir().expect("tempdir");

@@ -326,7 +326,7 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
                 match source::slot_info(&client, &slot_name).await.map_err(query_err)? {
                     Some(_) => println!("slot {slot_name:?} already exists"),
                     None => {
-                        let lsn = source::create_slot(&client, &slot_name).await.map_err(query_err)?;
+                        let lsn = source::create_slot(&client, &params, &slot_name).await?;
                         // Remember the slot, so that losing it later is noticed by `run`.
                         let mut state = SnapshotState::new(&config.snapshot.state_dir, &slot_name, crate::snapshot::Status::Done);
                         state.point = Some(lsn.to_string());

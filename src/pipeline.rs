@@ -379,7 +379,7 @@ async fn prepare_slot(
                     state.publication_oid = publication_oid;
                     save(&state)?;
                     if tables.is_empty() {
-                        let lsn = source::create_slot(&client, &src.slot).await.map_err(|e| source::classify(&e, params, &src.slot))?;
+                        let lsn = source::create_slot(&client, params, &src.slot).await?;
                         state.status = SnapshotStatus::Done;
                         state.point = Some(lsn.to_string());
                         save(&state)?;
@@ -690,7 +690,12 @@ impl Streamer<'_> {
                     self.tx = None;
                     self.relations.clear();
                     self.type_rules = TypeRules::new();
-                    if let Err(e) = self.flush().await {
+                    let flushed = tokio::select! {
+                        biased;
+                        r = self.flush() => r,
+                        _ = shutdown.cancelled() => break Ok(()),
+                    };
+                    if let Err(e) = flushed {
                         break Err(e);
                     }
                     if let Some(s) = stream.take() {
@@ -816,9 +821,11 @@ impl Streamer<'_> {
                 event = stream.recv(), if room && !parked => match event {
                     Ok(Some(event)) => {
                         match self.on_event(event, stream).await {
-                            // A catalog lookup that may work on a new connection.
+                            Ok(()) => {}
+                            // A catalog lookup (primary key, types) that may work on a new
+                            // connection: read the transaction again on a new session.
                             Err(PipelineError::Source(e)) if e.is_retryable() => return Ok(SessionEnd::Lost(e)),
-                            other => other?,
+                            Err(e) => return Err(e),
                         }
                         if finish_by.is_some() && self.tx.is_none() {
                             return Ok(SessionEnd::Shutdown);
@@ -836,7 +843,22 @@ impl Streamer<'_> {
                 //    no batching delay. A full batch is handed over regardless (backpressure).
                 _ = std::future::ready(()), if self.has_batch() && (sinks_idle || !room) => {
                     parked = false;
-                    self.flush().await?;
+                    // A stuck sink keeps its queue full: the hand-over must not outlast shutdown
+                    // (what was not handed to every sink is not confirmed, and is sent again).
+                    let stop_at = finish_by;
+                    let flushed = tokio::select! {
+                        biased;
+                        r = self.flush() => Some(r),
+                        _ = shutdown.cancelled(), if stop_at.is_none() => None,
+                        _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => None,
+                    };
+                    match flushed {
+                        Some(r) => r?,
+                        None => {
+                            tracing::warn!("shutdown while a sink queue was full; what was not handed over will be sent again on restart");
+                            return Ok(SessionEnd::Shutdown);
+                        }
+                    }
                 }
                 // 5. Nothing more is ready but a sink is still writing: park (see `InFlight`).
                 //    What arrives meanwhile waits in the source buffer and joins this batch.
@@ -860,7 +882,7 @@ impl Streamer<'_> {
                 let mut message = decode::parse(&payload).map_err(SourceError::from)?;
                 if let Message::Relation(body) = &mut message {
                     if body.replica_identity == ReplicaIdentity::Full {
-                        self.key_by_primary_key(body).await;
+                        self.key_by_primary_key(body).await?;
                     }
                     if TypeRules::needed(&body.columns) {
                         self.resolve_types(body).await?;
@@ -893,18 +915,19 @@ impl Streamer<'_> {
     /// With REPLICA IDENTITY FULL, Postgres flags every column as key, which would make each
     /// version of a row a different key (and break per-key ordering downstream). Flag the
     /// table's primary key instead, looked up once per Relation message. Without a primary key
-    /// (or if the lookup fails) the flags stay as sent.
-    async fn key_by_primary_key(&mut self, body: &mut decode::RelationBody) {
+    /// the flags stay as sent. A lookup that fails is a lost connection, never "no primary key":
+    /// keying by every column would silently change Kafka keys and Elasticsearch ids, so the
+    /// session is ended and the server sends the Relation message again on reconnect.
+    async fn key_by_primary_key(&mut self, body: &mut decode::RelationBody) -> Result<(), SourceError> {
         if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
-            match connect_sql(&self.params).await {
-                Ok(c) => self.catalog = Some(c),
-                Err(error) => {
-                    tracing::warn!(%error, relation = %body.name, "cannot look up the primary key; keying by every column");
-                    return;
-                }
-            }
+            self.catalog = None;
+            let client = connect_sql(&self.params).await.map_err(|error| SourceError::Connection {
+                target: self.params.display(),
+                reason: format!("cannot look up the primary key of {}.{}: {error}", body.namespace, body.name),
+            })?;
+            self.catalog = Some(client);
         }
-        let Some(client) = &self.catalog else { return };
+        let Some(client) = &self.catalog else { return Ok(()) };
         let rows = client
             .query(
                 "SELECT a.attname::text FROM pg_index i \
@@ -914,14 +937,23 @@ impl Streamer<'_> {
             )
             .await;
         match rows {
-            Ok(rows) if !rows.is_empty() => {
-                let pk: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-                for col in &mut body.columns {
-                    col.key = pk.contains(&col.name);
+            Ok(rows) => {
+                if !rows.is_empty() {
+                    let pk: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    for col in &mut body.columns {
+                        col.key = pk.contains(&col.name);
+                    }
                 }
+                Ok(())
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, relation = %body.name, "cannot look up the primary key; keying by every column"),
+            Err(error) => {
+                // Whatever broke, the next lookup starts from a new connection.
+                self.catalog = None;
+                Err(SourceError::Connection {
+                    target: self.params.display(),
+                    reason: format!("cannot look up the primary key of {}.{}: {error}", body.namespace, body.name),
+                })
+            }
         }
     }
 
@@ -973,7 +1005,8 @@ impl Streamer<'_> {
             // Begin/Commit/Message arrive as their own events; Origin needs no action.
             Message::Begin(_) | Message::Commit(_) | Message::Origin(_) | Message::Message(_) => return Ok(()),
         };
-        let change = self.change(relation, lsn, op, old, new)?;
+        let mut change = self.change(relation, lsn, op, old, new)?;
+        change.fill_unchanged_from_old();
         self.push(change);
         Ok(())
     }
@@ -1092,9 +1125,18 @@ impl Streamer<'_> {
     async fn drain(&mut self, stream: Option<ReplicationStream>) -> Result<(), PipelineError> {
         // An unfinished transaction is resent after restart anyway; keep whole ones only.
         self.batch.changes.truncate(self.committed_len);
-        let flushed = self.flush().await;
-        self.queues.clear();
+        // One deadline for the whole drain: handing the last batch to a sink whose queue is full
+        // counts against it too, then the sink tasks are aborted wherever they are (a request,
+        // a retry sleep, index creation).
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.pipeline.shutdown_timeout_ms);
+        let flushed = match tokio::time::timeout_at(deadline, self.flush()).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("a sink queue stayed full until the shutdown timeout; the last batch will be sent again on restart");
+                Ok(())
+            }
+        };
+        self.queues.clear();
         let mut failure = flushed.err();
         loop {
             let report = tokio::select! {

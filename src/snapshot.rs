@@ -141,7 +141,9 @@ pub async fn load(
         }
         let part = Pending { chunk: next_chunk, table: None, after: None, rows: 0, last_of_table: false, acks: 0 };
         next_chunk += 1;
-        dispatch(&mut sinks, changes, part, exported.clone(), &mut pending, tables, &mut state).await?;
+        if !dispatch(&mut sinks, changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown).await? {
+            return Ok(Outcome::Interrupted);
+        }
         if wait_written(config, &mut sinks, Outcome::Done, &mut pending, tables, &mut state, shutdown).await? == Outcome::Interrupted {
             return Ok(Outcome::Interrupted);
         }
@@ -177,7 +179,10 @@ pub async fn load(
             total_rows += rows;
             let part = Pending { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
             next_chunk += 1;
-            dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut pending, tables, &mut state).await?;
+            if !dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown).await? {
+                outcome = Outcome::Interrupted;
+                break 'tables;
+            }
             if last_log.elapsed() >= Duration::from_secs(2) || last_of_table {
                 last_log = Instant::now();
                 tracing::info!(table = %name, rows = rows_done, estimated_rows = tr.estimated_rows(), "snapshot progress");
@@ -205,7 +210,10 @@ pub async fn load(
 }
 
 /// Hand one chunk's changes to every sink (waiting while a queue is full), as chunk `part`;
-/// count the reports that came back meanwhile.
+/// count the reports that came back meanwhile. `false` when shutdown came while a sink's queue
+/// was full: a stuck sink must not hold the shutdown, and the chunk is not recorded as written,
+/// so the next start reads it again.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     sinks: &mut SinkHandles<'_>,
     changes: Vec<Change>,
@@ -214,20 +222,26 @@ async fn dispatch(
     pending: &mut VecDeque<Pending>,
     tables: &[TableRef],
     state: &mut Option<&mut SnapshotState>,
-) -> Result<(), PipelineError> {
+    shutdown: &CancellationToken,
+) -> Result<bool, PipelineError> {
     let batch = Arc::new(Batch { changes, checkpoint: None, snapshot: Some(SnapshotPart { chunk: part.chunk, exported }) });
     pending.push_back(part);
     for queue in sinks.queues {
         (sinks.on_dispatch)();
         // A sink that stopped has dropped its queue: the send fails, its report says why.
-        if queue.send(Arc::clone(&batch)).await.is_err() {
+        let sent = tokio::select! {
+            biased;
+            r = queue.send(Arc::clone(&batch)) => r,
+            _ = shutdown.cancelled() => return Ok(false),
+        };
+        if sent.is_err() {
             return Err(stopped_sink(sinks.reports));
         }
     }
     while let Ok(report) = sinks.reports.try_recv() {
         absorb(Some(report), pending, sinks.queues.len(), tables, state)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Wait until the sinks have written every pending chunk. A shutdown turns the outcome into

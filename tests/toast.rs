@@ -72,3 +72,36 @@ async fn unchanged_toast_is_listed_not_nulled() {
     wc.stop().await;
     db.drop().await;
 }
+
+/// REPLICA IDENTITY FULL and no primary key: every column is the key. An update that leaves a
+/// TOASTed value alone does not carry it in the new row, but the old row (FULL) does: the key and
+/// `after` must hold it, or a consumer keying by `key` sees a different row.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_identity_without_primary_key_keeps_unchanged_toast_in_key() {
+    let db = TestDb::create("toastfull").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE notes (big text, small int)").await;
+    exec(&sql, "ALTER TABLE notes REPLICA IDENTITY FULL").await;
+    db.create_publication(&["notes"]).await;
+    db.create_slot().await;
+    let mut wc = Walcast::new(&db);
+    wc.start();
+
+    exec(&sql, "INSERT INTO notes VALUES ((SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 640) g), 1)").await;
+    let big = query_text(&sql, "SELECT big FROM notes").await.expect("big");
+    let toast_bytes = query_text(&sql, "SELECT pg_relation_size(reltoastrelid)::text FROM pg_class WHERE relname = 'notes'").await;
+    assert!(toast_bytes.as_deref().is_some_and(|b| b != "0"), "the test value was not TOASTed ({toast_bytes:?})");
+    exec(&sql, "UPDATE notes SET small = 2").await;
+
+    let lines = wc.wait_lines(2, WAIT).await;
+    assert_eq!(lines[0]["key"], json!({"big": big, "small": 1}));
+    let u = &lines[1];
+    assert_eq!(u["op"], "update", "{u}");
+    assert_eq!(u["key"], json!({"big": big, "small": 2}), "the key must carry the unchanged TOAST column (from the FULL old row)");
+    assert_eq!(u["after"], json!({"big": big, "small": 2}));
+    assert_eq!(u["unchanged"], json!([]));
+    assert_eq!(u["before"], json!({"big": big, "small": 1}));
+
+    wc.stop().await;
+    db.drop().await;
+}

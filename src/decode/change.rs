@@ -196,6 +196,22 @@ impl Change {
         Ok(())
     }
 
+    /// With REPLICA IDENTITY FULL the old tuple carries the whole old row (Postgres flattens
+    /// its TOASTed values), so a TOASTed value the update left alone, which the new tuple does
+    /// not carry, is known: take it from there. Without this the key of a table keyed by every
+    /// column (FULL, no primary key) would lack the column, and `after` would be partial.
+    pub(crate) fn fill_unchanged_from_old(&mut self) {
+        let (Some(new), Some(old)) = (&mut self.new, &self.old) else { return };
+        if old.kind != OldTupleKind::Full || old.values.len() != new.len() {
+            return;
+        }
+        for (datum, before) in new.iter_mut().zip(&old.values) {
+            if matches!(datum, Datum::Unchanged) && !matches!(before, Datum::Unchanged) {
+                *datum = before.clone();
+            }
+        }
+    }
+
     /// The tuple the primary key is read from: the new row, or for deletes the old key/row.
     pub(crate) fn key_source(&self) -> Option<&[Datum]> {
         match (&self.new, &self.old) {
@@ -335,6 +351,27 @@ mod tests {
         assert_eq!(v["after"], serde_json::json!({"id": 1, "n": null}));
         assert_eq!(v["unchanged"], serde_json::json!(["body"]));
         assert!(v.get("truncate").is_none());
+    }
+
+    #[test]
+    fn full_old_row_completes_unchanged_toast_in_key_and_after() {
+        // REPLICA IDENTITY FULL without a primary key: every column is key.
+        let rel = fixtures::relation("public", "t", ReplicaIdentity::Full, &[("big", true, 25), ("n", true, 23)]);
+        let old = OldTuple { kind: OldTupleKind::Full, values: vec![text("long"), text("1")] };
+        let mut c = fixtures::change(rel, Op::Update, Some(old), Some(vec![Datum::Unchanged, text("2")]));
+        c.fill_unchanged_from_old();
+        let v = render(&c);
+        assert_eq!(v["key"], serde_json::json!({"big": "long", "n": 2}));
+        assert_eq!(v["after"], serde_json::json!({"big": "long", "n": 2}));
+        assert_eq!(v["unchanged"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn key_old_tuple_does_not_fill_unchanged() {
+        let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), Datum::Null, Datum::Null] };
+        let mut c = change(Op::Update, Some(old), Some(vec![text("1"), Datum::Unchanged, Datum::Null]));
+        c.fill_unchanged_from_old();
+        assert_eq!(render(&c)["unchanged"], serde_json::json!(["body"]));
     }
 
     #[test]

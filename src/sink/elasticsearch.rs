@@ -298,8 +298,8 @@ impl ElasticsearchSink {
 
     /// Turn each partial update into a full document: the stored document (realtime `_mget`)
     /// with the fields set. A stored version newer than the update means the update is stale; a
-    /// missing document cannot be completed (its unchanged TOASTed columns are unknown) and is
-    /// skipped with a warning.
+    /// missing document cannot be completed (its unchanged TOASTed columns are unknown) and goes
+    /// to the dead-letter destination with the fix.
     async fn resolve_partials(&mut self, entries: &mut [Entry], changes: &[Change], letters: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
         let todo: Vec<usize> = entries.iter().enumerate().filter(|(_, e)| matches!(e.state, State::Partial { .. })).map(|(i, _)| i).collect();
         if todo.is_empty() {
@@ -364,10 +364,13 @@ impl ElasticsearchSink {
                     }
                 },
                 _ => {
-                    tracing::warn!(
-                        index = %e.index, id = %e.id, base_id = %base_id, lsn = %e.origin.lsn, table = %e.origin.table,
-                        "partial update of a document that is not in the index: skipped (the row's unchanged TOASTed columns are not known; load the table with a snapshot)"
+                    // Writing the fields alone would index a document without the row's unchanged
+                    // TOASTed columns; dropping it would lose the update. Set it aside instead.
+                    let reason = format!(
+                        "partial update of document {base_id:?} that is not in index {}: the row's unchanged TOASTed columns are not known, so the document cannot be completed (the row was never loaded, or a later change deleted it); fix: if the row is still in Postgres, load the table with `walcast snapshot --config FILE --table {}`",
+                        e.index, e.origin.table
                     );
+                    letters.push(letter_for_entry(e, reason, Some(fields.clone()), changes));
                     e.state = State::Skip;
                 }
             }
@@ -1018,6 +1021,33 @@ mod tests {
         let letters = std::fs::read_to_string(&dlq).expect("dlq");
         assert_eq!(letters.lines().count(), 1);
         assert!(letters.contains("mapper_parsing_exception") && letters.contains("\"id\":\"2\""), "{letters}");
+        assert_eq!(sink.metrics.dead_letters.get_or_create(&SinkLabel { sink: NAME.into() }).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn partial_update_of_a_missing_document_is_a_dead_letter() {
+        // The stored document is not there: the update cannot be completed (its unchanged TOASTed
+        // columns are unknown), so it must be set aside with its LSN and the fix, not dropped.
+        let answer: fake::Answer = Arc::new(|_, req| {
+            if req.path.starts_with("/_mget") {
+                (200, r#"{"docs":[{"_index":"t","_id":"7","found":false}]}"#.into())
+            } else {
+                let items: Vec<String> = bulk_ids(&req.body).iter().map(|_| item(201, "")).collect();
+                (200, format!(r#"{{"errors":false,"items":[{}]}}"#, items.join(",")))
+            }
+        });
+        let (url, seen) = fake::serve(answer).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dlq = dir.path().join("dlq.jsonl");
+        let mut sink = test_sink(&url, &format!("[dead_letter]\npath = {:?}\n", dlq.display().to_string()));
+        sink.write_actions(vec![Ok(act("7", 42, update(json!({"n": 2}), None)))], &[]).await.expect("done");
+        assert!(seen.lock().expect("lock").iter().all(|r| !bulk_ids(&r.body).contains(&"7".to_string())), "nothing of id 7 is written");
+        let letters = std::fs::read_to_string(&dlq).unwrap_or_default();
+        assert_eq!(letters.lines().count(), 1, "one dead letter: {letters}");
+        let letter: Value = serde_json::from_str(letters.trim()).expect("json");
+        assert_eq!(letter["id"], "7", "{letter}");
+        assert_eq!(letter["lsn"], "0/2A", "{letter}");
+        assert!(letter["reason"].as_str().is_some_and(|r| r.contains("walcast snapshot") && r.contains("--table")), "{letter}");
         assert_eq!(sink.metrics.dead_letters.get_or_create(&SinkLabel { sink: NAME.into() }).get(), 1);
     }
 

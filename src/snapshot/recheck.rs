@@ -112,7 +112,10 @@ pub async fn recheck(
                 tracing::debug!(table = %table, rows = deletes.len(), "rows gone since the snapshot: deleting");
                 let part = Pending { chunk: next_chunk, table: Some(ti), after: None, rows: 0, last_of_table, acks: 0 };
                 next_chunk += 1;
-                dispatch(&mut sinks, deletes, part, exported.clone(), &mut pending, tables, &mut None).await?;
+                if !dispatch(&mut sinks, deletes, part, exported.clone(), &mut pending, tables, &mut None, shutdown).await? {
+                    outcome = Outcome::Interrupted;
+                    break 'tables;
+                }
             }
             if last_of_table {
                 break;

@@ -161,6 +161,10 @@ impl SourceError {
                 message.to_string(),
                 "set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart Postgres",
             ),
+            // ALTER DATABASE ... ALLOW_CONNECTIONS false, for maintenance: it passes.
+            "55000" if message.contains("not currently accepting connections") => {
+                SourceError::Transient(format!("{message} (waiting for ALLOW_CONNECTIONS true)"))
+            }
             // object_in_use: another walsender holds the slot (maybe the one of a dead connection)
             "55006" => SourceError::Transient(format!("{message} (another process is streaming this slot)")),
             // too_many_connections, admin/crash shutdown, cannot_connect_now, connection exceptions

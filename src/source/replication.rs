@@ -163,7 +163,7 @@ pub async fn create_slot_exporting(params: &ConnParams, slot: &str, publication:
     let (Some(point), Some(name)) = (field(1), field(2)) else {
         return Err(SourceError::Transient("CREATE_REPLICATION_SLOT answered without a consistent point or snapshot name".into()));
     };
-    let point = point.parse::<Lsn>().map_err(|e| SourceError::Transient(format!("CREATE_REPLICATION_SLOT answered a bad consistent point: {e}")))?;
+    let point = super::sql::consistent_point(slot, Some(&point))?;
     Ok(ExportedSnapshot { _session: session, name, point })
 }
 

@@ -168,12 +168,25 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
 }
 
 /// Create a logical slot with the pgoutput plugin; returns its consistent point.
-pub async fn create_slot(client: &Client, slot: &str) -> Result<Lsn, tokio_postgres::Error> {
+pub async fn create_slot(client: &Client, params: &ConnParams, slot: &str) -> Result<Lsn, SourceError> {
     let row = client
         .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
-        .await?;
-    let lsn: String = row.get(0);
-    Ok(lsn.parse().unwrap_or_default())
+        .await
+        .map_err(|e| classify(&e, params, slot))?;
+    let lsn: Option<String> = row.try_get(0).map_err(|e| classify(&e, params, slot))?;
+    consistent_point(slot, lsn.as_deref())
+}
+
+/// The consistent point Postgres answered for a new slot. One walcast cannot read is an error:
+/// taken as 0/0 it would record a wrong start (and snapshot point) for the slot.
+pub(crate) fn consistent_point(slot: &str, text: Option<&str>) -> Result<Lsn, SourceError> {
+    let text = text.unwrap_or("");
+    text.parse().map_err(|e| {
+        SourceError::setup(
+            format!("Postgres created slot {slot:?} but answered a consistent point walcast cannot read ({e})"),
+            format!("drop the slot (SELECT pg_drop_replication_slot('{slot}')) and run again; if it happens again, report the server version"),
+        )
+    })
 }
 
 /// Drop a slot (fails while a walsender is streaming it).
@@ -349,6 +362,16 @@ pub(crate) fn create_publication_sql(publication: &str, tables: &[TableSelector]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unreadable_consistent_point_is_an_error_not_zero() {
+        assert_eq!(consistent_point("s", Some("0/16B3748")).expect("reads"), Lsn(0x16B_3748));
+        for bad in [None, Some(""), Some("16B3748"), Some("x/y")] {
+            let e = consistent_point("s", bad).expect_err("must not become 0/0");
+            assert!(!e.is_retryable(), "{e}");
+            assert!(e.to_string().contains("pg_drop_replication_slot"), "{e}");
+        }
+    }
 
     #[test]
     fn publication_sql_quotes_everything() {

@@ -78,11 +78,7 @@ impl Rng {
 }
 
 fn relation() -> Bytes {
-    let mut p = Payload::new(b'R')
-        .u32(RELATION_OID)
-        .str("public")
-        .str("bench_rows")
-        .u8(b'd');
+    let mut p = Payload::new(b'R').u32(RELATION_OID).str("public").str("bench_rows").u8(b'd');
     p = p.i16(COLUMNS.len() as i16);
     for (i, (name, oid)) in COLUMNS.iter().enumerate() {
         p = p.u8(u8::from(i == 0)).str(name).u32(*oid).i32(-1);
@@ -101,13 +97,7 @@ fn build_stream() -> Vec<Bytes> {
     for xid in 0..POOL_TRANSACTIONS as u32 {
         let begin_lsn = lsn;
         lsn += (ROWS_PER_TRANSACTION as u64 + 2) * 120;
-        stream.push(
-            Payload::new(b'B')
-                .u64(lsn)
-                .u64(ts as u64)
-                .u32(1_000 + xid)
-                .done(),
-        );
+        stream.push(Payload::new(b'B').u64(lsn).u64(ts as u64).u32(1_000 + xid).done());
         for _ in 0..ROWS_PER_TRANSACTION {
             let r = rng.next();
             let micros = ts.rem_euclid(1_000_000);
@@ -125,14 +115,7 @@ fn build_stream() -> Vec<Bytes> {
             id += 1;
             ts += 1_371;
         }
-        stream.push(
-            Payload::new(b'C')
-                .u8(0)
-                .u64(begin_lsn)
-                .u64(lsn)
-                .u64(ts as u64)
-                .done(),
-        );
+        stream.push(Payload::new(b'C').u8(0).u64(begin_lsn).u64(lsn).u64(ts as u64).done());
     }
     stream
 }

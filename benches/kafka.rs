@@ -178,12 +178,19 @@ async fn bench() -> Result<()> {
     let jsonl = env.rows as f64 / rates[1].1;
     let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
     println!();
-    println!("kafka bench (one run; {} cores; Postgres, tansu and walcast on this machine)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "kafka bench (one run; {} cores; Postgres, tansu and walcast on this machine)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     println!("  throughput, one {}-row transaction, commit -> slot confirmed:", env.rows);
     println!("    kafka sink             {:>7.2} s  {:>9.0} rows/s", rates[0].1, kafka);
     println!("    jsonl sink (/dev/null) {:>7.2} s  {:>9.0} rows/s", rates[1].1, jsonl);
     println!("    kafka / jsonl          {:>7.2}", kafka / jsonl);
-    println!("    goal >= {GOAL_ROWS_PER_SEC:.0} rows/s into the broker: {} ({:.2}x the goal)", mark(kafka >= GOAL_ROWS_PER_SEC), kafka / GOAL_ROWS_PER_SEC);
+    println!(
+        "    goal >= {GOAL_ROWS_PER_SEC:.0} rows/s into the broker: {} ({:.2}x the goal)",
+        mark(kafka >= GOAL_ROWS_PER_SEC),
+        kafka / GOAL_ROWS_PER_SEC
+    );
     println!(
         "  latency at {target_rate:.0} rows/s (half the kafka rate) for {} s: {} rows ({:.0} rows/s achieved), commit -> consumer receipt \
          (upper bound of commit -> delivery report):",
@@ -280,10 +287,7 @@ async fn wait_confirmed(admin: &Client, slot: &str, target: &str, child: &mut Ch
             bail!("walcast exited early ({status})");
         }
         let done: Option<bool> = admin
-            .query_opt(
-                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot, &target],
-            )
+            .query_opt("SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1", &[&slot, &target])
             .await?
             .and_then(|r| r.get(0));
         if done == Some(true) {

@@ -84,9 +84,8 @@ struct Env {
 
 impl Env {
     fn load() -> Result<Self> {
-        let admin_url = std::env::var("WALCAST_TEST_PG").map_err(|_| {
-            anyhow!("WALCAST_TEST_PG is not set: run scripts/bench-replication, or eval \"$(scripts/test-env)\" first")
-        })?;
+        let admin_url = std::env::var("WALCAST_TEST_PG")
+            .map_err(|_| anyhow!("WALCAST_TEST_PG is not set: run scripts/bench-replication, or eval \"$(scripts/test-env)\" first"))?;
         let cfg = tokio_postgres::Config::from_str(&admin_url).context("parse WALCAST_TEST_PG")?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -190,12 +189,7 @@ async fn bench() -> Result<()> {
 /// Drop every slot of the bench database (ending its walsender first), then the database.
 async fn cleanup(admin: &Client) -> Result<()> {
     for _ in 0..100 {
-        let rows = admin
-            .query(
-                "SELECT slot_name::text, active_pid FROM pg_replication_slots WHERE database = $1",
-                &[&DB],
-            )
-            .await?;
+        let rows = admin.query("SELECT slot_name::text, active_pid FROM pg_replication_slots WHERE database = $1", &[&DB]).await?;
         if rows.is_empty() {
             break;
         }
@@ -311,12 +305,9 @@ async fn measure_drain(env: &Env, admin: &Client, db: &Client, slot: &str, child
     let walsender = wait_active(admin, slot, child).await?;
 
     let insert_start = Instant::now();
-    db.execute(
-        &format!("INSERT INTO bench_rows (a, b, d) SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, {}) g", env.rows),
-        &[],
-    )
-    .await
-    .context("workload insert")?;
+    db.execute(&format!("INSERT INTO bench_rows (a, b, d) SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, {}) g", env.rows), &[])
+        .await
+        .context("workload insert")?;
     let commit = Instant::now();
     let target: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
     let insert_secs = commit.duration_since(insert_start).as_secs_f64();
@@ -332,10 +323,7 @@ async fn measure_drain(env: &Env, admin: &Client, db: &Client, slot: &str, child
             bail!("{} exited early ({status}) before confirming {target}", kind.label());
         }
         let row = admin
-            .query_opt(
-                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot, &target],
-            )
+            .query_opt("SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1", &[&slot, &target])
             .await?
             .ok_or_else(|| anyhow!("slot {slot} disappeared"))?;
         let now = Instant::now();
@@ -655,9 +643,7 @@ fn machine_busy_secs(clk_tck: f64) -> Option<f64> {
 /// and sockets alike), `syscw` (such calls).
 fn proc_io(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
-        .and_then(|v| v.trim().parse().ok())
+    text.lines().find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':'))).and_then(|v| v.trim().parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -786,9 +772,7 @@ fn throughput_summary(env: &Env, cores: usize, t: &Throughput) {
     }
     if let (Some(rd), Some(wd)) = (recv.as_ref().and_then(|r| r.drained), wal.as_ref().and_then(|w| w.drained)) {
         let ratio = rd / wd;
-        println!(
-            "    drained (commit -> last bulk write of the output, free of status-report lag; pg_recvlogical reports every 1-2 s):"
-        );
+        println!("    drained (commit -> last bulk write of the output, free of status-report lag; pg_recvlogical reports every 1-2 s):");
         println!(
             "      pg_recvlogical {rd:.2} s, walcast {wd:.2} s: ratio {ratio:.2}x (goal >= {GOAL_RATIO}x) {}",
             goal(ratio >= GOAL_RATIO)

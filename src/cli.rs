@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DeadLetterDestination, LogFormat};
 use crate::pipeline::{self, PipelineError};
-use crate::snapshot::SnapshotState;
 use crate::sink::SinkError;
+use crate::snapshot::SnapshotState;
 use crate::source::{self, connect_sql, preflight, ConnParams, Severity, SourceError};
 
 /// Exit code: a runtime failure not covered below.
@@ -241,7 +241,10 @@ async fn check(config: &Config) -> ExitCode {
     if let Some(es) = config.sinks.elasticsearch.as_ref().filter(|es| !es.documents.is_empty()) {
         match connect_sql(&params).await {
             Ok(client) => findings.extend(crate::sink::elasticsearch::document_findings(&es.documents, &client).await),
-            Err(e) => findings.push(crate::source::Finding::fail(format!("document rules: cannot connect to Postgres: {e}"), "see the source findings above")),
+            Err(e) => findings.push(crate::source::Finding::fail(
+                format!("document rules: cannot connect to Postgres: {e}"),
+                "see the source findings above",
+            )),
         }
     }
     // The slot's history and snapshot progress must be writable where they are kept.
@@ -398,7 +401,9 @@ fn print_slot_status(name: &str, info: Option<&source::SlotInfo>, dead: &[DeadLe
         let dead: Vec<_> = dead
             .iter()
             .map(|d| match &d.destination {
-                DeadLetterDestination::File(p) => serde_json::json!({"sink": d.sink, "path": p.display().to_string(), "count": d.count, "error": d.error}),
+                DeadLetterDestination::File(p) => {
+                    serde_json::json!({"sink": d.sink, "path": p.display().to_string(), "count": d.count, "error": d.error})
+                }
                 DeadLetterDestination::Named(n) => serde_json::json!({"sink": d.sink, "destination": n}),
             })
             .collect();

@@ -447,17 +447,14 @@ fn default_log_level() -> String {
 impl Config {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parse and validate config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
         let mut config = config;
         config.validate()?;
         config.default_dead_letters();
@@ -528,22 +525,15 @@ impl Config {
             return Err(ConfigError::invalid("source.user", "must not be empty"));
         }
         if s.password_env.is_some() && s.password_file.is_some() {
-            return Err(ConfigError::invalid(
-                "source.password_file",
-                "set either password_env or password_file, not both",
-            ));
+            return Err(ConfigError::invalid("source.password_file", "set either password_env or password_file, not both"));
         }
         validate_identifier("source.slot", &s.slot, true)?;
         validate_identifier("source.publication", &s.publication, false)?;
         for (i, t) in s.tables.iter().enumerate() {
-            TableSelector::parse(t)
-                .map_err(|reason| ConfigError::invalid(&format!("source.tables[{i}]"), reason))?;
+            TableSelector::parse(t).map_err(|reason| ConfigError::invalid(&format!("source.tables[{i}]"), reason))?;
         }
         if matches!(s.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) && s.sslrootcert.is_none() {
-            return Err(ConfigError::invalid(
-                "source.sslrootcert",
-                "verify-ca and verify-full need the CA certificate file of the server",
-            ));
+            return Err(ConfigError::invalid("source.sslrootcert", "verify-ca and verify-full need the CA certificate file of the server"));
         }
         if s.sslmode == SslMode::VerifyFull && s.host.parse::<std::net::IpAddr>().is_ok() {
             return Err(ConfigError::invalid(
@@ -562,19 +552,13 @@ impl Config {
         }
         let p = &self.pipeline;
         if p.batch_max_changes == 0 || p.batch_max_changes > 1_000_000 {
-            return Err(ConfigError::invalid(
-                "pipeline.batch_max_changes",
-                "must be between 1 and 1000000",
-            ));
+            return Err(ConfigError::invalid("pipeline.batch_max_changes", "must be between 1 and 1000000"));
         }
         if p.sink_queue_batches == 0 || p.sink_queue_batches > 1_024 {
             return Err(ConfigError::invalid("pipeline.sink_queue_batches", "must be between 1 and 1024"));
         }
         if p.source_buffer_events == 0 || p.source_buffer_events > 1_000_000 {
-            return Err(ConfigError::invalid(
-                "pipeline.source_buffer_events",
-                "must be between 1 and 1000000",
-            ));
+            return Err(ConfigError::invalid("pipeline.source_buffer_events", "must be between 1 and 1000000"));
         }
         if self.retry.initial_ms == 0 {
             return Err(ConfigError::invalid("retry.initial_ms", "must be positive"));
@@ -584,14 +568,9 @@ impl Config {
         }
         match (&self.sinks.jsonl, &self.sinks.kafka) {
             (None, None) if self.sinks.elasticsearch.is_none() => {
-                return Err(ConfigError::invalid(
-                    "sinks",
-                    "configure at least one sink, e.g. [sinks.jsonl] path = \"-\"",
-                ))
+                return Err(ConfigError::invalid("sinks", "configure at least one sink, e.g. [sinks.jsonl] path = \"-\""))
             }
-            (Some(j), _) if j.path.trim().is_empty() => {
-                return Err(ConfigError::invalid("sinks.jsonl.path", "must be `-` or a file path"))
-            }
+            (Some(j), _) if j.path.trim().is_empty() => return Err(ConfigError::invalid("sinks.jsonl.path", "must be `-` or a file path")),
             _ => {}
         }
         if let Some(k) = &self.sinks.kafka {
@@ -616,10 +595,7 @@ impl Config {
         if self.heartbeat.mode == HeartbeatMode::Table {
             qualified_table("heartbeat.table", &self.heartbeat.table)?;
         }
-        self.log
-            .level
-            .parse::<tracing_subscriber::EnvFilter>()
-            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        self.log.level.parse::<tracing_subscriber::EnvFilter>().map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
         Ok(())
     }
 }
@@ -639,10 +615,7 @@ pub(crate) fn read_secret(field: &str, env: Option<&String>, file: Option<&PathB
     if let Some(var) = env {
         return match std::env::var(var) {
             Ok(v) => Ok(Some(v)),
-            Err(_) => Err(ConfigError::invalid(
-                &format!("{field}_env"),
-                format!("environment variable {var} is not set (or not UTF-8)"),
-            )),
+            Err(_) => Err(ConfigError::invalid(&format!("{field}_env"), format!("environment variable {var} is not set (or not UTF-8)"))),
         };
     }
     if let Some(path) = file {
@@ -694,9 +667,7 @@ impl TableSelector {
     /// Parse `schema.table` or `schema.*`. Names are taken literally (case-sensitive, as stored
     /// in the catalog), never spliced into SQL unquoted.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (schema, table) = s
-            .split_once('.')
-            .ok_or_else(|| format!("{s:?} must be `schema.table` or `schema.*`"))?;
+        let (schema, table) = s.split_once('.').ok_or_else(|| format!("{s:?} must be `schema.table` or `schema.*`"))?;
         if schema.is_empty() || table.is_empty() || table.contains('.') {
             return Err(format!("{s:?} must be `schema.table` or `schema.*`"));
         }
@@ -1036,10 +1007,7 @@ impl KafkaSinkConfig {
             return Err(ConfigError::invalid(&f("topic_partitions"), "must be between 1 and 100000"));
         }
         if self.topic_replication_factor != -1 && !(1..=32).contains(&self.topic_replication_factor) {
-            return Err(ConfigError::invalid(
-                &f("topic_replication_factor"),
-                "must be -1 (the broker's default) or between 1 and 32",
-            ));
+            return Err(ConfigError::invalid(&f("topic_replication_factor"), "must be -1 (the broker's default) or between 1 and 32"));
         }
         if let Some(topic) = &self.transaction_topic {
             validate_topic_name(topic).map_err(|e| ConfigError::invalid(&f("transaction_topic"), e))?;
@@ -1057,10 +1025,7 @@ impl KafkaSinkConfig {
             return Err(ConfigError::invalid(&f("message_max_bytes"), "must be between 1000 and 1000000000"));
         }
         if self.message_timeout_ms < 1_000 || self.message_timeout_ms > 3_600_000 || self.message_timeout_ms <= self.linger_ms {
-            return Err(ConfigError::invalid(
-                &f("message_timeout_ms"),
-                "must be between 1000 and 3600000 and greater than linger_ms",
-            ));
+            return Err(ConfigError::invalid(&f("message_timeout_ms"), "must be between 1000 and 3600000 and greater than linger_ms"));
         }
         if !(1..=2_097_151).contains(&self.queue_max_kbytes) {
             return Err(ConfigError::invalid(&f("queue_max_kbytes"), "must be between 1 and 2097151"));
@@ -1082,9 +1047,7 @@ impl KafkaSinkConfig {
                 (Some(_), Some(_)) | (None, None) => {
                     return Err(ConfigError::invalid(&f("dead_letter"), "set exactly one of `topic` and `path`"))
                 }
-                (Some(topic), None) => {
-                    validate_topic_name(topic).map_err(|e| ConfigError::invalid(&f("dead_letter.topic"), e))?
-                }
+                (Some(topic), None) => validate_topic_name(topic).map_err(|e| ConfigError::invalid(&f("dead_letter.topic"), e))?,
                 (None, Some(path)) if path.as_os_str().is_empty() => {
                     return Err(ConfigError::invalid(&f("dead_letter.path"), "must not be empty"))
                 }
@@ -1129,7 +1092,10 @@ bootstrap_servers = "127.0.0.1:9092"
         // No dead-letter section: a file in the state dir, so one poison record never stops the stream.
         let dl = k.dead_letter.as_ref().expect("a default dead-letter destination");
         assert_eq!((dl.topic.as_deref(), dl.path.clone()), (None, Some(c.snapshot.state_dir.join(DEFAULT_KAFKA_DEAD_LETTER_FILE))));
-        assert_eq!(c.dead_letter_destinations(), vec![("kafka", DeadLetterDestination::File(c.snapshot.state_dir.join(DEFAULT_KAFKA_DEAD_LETTER_FILE)))]);
+        assert_eq!(
+            c.dead_letter_destinations(),
+            vec![("kafka", DeadLetterDestination::File(c.snapshot.state_dir.join(DEFAULT_KAFKA_DEAD_LETTER_FILE)))]
+        );
     }
 
     #[test]
@@ -1203,9 +1169,23 @@ bootstrap_servers = "127.0.0.1:9092"
         assert_eq!(k.bootstrap_servers, "127.0.0.1:9092");
         assert!(k.sasl.is_some() && k.tls.is_some() && k.dead_letter.is_some() && k.tables.contains_key("public.orders"));
         for field in [
-            "bootstrap_servers", "client_id", "prefix", "server_name", "topic_template", "create_topics", "topic_partitions",
-            "topic_replication_factor", "tombstones_on_delete", "transaction_topic", "compression", "linger_ms",
-            "batch_num_messages", "batch_size_bytes", "message_max_bytes", "message_timeout_ms", "queue_max_kbytes",
+            "bootstrap_servers",
+            "client_id",
+            "prefix",
+            "server_name",
+            "topic_template",
+            "create_topics",
+            "topic_partitions",
+            "topic_replication_factor",
+            "tombstones_on_delete",
+            "transaction_topic",
+            "compression",
+            "linger_ms",
+            "batch_num_messages",
+            "batch_size_bytes",
+            "message_max_bytes",
+            "message_timeout_ms",
+            "queue_max_kbytes",
         ] {
             assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.kafka.{field}");
         }
@@ -1239,10 +1219,7 @@ path = "-"
         assert_eq!(c.pipeline.batch_max_changes, DEFAULT_BATCH_MAX_CHANGES);
         assert_eq!(
             c.source.table_selectors(),
-            vec![
-                TableSelector::Table { schema: "public".into(), table: "orders".into() },
-                TableSelector::Schema("shop".into())
-            ]
+            vec![TableSelector::Table { schema: "public".into(), table: "orders".into() }, TableSelector::Schema("shop".into())]
         );
     }
 

@@ -77,9 +77,8 @@ listen = "127.0.0.1:0"
 }
 
 async fn connect(conn: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to the demo cluster ({conn})"))?;
+    let (client, connection) =
+        tokio_postgres::connect(conn, tokio_postgres::NoTls).await.with_context(|| format!("connecting to the demo cluster ({conn})"))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -131,7 +130,9 @@ fn find_postgres_bin() -> Option<PathBuf> {
         .filter(|bin| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
         .collect();
     // Newest major version first.
-    found.sort_by_key(|p| std::cmp::Reverse(p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)));
+    found.sort_by_key(|p| {
+        std::cmp::Reverse(p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0))
+    });
     found.into_iter().next()
 }
 
@@ -170,7 +171,10 @@ impl Cluster {
         if let Err(e) = run_checked(&mut start, "pg_ctl start") {
             let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            bail!("{e:#}\npostgres log:\n{}\n(is port {port} in use? pick another with --port)", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "{e:#}\npostgres log:\n{}\n(is port {port} in use? pick another with --port)",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         Ok(cluster)
     }

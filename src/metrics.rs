@@ -106,17 +106,24 @@ impl Metrics {
         registry.register("changes", "Row changes decoded from the replication stream", changes.clone());
         let sink_requests = Family::<SinkOutcome, Counter>::default();
         registry.register("sink_requests", "Batch writes per sink by outcome (ok, retry, error)", sink_requests.clone());
-        let sink_request_duration = Family::<SinkLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
-        });
+        let sink_request_duration =
+            Family::<SinkLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_5, 2.0, 16)));
         registry.register("sink_request_duration_seconds", "Time per batch write attempt", sink_request_duration.clone());
         let sink_durable_lsn = Family::<SinkLabel, Gauge<i64, AtomicI64>>::default();
         registry.register("sink_durable_lsn", "Highest commit end LSN the sink made durable (as a number)", sink_durable_lsn.clone());
         let dead_letters = Family::<SinkLabel, Counter>::default();
         // Declared even before their first series, so dashboards and alerts can rely on the names.
-        registry.register_collector(Box::new(Declared { name: "dead_letters", help: "Rows sent to the dead-letter destination", metric: dead_letters.clone() }));
+        registry.register_collector(Box::new(Declared {
+            name: "dead_letters",
+            help: "Rows sent to the dead-letter destination",
+            metric: dead_letters.clone(),
+        }));
         let snapshot_rows = Family::<TableLabel, Counter>::default();
-        registry.register_collector(Box::new(Declared { name: "snapshot_rows", help: "Rows read by snapshots", metric: snapshot_rows.clone() }));
+        registry.register_collector(Box::new(Declared {
+            name: "snapshot_rows",
+            help: "Rows read by snapshots",
+            metric: snapshot_rows.clone(),
+        }));
         let reconnects = Counter::default();
         registry.register("reconnects", "Replication connection attempts after a failure", reconnects.clone());
         let confirmed_lsn = Gauge::<i64, AtomicI64>::default();
@@ -124,7 +131,11 @@ impl Metrics {
         let server_wal_lsn = Gauge::<i64, AtomicI64>::default();
         registry.register("server_wal_lsn", "Current WAL position of the server, as last seen (as a number)", server_wal_lsn.clone());
         let slot_retained_wal_bytes = Gauge::<i64, AtomicI64>::default();
-        registry.register("slot_retained_wal_bytes", "WAL retained by the slot (current WAL LSN minus restart_lsn)", slot_retained_wal_bytes.clone());
+        registry.register(
+            "slot_retained_wal_bytes",
+            "WAL retained by the slot (current WAL LSN minus restart_lsn)",
+            slot_retained_wal_bytes.clone(),
+        );
         let slot_wal_status = Family::<WalStatusLabel, Gauge>::default();
         registry.register("slot_wal_status", "1 for the slot's current wal_status", slot_wal_status.clone());
         let slot_active = Gauge::default();
@@ -134,7 +145,11 @@ impl Metrics {
         let ha_active = Gauge::default();
         registry.register("ha_active", "1 while this process holds the high-availability lease ([ha] enabled)", ha_active.clone());
         let lag = Arc::new(LagClock::default());
-        registry.register_collector(Box::new(LagCollector { lag: Arc::clone(&lag), server_wal_lsn: server_wal_lsn.clone(), confirmed_lsn: confirmed_lsn.clone() }));
+        registry.register_collector(Box::new(LagCollector {
+            lag: Arc::clone(&lag),
+            server_wal_lsn: server_wal_lsn.clone(),
+            confirmed_lsn: confirmed_lsn.clone(),
+        }));
         registry.register_collector(Box::new(ProcessCollector));
         Arc::new(Self {
             registry,
@@ -245,7 +260,12 @@ impl Collector for LagCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let bytes = (self.server_wal_lsn.get() - self.confirmed_lsn.get()).max(0);
         let g = ConstGauge::new(bytes);
-        g.encode(encoder.encode_descriptor("replication_lag_bytes", "Server WAL position minus the confirmed LSN", None, g.metric_type())?)?;
+        g.encode(encoder.encode_descriptor(
+            "replication_lag_bytes",
+            "Server WAL position minus the confirmed LSN",
+            None,
+            g.metric_type(),
+        )?)?;
         let secs = seconds_since(self.lag.oldest_pending.load(Ordering::Relaxed));
         let g = ConstGauge::new(secs);
         g.encode(encoder.encode_descriptor(
@@ -293,11 +313,21 @@ impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(rss) = read_rss_bytes() {
             let g = ConstGauge::new(rss);
-            g.encode(encoder.encode_descriptor("process_resident_memory_bytes", "Resident memory of the walcast process", None, g.metric_type())?)?;
+            g.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory of the walcast process",
+                None,
+                g.metric_type(),
+            )?)?;
         }
         if let Some(cpu) = read_cpu_seconds() {
             let c = ConstCounter::new(cpu);
-            c.encode(encoder.encode_descriptor("process_cpu_seconds", "CPU time (user + system) of the walcast process", None, c.metric_type())?)?;
+            c.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "CPU time (user + system) of the walcast process",
+                None,
+                c.metric_type(),
+            )?)?;
         }
         Ok(())
     }

@@ -12,15 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ConfigError, SnapshotMode};
-use crate::snapshot::{SnapshotState, Status as SnapshotStatus};
 use crate::decode::{self, Change, DecodeError, Message, Op, RelationCache, ReplicaIdentity, TruncateOptions};
 use crate::lsn::Lsn;
 use crate::metrics::{self, Metrics, SinkLabel, TableOp};
 use crate::retry::Backoff;
 use crate::sink::{self, Batch, JsonlSink, Sink, SinkError, SinkReport};
-use crate::source::{
-    self, connect_sql, ConnParams, ReplicationStream, SourceError, SourceEvent, StreamSettings, TypeRules,
-};
+use crate::snapshot::{SnapshotState, Status as SnapshotStatus};
+use crate::source::{self, connect_sql, ConnParams, ReplicationStream, SourceError, SourceEvent, StreamSettings, TypeRules};
 
 /// Why the pipeline stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +72,11 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<RunSumm
     let background = CancellationToken::new();
     let _stop_background = background.clone().drop_guard();
     if config.metrics.enabled {
-        let addr = config.metrics.listen.parse().map_err(|_| ConfigError::Invalid {
-            field: "metrics.listen".into(),
-            reason: "must be an address with a port".into(),
-        })?;
+        let addr = config
+            .metrics
+            .listen
+            .parse()
+            .map_err(|_| ConfigError::Invalid { field: "metrics.listen".into(), reason: "must be an address with a port".into() })?;
         let listener = metrics::bind(addr)
             .await
             .map_err(|e| PipelineError::MetricsListen { addr: config.metrics.listen.clone(), reason: e.to_string() })?;
@@ -297,7 +296,8 @@ async fn prepare_slot(
             source::ensure_publication(&client, params, &src.publication, &src.table_selectors(), src.create_publication).await?;
             let publication_oid = source::publication_oid(&client, &src.publication).await.map_err(query_error)?;
             // Stream exactly the configured tables, or refuse (as `check` does).
-            let published = source::published_tables(&client, &src.publication, &src.table_selectors()).await.map_err(query_error)?.unwrap_or_default();
+            let published =
+                source::published_tables(&client, &src.publication, &src.table_selectors()).await.map_err(query_error)?.unwrap_or_default();
             if let Some((problem, fix)) = published.mismatch(&src.publication) {
                 return Err(SourceError::setup(problem, fix));
             }
@@ -319,7 +319,10 @@ async fn prepare_slot(
                         return Err(SourceError::setup(problem, fix));
                     }
                     let lsn = s.confirmed_flush_lsn.ok_or_else(|| {
-                        SourceError::setup(format!("slot {:?} has no confirmed_flush_lsn", src.slot), "the slot is not usable: check pg_replication_slots")
+                        SourceError::setup(
+                            format!("slot {:?} has no confirmed_flush_lsn", src.slot),
+                            "the slot is not usable: check pg_replication_slots",
+                        )
                     })?;
                     let snapshot = match state {
                         // Created by walcast, not (fully) loaded: resume. A slot found while
@@ -391,7 +394,11 @@ async fn prepare_slot(
                     state.point = Some(exported.point.to_string());
                     save(&state)?;
                     tracing::info!(slot = %src.slot, consistent_point = %exported.point, tables = tables.len(), resync, "created replication slot with an exported snapshot");
-                    Ok(SlotStart { lsn: exported.point, snapshot: Some(PendingSnapshot { exported: Some(exported), state, tables }), published })
+                    Ok(SlotStart {
+                        lsn: exported.point,
+                        snapshot: Some(PendingSnapshot { exported: Some(exported), state, tables }),
+                        published,
+                    })
                 }
             }
         };
@@ -468,7 +475,11 @@ pub enum SnapshotTarget {
 /// another process. The rows are read in the exported snapshot of a temporary slot and written
 /// with its consistent point as their version, so a newer streamed write is never overwritten;
 /// then the rows deleted meanwhile are deleted again at a newer point (`snapshot::recheck`).
-pub async fn snapshot_on_demand(config: &Config, target: &SnapshotTarget, shutdown: CancellationToken) -> Result<crate::snapshot::Outcome, PipelineError> {
+pub async fn snapshot_on_demand(
+    config: &Config,
+    target: &SnapshotTarget,
+    shutdown: CancellationToken,
+) -> Result<crate::snapshot::Outcome, PipelineError> {
     let params = ConnParams::from_config(&config.source)?;
     let metrics = Metrics::new();
     let (table, elasticsearch_only) = match target {
@@ -476,7 +487,11 @@ pub async fn snapshot_on_demand(config: &Config, target: &SnapshotTarget, shutdo
         SnapshotTarget::Rule(name) => {
             let rule = config.sinks.elasticsearch.iter().flat_map(|es| &es.documents).find(|d| &d.name == name);
             let Some(rule) = rule else {
-                return Err(ConfigError::Invalid { field: "--rule".into(), reason: format!("no document rule is named {name:?} in sinks.elasticsearch.documents") }.into());
+                return Err(ConfigError::Invalid {
+                    field: "--rule".into(),
+                    reason: format!("no document rule is named {name:?} in sinks.elasticsearch.documents"),
+                }
+                .into());
             };
             (rule.table.clone(), true)
         }
@@ -876,7 +891,8 @@ impl Streamer<'_> {
     async fn on_event(&mut self, event: SourceEvent, stream: &ReplicationStream) -> Result<(), PipelineError> {
         match event {
             SourceEvent::Begin(b) => {
-                self.tx = Some(OpenTx { xid: b.xid, commit_lsn: b.final_lsn, commit_ts: b.commit_ts, next_seq: 0, partly_dispatched: false });
+                self.tx =
+                    Some(OpenTx { xid: b.xid, commit_lsn: b.final_lsn, commit_ts: b.commit_ts, next_seq: 0, partly_dispatched: false });
             }
             SourceEvent::Data { wal_start, payload } => {
                 let mut message = decode::parse(&payload).map_err(SourceError::from)?;
@@ -965,10 +981,7 @@ impl Streamer<'_> {
             self.catalog = Some(connect_sql(&self.params).await?);
         }
         let Some(client) = &self.catalog else { return Ok(()) };
-        self.type_rules
-            .resolve(client, &mut body.columns)
-            .await
-            .map_err(|e| source::classify(&e, &self.params, &self.config.source.slot))
+        self.type_rules.resolve(client, &mut body.columns).await.map_err(|e| source::classify(&e, &self.params, &self.config.source.slot))
     }
 
     fn on_message(&mut self, message: Message, lsn: Lsn) -> Result<(), PipelineError> {
@@ -1017,10 +1030,7 @@ impl Streamer<'_> {
         self.change_counters
             .entry((change.relation.oid, change.op))
             .or_insert_with(|| {
-                metrics
-                    .changes
-                    .get_or_create(&TableOp { table: change.relation.qualified_name(), op: change.op.as_str() })
-                    .clone()
+                metrics.changes.get_or_create(&TableOp { table: change.relation.qualified_name(), op: change.op.as_str() }).clone()
             })
             .inc();
         self.batch_oldest_ts.get_or_insert(change.commit_ts);
@@ -1054,7 +1064,10 @@ impl Streamer<'_> {
     ) -> Result<Change, PipelineError> {
         let relation = Arc::clone(self.relations.get(oid).map_err(SourceError::from)?);
         let tx = self.tx.as_mut().ok_or_else(|| {
-            SourceError::from(DecodeError::Malformed { tag: op.as_str().chars().next().unwrap_or('?'), reason: "row change outside a transaction".into() })
+            SourceError::from(DecodeError::Malformed {
+                tag: op.as_str().chars().next().unwrap_or('?'),
+                reason: "row change outside a transaction".into(),
+            })
         })?;
         let seq = tx.next_seq;
         tx.next_seq += 1;
@@ -1115,7 +1128,11 @@ impl Streamer<'_> {
                 while let Ok(report) = self.reports.try_recv() {
                     self.on_report(report, None)?;
                 }
-                return Err(SinkError::Fatal { sink: "pipeline", reason: "a sink stopped (see the error reported before this one)".into() }.into());
+                return Err(SinkError::Fatal {
+                    sink: "pipeline",
+                    reason: "a sink stopped (see the error reported before this one)".into(),
+                }
+                .into());
             }
         }
         Ok(())

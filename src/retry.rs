@@ -16,11 +16,7 @@ pub struct Backoff {
 impl Backoff {
     /// A policy from the `[retry]` config section.
     pub fn new(cfg: &RetryConfig) -> Self {
-        Self {
-            initial: Duration::from_millis(cfg.initial_ms),
-            max: Duration::from_millis(cfg.max_ms),
-            attempt: 0,
-        }
+        Self { initial: Duration::from_millis(cfg.initial_ms), max: Duration::from_millis(cfg.max_ms), attempt: 0 }
     }
 
     /// Attempts made since the last [`reset`](Self::reset).

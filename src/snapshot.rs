@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::reader::TableRef;
-pub use self::recheck::{recheck, HeldSnapshot, RecheckPlan};
 use self::reader::{Reader, TableReader};
+pub use self::recheck::{recheck, HeldSnapshot, RecheckPlan};
 pub use self::resync::request_resync;
 pub use self::state::{SnapshotState, Status};
 use crate::config::Config;
@@ -200,7 +200,12 @@ pub async fn load(
                 s.status = Status::Done;
                 s.save().map_err(snapshot_state_error)?;
             }
-            tracing::info!(rows = total_rows, tables = tables.len(), elapsed_ms = started.elapsed().as_millis() as u64, "snapshot finished");
+            tracing::info!(
+                rows = total_rows,
+                tables = tables.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot finished"
+            );
         }
         Outcome::Interrupted => {
             tracing::warn!(rows = total_rows, "snapshot interrupted; the next start resumes after the last chunk every sink wrote");
@@ -315,7 +320,8 @@ fn stopped_sink(reports: &mut mpsc::UnboundedReceiver<SinkReport>) -> PipelineEr
 }
 
 fn snapshot_state_error(e: std::io::Error) -> PipelineError {
-    SinkError::Fatal { sink: "snapshot", reason: format!("cannot save snapshot progress: {e}; check snapshot.state_dir is writable") }.into()
+    SinkError::Fatal { sink: "snapshot", reason: format!("cannot save snapshot progress: {e}; check snapshot.state_dir is writable") }
+        .into()
 }
 
 /// Now, in Postgres's timestamp unit (microseconds since 2000-01-01 UTC): the commit time of

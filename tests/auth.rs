@@ -18,9 +18,7 @@ async fn cluster_with_password_role(name: &str, role: &str, method: &str) -> Pri
     let stored = query_text(&admin, &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'")).await.expect("a password");
     let prefix = if method == "md5" { "md5" } else { "SCRAM-SHA-256$" };
     assert!(stored.starts_with(prefix), "{role}'s password is stored as {stored:.16}..., not {method}");
-    cluster
-        .prepend_hba(&format!("host all {role} 127.0.0.1/32 {method}\nhost replication {role} 127.0.0.1/32 {method}"))
-        .await;
+    cluster.prepend_hba(&format!("host all {role} 127.0.0.1/32 {method}\nhost replication {role} 127.0.0.1/32 {method}")).await;
     cluster
 }
 
@@ -64,7 +62,10 @@ async fn streams_with_password(method: &str, role: &str) {
     assert_eq!(lines[0]["after"]["v"], format!("by {method}"), "log:\n{}", wc.log_tail(20));
     let user = query_text(
         &db.admin().await,
-        &format!("SELECT a.usename::text FROM pg_stat_activity a JOIN pg_replication_slots r ON r.active_pid = a.pid WHERE r.slot_name = '{}'", db.slot),
+        &format!(
+            "SELECT a.usename::text FROM pg_stat_activity a JOIN pg_replication_slots r ON r.active_pid = a.pid WHERE r.slot_name = '{}'",
+            db.slot
+        ),
     )
     .await;
     assert_eq!(user.as_deref(), Some(role));

@@ -54,7 +54,9 @@ async fn role_without_replication_fails_with_the_fix() {
     let fails = tagged(&out, "FAIL");
     assert!(fails.iter().any(|l| l.contains("walcast_norepl") && l.contains("REPLICATION")), "no REPLICATION FAIL line:\n{out}");
     assert!(
-        out.stdout.lines().any(|l| l.contains("fix:") && l.contains("ALTER ROLE") && l.contains("walcast_norepl") && l.contains("WITH REPLICATION")),
+        out.stdout
+            .lines()
+            .any(|l| l.contains("fix:") && l.contains("ALTER ROLE") && l.contains("walcast_norepl") && l.contains("WITH REPLICATION")),
         "no `ALTER ROLE ... WITH REPLICATION` fix:\n{out}"
     );
     db.drop().await;
@@ -93,10 +95,14 @@ async fn table_without_primary_key_is_a_warning() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // 1. Tables listed in the config, publication still to be created.
-    let cfg = write_config(&dir, "listed.toml", &config_for(&db.url, &db.slot, &db.publication, "tables = [\"public.nopk\", \"public.withpk\"]"));
+    let cfg =
+        write_config(&dir, "listed.toml", &config_for(&db.url, &db.slot, &db.publication, "tables = [\"public.nopk\", \"public.withpk\"]"));
     let out = check(&cfg).await;
     assert_eq!(out.code, Some(0), "warnings do not fail the check: {out}");
-    assert!(tagged(&out, "warn").iter().any(|l| l.contains("public.nopk") && l.contains("no primary key")), "no warning for public.nopk:\n{out}");
+    assert!(
+        tagged(&out, "warn").iter().any(|l| l.contains("public.nopk") && l.contains("no primary key")),
+        "no warning for public.nopk:\n{out}"
+    );
     assert!(tagged(&out, "ok").iter().any(|l| l.contains("public.withpk") && l.contains("streams with a key")), "{out}");
     assert!(out.stdout.contains("REPLICA IDENTITY FULL"), "the fix names REPLICA IDENTITY FULL:\n{out}");
     assert!(out.stdout.trim_end().ends_with("check passed"), "{out}");
@@ -178,7 +184,8 @@ async fn slot_status_create_and_drop() {
         let line = out.stdout.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no {label} line:\n{out}"));
         assert_eq!(line[label.len()..].trim(), value, "{label}:\n{out}");
     }
-    let retained = out.stdout.lines().find(|l| l.starts_with("retained wal bytes")).unwrap_or_else(|| panic!("no retained wal bytes:\n{out}"));
+    let retained =
+        out.stdout.lines().find(|l| l.starts_with("retained wal bytes")).unwrap_or_else(|| panic!("no retained wal bytes:\n{out}"));
     assert!(retained["retained wal bytes".len()..].trim().parse::<u64>().is_ok(), "{retained}");
     let json_status = |out: &CmdOutput| -> Value { serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out}")) };
     let out = walcast_cmd(&["slot", "status", "--json", "--config", &cfg]).await;
@@ -224,12 +231,12 @@ async fn run_stops_with_exit_3_on_setup_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [
         ("replica.toml", config_for(&replica_url(), "wc_check_run_replica", "wc_check_run_replica", ""), "wal_level"),
+        ("noslot.toml", config_for(&db.url, &db.slot, &db.publication, "tables = [\"public.t\"]\ncreate_slot = false"), "does not exist"),
         (
-            "noslot.toml",
-            config_for(&db.url, &db.slot, &db.publication, "tables = [\"public.t\"]\ncreate_slot = false"),
-            "does not exist",
+            "norepl.toml",
+            config_for(&norepl_url().with_database(&db.name), &db.slot, &db.publication, "tables = [\"public.t\"]"),
+            "walcast_norepl",
         ),
-        ("norepl.toml", config_for(&norepl_url().with_database(&db.name), &db.slot, &db.publication, "tables = [\"public.t\"]"), "walcast_norepl"),
     ];
     for (name, text, needle) in cases {
         let cfg = write_config(&dir, name, &text);

@@ -165,8 +165,11 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
             let v: Value = serde_json::from_str(r.get::<_, &str>(0)).expect("json");
             actual.insert(json!({"id": v["id"]}).to_string(), v);
         }
-        let replayed: BTreeMap<String, Value> =
-            state.iter().filter(|((t, _), v)| t == table && v.is_some()).map(|((_, k), v)| (k.clone(), v.clone().unwrap_or_default())).collect();
+        let replayed: BTreeMap<String, Value> = state
+            .iter()
+            .filter(|((t, _), v)| t == table && v.is_some())
+            .map(|((_, k), v)| (k.clone(), v.clone().unwrap_or_default()))
+            .collect();
         for (k, v) in &actual {
             match replayed.get(k) {
                 None => mismatches.push(format!("{table} {k}: in the table, missing from the output (lost): {v}")),
@@ -184,7 +187,12 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
         }
         eprintln!("crash: {table}: {} rows", actual.len());
     }
-    assert!(mismatches.is_empty(), "{} differences between the replayed output and the tables:\n  {}", mismatches.len(), mismatches[..mismatches.len().min(30)].join("\n  "));
+    assert!(
+        mismatches.is_empty(),
+        "{} differences between the replayed output and the tables:\n  {}",
+        mismatches.len(),
+        mismatches[..mismatches.len().min(30)].join("\n  ")
+    );
 
     // --- 2. The confirmed LSN was never ahead of what the sink had written.
     let txs = oracle_transactions(&sql, &oracle, &db.publication).await;
@@ -201,7 +209,11 @@ async fn no_loss_and_confirmed_never_ahead_of_the_sink() {
     let raw = wc.raw_output();
     let mut max_confirmed = Lsn::ZERO;
     for (k, kill) in kills.iter().enumerate() {
-        assert_eq!(complete_prefix(&raw[..kill.bytes]), (kill.bytes, kill.hash), "kill {k}: what was written before the kill changed later");
+        assert_eq!(
+            complete_prefix(&raw[..kill.bytes]),
+            (kill.bytes, kill.hash),
+            "kill {k}: what was written before the kill changed later"
+        );
         let owed: Vec<&OracleTx> = txs.iter().filter(|t| t.end_lsn <= kill.confirmed).collect();
         let missing: Vec<&&OracleTx> = owed.iter().filter(|t| first_line.get(&t.commit_lsn).is_none_or(|&i| i >= kill.lines)).collect();
         assert!(

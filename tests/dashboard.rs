@@ -124,7 +124,12 @@ async fn dashboard_and_alert_queries_are_valid_and_use_exported_metrics() {
         assert!(text_of_dashboard.contains(needle), "the dashboard does not show {needle}");
     }
     // And the queries return data against the live walcast, where there is data to show.
-    for expr in ["sum by (table, op) (walcast_changes_total)", "max(walcast_slot_active) == 1", "walcast_replication_lag_bytes", "walcast_dead_letters_total{sink=\"jsonl\"}"] {
+    for expr in [
+        "sum by (table, op) (walcast_changes_total)",
+        "max(walcast_slot_active) == 1",
+        "walcast_replication_lag_bytes",
+        "walcast_dead_letters_total{sink=\"jsonl\"}",
+    ] {
         assert!(!prom.query(expr).is_empty(), "{expr} returns nothing for a live walcast");
     }
 
@@ -159,7 +164,8 @@ fn collect_exprs(v: &Value, out: &mut Vec<String>) {
 
 /// Grafana's `label_values(selector, label)` -> the selector (what Prometheus evaluates).
 fn label_values_selector(q: &str) -> String {
-    let inner = q.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).unwrap_or_else(|| panic!("unexpected variable query {q}"));
+    let inner =
+        q.trim().strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).unwrap_or_else(|| panic!("unexpected variable query {q}"));
     let (selector, _label) = inner.rsplit_once(',').unwrap_or_else(|| panic!("no label in {q}"));
     selector.trim().to_string()
 }

@@ -56,7 +56,11 @@ async fn rejected_row_is_set_aside(s: &mut Setup, read_letters: impl AsyncFn() -
 
     // The stream goes on: the row after the rejected one arrives, the slot moves past both.
     es.wait_doc(&s.index, "3", ES_WAIT, |d| d.is_some()).await;
-    assert_eq!(es.doc(&s.index, "1").await, Some(json!({"id": 1, "n": "42", "note": "good"})), "accepted (coerced to the integer mapping; _source keeps the text)");
+    assert_eq!(
+        es.doc(&s.index, "1").await,
+        Some(json!({"id": 1, "n": "42", "note": "good"})),
+        "accepted (coerced to the integer mapping; _source keeps the text)"
+    );
     assert_eq!(es.doc(&s.index, "2").await, None);
     let last = commit_lsn(&lines[2]);
     let confirmed = s.db.wait_confirmed_at_least(last, Duration::from_secs(20)).await;
@@ -141,7 +145,11 @@ async fn rejected_row_without_dead_letter_destination_goes_to_the_state_dir() {
     let out = walcast_cmd(&["status", "--config", &config, "--json"]).await;
     assert_eq!(out.code, Some(0), "{out}");
     let status: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert_eq!(status["dead_letters"], json!([{"sink": "elasticsearch", "path": path.display().to_string(), "count": 1, "error": null}]), "{out}");
+    assert_eq!(
+        status["dead_letters"],
+        json!([{"sink": "elasticsearch", "path": path.display().to_string(), "count": 1, "error": null}]),
+        "{out}"
+    );
     let out = walcast_cmd(&["slot", "status", "--config", &config]).await;
     assert!(out.stdout.contains(&format!("dead letters (elasticsearch) 1 in {}", path.display())), "{out}");
     s.wc.stop().await;

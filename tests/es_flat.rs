@@ -165,12 +165,14 @@ async fn toast_value_survives_partial_updates() {
     db.create_publication(&["docs"]).await;
     db.create_slot().await;
     // gzip: the 20 kB documents go compressed.
-    let extra = es_section(&es_url(), &format!("gzip = true\n\n[[sinks.elasticsearch.tables]]\ntable = \"public.docs\"\nindex = \"{index}\"\n"));
+    let extra =
+        es_section(&es_url(), &format!("gzip = true\n\n[[sinks.elasticsearch.tables]]\ntable = \"public.docs\"\nindex = \"{index}\"\n"));
     let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });
     wc.start();
 
     // 20 kB of chained md5 hex: pglz cannot bring it under the TOAST threshold.
-    exec(&sql, "INSERT INTO docs VALUES (1, (SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 640) g), 1)").await;
+    exec(&sql, "INSERT INTO docs VALUES (1, (SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 640) g), 1)")
+        .await;
     let big = query_text(&sql, "SELECT big FROM docs WHERE id = 1").await.expect("big");
     let toast_bytes = query_text(&sql, "SELECT pg_relation_size(reltoastrelid)::text FROM pg_class WHERE relname = 'docs'").await;
     assert!(toast_bytes.as_deref().is_some_and(|b| b != "0"), "the value was not TOASTed");
@@ -244,12 +246,17 @@ async fn check_reports_the_cluster_and_indexes() {
     assert!(out.stdout.contains(&format!("index {with_file} does not exist yet; walcast creates it from {m}")), "{out}");
     assert!(out.stdout.contains(&format!("warn  elasticsearch: index {without} does not exist and has no mapping_file")), "{out}");
     assert!(
-        out.stdout.contains(&format!("warn  elasticsearch: index {existing} exists but its mapping differs from {m}: mappings.properties.n.type")),
+        out.stdout.contains(&format!(
+            "warn  elasticsearch: index {existing} exists but its mapping differs from {m}: mappings.properties.n.type"
+        )),
         "{out}"
     );
 
     // Unreachable cluster: a failure with the fix.
-    let bad = Walcast::with_options(&db, &Options { extra: es_section(&format!("http://127.0.0.1:{}", free_port()), &rule(&with_file)), ..Options::default() });
+    let bad = Walcast::with_options(
+        &db,
+        &Options { extra: es_section(&format!("http://127.0.0.1:{}", free_port()), &rule(&with_file)), ..Options::default() },
+    );
     let out = walcast_cmd(&["check", "--config", &bad.config_path.to_string_lossy()]).await;
     assert_eq!(out.code, Some(3), "{out}");
     assert!(out.stdout.contains("FAIL  elasticsearch: cannot reach"), "{out}");
@@ -271,7 +278,8 @@ async fn snapshot_loads_existing_rows_into_a_flat_index() {
     es.delete_index(&index).await;
     let db = TestDb::create("es_snapflat").await;
     let sql = db.client().await;
-    exec(&sql, "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 2500) g").await;
+    exec(&sql, "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 2500) g")
+        .await;
     db.create_publication(&["items"]).await;
     let extra = es_section(&url, &format!("[[sinks.elasticsearch.tables]]\ntable = \"public.items\"\nindex = \"{index}\"\n"));
     let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });

@@ -45,8 +45,15 @@ async fn tls_endpoint() -> u16 {
                     }
                 }
                 let root = buf.starts_with(b"GET / ");
-                let (status, body) = if root { ("200 OK", ROOT) } else { ("404 Not Found", r#"{"error":{"type":"index_not_found_exception","reason":"no such index"},"status":404}"#) };
-                let resp = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let (status, body) = if root {
+                    ("200 OK", ROOT)
+                } else {
+                    ("404 Not Found", r#"{"error":{"type":"index_not_found_exception","reason":"no such index"},"status":404}"#)
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = tls.write_all(resp.as_bytes()).await;
                 let _ = tls.shutdown().await;
             });
@@ -66,7 +73,8 @@ async fn https_with_a_ca_file() {
     let url = format!("https://localhost:{port}");
     let ca = env_var("WALCAST_TEST_TLS_CA");
 
-    let with_ca = Walcast::with_options(&db, &Options { extra: es_section(&url, &format!("ca_file = {ca:?}\n{rule}")), ..Options::default() });
+    let with_ca =
+        Walcast::with_options(&db, &Options { extra: es_section(&url, &format!("ca_file = {ca:?}\n{rule}")), ..Options::default() });
     let out = walcast_cmd(&["check", "--config", &with_ca.config_path.to_string_lossy()]).await;
     assert!(out.stdout.contains(&format!("ok    elasticsearch: {url} reachable (Elasticsearch 8.15.3)")), "{out}");
 

@@ -50,11 +50,7 @@ async fn standby_takes_over_within_seconds_after_sigkill_and_nothing_is_lost() {
     let a_metrics = http_get(&a_addr, "/metrics").expect("A /metrics").1;
     assert_eq!(sample(&a_metrics, "walcast_ha_active"), Some(1.0), "{a_metrics}");
     assert_eq!(walsenders(&db).await, 1, "only the active process holds a replication connection");
-    assert_eq!(
-        log_of(&b).matches("standby: waiting for the lease").count(),
-        1,
-        "the standby says it waits once, not at every poll"
-    );
+    assert_eq!(log_of(&b).matches("standby: waiting for the lease").count(), 1, "the standby says it waits once, not at every poll");
 
     // A workload: one row per transaction, every few ms; ids whose commit returned are recorded.
     let committed = Arc::new(Mutex::new(Vec::<i32>::new()));

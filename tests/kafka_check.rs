@@ -52,10 +52,12 @@ async fn check_reports_brokers_and_topics() {
     assert!(out.stdout.contains(&format!("fix: create topic {topic_a}, or set sinks.kafka.create_topics = true")), "{out}");
 
     // One of them created: only the other fails.
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().expect("admin client");
     let results = admin
-        .create_topics(&[NewTopic::new(&topic_a, 1, TopicReplication::Fixed(1))], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            &[NewTopic::new(&topic_a, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .expect("create topics");
     assert!(results.iter().all(Result::is_ok), "{results:?}");

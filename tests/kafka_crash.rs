@@ -70,10 +70,7 @@ async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_change_id() {
 
     let workload = Workload::start(&db, seed, transaction).await;
 
-    let extra = format!(
-        "[pipeline]\nbatch_max_changes = 256\n\n{}",
-        kafka_section(&bootstrap, &prefix, "topic_partitions = 3\n")
-    );
+    let extra = format!("[pipeline]\nbatch_max_changes = 256\n\n{}", kafka_section(&bootstrap, &prefix, "topic_partitions = 3\n"));
     let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });
     let started = Instant::now();
     for _ in 0..KILLS {
@@ -105,10 +102,8 @@ async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_change_id() {
             let mut c = Collector::group(&bootstrap, &refs);
             // Not asserted here: the per-transaction check below says what is missing.
             c.poll_until(Duration::from_secs(60), |recs| {
-                let distinct: HashSet<(String, u64, String)> = recs
-                    .iter()
-                    .filter_map(|r| Some((r.topic.clone(), r.source("lsn")?.as_u64()?, r.key.as_ref()?.to_string())))
-                    .collect();
+                let distinct: HashSet<(String, u64, String)> =
+                    recs.iter().filter_map(|r| Some((r.topic.clone(), r.source("lsn")?.as_u64()?, r.key.as_ref()?.to_string()))).collect();
                 distinct.len() >= total
             });
             c.poll_for(Duration::from_secs(1));
@@ -168,8 +163,7 @@ async fn sigkill_ten_times_loses_nothing_and_duplicates_drop_by_change_id() {
             let v: Value = serde_json::from_str(r.get::<_, &str>(0)).expect("json");
             actual.insert(json!({"id": v["id"]}).to_string(), v);
         }
-        let replayed: BTreeMap<&String, &Value> =
-            state.iter().filter_map(|((t, k), v)| (t == topic).then_some((k, v.as_ref()?))).collect();
+        let replayed: BTreeMap<&String, &Value> = state.iter().filter_map(|((t, k), v)| (t == topic).then_some((k, v.as_ref()?))).collect();
         for (k, v) in &actual {
             match replayed.get(k) {
                 None => mismatches.push(format!("{table} {k}: in the table, not on the topic (lost): {v}")),

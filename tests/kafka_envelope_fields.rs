@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kafka_support::*;
 use serde_json::Value;
-use walcast::decode::{Change, Column, Datum, Op, OldTuple, OldTupleKind, Relation, ReplicaIdentity, TruncateOptions};
+use walcast::decode::{Change, Column, Datum, OldTuple, OldTupleKind, Op, Relation, ReplicaIdentity, TruncateOptions};
 use walcast::lsn::Lsn;
 use walcast::sink::kafka::envelope::{
     split_key_change, transaction_id, write_value, Event, EventOp, SnapshotMarker, SourceStatic, TxBlock,
@@ -101,11 +101,14 @@ fn the_checker_rejects_missing_renamed_and_mistyped_fields() {
     type Mutation = Box<dyn Fn(&mut Value)>;
     let mutations: Vec<(&str, Mutation)> = vec![
         ("missing source.xmin", Box::new(|v| drop(v["source"].as_object_mut().map(|m| m.remove("xmin"))))),
-        ("renamed txId", Box::new(|v| {
-            let m = v["source"].as_object_mut().expect("object");
-            let x = m.remove("txId").expect("txId");
-            m.insert("txid".into(), x);
-        })),
+        (
+            "renamed txId",
+            Box::new(|v| {
+                let m = v["source"].as_object_mut().expect("object");
+                let x = m.remove("txId").expect("txId");
+                m.insert("txid".into(), x);
+            }),
+        ),
         ("lsn as string", Box::new(|v| v["source"]["lsn"] = Value::String("0/16E7F10".into()))),
         ("sequence as array", Box::new(|v| v["source"]["sequence"] = serde_json::json!(["1", "2"]))),
         ("snapshot as bool", Box::new(|v| v["source"]["snapshot"] = Value::Bool(false))),

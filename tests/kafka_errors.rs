@@ -77,11 +77,8 @@ async fn too_large_and_missing_topic_go_to_the_dead_letter_file() {
     assert_eq!(sink.dead_letters(), 2);
     assert_eq!(counter.load(std::sync::atomic::Ordering::Relaxed), 2);
 
-    let lines: Vec<Value> = std::fs::read_to_string(&dead)
-        .expect("dead-letter file")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&dead).expect("dead-letter file").lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["key"], serde_json::json!({"id": 2}));
     assert_eq!(lines[0]["topic"], "mock.public.t");

@@ -56,7 +56,9 @@ async fn acct_row(sql: &tokio_postgres::Client, id: i32) -> Value {
 async fn item_row(sql: &tokio_postgres::Client, sku: &str) -> Value {
     let text = query_text(
         sql,
-        &format!("SELECT jsonb_build_object('sku', sku, 'shop', shop, 'qty', qty, 'tags', to_jsonb(tags))::text FROM item WHERE sku = '{sku}'"),
+        &format!(
+            "SELECT jsonb_build_object('sku', sku, 'shop', shop, 'qty', qty, 'tags', to_jsonb(tags))::text FROM item WHERE sku = '{sku}'"
+        ),
     )
     .await
     .unwrap_or_else(|| panic!("item {sku} missing"));
@@ -65,9 +67,7 @@ async fn item_row(sql: &tokio_postgres::Client, sku: &str) -> Value {
 
 /// Run one transaction; returns its txid.
 async fn tx(sql: &tokio_postgres::Client, body: &str) -> i64 {
-    let txid = query_text(sql, &format!("BEGIN; {body}; SELECT txid_current()::text; COMMIT"))
-        .await
-        .expect("txid");
+    let txid = query_text(sql, &format!("BEGIN; {body}; SELECT txid_current()::text; COMMIT")).await.expect("txid");
     txid.parse().expect("number")
 }
 
@@ -178,7 +178,11 @@ async fn every_operation_lands_on_its_topic_as_a_debezium_envelope() {
     item.push(exp("t", Value::Null, Value::Null, Value::Null, t));
 
     // T9: one transaction over both tables.
-    let t = tx(&sql, "INSERT INTO item VALUES ('c', 3, 1, NULL); UPDATE acct SET balance = 0 WHERE id = 20; INSERT INTO item VALUES ('d', 4, 2, '{q}')").await;
+    let t = tx(
+        &sql,
+        "INSERT INTO item VALUES ('c', 3, 1, NULL); UPDATE acct SET balance = 0 WHERE id = 20; INSERT INTO item VALUES ('d', 4, 2, '{q}')",
+    )
+    .await;
     txids.push(t);
     for sku in ["c", "d"] {
         let row = item_row(&sql, sku).await;
@@ -229,7 +233,9 @@ async fn every_operation_lands_on_its_topic_as_a_debezium_envelope() {
                 None => panic!("{topic}: no record with key {} (expected #{i} {e:?})", e.key),
             };
             let at = cursor.entry(partition).or_insert(0);
-            let r = by_partition[&partition].get(*at).unwrap_or_else(|| panic!("{topic}: partition {partition} ends before expected #{i} {e:?}"));
+            let r = by_partition[&partition]
+                .get(*at)
+                .unwrap_or_else(|| panic!("{topic}: partition {partition} ends before expected #{i} {e:?}"));
             *at += 1;
             let what = format!("{topic} #{i} ({} {})", e.op, e.key);
             assert_json_eq(&e.key, r.key.as_ref().unwrap_or(&Value::Null), &format!("{what}: key"));
@@ -281,7 +287,8 @@ async fn every_operation_lands_on_its_topic_as_a_debezium_envelope() {
     }
 
     // The key change carries Debezium's key headers.
-    let d3 = collector.topic(&acct_topic).into_iter().find(|r| r.key == Some(json!({"id": 3})) && r.op() == Some("d")).expect("delete of 3");
+    let d3 =
+        collector.topic(&acct_topic).into_iter().find(|r| r.key == Some(json!({"id": 3})) && r.op() == Some("d")).expect("delete of 3");
     let newkey = d3.headers.get("__debezium.newkey").unwrap_or_else(|| panic!("no __debezium.newkey header: {d3:?}"));
     assert_eq!(serde_json::from_str::<Value>(newkey).expect("json"), json!({"id": 20}));
 
@@ -290,7 +297,10 @@ async fn every_operation_lands_on_its_topic_as_a_debezium_envelope() {
     assert_eq!(txs.len(), n_tx, "{txs:#?}");
     let data: Vec<&KRec> = collector.records.iter().filter(|r| r.topic != tx_topic && r.value.is_some()).collect();
     for txid in &txids {
-        let mine: Vec<&&KRec> = txs.iter().filter(|r| r.value.as_ref().is_some_and(|v| v["id"].as_str().is_some_and(|id| id.starts_with(&format!("{txid}:"))))).collect();
+        let mine: Vec<&&KRec> = txs
+            .iter()
+            .filter(|r| r.value.as_ref().is_some_and(|v| v["id"].as_str().is_some_and(|id| id.starts_with(&format!("{txid}:")))))
+            .collect();
         assert_eq!(mine.len(), 2, "transaction {txid}: {mine:#?}");
         let (begin, end) = (mine[0].value.as_ref().expect("begin"), mine[1].value.as_ref().expect("end"));
         assert_eq!(begin["status"], "BEGIN");
@@ -311,7 +321,8 @@ async fn every_operation_lands_on_its_topic_as_a_debezium_envelope() {
             .collect();
         assert_eq!(listed, per_table, "transaction {txid}: {end}");
         // total_order runs 1..n over the transaction's events.
-        let mut orders: Vec<u64> = events.iter().map(|r| r.value.as_ref().expect("v")["transaction"]["total_order"].as_u64().expect("order")).collect();
+        let mut orders: Vec<u64> =
+            events.iter().map(|r| r.value.as_ref().expect("v")["transaction"]["total_order"].as_u64().expect("order")).collect();
         orders.sort_unstable();
         assert_eq!(orders, (1..=events.len() as u64).collect::<Vec<_>>(), "transaction {txid}");
     }
@@ -328,7 +339,11 @@ async fn snapshot_rows_are_read_events() {
     let bootstrap = bootstrap();
     let db = TestDb::create("kafka_snap").await;
     let sql = db.client().await;
-    exec(&sql, "CREATE TABLE acct (id int PRIMARY KEY, balance int8 NOT NULL); INSERT INTO acct SELECT g, g * 10 FROM generate_series(1, 50) g").await;
+    exec(
+        &sql,
+        "CREATE TABLE acct (id int PRIMARY KEY, balance int8 NOT NULL); INSERT INTO acct SELECT g, g * 10 FROM generate_series(1, 50) g",
+    )
+    .await;
     db.create_publication(&["acct"]).await;
     let prefix = db.name.clone();
     let (topic, tx_topic) = (format!("{prefix}.public.acct"), format!("{prefix}.transaction"));

@@ -24,20 +24,14 @@ async fn ten_thousand_updates_keep_per_key_order() {
     db.create_slot().await;
     let prefix = db.name.clone();
     let topic = format!("{prefix}.public.ord");
-    let extra = format!(
-        "[pipeline]\nbatch_max_changes = 512\n\n{}",
-        kafka_section(&bootstrap, &prefix, "topic_partitions = 4\nlinger_ms = 2\n")
-    );
+    let extra =
+        format!("[pipeline]\nbatch_max_changes = 512\n\n{}", kafka_section(&bootstrap, &prefix, "topic_partitions = 4\nlinger_ms = 2\n"));
     let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });
     wc.start();
 
     exec(&sql, &format!("INSERT INTO ord SELECT g, 0 FROM generate_series(0, {}) g", KEYS - 1)).await;
     let started = Instant::now();
-    exec(
-        &sql,
-        &format!("DO $$ BEGIN FOR i IN 1..{UPDATES} LOOP UPDATE ord SET v = i WHERE id = i % {KEYS}; END LOOP; END $$"),
-    )
-    .await;
+    exec(&sql, &format!("DO $$ BEGIN FOR i IN 1..{UPDATES} LOOP UPDATE ord SET v = i WHERE id = i % {KEYS}; END LOOP; END $$")).await;
 
     let total = (KEYS + UPDATES) as usize;
     let collector = tokio::task::spawn_blocking({

@@ -105,7 +105,13 @@ async fn broker_paused_40s_recovers_without_a_restart() {
         });
         let got: BTreeSet<i64> = consumer.records.iter().filter_map(|r| r.key.as_ref()?["id"].as_i64()).collect();
         let missing: Vec<&i64> = ids.difference(&got).collect();
-        assert!(found, "{} of {} committed rows are not on the topic, e.g. {:?}", missing.len(), ids.len(), &missing[..missing.len().min(20)]);
+        assert!(
+            found,
+            "{} of {} committed rows are not on the topic, e.g. {:?}",
+            missing.len(),
+            ids.len(),
+            &missing[..missing.len().min(20)]
+        );
     });
     for r in &consumer.records {
         let v = r.value.as_ref().expect("inserts only");

@@ -83,12 +83,8 @@ async fn prometheus_sees_lag_rise_under_load_and_fall_when_idle() {
     let idle_seconds = wait_value(&prom, "walcast_replication_lag_seconds", |v| v == 0.0, Duration::from_secs(15)).await;
     // In Prometheus's own data: a scrape above the threshold, and a scrape near 0 after it.
     let series = prom.query("walcast_replication_lag_bytes[2m]");
-    let values: Vec<f64> = series[0]["values"]
-        .as_array()
-        .expect("a range vector")
-        .iter()
-        .filter_map(|p| p[1].as_str()?.parse().ok())
-        .collect();
+    let values: Vec<f64> =
+        series[0]["values"].as_array().expect("a range vector").iter().filter_map(|p| p[1].as_str()?.parse().ok()).collect();
     let peak_at = values.iter().position(|&v| v > RISE_BYTES).expect("a scrape above the threshold");
     assert!(values[peak_at..].iter().any(|&v| v < IDLE_BYTES), "no scrape near 0 after the peak: {values:?}");
 

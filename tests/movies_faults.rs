@@ -146,7 +146,10 @@ async fn sigkill_during_snapshot_resumes() {
     assert!(state["status"] == "loading" && film_work["done"] != json!(true) && rows_at_kill < 999, "{state}");
     let after: String = film_work["after"][0].as_str().expect("resume key").to_string();
     let indexed = fetch_all(&es_url, &index).await.len();
-    eprintln!("killed during the snapshot: progress seen {}, at kill {rows_at_kill} rows (after {after}), {indexed} documents indexed", seen["tables"]);
+    eprintln!(
+        "killed during the snapshot: progress seen {}, at kill {rows_at_kill} rows (after {after}), {indexed} documents indexed",
+        seen["tables"]
+    );
 
     // While it is down: a person of many films renamed, a film already loaded and a film not
     // yet loaded deleted.
@@ -367,7 +370,11 @@ async fn link_table_without_full_identity() {
     let status = wc.wait_exit(Duration::from_secs(60)).await;
     assert_eq!(status.code(), Some(3), "a setup problem exits 3\n{}", wc.log_tail(30));
     let log = std::fs::read_to_string(&wc.log_path).expect("log");
-    assert!(log.contains(fix) && log.contains("a DELETE on content.person_film_work does not carry \"film_work_id\""), "{}", wc.log_tail(30));
+    assert!(
+        log.contains(fix) && log.contains("a DELETE on content.person_film_work does not carry \"film_work_id\""),
+        "{}",
+        wc.log_tail(30)
+    );
     assert!(db.slot_state(&db.slot).await.is_none(), "no slot may be created before the refusal");
     let check = walcast_cmd(&["check", "--config", &config]).await;
     assert_eq!(check.code, Some(3), "{check}");
@@ -385,12 +392,15 @@ async fn link_table_without_full_identity() {
     // The identity is lost while streaming: a link DELETE can no longer name its film.
     exec(&sql, "ALTER TABLE content.person_film_work REPLICA IDENTITY DEFAULT").await;
     let film = sql_text(&sql, "SELECT film_work_id::text FROM content.person_film_work ORDER BY id LIMIT 1").await;
-    let link = sql_text(&sql, &format!("SELECT id::text FROM content.person_film_work WHERE film_work_id = '{film}' ORDER BY id LIMIT 1")).await;
+    let link =
+        sql_text(&sql, &format!("SELECT id::text FROM content.person_film_work WHERE film_work_id = '{film}' ORDER BY id LIMIT 1")).await;
     exec(&sql, &format!("DELETE FROM content.person_film_work WHERE id = '{link}'")).await;
     let good = before.keys().find(|id| **id != film).expect("another film").clone();
     exec(&sql, &format!("UPDATE content.film_work SET title = title || ' (after the poison change)' WHERE id = '{good}'")).await;
     Es::new(&es_url)
-        .wait_doc(&index, &good, CONVERGE, |d| d.is_some_and(|d| d["title"].as_str().is_some_and(|t| t.ends_with("(after the poison change)"))))
+        .wait_doc(&index, &good, CONVERGE, |d| {
+            d.is_some_and(|d| d["title"].as_str().is_some_and(|t| t.ends_with("(after the poison change)")))
+        })
         .await;
     let letters_file = state_dir(&wc).join("dead-letters-elasticsearch.jsonl");
     let letters: Vec<Value> = std::fs::read_to_string(&letters_file)
@@ -498,7 +508,10 @@ async fn commit_not_yet_visible_is_not_indexed_stale() {
         during = es.doc_with_version(&index, &film).await.expect("document");
     }
     drop(standby);
-    tokio::time::timeout(Duration::from_secs(20), update).await.expect("the commit returns once the standby is not required").expect("join");
+    tokio::time::timeout(Duration::from_secs(20), update)
+        .await
+        .expect("the commit returns once the standby is not required")
+        .expect("join");
     let visible = sql_text(&db.client().await, &format!("SELECT title FROM content.film_work WHERE id = '{film}'")).await;
     assert_eq!(visible, "Seen late");
     eprintln!(

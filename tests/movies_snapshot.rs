@@ -135,7 +135,11 @@ async fn on_demand_snapshot_repairs_and_never_rolls_back() {
     let deadline = Instant::now() + LOAD_WAIT;
     while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("snapshot started") {
         assert!(Instant::now() < deadline, "walcast snapshot did not start\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
-        assert!(snapshot.try_wait().expect("try_wait").is_none(), "walcast snapshot exited early\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        assert!(
+            snapshot.try_wait().expect("try_wait").is_none(),
+            "walcast snapshot exited early\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (last, second_last) = (ids[ids.len() - 1].clone(), ids[ids.len() - 2].clone());
@@ -150,7 +154,9 @@ async fn on_demand_snapshot_repairs_and_never_rolls_back() {
     // The streamed change is visible while the snapshot still runs (so its later write of that
     // film is the older one).
     let streamed = es
-        .wait_doc(&index, &last, Duration::from_secs(20), |d| d.is_some_and(|d| d["title"].as_str().is_some_and(|t| t.ends_with("(during)"))))
+        .wait_doc(&index, &last, Duration::from_secs(20), |d| {
+            d.is_some_and(|d| d["title"].as_str().is_some_and(|t| t.ends_with("(during)")))
+        })
         .await;
     assert!(streamed.is_some());
     let snapshot_still_running = snapshot.try_wait().expect("try_wait").is_none();
@@ -170,11 +176,9 @@ async fn on_demand_snapshot_repairs_and_never_rolls_back() {
 
     // The temporary slot went away with the snapshot's session.
     let admin = db.admin().await;
-    let leftovers = sql_text(
-        &admin,
-        &format!("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name LIKE '{}\\_snapshot\\_%'", db.slot),
-    )
-    .await;
+    let leftovers =
+        sql_text(&admin, &format!("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name LIKE '{}\\_snapshot\\_%'", db.slot))
+            .await;
     assert_eq!(leftovers, "0", "the on-demand snapshot's temporary slot is dropped");
 
     let stale: usize = snapshot_log

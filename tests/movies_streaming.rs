@@ -46,14 +46,20 @@ async fn case(
     let committed = Instant::now();
     let changed = changed_ids(before, &after);
     assert!(!changed.is_empty(), "{name}: the edit changes no document");
-    let wanted: BTreeMap<String, Value> = after.iter().filter(|(id, _)| changed.contains(id)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let wanted: BTreeMap<String, Value> =
+        after.iter().filter(|(id, _)| changed.contains(id)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let latency = loop {
         let got = fetch_ids(es_url, index, &changed).await;
         if diff(&wanted, &got).is_empty() {
             break committed.elapsed();
         }
         if committed.elapsed() > CASE_WAIT {
-            panic!("{name}: the {} changed documents are not as expected after {CASE_WAIT:?}:\n{}\n{}", changed.len(), diff(&wanted, &got).join("\n"), wc.log_tail(40));
+            panic!(
+                "{name}: the {} changed documents are not as expected after {CASE_WAIT:?}:\n{}\n{}",
+                changed.len(),
+                diff(&wanted, &got).join("\n"),
+                wc.log_tail(40)
+            );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
@@ -99,8 +105,11 @@ async fn admin_edits_stream_into_the_documents() {
         "SELECT person_id::text FROM content.person_film_work GROUP BY person_id ORDER BY count(DISTINCT film_work_id) DESC, person_id LIMIT 1",
     )
     .await;
-    let films = sql_text(&sql, &format!("SELECT count(DISTINCT film_work_id)::text FROM content.person_film_work WHERE person_id = '{person}'")).await;
-    let changed = cases.run("rename", &format!("UPDATE content.person SET full_name = full_name || ' Renamed' WHERE id = '{person}';")).await;
+    let films =
+        sql_text(&sql, &format!("SELECT count(DISTINCT film_work_id)::text FROM content.person_film_work WHERE person_id = '{person}'"))
+            .await;
+    let changed =
+        cases.run("rename", &format!("UPDATE content.person SET full_name = full_name || ' Renamed' WHERE id = '{person}';")).await;
     assert_eq!(changed.len().to_string(), films, "rename: every film listing the person changes");
     assert!(changed.len() > 1, "rename: the person is in several films");
 
@@ -113,11 +122,18 @@ async fn admin_edits_stream_into_the_documents() {
     )
     .await;
     let (film, genre) = pair.split_once(' ').expect("film and genre");
-    let changed = cases.run("add_genre", &format!("INSERT INTO content.genre_film_work (id, film_work_id, genre_id) VALUES (gen_random_uuid(), '{film}', '{genre}');")).await;
+    let changed = cases
+        .run(
+            "add_genre",
+            &format!("INSERT INTO content.genre_film_work (id, film_work_id, genre_id) VALUES (gen_random_uuid(), '{film}', '{genre}');"),
+        )
+        .await;
     assert_eq!(changed, vec![film.to_string()], "add_genre: only that film");
 
     // The genre of the most films, renamed: a large fan-out.
-    let genre = sql_text(&sql, "SELECT genre_id::text FROM content.genre_film_work GROUP BY genre_id ORDER BY count(*) DESC, genre_id LIMIT 1").await;
+    let genre =
+        sql_text(&sql, "SELECT genre_id::text FROM content.genre_film_work GROUP BY genre_id ORDER BY count(*) DESC, genre_id LIMIT 1")
+            .await;
     let changed = cases.run("rename_genre", &format!("UPDATE content.genre SET name = name || ' Renamed' WHERE id = '{genre}';")).await;
     assert!(changed.len() > 100, "rename_genre: {} films", changed.len());
     let genre_films = changed.len();
@@ -134,7 +150,9 @@ async fn admin_edits_stream_into_the_documents() {
         "SELECT film_work_id::text FROM content.person_film_work WHERE role = 'director' GROUP BY film_work_id HAVING count(*) = 1 ORDER BY 1 LIMIT 1",
     )
     .await;
-    let changed = cases.run("lose_director", &format!("DELETE FROM content.person_film_work WHERE film_work_id = '{film}' AND role = 'director';")).await;
+    let changed = cases
+        .run("lose_director", &format!("DELETE FROM content.person_film_work WHERE film_work_id = '{film}' AND role = 'director';"))
+        .await;
     assert_eq!(changed, vec![film.clone()]);
     assert_eq!((&cases.docs[&film]["directors"], &cases.docs[&film]["directors_names"]), (&json!([]), &json!([])));
     let got = fetch_ids(&es_url, &index, std::slice::from_ref(&film)).await;
@@ -156,7 +174,10 @@ async fn admin_edits_stream_into_the_documents() {
     let film = sql_text(&sql, "SELECT film_work_id::text FROM content.person_film_work ORDER BY film_work_id DESC LIMIT 1").await;
     let changed = cases.run("delete_film", &format!("DELETE FROM content.film_work WHERE id = '{film}';")).await;
     assert_eq!(changed, vec![film.clone()]);
-    assert!(!cases.docs.contains_key(&film) && fetch_ids(&es_url, &index, std::slice::from_ref(&film)).await.is_empty(), "its document is gone");
+    assert!(
+        !cases.docs.contains_key(&film) && fetch_ids(&es_url, &index, std::slice::from_ref(&film)).await.is_empty(),
+        "its document is gone"
+    );
 
     // A new film with its genres and people (one of them new) in one transaction.
     let film = "00000000-0000-4000-8000-00000000f11a";
@@ -177,7 +198,11 @@ async fn admin_edits_stream_into_the_documents() {
     let log = std::fs::read_to_string(&wc.log_path).expect("log");
     assert!(!log.contains("dead letter"), "no document may be rejected\n{}", wc.log_tail(40));
     let summary: Vec<String> = cases.latencies.iter().map(|(n, d)| format!("{n}={}", d.as_millis())).collect();
-    eprintln!("movies streaming latency ms: {} (rename_genre rebuilt {genre_films} films; {} documents at the end)", summary.join(", "), cases.docs.len());
+    eprintln!(
+        "movies streaming latency ms: {} (rename_genre rebuilt {genre_films} films; {} documents at the end)",
+        summary.join(", "),
+        cases.docs.len()
+    );
 
     wc.stop().await;
     db.drop().await;

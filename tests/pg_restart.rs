@@ -15,12 +15,7 @@ use support::*;
 
 /// Ids of the inserted rows in some lines.
 fn ids(lines: &[Value]) -> BTreeSet<i32> {
-    lines
-        .iter()
-        .filter(|l| l["op"] == "insert")
-        .filter_map(|l| l["after"]["id"].as_i64())
-        .map(|i| i32::try_from(i).expect("id"))
-        .collect()
+    lines.iter().filter(|l| l["op"] == "insert").filter_map(|l| l["after"]["id"].as_i64()).map(|i| i32::try_from(i).expect("id")).collect()
 }
 
 struct Workload {
@@ -121,13 +116,8 @@ async fn every_committed_row_survives_postgres_restarts() {
     // Rows that are in the table are the ground truth of what committed (including any commit
     // whose acknowledgement was lost in an outage).
     let sql = db.client().await;
-    let in_table: BTreeSet<i32> = sql
-        .query("SELECT id FROM seq_rows", &[])
-        .await
-        .expect("query")
-        .iter()
-        .map(|r| r.get::<_, i32>(0))
-        .collect();
+    let in_table: BTreeSet<i32> =
+        sql.query("SELECT id FROM seq_rows", &[]).await.expect("query").iter().map(|r| r.get::<_, i32>(0)).collect();
     let lines = wc.lines().to_vec();
     let streamed = ids(&lines);
     let missing_committed: Vec<i32> = committed.iter().copied().filter(|i| !streamed.contains(i)).collect();

@@ -71,7 +71,8 @@ async fn sigterm_during_a_snapshot_into_a_stuck_sink_ends_within_the_timeout() {
     db.create_publication(&["t"]).await;
     // Small snapshot chunks (the config then holds its own [snapshot] section).
     let state = tempfile::tempdir().expect("tempdir");
-    let opts = stuck_es_config(&url, &format!("\n[snapshot]\nstate_dir = {}\nchunk_rows = 10\n", toml_str(&state.path().to_string_lossy())));
+    let opts =
+        stuck_es_config(&url, &format!("\n[snapshot]\nstate_dir = {}\nchunk_rows = 10\n", toml_str(&state.path().to_string_lossy())));
     let mut wc = Walcast::with_options(&db, &opts);
     wc.start();
     wc.wait_log("snapshot table started", WAIT).await;

@@ -52,7 +52,10 @@ async fn drop_streaming_slot(admin: &tokio_postgres::Client, slot: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let _ = admin
-            .execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", &[&slot])
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                &[&slot],
+            )
             .await;
         if admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.is_ok() {
             return;
@@ -177,7 +180,10 @@ async fn dropped_publication_is_explained_and_resync_recovers() {
     let status = wc.wait_exit(WAIT).await;
     assert_eq!(status.code(), Some(3), "{}", wc.log_tail(30));
     let log = wc.log_tail(40);
-    assert!(log.contains("was dropped") && log.contains("walcast resync"), "the error must say what happened and the fix that works:\n{log}");
+    assert!(
+        log.contains("was dropped") && log.contains("walcast resync"),
+        "the error must say what happened and the fix that works:\n{log}"
+    );
 
     // Restarting (walcast would create the publication again) must not loop on the same error.
     wc.start();
@@ -216,7 +222,10 @@ async fn run_streams_exactly_the_configured_tables_or_refuses() {
     assert!(db.slot_state(&db.slot).await.is_none(), "no slot is left behind by a refused start");
     // The fix walcast prints works when pasted.
     let log = wc.log_tail(10);
-    let fix = log.lines().find_map(|l| l.split_once("make them agree: ").map(|(_, f)| f.to_string())).unwrap_or_else(|| panic!("no fix in:\n{log}"));
+    let fix = log
+        .lines()
+        .find_map(|l| l.split_once("make them agree: ").map(|(_, f)| f.to_string()))
+        .unwrap_or_else(|| panic!("no fix in:\n{log}"));
     let sql_fix = fix.split(" (then").next().expect("fix SQL");
     exec(&sql, sql_fix).await;
     let check = walcast_cmd(&["check", "--config", &config]).await;
@@ -277,7 +286,12 @@ async fn check_finds_what_run_would_fail_on_before_any_slot_exists() {
     assert_eq!(wc.wait_exit(WAIT).await.code(), Some(3), "{}", wc.log_tail(20));
     assert!(db.slot_state(&db.slot).await.is_none(), "no slot is left behind");
     // The printed fix works when pasted (as the owner), and then check passes.
-    let fix = check.stdout.lines().find_map(|l| l.trim().strip_prefix("fix: as the tables' owner or a superuser: ")).expect("fix line").to_string();
+    let fix = check
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("fix: as the tables' owner or a superuser: "))
+        .expect("fix line")
+        .to_string();
     exec(&sql, &fix).await;
     let check = walcast_cmd(&["check", "--config", &config]).await;
     assert_eq!(check.code, Some(0), "{check}");
@@ -305,7 +319,8 @@ async fn check_finds_what_run_would_fail_on_before_any_slot_exists() {
     let mut wc = Walcast::new(&db);
     let text = std::fs::read_to_string(&wc.config_path).expect("config");
     let out = toml_str(&wc.out_path.to_string_lossy());
-    std::fs::write(&wc.config_path, text.replace(&format!("path = {out}"), "path = \"/proc/walcast-no-such-dir/changes.jsonl\"")).expect("config");
+    std::fs::write(&wc.config_path, text.replace(&format!("path = {out}"), "path = \"/proc/walcast-no-such-dir/changes.jsonl\""))
+        .expect("config");
     let config = wc.config_path.to_string_lossy().into_owned();
     let check = walcast_cmd(&["check", "--config", &config]).await;
     assert_eq!(check.code, Some(3), "{check}");
@@ -363,6 +378,10 @@ async fn a_lost_slot_is_refused_and_resync_recovers() {
     wc.start();
     exec(&sql, "INSERT INTO t VALUES (1000, 'marker')").await;
     wc.wait_for("the marker row", WAIT, |l| l["after"]["id"] == 1000).await;
-    assert_eq!(applied(&wc.lines().to_vec()), table_rows(&sql).await, "after the re-sync the sink equals the table (row 5 deleted while the slot was lost)");
+    assert_eq!(
+        applied(wc.lines()),
+        table_rows(&sql).await,
+        "after the re-sync the sink equals the table (row 5 deleted while the slot was lost)"
+    );
     wc.stop().await;
 }

@@ -163,10 +163,9 @@ async fn mode_never_streams_only_and_on_demand_loads_one_table() {
 
     // `walcast snapshot --table` beside the running stream, into its own output file.
     let out = state.path().join("snapshot.jsonl");
-    let config = std::fs::read_to_string(&wc.config_path).expect("config").replace(
-        &toml_str(&wc.out_path.to_string_lossy()),
-        &toml_str(&out.to_string_lossy()),
-    );
+    let config = std::fs::read_to_string(&wc.config_path)
+        .expect("config")
+        .replace(&toml_str(&wc.out_path.to_string_lossy()), &toml_str(&out.to_string_lossy()));
     let config_path = state.path().join("snapshot.toml");
     std::fs::write(&config_path, config).expect("write config");
     let run = walcast_cmd(&["snapshot", "--config", &config_path.to_string_lossy(), "--table", "public.t"]).await;
@@ -175,7 +174,8 @@ async fn mode_never_streams_only_and_on_demand_loads_one_table() {
     let read: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(read.len(), 1001);
     assert!(read.iter().all(|l| l["op"] == "read"));
-    let temp_slots = query_text(&sql, &format!("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name LIKE '{}_snapshot_%'", db.slot)).await;
+    let temp_slots =
+        query_text(&sql, &format!("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name LIKE '{}_snapshot_%'", db.slot)).await;
     assert_eq!(temp_slots.as_deref(), Some("0"), "the temporary slot is gone");
     // The stream went on meanwhile.
     exec(&sql, "INSERT INTO t VALUES (1002, 'after')").await;
@@ -237,6 +237,9 @@ async fn resumed_snapshot_rows_deduplicate_by_change_id() {
     expected.assert_nopk(nopk.iter().filter(|l| l["commit_ts"] == last_load).map(|l| &l["after"]));
     // The streamed transaction: three changes, each kept.
     assert_eq!(kept.iter().filter(|l| l["op"] == "insert").count(), 3);
-    eprintln!("snapshot ids: {kills} kills, {} lines, {dropped} dropped as duplicates ({resent} caught in flight at the kills)", lines.len());
+    eprintln!(
+        "snapshot ids: {kills} kills, {} lines, {dropped} dropped as duplicates ({resent} caught in flight at the kills)",
+        lines.len()
+    );
     db.drop().await;
 }

@@ -182,7 +182,8 @@ async fn table_snapshot_beside_deletes(es_url: &str, test: &str) {
     let (config, out, log) = (dir.path().join("snapshot.toml"), dir.path().join("snapshot.jsonl"), dir.path().join("snapshot.log"));
     let state = dir.path().join("state").to_string_lossy().into_owned();
     let extra = format!("{}\n[snapshot]\nchunk_rows = 50\nstate_dir = {}\n", es_section(es_url, &rule), toml_str(&state));
-    std::fs::write(&config, config_toml(&db.url, &db.slot, &db.publication, &out, &Options { extra, ..Options::default() })).expect("config");
+    std::fs::write(&config, config_toml(&db.url, &db.slot, &db.publication, &out, &Options { extra, ..Options::default() }))
+        .expect("config");
     let mut snapshot = spawn_snapshot(&["--table", "public.items"], &config, &log);
     wait_started(&mut snapshot, &log).await;
 
@@ -232,7 +233,8 @@ async fn table_snapshot_beside_deletes(es_url: &str, test: &str) {
 
     // The snapshot's JSON lines: every row read at P, then the recheck's deletes at a later
     // point (with the row as it was read).
-    let lines: Vec<Value> = std::fs::read_to_string(&out).expect("snapshot output").lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&out).expect("snapshot output").lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     let (reads, removals): (Vec<&Value>, Vec<&Value>) = lines.iter().partition(|l| l["op"] == "read");
     assert_eq!(reads.len(), 5000, "every row read once");
     assert_eq!(removals.len() as u64, rechecked, "one delete line per rechecked row");
@@ -254,7 +256,12 @@ async fn table_snapshot_beside_deletes(es_url: &str, test: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = |what: &str| {
-        snapshot_log.lines().find(|l| l.contains(what)).and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("elapsed_ms="))).unwrap_or("?").to_string()
+        snapshot_log
+            .lines()
+            .find(|l| l.contains(what))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("elapsed_ms=")))
+            .unwrap_or("?")
+            .to_string()
     };
     eprintln!(
         "{test}: {deleted} rows deleted while the snapshot ran; its recheck deleted {rechecked}; load {} ms, recheck {} ms",

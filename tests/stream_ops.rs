@@ -127,14 +127,23 @@ async fn every_operation_arrives_in_commit_order() {
     // T4 / T5 interleaved on two connections; B commits first, so B's changes come first.
     let a = db.client().await;
     let b = db.client().await;
-    exec(&a, "BEGIN; INSERT INTO public.orders (customer_id, amount, placed, note) VALUES (3, 5, '2024-03-02 23:59:59.999999+00', 'second')").await;
+    exec(
+        &a,
+        "BEGIN; INSERT INTO public.orders (customer_id, amount, placed, note) VALUES (3, 5, '2024-03-02 23:59:59.999999+00', 'second')",
+    )
+    .await;
     exec(&b, "BEGIN; INSERT INTO shop.items VALUES ('sku-2', 2, 1, 99.99, '{}')").await;
     exec(&a, "UPDATE public.orders SET note = 'second, edited' WHERE id = 2").await;
     exec(&b, "DELETE FROM shop.items WHERE sku = 'sku-1'").await;
     exec(&b, "COMMIT").await;
     exec(&a, "INSERT INTO public.customers VALUES (4, 'Zoë \"Z\" O''Brien', NULL, '2000-02-29', false); COMMIT").await;
     expected.push(vec![
-        insert("shop", "items", json!({"sku": "sku-2", "warehouse": 2}), json!({"sku": "sku-2", "warehouse": 2, "qty": 1, "price": 99.99, "tags": []})),
+        insert(
+            "shop",
+            "items",
+            json!({"sku": "sku-2", "warehouse": 2}),
+            json!({"sku": "sku-2", "warehouse": 2, "qty": 1, "price": 99.99, "tags": []}),
+        ),
         delete("shop", "items", json!({"sku": "sku-1", "warehouse": 1})),
     ]);
     let order2 = json!({"id": 2, "customer_id": 3, "amount": "5.00", "placed": "2024-03-02T23:59:59.999999Z", "note": "second"});
@@ -184,7 +193,12 @@ async fn every_operation_arrives_in_commit_order() {
         assert!(line["commit_ts"].as_str().is_some_and(is_commit_ts), "line {i}: commit_ts: {line}");
     }
     let txs = transactions(&lines);
-    assert_eq!(txs.len(), expected.len(), "transactions: {:#?}", txs.iter().map(|t| t.iter().map(change_part).collect::<Vec<_>>()).collect::<Vec<_>>());
+    assert_eq!(
+        txs.len(),
+        expected.len(),
+        "transactions: {:#?}",
+        txs.iter().map(|t| t.iter().map(change_part).collect::<Vec<_>>()).collect::<Vec<_>>()
+    );
     for (n, (tx, want)) in txs.iter().zip(&expected).enumerate() {
         let mut got: Vec<Value> = tx.iter().map(change_part).collect();
         let mut want = want.clone();

@@ -98,7 +98,21 @@ fn openssl(args: &[&str]) {
 /// subjectAltName `san` or none (server.crt, server.key).
 fn ca_and_server_certificate(dir: &Path, san: Option<&str>) -> (PathBuf, PathBuf, PathBuf) {
     let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=walcast private CA", "-keyout", &p("ca.key"), "-out", &p("ca.pem")]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=walcast private CA",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ]);
     openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", &p("server.key"), "-out", &p("server.csr")]);
     // Extensions make it a v3 certificate (webpki rejects v1 ones), with or without a SAN.
     let extensions = match san {
@@ -107,7 +121,20 @@ fn ca_and_server_certificate(dir: &Path, san: Option<&str>) -> (PathBuf, PathBuf
     };
     std::fs::write(dir.join("ext.cnf"), extensions).expect("ext.cnf");
     openssl(&[
-        "x509", "-req", "-in", &p("server.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-days", "2", "-extfile", &p("ext.cnf"), "-out",
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
         &p("server.crt"),
     ]);
     (dir.join("ca.pem"), dir.join("server.crt"), dir.join("server.key"))
@@ -120,7 +147,9 @@ async fn cluster_with_certificate(name: &str, crt: &Path, key: &Path) -> Private
     let key = cluster.install_file(key, "server.key");
     let admin = connect(&cluster.url).await;
     // ALTER SYSTEM cannot share a (implicit) transaction: one statement at a time.
-    for (setting, value) in [("ssl_cert_file", crt.display().to_string()), ("ssl_key_file", key.display().to_string()), ("ssl", "on".to_string())] {
+    for (setting, value) in
+        [("ssl_cert_file", crt.display().to_string()), ("ssl_key_file", key.display().to_string()), ("ssl", "on".to_string())]
+    {
         exec(&admin, &format!("ALTER SYSTEM SET {setting} = '{value}'")).await;
     }
     cluster.reload().await;
@@ -151,7 +180,10 @@ async fn verify_ca_streams_from_an_ip_address_whose_certificate_names_only_a_dns
     assert_eq!(lines[0]["after"]["v"], "verify-ca by IP");
     let ssl = query_text(
         &db.admin().await,
-        &format!("SELECT s.ssl::text FROM pg_stat_ssl s JOIN pg_replication_slots r ON r.active_pid = s.pid WHERE r.slot_name = '{}'", db.slot),
+        &format!(
+            "SELECT s.ssl::text FROM pg_stat_ssl s JOIN pg_replication_slots r ON r.active_pid = s.pid WHERE r.slot_name = '{}'",
+            db.slot
+        ),
     )
     .await;
     assert_eq!(ssl.as_deref(), Some("true"), "walsender of the slot is not using TLS");

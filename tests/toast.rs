@@ -87,7 +87,8 @@ async fn full_identity_without_primary_key_keeps_unchanged_toast_in_key() {
     let mut wc = Walcast::new(&db);
     wc.start();
 
-    exec(&sql, "INSERT INTO notes VALUES ((SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 640) g), 1)").await;
+    exec(&sql, "INSERT INTO notes VALUES ((SELECT string_agg(md5(random()::text || g::text), '') FROM generate_series(1, 640) g), 1)")
+        .await;
     let big = query_text(&sql, "SELECT big FROM notes").await.expect("big");
     let toast_bytes = query_text(&sql, "SELECT pg_relation_size(reltoastrelid)::text FROM pg_class WHERE relname = 'notes'").await;
     assert!(toast_bytes.as_deref().is_some_and(|b| b != "0"), "the test value was not TOASTed ({toast_bytes:?})");

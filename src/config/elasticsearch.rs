@@ -328,7 +328,10 @@ impl ElasticsearchSinkConfig {
                 }
             }
             if rule.include.as_ref().is_some_and(|c| c.is_empty()) {
-                return Err(ConfigError::invalid(&field("include"), "an empty list leaves nothing to index; remove it to include every column"));
+                return Err(ConfigError::invalid(
+                    &field("include"),
+                    "an empty list leaves nothing to index; remove it to include every column",
+                ));
             }
             if let Some(inc) = &rule.include {
                 if let Some(c) = rule.exclude.iter().find(|c| inc.contains(c)) {
@@ -358,7 +361,10 @@ impl ElasticsearchSinkConfig {
         for (i, rule) in self.documents.iter().enumerate() {
             rule.validate(i)?;
             if !names.insert(rule.name.as_str()) {
-                return Err(ConfigError::invalid(&format!("sinks.elasticsearch.documents[{i}].name"), "another document rule has this name"));
+                return Err(ConfigError::invalid(
+                    &format!("sinks.elasticsearch.documents[{i}].name"),
+                    "another document rule has this name",
+                ));
             }
             if self.tables.iter().any(|t| t.index == rule.index) {
                 return Err(ConfigError::invalid(
@@ -460,11 +466,23 @@ index = "orders"
             ("[sinks.elasticsearch.indexes.\"_x\"]\nmapping_file = \"m.json\"", "sinks.elasticsearch.indexes.\"_x\""),
             ("[[sinks.elasticsearch.tables]]\ntable = \"orders\"\nindex = \"o\"", "sinks.elasticsearch.tables[1].table"),
             ("[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"O\"", "sinks.elasticsearch.tables[1].index"),
-            ("[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nid_columns = []", "sinks.elasticsearch.tables[1].id_columns"),
+            (
+                "[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nid_columns = []",
+                "sinks.elasticsearch.tables[1].id_columns",
+            ),
             ("[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nops = []", "sinks.elasticsearch.tables[1].ops"),
-            ("[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\ninclude = [\"a\"]\nexclude = [\"a\"]", "sinks.elasticsearch.tables[1].exclude"),
-            ("[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nrename = { a = \"x\", b = \"x\" }", "sinks.elasticsearch.tables[1].rename.\"b\""),
-            ("[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nrename = { a = \"_id\" }", "sinks.elasticsearch.tables[1].rename.\"a\""),
+            (
+                "[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\ninclude = [\"a\"]\nexclude = [\"a\"]",
+                "sinks.elasticsearch.tables[1].exclude",
+            ),
+            (
+                "[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nrename = { a = \"x\", b = \"x\" }",
+                "sinks.elasticsearch.tables[1].rename.\"b\"",
+            ),
+            (
+                "[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nrename = { a = \"_id\" }",
+                "sinks.elasticsearch.tables[1].rename.\"a\"",
+            ),
         ];
         for (extra, field) in cases {
             let text = if extra.starts_with('[') {
@@ -479,7 +497,8 @@ index = "orders"
         }
         let err = parse(&ES_ONLY.replace("index = \"orders\"", "index = \"orders\"\nops = [\"upsert\"]")).expect_err("op").to_string();
         assert!(err.contains("upsert"), "{err}");
-        let err = parse(&ES_ONLY.replace("index = \"orders\"", "index = \"orders\"\ntruncate = \"drop\"")).expect_err("truncate").to_string();
+        let err =
+            parse(&ES_ONLY.replace("index = \"orders\"", "index = \"orders\"\ntruncate = \"drop\"")).expect_err("truncate").to_string();
         assert!(err.contains("drop"), "{err}");
     }
 
@@ -497,7 +516,8 @@ index = "orders"
         assert!(!format!("{auth:?}").contains("es-hunter2"));
         assert!(!format!("{c:?}").contains("es-hunter2"));
         std::env::set_var("WALCAST_TEST_ES_CFG_KEY", "key-hunter3");
-        let text = ES_ONLY.replace("url = \"http://127.0.0.1:9200\"", "url = \"http://127.0.0.1:9200\"\napi_key_env = \"WALCAST_TEST_ES_CFG_KEY\"");
+        let text = ES_ONLY
+            .replace("url = \"http://127.0.0.1:9200\"", "url = \"http://127.0.0.1:9200\"\napi_key_env = \"WALCAST_TEST_ES_CFG_KEY\"");
         let c = parse(&text).expect("valid");
         let auth = c.sinks.elasticsearch.as_ref().expect("es").auth().expect("auth");
         assert_eq!(auth, EsAuth::ApiKey("key-hunter3".into()));
@@ -538,9 +558,26 @@ index = "orders"
             assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.elasticsearch.documents[].{field}");
         }
         for field in [
-            "url", "username", "password_env", "ca_file", "gzip", "request_timeout_ms", "connect_timeout_ms", "bulk_max_actions",
-            "bulk_max_bytes", "create_indexes", "mapping_file", "table", "index", "id_columns", "include", "exclude", "rename", "ops",
-            "truncate", "path",
+            "url",
+            "username",
+            "password_env",
+            "ca_file",
+            "gzip",
+            "request_timeout_ms",
+            "connect_timeout_ms",
+            "bulk_max_actions",
+            "bulk_max_bytes",
+            "create_indexes",
+            "mapping_file",
+            "table",
+            "index",
+            "id_columns",
+            "include",
+            "exclude",
+            "rename",
+            "ops",
+            "truncate",
+            "path",
         ] {
             assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.elasticsearch.{field}");
         }

@@ -242,11 +242,7 @@ pub(crate) fn write_row_object(
     unchanged: UnchangedToast<'_>,
 ) -> Result<(), DecodeError> {
     if values.len() != rel.columns.len() {
-        return Err(DecodeError::ColumnCount {
-            relation: rel.qualified_name(),
-            expected: rel.columns.len(),
-            got: values.len(),
-        });
+        return Err(DecodeError::ColumnCount { relation: rel.qualified_name(), expected: rel.columns.len(), got: values.len() });
     }
     out.push(b'{');
     let mut first = true;
@@ -294,13 +290,7 @@ pub fn write_pg_timestamp(out: &mut Vec<u8>, micros_since_2000: i64) {
     let days = secs.div_euclid(86_400) + UNIX_TO_PG_DAYS;
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    );
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, (sod / 60) % 60, sod % 60);
 }
 
 /// Days since 1970-01-01 -> (year, month, day) in the proleptic Gregorian calendar

@@ -13,11 +13,10 @@ mod proptests;
 mod relation;
 mod value;
 
-pub use change::{Change, Op, TruncateOptions};
 pub(crate) use change::{write_json_str, write_row_object, UnchangedToast};
+pub use change::{Change, Op, TruncateOptions};
 pub use pgoutput::{
-    parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin,
-    RelationBody, ReplicaIdentity, TypeBody,
+    parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
 };
 pub use relation::{Relation, RelationCache};
 pub use value::{to_json_value, value_rule, write_json_value, UserType, FIRST_USER_OID};

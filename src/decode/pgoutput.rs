@@ -196,52 +196,20 @@ pub enum Datum {
 /// the server means by it.
 pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
     let Some(&tag) = payload.first() else {
-        return Err(DecodeError::Truncated {
-            tag: '\0',
-            offset: 0,
-            needed: 1,
-        });
+        return Err(DecodeError::Truncated { tag: '\0', offset: 0, needed: 1 });
     };
-    let mut r = Reader {
-        buf: payload,
-        pos: 1,
-        tag: tag as char,
-    };
+    let mut r = Reader { buf: payload, pos: 1, tag: tag as char };
     let msg = match tag {
-        b'B' => Message::Begin(Begin {
-            final_lsn: Lsn(r.u64()?),
-            commit_ts: r.i64()?,
-            xid: r.u32()?,
-        }),
-        b'C' => Message::Commit(Commit {
-            flags: r.u8()?,
-            commit_lsn: Lsn(r.u64()?),
-            end_lsn: Lsn(r.u64()?),
-            commit_ts: r.i64()?,
-        }),
-        b'O' => Message::Origin(Origin {
-            commit_lsn: Lsn(r.u64()?),
-            name: r.string()?,
-        }),
+        b'B' => Message::Begin(Begin { final_lsn: Lsn(r.u64()?), commit_ts: r.i64()?, xid: r.u32()? }),
+        b'C' => Message::Commit(Commit { flags: r.u8()?, commit_lsn: Lsn(r.u64()?), end_lsn: Lsn(r.u64()?), commit_ts: r.i64()? }),
+        b'O' => Message::Origin(Origin { commit_lsn: Lsn(r.u64()?), name: r.string()? }),
         b'R' => Message::Relation(r.relation()?),
-        b'Y' => Message::Type(TypeBody {
-            oid: r.u32()?,
-            namespace: r.namespace()?,
-            name: r.string()?,
-        }),
+        b'Y' => Message::Type(TypeBody { oid: r.u32()?, namespace: r.namespace()?, name: r.string()? }),
         b'I' => {
             let relation = r.u32()?;
             match r.u8()? {
-                b'N' => Message::Insert {
-                    relation,
-                    new: r.tuple(payload)?,
-                },
-                other => {
-                    return Err(r.malformed_at(
-                        1,
-                        format!("expected 'N' before the new tuple, got {:?}", other as char),
-                    ))
-                }
+                b'N' => Message::Insert { relation, new: r.tuple(payload)? },
+                other => return Err(r.malformed_at(1, format!("expected 'N' before the new tuple, got {:?}", other as char))),
             }
         }
         b'U' => {
@@ -249,47 +217,22 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
             let old = match r.u8()? {
                 b'N' => None,
                 kind @ (b'K' | b'O') => {
-                    let old = OldTuple {
-                        kind: old_kind(kind),
-                        values: r.tuple(payload)?,
-                    };
+                    let old = OldTuple { kind: old_kind(kind), values: r.tuple(payload)? };
                     let marker = r.u8()?;
                     if marker != b'N' {
-                        return Err(r.malformed_at(
-                            1,
-                            format!("expected 'N' after the old tuple, got {:?}", marker as char),
-                        ));
+                        return Err(r.malformed_at(1, format!("expected 'N' after the old tuple, got {:?}", marker as char)));
                     }
                     Some(old)
                 }
-                other => {
-                    return Err(r.malformed_at(
-                        1,
-                        format!("expected 'K', 'O' or 'N', got {:?}", other as char),
-                    ))
-                }
+                other => return Err(r.malformed_at(1, format!("expected 'K', 'O' or 'N', got {:?}", other as char))),
             };
-            Message::Update {
-                relation,
-                old,
-                new: r.tuple(payload)?,
-            }
+            Message::Update { relation, old, new: r.tuple(payload)? }
         }
         b'D' => {
             let relation = r.u32()?;
             match r.u8()? {
-                kind @ (b'K' | b'O') => Message::Delete {
-                    relation,
-                    old: OldTuple {
-                        kind: old_kind(kind),
-                        values: r.tuple(payload)?,
-                    },
-                },
-                other => {
-                    return Err(
-                        r.malformed_at(1, format!("expected 'K' or 'O', got {:?}", other as char))
-                    )
-                }
+                kind @ (b'K' | b'O') => Message::Delete { relation, old: OldTuple { kind: old_kind(kind), values: r.tuple(payload)? } },
+                other => return Err(r.malformed_at(1, format!("expected 'K' or 'O', got {:?}", other as char))),
             }
         }
         b'T' => r.truncate()?,
@@ -297,10 +240,7 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
         other => return Err(DecodeError::UnknownTag(other)),
     };
     if r.pos != payload.len() {
-        return Err(r.malformed(format!(
-            "{} trailing bytes after the message",
-            payload.len() - r.pos
-        )));
+        return Err(r.malformed(format!("{} trailing bytes after the message", payload.len() - r.pos)));
     }
     Ok(msg)
 }
@@ -414,9 +354,8 @@ impl<'a> Reader<'a> {
             // The terminator is the least that is missing.
             return Err(self.truncated(1));
         };
-        let s = std::str::from_utf8(&rest[..nul]).map_err(|e| {
-            self.malformed(format!("string at offset {} is not UTF-8: {e}", self.pos))
-        })?;
+        let s =
+            std::str::from_utf8(&rest[..nul]).map_err(|e| self.malformed(format!("string at offset {} is not UTF-8: {e}", self.pos)))?;
         self.pos += nul + 1;
         Ok(s)
     }
@@ -428,11 +367,7 @@ impl<'a> Reader<'a> {
     /// A namespace field: the server sends "" for pg_catalog to save bytes.
     fn namespace(&mut self) -> Result<String, DecodeError> {
         let s = self.str()?;
-        Ok(if s.is_empty() {
-            "pg_catalog".to_owned()
-        } else {
-            s.to_owned()
-        })
+        Ok(if s.is_empty() { "pg_catalog".to_owned() } else { s.to_owned() })
     }
 
     fn relation(&mut self) -> Result<RelationBody, DecodeError> {
@@ -444,11 +379,7 @@ impl<'a> Reader<'a> {
             b'n' => ReplicaIdentity::Nothing,
             b'f' => ReplicaIdentity::Full,
             b'i' => ReplicaIdentity::Index,
-            other => {
-                return Err(
-                    self.malformed_at(1, format!("unknown replica identity {:?}", other as char))
-                )
-            }
+            other => return Err(self.malformed_at(1, format!("unknown replica identity {:?}", other as char))),
         };
         let ncols = self.len_i16("column count")?;
         // Bound the allocation by what the remaining bytes can actually hold.
@@ -458,20 +389,9 @@ impl<'a> Reader<'a> {
             if flags & !COLUMN_KEY != 0 {
                 return Err(self.malformed_at(1, format!("unknown column flags {flags:#04x}")));
             }
-            columns.push(Column {
-                key: flags & COLUMN_KEY != 0,
-                name: self.string()?,
-                type_oid: self.u32()?,
-                type_modifier: self.i32()?,
-            });
+            columns.push(Column { key: flags & COLUMN_KEY != 0, name: self.string()?, type_oid: self.u32()?, type_modifier: self.i32()? });
         }
-        Ok(RelationBody {
-            oid,
-            namespace,
-            name,
-            replica_identity,
-            columns,
-        })
+        Ok(RelationBody { oid, namespace, name, replica_identity, columns })
     }
 
     /// TupleData: Int16 column count, then one kind byte (and maybe a value) per column.
@@ -485,10 +405,7 @@ impl<'a> Reader<'a> {
                 b'u' => Datum::Unchanged,
                 b't' => Datum::Text(self.value(payload)?),
                 b'b' => Datum::Binary(self.value(payload)?),
-                other => {
-                    return Err(self
-                        .malformed_at(1, format!("unknown tuple column kind {:?}", other as char)))
-                }
+                other => return Err(self.malformed_at(1, format!("unknown tuple column kind {:?}", other as char))),
             };
             values.push(datum);
         }
@@ -510,9 +427,7 @@ impl<'a> Reader<'a> {
             return Err(self.malformed_at(1, format!("unknown truncate options {options:#04x}")));
         }
         // Check the whole OID list is present before allocating for it.
-        let bytes = nrels
-            .checked_mul(4)
-            .ok_or_else(|| self.truncated(usize::MAX))?;
+        let bytes = nrels.checked_mul(4).ok_or_else(|| self.truncated(usize::MAX))?;
         if bytes > self.remaining() {
             return Err(self.truncated(bytes - self.remaining()));
         }
@@ -535,39 +450,24 @@ impl<'a> Reader<'a> {
         let lsn = Lsn(self.u64()?);
         let prefix = self.string()?;
         let content = self.value(payload)?;
-        Ok(LogicalMessage {
-            transactional: flags & MESSAGE_TRANSACTIONAL != 0,
-            lsn,
-            prefix,
-            content,
-        })
+        Ok(LogicalMessage { transactional: flags & MESSAGE_TRANSACTIONAL != 0, lsn, prefix, content })
     }
 
     #[cold]
     fn truncated(&self, needed: usize) -> DecodeError {
-        DecodeError::Truncated {
-            tag: self.tag,
-            offset: self.pos,
-            needed,
-        }
+        DecodeError::Truncated { tag: self.tag, offset: self.pos, needed }
     }
 
     #[cold]
     fn malformed(&self, reason: String) -> DecodeError {
-        DecodeError::Malformed {
-            tag: self.tag,
-            reason,
-        }
+        DecodeError::Malformed { tag: self.tag, reason }
     }
 
     /// A malformed field that was `width` bytes wide and has just been consumed.
     #[cold]
     fn malformed_at(&self, width: usize, reason: String) -> DecodeError {
         let offset = self.pos.saturating_sub(width);
-        DecodeError::Malformed {
-            tag: self.tag,
-            reason: format!("{reason} at offset {offset}"),
-        }
+        DecodeError::Malformed { tag: self.tag, reason: format!("{reason} at offset {offset}") }
     }
 }
 
@@ -633,49 +533,22 @@ mod tests {
     #[test]
     fn begin() {
         let m = ok(W::new(b'B').i64(0x16_B374_D848).i64(-5).i32(-1));
-        assert_eq!(
-            m,
-            Message::Begin(Begin {
-                final_lsn: Lsn(0x16_B374_D848),
-                commit_ts: -5,
-                xid: u32::MAX
-            })
-        );
+        assert_eq!(m, Message::Begin(Begin { final_lsn: Lsn(0x16_B374_D848), commit_ts: -5, xid: u32::MAX }));
     }
 
     #[test]
     fn commit() {
         let m = ok(W::new(b'C').u8(0).i64(10).i64(20).i64(30));
-        assert_eq!(
-            m,
-            Message::Commit(Commit {
-                flags: 0,
-                commit_lsn: Lsn(10),
-                end_lsn: Lsn(20),
-                commit_ts: 30
-            })
-        );
+        assert_eq!(m, Message::Commit(Commit { flags: 0, commit_lsn: Lsn(10), end_lsn: Lsn(20), commit_ts: 30 }));
         // LSNs are unsigned on the server.
         let m = ok(W::new(b'C').u8(0).i64(-1).i64(-1).i64(0));
-        assert!(matches!(
-            m,
-            Message::Commit(Commit {
-                end_lsn: Lsn(u64::MAX),
-                ..
-            })
-        ));
+        assert!(matches!(m, Message::Commit(Commit { end_lsn: Lsn(u64::MAX), .. })));
     }
 
     #[test]
     fn origin() {
         let m = ok(W::new(b'O').i64(7).s("node_a"));
-        assert_eq!(
-            m,
-            Message::Origin(Origin {
-                commit_lsn: Lsn(7),
-                name: "node_a".into()
-            })
-        );
+        assert_eq!(m, Message::Origin(Origin { commit_lsn: Lsn(7), name: "node_a".into() }));
     }
 
     #[test]
@@ -704,24 +577,9 @@ mod tests {
             name: "bench_rows".into(),
             replica_identity: ReplicaIdentity::Default,
             columns: vec![
-                Column {
-                    key: true,
-                    name: "id".into(),
-                    type_oid: 20,
-                    type_modifier: -1,
-                },
-                Column {
-                    key: false,
-                    name: "b".into(),
-                    type_oid: 1043,
-                    type_modifier: 36,
-                },
-                Column {
-                    key: false,
-                    name: "ünï".into(),
-                    type_oid: 25,
-                    type_modifier: -1,
-                },
+                Column { key: true, name: "id".into(), type_oid: 20, type_modifier: -1 },
+                Column { key: false, name: "b".into(), type_oid: 1043, type_modifier: 36 },
+                Column { key: false, name: "ünï".into(), type_oid: 25, type_modifier: -1 },
             ],
         };
         assert_eq!(ok(w), Message::Relation(expect));
@@ -734,28 +592,14 @@ mod tests {
             let m = ok(W::new(b'R').i32(1).s("").s("pg_class").u8(byte).i16(0));
             let Message::Relation(r) = m else { panic!() };
             assert_eq!(r.replica_identity, ri);
-            assert_eq!(
-                r.namespace, "pg_catalog",
-                "empty namespace means pg_catalog"
-            );
+            assert_eq!(r.namespace, "pg_catalog", "empty namespace means pg_catalog");
             assert!(r.columns.is_empty());
         }
         let e = fails(W::new(b'R').i32(1).s("s").s("t").u8(b'x').i16(0));
         assert!(matches!(e, DecodeError::Malformed { tag: 'R', .. }), "{e}");
         let e = fails(W::new(b'R').i32(1).s("s").s("t").u8(b'd').i16(-1));
         assert!(matches!(e, DecodeError::Malformed { tag: 'R', .. }), "{e}");
-        let e = fails(
-            W::new(b'R')
-                .i32(1)
-                .s("s")
-                .s("t")
-                .u8(b'd')
-                .i16(1)
-                .u8(2)
-                .s("c")
-                .i32(23)
-                .i32(-1),
-        );
+        let e = fails(W::new(b'R').i32(1).s("s").s("t").u8(b'd').i16(1).u8(2).s("c").i32(23).i32(-1));
         assert!(matches!(e, DecodeError::Malformed { tag: 'R', .. }), "{e}");
         // A huge column count with no columns behind it is a truncation, not an allocation.
         let e = fails(W::new(b'R').i32(1).s("s").s("t").u8(b'd').i16(i16::MAX));
@@ -763,80 +607,32 @@ mod tests {
         let e = fails(W::new(b'R').i32(1).s("s").raw(b"t\xff\0").u8(b'd').i16(0));
         assert!(matches!(e, DecodeError::Malformed { tag: 'R', .. }), "{e}");
         let e = fails(W::new(b'R').i32(1).s("s").raw(b"no terminator"));
-        assert!(
-            matches!(
-                e,
-                DecodeError::Truncated {
-                    tag: 'R',
-                    needed: 1,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, DecodeError::Truncated { tag: 'R', needed: 1, .. }), "{e}");
     }
 
     #[test]
     fn type_message() {
         let m = ok(W::new(b'Y').i32(70000).s("public").s("mood"));
-        assert_eq!(
-            m,
-            Message::Type(TypeBody {
-                oid: 70000,
-                namespace: "public".into(),
-                name: "mood".into()
-            })
-        );
+        assert_eq!(m, Message::Type(TypeBody { oid: 70000, namespace: "public".into(), name: "mood".into() }));
         let m = ok(W::new(b'Y').i32(16).s("").s("bool"));
-        assert_eq!(
-            m,
-            Message::Type(TypeBody {
-                oid: 16,
-                namespace: "pg_catalog".into(),
-                name: "bool".into()
-            })
-        );
+        assert_eq!(m, Message::Type(TypeBody { oid: 16, namespace: "pg_catalog".into(), name: "bool".into() }));
     }
 
     #[test]
     fn insert_with_every_column_kind() {
-        let w = W::new(b'I')
-            .i32(16384)
-            .u8(b'N')
-            .i16(5)
-            .text(b"42")
-            .u8(b'n')
-            .u8(b'u')
-            .u8(b'b')
-            .i32(2)
-            .raw(&[0, 1])
-            .text(b"");
+        let w = W::new(b'I').i32(16384).u8(b'N').i16(5).text(b"42").u8(b'n').u8(b'u').u8(b'b').i32(2).raw(&[0, 1]).text(b"");
         let expect = Message::Insert {
             relation: 16384,
-            new: vec![
-                text("42"),
-                Datum::Null,
-                Datum::Unchanged,
-                Datum::Binary(Bytes::from_static(&[0, 1])),
-                text(""),
-            ],
+            new: vec![text("42"), Datum::Null, Datum::Unchanged, Datum::Binary(Bytes::from_static(&[0, 1])), text("")],
         };
         assert_eq!(ok(w), expect);
-        assert_eq!(
-            ok(W::new(b'I').i32(1).u8(b'N').i16(0)),
-            Message::Insert {
-                relation: 1,
-                new: vec![]
-            }
-        );
+        assert_eq!(ok(W::new(b'I').i32(1).u8(b'N').i16(0)), Message::Insert { relation: 1, new: vec![] });
     }
 
     #[test]
     fn values_are_slices_of_the_payload() {
         let b = W::new(b'I').i32(1).u8(b'N').i16(1).text(b"hello").done();
-        let Ok(Message::Insert { new, .. }) = parse(&b) else {
-            panic!()
-        };
+        let Ok(Message::Insert { new, .. }) = parse(&b) else { panic!() };
         let Datum::Text(v) = &new[0] else { panic!() };
         assert_eq!(v.as_ptr(), b[b.len() - 5..].as_ptr());
     }
@@ -844,64 +640,26 @@ mod tests {
     #[test]
     fn update_variants() {
         let new = W::new(b'U').i32(9).u8(b'N').i16(1).text(b"x");
-        assert_eq!(
-            ok(new),
-            Message::Update {
-                relation: 9,
-                old: None,
-                new: vec![text("x")]
-            }
-        );
-        let key = W::new(b'U')
-            .i32(9)
-            .u8(b'K')
-            .i16(2)
-            .text(b"1")
-            .u8(b'n')
-            .u8(b'N')
-            .i16(2)
-            .text(b"1")
-            .u8(b'u');
+        assert_eq!(ok(new), Message::Update { relation: 9, old: None, new: vec![text("x")] });
+        let key = W::new(b'U').i32(9).u8(b'K').i16(2).text(b"1").u8(b'n').u8(b'N').i16(2).text(b"1").u8(b'u');
         assert_eq!(
             ok(key),
             Message::Update {
                 relation: 9,
-                old: Some(OldTuple {
-                    kind: OldTupleKind::Key,
-                    values: vec![text("1"), Datum::Null]
-                }),
+                old: Some(OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), Datum::Null] }),
                 new: vec![text("1"), Datum::Unchanged],
             }
         );
-        let full = W::new(b'U')
-            .i32(9)
-            .u8(b'O')
-            .i16(1)
-            .text(b"a")
-            .u8(b'N')
-            .i16(1)
-            .text(b"b");
+        let full = W::new(b'U').i32(9).u8(b'O').i16(1).text(b"a").u8(b'N').i16(1).text(b"b");
         assert_eq!(
             ok(full),
             Message::Update {
                 relation: 9,
-                old: Some(OldTuple {
-                    kind: OldTupleKind::Full,
-                    values: vec![text("a")]
-                }),
+                old: Some(OldTuple { kind: OldTupleKind::Full, values: vec![text("a")] }),
                 new: vec![text("b")],
             }
         );
-        let e = fails(
-            W::new(b'U')
-                .i32(9)
-                .u8(b'K')
-                .i16(1)
-                .text(b"a")
-                .u8(b'K')
-                .i16(1)
-                .text(b"b"),
-        );
+        let e = fails(W::new(b'U').i32(9).u8(b'K').i16(1).text(b"a").u8(b'K').i16(1).text(b"b"));
         assert!(matches!(e, DecodeError::Malformed { tag: 'U', .. }), "{e}");
         let e = fails(W::new(b'U').i32(9).u8(b'X').i16(0));
         assert!(matches!(e, DecodeError::Malformed { tag: 'U', .. }), "{e}");
@@ -912,26 +670,11 @@ mod tests {
     #[test]
     fn delete_variants() {
         let key = W::new(b'D').i32(3).u8(b'K').i16(1).text(b"7");
-        assert_eq!(
-            ok(key),
-            Message::Delete {
-                relation: 3,
-                old: OldTuple {
-                    kind: OldTupleKind::Key,
-                    values: vec![text("7")]
-                }
-            }
-        );
+        assert_eq!(ok(key), Message::Delete { relation: 3, old: OldTuple { kind: OldTupleKind::Key, values: vec![text("7")] } });
         let full = W::new(b'D').i32(3).u8(b'O').i16(2).text(b"7").u8(b'n');
         assert_eq!(
             ok(full),
-            Message::Delete {
-                relation: 3,
-                old: OldTuple {
-                    kind: OldTupleKind::Full,
-                    values: vec![text("7"), Datum::Null]
-                }
-            }
+            Message::Delete { relation: 3, old: OldTuple { kind: OldTupleKind::Full, values: vec![text("7"), Datum::Null] } }
         );
         let e = fails(W::new(b'D').i32(3).u8(b'N').i16(1).text(b"7"));
         assert!(matches!(e, DecodeError::Malformed { tag: 'D', .. }), "{e}");
@@ -939,21 +682,9 @@ mod tests {
 
     #[test]
     fn truncate() {
-        for (opts, cascade, restart_identity) in [
-            (0, false, false),
-            (1, true, false),
-            (2, false, true),
-            (3, true, true),
-        ] {
+        for (opts, cascade, restart_identity) in [(0, false, false), (1, true, false), (2, false, true), (3, true, true)] {
             let m = ok(W::new(b'T').i32(2).u8(opts).i32(100).i32(-2));
-            assert_eq!(
-                m,
-                Message::Truncate {
-                    relations: vec![100, u32::MAX - 1],
-                    cascade,
-                    restart_identity
-                }
-            );
+            assert_eq!(m, Message::Truncate { relations: vec![100, u32::MAX - 1], cascade, restart_identity });
         }
         let e = fails(W::new(b'T').i32(1).u8(4).i32(100));
         assert!(matches!(e, DecodeError::Malformed { tag: 'T', .. }), "{e}");
@@ -961,10 +692,7 @@ mod tests {
         assert!(matches!(e, DecodeError::Malformed { tag: 'T', .. }), "{e}");
         // An announced count far beyond the payload fails before allocating.
         let e = fails(W::new(b'T').i32(i32::MAX).u8(0).i32(1));
-        assert!(
-            matches!(e, DecodeError::Truncated { tag: 'T', offset: 6, needed } if needed == i32::MAX as usize * 4 - 4),
-            "{e}"
-        );
+        assert!(matches!(e, DecodeError::Truncated { tag: 'T', offset: 6, needed } if needed == i32::MAX as usize * 4 - 4), "{e}");
     }
 
     #[test]
@@ -980,25 +708,13 @@ mod tests {
             })
         );
         let m = ok(W::new(b'M').u8(0).i64(1).s("").i32(0));
-        assert!(
-            matches!(m, Message::Message(LogicalMessage { transactional: false, ref content, .. }) if content.is_empty())
-        );
+        assert!(matches!(m, Message::Message(LogicalMessage { transactional: false, ref content, .. }) if content.is_empty()));
         let e = fails(W::new(b'M').u8(2).i64(1).s("p").i32(0));
         assert!(matches!(e, DecodeError::Malformed { tag: 'M', .. }), "{e}");
         let e = fails(W::new(b'M').u8(0).i64(1).s("p").i32(-1));
         assert!(matches!(e, DecodeError::Malformed { tag: 'M', .. }), "{e}");
         let e = fails(W::new(b'M').u8(0).i64(1).s("p").i32(10).raw(b"short"));
-        assert!(
-            matches!(
-                e,
-                DecodeError::Truncated {
-                    tag: 'M',
-                    needed: 5,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, DecodeError::Truncated { tag: 'M', needed: 5, .. }), "{e}");
     }
 
     #[test]
@@ -1009,64 +725,22 @@ mod tests {
         assert!(matches!(e, DecodeError::Malformed { tag: 'I', .. }), "{e}");
         let e = fails(W::new(b'I').i32(1).u8(b'N').i16(1).u8(b't').i32(-1));
         assert!(matches!(e, DecodeError::Malformed { tag: 'I', .. }), "{e}");
-        let e = fails(
-            W::new(b'I')
-                .i32(1)
-                .u8(b'N')
-                .i16(1)
-                .u8(b't')
-                .i32(i32::MAX)
-                .raw(b"abc"),
-        );
-        assert!(
-            matches!(e, DecodeError::Truncated { tag: 'I', offset: 13, needed } if needed == i32::MAX as usize - 3),
-            "{e}"
-        );
+        let e = fails(W::new(b'I').i32(1).u8(b'N').i16(1).u8(b't').i32(i32::MAX).raw(b"abc"));
+        assert!(matches!(e, DecodeError::Truncated { tag: 'I', offset: 13, needed } if needed == i32::MAX as usize - 3), "{e}");
         let e = fails(W::new(b'I').i32(1).u8(b'N').i16(3).text(b"a"));
-        assert!(
-            matches!(
-                e,
-                DecodeError::Truncated {
-                    tag: 'I',
-                    needed: 1,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, DecodeError::Truncated { tag: 'I', needed: 1, .. }), "{e}");
         let e = fails(W::new(b'I').i32(1).u8(b'K').i16(0));
         assert!(matches!(e, DecodeError::Malformed { tag: 'I', .. }), "{e}");
     }
 
     #[test]
     fn framing_errors() {
-        assert!(matches!(
-            parse(&Bytes::new()),
-            Err(DecodeError::Truncated {
-                offset: 0,
-                needed: 1,
-                ..
-            })
-        ));
-        for tag in [
-            b'S', b'E', b'c', b'A', b'b', b'P', b'K', b'r', b'p', b'x', 0, 0xff,
-        ] {
-            assert!(
-                matches!(parse(&Bytes::from(vec![tag, 0, 0])), Err(DecodeError::UnknownTag(t)) if t == tag)
-            );
+        assert!(matches!(parse(&Bytes::new()), Err(DecodeError::Truncated { offset: 0, needed: 1, .. })));
+        for tag in [b'S', b'E', b'c', b'A', b'b', b'P', b'K', b'r', b'p', b'x', 0, 0xff] {
+            assert!(matches!(parse(&Bytes::from(vec![tag, 0, 0])), Err(DecodeError::UnknownTag(t)) if t == tag));
         }
         let e = fails(W::new(b'B').i64(1).i64(2));
-        assert!(
-            matches!(
-                e,
-                DecodeError::Truncated {
-                    tag: 'B',
-                    offset: 17,
-                    needed: 4
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, DecodeError::Truncated { tag: 'B', offset: 17, needed: 4 }), "{e}");
         let e = fails(W::new(b'B').i64(1).i64(2).i32(3).u8(0));
         assert!(matches!(e, DecodeError::Malformed { tag: 'B', .. }), "{e}");
         let e = fails(W::new(b'I').i32(1).u8(b'N').i16(0).u8(0));

@@ -11,8 +11,7 @@ use proptest::sample::Index;
 use serde_json::Value;
 
 use super::pgoutput::{
-    parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin,
-    RelationBody, ReplicaIdentity, TypeBody,
+    parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
 };
 use super::value::{array_element, write_json_value};
 use crate::lsn::Lsn;
@@ -20,11 +19,7 @@ use crate::lsn::Lsn;
 /// Default case count; failures are reported (with the shrunk input) but not persisted to a
 /// `proptest-regressions/` file, so test runs never write into the source tree.
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -47,11 +42,7 @@ fn put_tuple(out: &mut Vec<u8>, values: &[Datum]) {
             Datum::Null => out.push(b'n'),
             Datum::Unchanged => out.push(b'u'),
             Datum::Text(b) | Datum::Binary(b) => {
-                out.push(if matches!(v, Datum::Text(_)) {
-                    b't'
-                } else {
-                    b'b'
-                });
+                out.push(if matches!(v, Datum::Text(_)) { b't' } else { b'b' });
                 out.extend_from_slice(&(b.len() as i32).to_be_bytes());
                 out.extend_from_slice(b);
             }
@@ -133,11 +124,7 @@ fn encode(m: &Message) -> Vec<u8> {
             o.extend_from_slice(&relation.to_be_bytes());
             put_old(&mut o, old);
         }
-        Message::Truncate {
-            relations,
-            cascade,
-            restart_identity,
-        } => {
+        Message::Truncate { relations, cascade, restart_identity } => {
             o.push(b'T');
             o.extend_from_slice(&(relations.len() as i32).to_be_bytes());
             o.push(u8::from(*cascade) | (u8::from(*restart_identity) << 1));
@@ -175,12 +162,7 @@ fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
 }
 
 fn datum() -> impl Strategy<Value = Datum> {
-    prop_oneof![
-        Just(Datum::Null),
-        Just(Datum::Unchanged),
-        bytes(24).prop_map(Datum::Text),
-        bytes(24).prop_map(Datum::Binary),
-    ]
+    prop_oneof![Just(Datum::Null), Just(Datum::Unchanged), bytes(24).prop_map(Datum::Text), bytes(24).prop_map(Datum::Binary),]
 }
 
 fn tuple() -> impl Strategy<Value = Vec<Datum>> {
@@ -188,11 +170,7 @@ fn tuple() -> impl Strategy<Value = Vec<Datum>> {
 }
 
 fn old_tuple() -> impl Strategy<Value = OldTuple> {
-    (
-        prop_oneof![Just(OldTupleKind::Key), Just(OldTupleKind::Full)],
-        tuple(),
-    )
-        .prop_map(|(kind, values)| OldTuple { kind, values })
+    (prop_oneof![Just(OldTupleKind::Key), Just(OldTupleKind::Full)], tuple()).prop_map(|(kind, values)| OldTuple { kind, values })
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -202,79 +180,31 @@ fn message() -> impl Strategy<Value = Message> {
         Just(ReplicaIdentity::Full),
         Just(ReplicaIdentity::Index),
     ];
-    let column = (any::<bool>(), name(), any::<u32>(), any::<i32>()).prop_map(
-        |(key, name, type_oid, type_modifier)| Column {
-            key,
-            name,
-            type_oid,
-            type_modifier,
-        },
-    );
+    let column = (any::<bool>(), name(), any::<u32>(), any::<i32>()).prop_map(|(key, name, type_oid, type_modifier)| Column {
+        key,
+        name,
+        type_oid,
+        type_modifier,
+    });
     prop_oneof![
-        (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(l, ts, xid)| Message::Begin(Begin {
-            final_lsn: Lsn(l),
-            commit_ts: ts,
-            xid
-        })),
-        (any::<u8>(), any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(flags, c, e, ts)| {
-            Message::Commit(Commit {
-                flags,
-                commit_lsn: Lsn(c),
-                end_lsn: Lsn(e),
-                commit_ts: ts,
-            })
-        }),
-        (any::<u64>(), name()).prop_map(|(l, name)| Message::Origin(Origin {
-            commit_lsn: Lsn(l),
-            name
-        })),
-        (
-            any::<u32>(),
-            namespace(),
-            name(),
-            replica_identity,
-            proptest::collection::vec(column, 0..6)
-        )
-            .prop_map(|(oid, namespace, name, replica_identity, columns)| {
-                Message::Relation(RelationBody {
-                    oid,
-                    namespace,
-                    name,
-                    replica_identity,
-                    columns,
-                })
-            }),
-        (any::<u32>(), namespace(), name()).prop_map(|(oid, namespace, name)| Message::Type(
-            TypeBody {
-                oid,
-                namespace,
-                name
-            }
-        )),
-        (any::<u32>(), tuple()).prop_map(|(relation, new)| Message::Insert { relation, new }),
-        (any::<u32>(), proptest::option::of(old_tuple()), tuple())
-            .prop_map(|(relation, old, new)| Message::Update { relation, old, new }),
-        (any::<u32>(), old_tuple()).prop_map(|(relation, old)| Message::Delete { relation, old }),
-        (
-            proptest::collection::vec(any::<u32>(), 0..6),
-            any::<bool>(),
-            any::<bool>()
-        )
-            .prop_map(|(relations, cascade, restart_identity)| Message::Truncate {
-                relations,
-                cascade,
-                restart_identity
-            }),
-        (any::<bool>(), any::<u64>(), name(), bytes(32)).prop_map(
-            |(transactional, l, prefix, content)| {
-                Message::Message(LogicalMessage {
-                    transactional,
-                    lsn: Lsn(l),
-                    prefix,
-                    content,
-                })
+        (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(l, ts, xid)| Message::Begin(Begin { final_lsn: Lsn(l), commit_ts: ts, xid })),
+        (any::<u8>(), any::<u64>(), any::<u64>(), any::<i64>())
+            .prop_map(|(flags, c, e, ts)| { Message::Commit(Commit { flags, commit_lsn: Lsn(c), end_lsn: Lsn(e), commit_ts: ts }) }),
+        (any::<u64>(), name()).prop_map(|(l, name)| Message::Origin(Origin { commit_lsn: Lsn(l), name })),
+        (any::<u32>(), namespace(), name(), replica_identity, proptest::collection::vec(column, 0..6)).prop_map(
+            |(oid, namespace, name, replica_identity, columns)| {
+                Message::Relation(RelationBody { oid, namespace, name, replica_identity, columns })
             }
         ),
+        (any::<u32>(), namespace(), name()).prop_map(|(oid, namespace, name)| Message::Type(TypeBody { oid, namespace, name })),
+        (any::<u32>(), tuple()).prop_map(|(relation, new)| Message::Insert { relation, new }),
+        (any::<u32>(), proptest::option::of(old_tuple()), tuple()).prop_map(|(relation, old, new)| Message::Update { relation, old, new }),
+        (any::<u32>(), old_tuple()).prop_map(|(relation, old)| Message::Delete { relation, old }),
+        (proptest::collection::vec(any::<u32>(), 0..6), any::<bool>(), any::<bool>())
+            .prop_map(|(relations, cascade, restart_identity)| Message::Truncate { relations, cascade, restart_identity }),
+        (any::<bool>(), any::<u64>(), name(), bytes(32)).prop_map(|(transactional, l, prefix, content)| {
+            Message::Message(LogicalMessage { transactional, lsn: Lsn(l), prefix, content })
+        }),
     ]
 }
 
@@ -338,12 +268,8 @@ proptest! {
 
 /// Every OID with its own rule, every built-in array type, and two unknown ones.
 fn value_oids() -> Vec<u32> {
-    let mut oids = vec![
-        16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184,
-    ];
-    oids.extend([
-        1186, 1266, 1700, 2950, 3802, 142, 869, 3904, 4451, 0, 999_999,
-    ]);
+    let mut oids = vec![16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184];
+    oids.extend([1186, 1266, 1700, 2950, 3802, 142, 869, 3904, 4451, 0, 999_999]);
     oids.extend((0..7000).filter(|&o| array_element(o).is_some()));
     oids
 }
@@ -371,12 +297,7 @@ const SAMPLES: &[&str] = &[
 ];
 
 fn value_text() -> impl Strategy<Value = Vec<u8>> {
-    let mutated = (
-        proptest::sample::select(SAMPLES),
-        any::<Index>(),
-        0usize..3,
-        "[-0-9a-fA-Z:.+ {}\",;\\\\\\[\\]=\\x00-\\x1f\u{e9}]{0,3}",
-    )
+    let mutated = (proptest::sample::select(SAMPLES), any::<Index>(), 0usize..3, "[-0-9a-fA-Z:.+ {}\",;\\\\\\[\\]=\\x00-\\x1f\u{e9}]{0,3}")
         .prop_map(|(s, at, del, ins)| {
             let mut v = s.as_bytes().to_vec();
             let i = at.index(v.len() + 1);
@@ -404,21 +325,7 @@ fn pg_text_array(items: &[Option<String>]) -> String {
             Some(v) => {
                 let quote = v.is_empty()
                     || v.eq_ignore_ascii_case("NULL")
-                    || v.chars().any(|c| {
-                        matches!(
-                            c,
-                            '"' | '\\'
-                                | '{'
-                                | '}'
-                                | ','
-                                | ' '
-                                | '\t'
-                                | '\n'
-                                | '\r'
-                                | '\x0b'
-                                | '\x0c'
-                        )
-                    });
+                    || v.chars().any(|c| matches!(c, '"' | '\\' | '{' | '}' | ',' | ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
                 if quote {
                     s.push('"');
                     for c in v.chars() {
@@ -441,8 +348,7 @@ fn pg_text_array(items: &[Option<String>]) -> String {
 fn render(oid: u32, text: &[u8]) -> Result<Value, String> {
     let mut out = Vec::new();
     write_json_value(&mut out, oid, text).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&out)
-        .map_err(|e| format!("invalid JSON {:?}: {e}", String::from_utf8_lossy(&out)))
+    serde_json::from_slice(&out).map_err(|e| format!("invalid JSON {:?}: {e}", String::from_utf8_lossy(&out)))
 }
 
 proptest! {
@@ -539,23 +445,17 @@ const JSON_SAMPLES: &[&str] = &[
 /// Text near the JSON grammar: its alphabet, and samples with a few random edits.
 fn json_text() -> impl Strategy<Value = Vec<u8>> {
     const CHARS: &str = "[\\[\\]{}:,\" \\\\/u0-9a-fA-FtrlsnE.+\\-\\x00-\\x1f\u{e9}]";
-    let regex = |n: &str| {
-        proptest::string::string_regex(&format!("{CHARS}{{0,{n}}}")).expect("valid regex")
-    };
+    let regex = |n: &str| proptest::string::string_regex(&format!("{CHARS}{{0,{n}}}")).expect("valid regex");
     let edit = (any::<Index>(), 0usize..3, regex("2"));
-    let edited = (
-        proptest::sample::select(JSON_SAMPLES),
-        proptest::collection::vec(edit, 1..4),
-    )
-        .prop_map(|(s, edits)| {
-            let mut v = s.as_bytes().to_vec();
-            for (at, del, ins) in edits {
-                let i = at.index(v.len() + 1);
-                let del = del.min(v.len() - i);
-                v.splice(i..i + del, ins.into_bytes());
-            }
-            v
-        });
+    let edited = (proptest::sample::select(JSON_SAMPLES), proptest::collection::vec(edit, 1..4)).prop_map(|(s, edits)| {
+        let mut v = s.as_bytes().to_vec();
+        for (at, del, ins) in edits {
+            let i = at.index(v.len() + 1);
+            let del = del.min(v.len() - i);
+            v.splice(i..i + del, ins.into_bytes());
+        }
+        v
+    });
     prop_oneof![regex("24").prop_map(String::into_bytes), edited]
 }
 

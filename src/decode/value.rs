@@ -59,10 +59,7 @@ pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result
     };
     result.map_err(|reason| {
         out.truncate(start);
-        DecodeError::Value {
-            type_oid,
-            reason: reason.to_owned(),
-        }
+        DecodeError::Value { type_oid, reason: reason.to_owned() }
     })
 }
 
@@ -70,10 +67,7 @@ pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result
 pub fn to_json_value(type_oid: u32, text: &[u8]) -> Result<serde_json::Value, DecodeError> {
     let mut out = Vec::with_capacity(text.len() + 8);
     write_json_value(&mut out, type_oid, text)?;
-    serde_json::from_slice(&out).map_err(|e| DecodeError::Value {
-        type_oid,
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(&out).map_err(|e| DecodeError::Value { type_oid, reason: e.to_string() })
 }
 
 /// One non-array value (also used for array elements).
@@ -302,14 +296,7 @@ fn write_string(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
         out.extend_from_slice(&text[run..i]);
         if esc == b'u' {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]);
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
         } else {
             out.extend_from_slice(&[b'\\', esc]);
         }
@@ -353,10 +340,7 @@ fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Resu
         if d > 9 {
             return Err("integer has a non-digit");
         }
-        v = v
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(d)))
-            .ok_or("integer out of range")?;
+        v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))).ok_or("integer out of range")?;
     }
     if v > if neg { max_neg } else { max_pos } {
         return Err("integer out of range for its type");
@@ -420,9 +404,7 @@ fn write_numeric(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
                 Some(dot) => (&body[..dot], Some(&body[dot + 1..])),
                 None => (body, None),
             };
-            !int.is_empty()
-                && int.iter().all(u8::is_ascii_digit)
-                && frac.is_none_or(|f| !f.is_empty() && f.iter().all(u8::is_ascii_digit))
+            !int.is_empty() && int.iter().all(u8::is_ascii_digit) && frac.is_none_or(|f| !f.is_empty() && f.iter().all(u8::is_ascii_digit))
         }
     };
     if !valid {
@@ -468,9 +450,7 @@ static HEX_VALUE: [u8; 256] = {
 /// bytea in hex output (`\x0a0b`) -> standard base64, decoded and encoded in stack-sized chunks
 /// so large values need no temporary heap buffer.
 fn write_bytea(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
-    let hex = text
-        .strip_prefix(b"\\x")
-        .ok_or("bytea is not in hex format (\\x...)")?;
+    let hex = text.strip_prefix(b"\\x").ok_or("bytea is not in hex format (\\x...)")?;
     if hex.len() % 2 != 0 {
         return Err("bytea hex has an odd number of digits");
     }
@@ -482,10 +462,7 @@ fn write_bytea(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     for pairs in hex.chunks(CHUNK * 2) {
         let n = pairs.len() / 2;
         for (dst, pair) in buf.iter_mut().zip(pairs.chunks_exact(2)) {
-            let (hi, lo) = (
-                HEX_VALUE[usize::from(pair[0])],
-                HEX_VALUE[usize::from(pair[1])],
-            );
+            let (hi, lo) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
             if (hi | lo) == 0xff {
                 return Err("bytea has a non-hex digit");
             }
@@ -494,9 +471,7 @@ fn write_bytea(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
         let at = out.len();
         let len = base64::encoded_len(n, true).ok_or("bytea too large")?;
         out.resize(at + len, 0);
-        base64::engine::general_purpose::STANDARD
-            .encode_slice(&buf[..n], &mut out[at..])
-            .map_err(|_| "base64 buffer too small")?;
+        base64::engine::general_purpose::STANDARD.encode_slice(&buf[..n], &mut out[at..]).map_err(|_| "base64 buffer too small")?;
     }
     out.push(b'"');
     Ok(())
@@ -537,16 +512,11 @@ fn split_date(text: &[u8]) -> Result<DateParts<'_>, Fail> {
         return Err("date has a bad year");
     }
     let md = text.get(y..y + 6).ok_or("date is too short")?;
-    let ok =
-        md[0] == b'-' && md[3] == b'-' && md[1..3].iter().chain(&md[4..6]).all(u8::is_ascii_digit);
+    let ok = md[0] == b'-' && md[3] == b'-' && md[1..3].iter().chain(&md[4..6]).all(u8::is_ascii_digit);
     if !ok {
         return Err("date is not YYYY-MM-DD");
     }
-    Ok(DateParts {
-        year: &text[..y],
-        month_day: md,
-        rest: &text[y + 6..],
-    })
+    Ok(DateParts { year: &text[..y], month_day: md, rest: &text[y + 6..] })
 }
 
 /// Writes the year, turning a BC year into an ISO 8601 (astronomical) one: 1 BC is year 0,
@@ -557,9 +527,7 @@ fn write_year(out: &mut Vec<u8>, year: &[u8], bc: bool) -> Result<(), Fail> {
         return Ok(());
     }
     // At most nine digits (checked by split_date), so this fits a u32.
-    let y = year
-        .iter()
-        .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+    let y = year.iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
     let astronomical = y.checked_sub(1).ok_or("year 0 BC does not exist")?;
     if astronomical > 0 {
         out.push(b'-');
@@ -583,8 +551,7 @@ fn write_year(out: &mut Vec<u8>, year: &[u8], bc: bool) -> Result<(), Fail> {
 /// `HH:MM:SS` with optional fraction at the start of `text`; returns its length.
 fn time_len(text: &[u8]) -> Result<usize, Fail> {
     let t = text.get(..8).ok_or("time is too short")?;
-    let ok =
-        t[2] == b':' && t[5] == b':' && [0, 1, 3, 4, 6, 7].iter().all(|&i| t[i].is_ascii_digit());
+    let ok = t[2] == b':' && t[5] == b':' && [0, 1, 3, 4, 6, 7].iter().all(|&i| t[i].is_ascii_digit());
     if !ok {
         return Err("time is not HH:MM:SS");
     }
@@ -603,13 +570,7 @@ fn time_len(text: &[u8]) -> Result<usize, Fail> {
 fn write_offset(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     let ok = matches!(text.first(), Some(b'+' | b'-'))
         && matches!(text.len(), 3 | 6 | 9)
-        && text[1..].iter().enumerate().all(|(i, b)| {
-            if i % 3 == 2 {
-                *b == b':'
-            } else {
-                b.is_ascii_digit()
-            }
-        });
+        && text[1..].iter().enumerate().all(|(i, b)| if i % 3 == 2 { *b == b':' } else { b.is_ascii_digit() });
     if !ok {
         return Err("bad UTC offset");
     }
@@ -630,11 +591,7 @@ fn write_date(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
         return Ok(());
     }
     let (text, bc) = split_bc(text);
-    let DateParts {
-        year,
-        month_day: md,
-        rest,
-    } = split_date(text)?;
+    let DateParts { year, month_day: md, rest } = split_date(text)?;
     if !rest.is_empty() {
         return Err("date has trailing characters");
     }
@@ -652,22 +609,12 @@ fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), 
         return Ok(());
     }
     let (text, bc) = split_bc(text);
-    let DateParts {
-        year,
-        month_day: md,
-        rest,
-    } = split_date(text)?;
-    let rest = rest
-        .strip_prefix(b" ")
-        .ok_or("timestamp has no time part")?;
+    let DateParts { year, month_day: md, rest } = split_date(text)?;
+    let rest = rest.strip_prefix(b" ").ok_or("timestamp has no time part")?;
     let t = time_len(rest)?;
     let (time, offset) = rest.split_at(t);
     if with_tz == offset.is_empty() {
-        return Err(if with_tz {
-            "timestamptz has no UTC offset"
-        } else {
-            "timestamp has trailing characters"
-        });
+        return Err(if with_tz { "timestamptz has no UTC offset" } else { "timestamp has trailing characters" });
     }
     out.push(b'"');
     write_year(out, year, bc)?;
@@ -686,11 +633,7 @@ fn write_time(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), Fail>
     let t = time_len(text)?;
     let (time, offset) = text.split_at(t);
     if with_tz == offset.is_empty() {
-        return Err(if with_tz {
-            "timetz has no UTC offset"
-        } else {
-            "time has trailing characters"
-        });
+        return Err(if with_tz { "timetz has no UTC offset" } else { "time has trailing characters" });
     }
     out.push(b'"');
     out.extend_from_slice(time);
@@ -772,11 +715,7 @@ fn write_json_text(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
         return Err("json is not valid UTF-8");
     }
     out.reserve(text.len());
-    let mut nest = Nesting {
-        inline: 0,
-        spill: Vec::new(),
-        depth: 0,
-    };
+    let mut nest = Nesting { inline: 0, spill: Vec::new(), depth: 0 };
     let mut state = JsonState::Value;
     let n = text.len();
     let mut i = 0;
@@ -802,8 +741,7 @@ fn write_json_text(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
                     JsonState::Value
                 }
             }
-            (JsonState::CommaOrClose | JsonState::KeyOrClose, b'}')
-            | (JsonState::CommaOrClose | JsonState::ValueOrClose, b']') => {
+            (JsonState::CommaOrClose | JsonState::KeyOrClose, b'}') | (JsonState::CommaOrClose | JsonState::ValueOrClose, b']') => {
                 if nest.pop() != Some(b == b'}') {
                     return Err("json has mismatched brackets");
                 }
@@ -884,11 +822,7 @@ fn copy_json_string(out: &mut Vec<u8>, text: &[u8], start: usize) -> Result<usiz
                         return Err("json has a lone low surrogate");
                     }
                     if (0xd800..0xdc00).contains(&unit) {
-                        let low = if text.get(i..i + 2) == Some(b"\\u") {
-                            hex4(text, i + 2)?
-                        } else {
-                            0
-                        };
+                        let low = if text.get(i..i + 2) == Some(b"\\u") { hex4(text, i + 2)? } else { 0 };
                         if !(0xdc00..0xe000).contains(&low) {
                             return Err("json has a lone high surrogate");
                         }
@@ -907,11 +841,10 @@ fn copy_json_string(out: &mut Vec<u8>, text: &[u8], start: usize) -> Result<usiz
 
 fn hex4(text: &[u8], at: usize) -> Result<u32, Fail> {
     let h = text.get(at..at + 4).ok_or("json \\u escape is short")?;
-    h.iter()
-        .try_fold(0u32, |acc, &d| match HEX_VALUE[usize::from(d)] {
-            0xff => Err("json \\u escape has a non-hex digit"),
-            v => Ok((acc << 4) | u32::from(v)),
-        })
+    h.iter().try_fold(0u32, |acc, &d| match HEX_VALUE[usize::from(d)] {
+        0xff => Err("json \\u escape has a non-hex digit"),
+        v => Ok((acc << 4) | u32::from(v)),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -975,10 +908,7 @@ fn write_array(out: &mut Vec<u8>, elem: u32, delim: u8, text: &[u8]) -> Result<(
             (ArrayState::Open | ArrayState::Delim, b'"') => {
                 i += 1;
                 let body = &text[i..];
-                let end = body
-                    .iter()
-                    .position(|&c| c == b'"' || c == b'\\')
-                    .ok_or("array element is not terminated")?;
+                let end = body.iter().position(|&c| c == b'"' || c == b'\\').ok_or("array element is not terminated")?;
                 let value: &[u8] = if body[end] == b'"' {
                     i += end + 1;
                     &body[..end]
@@ -991,9 +921,7 @@ fn write_array(out: &mut Vec<u8>, elem: u32, delim: u8, text: &[u8]) -> Result<(
                             None => return Err("array element is not terminated"),
                             Some(b'"') => break,
                             Some(b'\\') => {
-                                scratch.push(
-                                    *body.get(j + 1).ok_or("array element is not terminated")?,
-                                );
+                                scratch.push(*body.get(j + 1).ok_or("array element is not terminated")?);
                                 j += 2;
                             }
                             Some(&c) => {
@@ -1010,10 +938,7 @@ fn write_array(out: &mut Vec<u8>, elem: u32, delim: u8, text: &[u8]) -> Result<(
             }
             (ArrayState::Open | ArrayState::Delim, _) => {
                 let body = &text[i..];
-                let end = body
-                    .iter()
-                    .position(|&c| c == delim || c == b'}')
-                    .ok_or("array ends early")?;
+                let end = body.iter().position(|&c| c == delim || c == b'}').ok_or("array ends early")?;
                 let value = &body[..end];
                 if value.is_empty() || value.iter().any(|&c| matches!(c, b'{' | b'"' | b'\\')) {
                     return Err("array has a malformed element");
@@ -1083,18 +1008,7 @@ mod tests {
         err(26, b"-1");
         err(26, b"-0");
         err(26, b"4294967296");
-        for bad in [
-            &b""[..],
-            b"-",
-            b"+1",
-            b"01",
-            b"1.0",
-            b"1e3",
-            b" 1",
-            b"1 ",
-            b"0x10",
-            b"--1",
-        ] {
+        for bad in [&b""[..], b"-", b"+1", b"01", b"1.0", b"1e3", b" 1", b"1 ", b"0x10", b"--1"] {
             err(23, bad);
         }
     }
@@ -1110,17 +1024,7 @@ mod tests {
         assert_eq!(js(701, "NaN"), json!("NaN"));
         assert_eq!(js(700, "Infinity"), json!("Infinity"));
         assert_eq!(js(701, "-Infinity"), json!("-Infinity"));
-        for bad in [
-            &b""[..],
-            b"nan",
-            b"inf",
-            b"1.",
-            b".5",
-            b"1e",
-            b"01",
-            b"1,5",
-            b"+1",
-        ] {
+        for bad in [&b""[..], b"nan", b"inf", b"1.", b".5", b"1e", b"01", b"1,5", b"+1"] {
             err(701, bad);
         }
     }
@@ -1145,10 +1049,7 @@ mod tests {
         for oid in [25, 1043, 1042, 19, 18, 999_999] {
             assert_eq!(js(oid, "plain"), json!("plain"));
         }
-        assert_eq!(
-            raw(25, b"a\"b\\c\nd\te\r\x08\x0c\x01\x1f"),
-            r#""a\"b\\c\nd\te\r\b\f\u0001\u001f""#
-        );
+        assert_eq!(raw(25, b"a\"b\\c\nd\te\r\x08\x0c\x01\x1f"), r#""a\"b\\c\nd\te\r\b\f\u0001\u001f""#);
         assert_eq!(js(25, "ünïcödé ✓ 𝄞"), json!("ünïcödé ✓ 𝄞"));
         assert_eq!(raw(25, b""), "\"\"");
         assert_eq!(raw(25, b"/\x7f"), "\"/\x7f\"");
@@ -1201,30 +1102,15 @@ mod tests {
 
     #[test]
     fn json_is_embedded() {
-        assert_eq!(
-            js(3802, r#"{"a": 1, "b": [true, null, "x"]}"#),
-            json!({"a": 1, "b": [true, null, "x"]})
-        );
-        assert_eq!(
-            raw(3802, br#"{"a": 1, "b": [1, 2]}"#),
-            r#"{"a":1,"b":[1,2]}"#
-        );
-        assert_eq!(
-            raw(114, b" {\n  \"a\" :\t\"x y\\n\"\r\n} "),
-            r#"{"a":"x y\n"}"#
-        );
+        assert_eq!(js(3802, r#"{"a": 1, "b": [true, null, "x"]}"#), json!({"a": 1, "b": [true, null, "x"]}));
+        assert_eq!(raw(3802, br#"{"a": 1, "b": [1, 2]}"#), r#"{"a":1,"b":[1,2]}"#);
+        assert_eq!(raw(114, b" {\n  \"a\" :\t\"x y\\n\"\r\n} "), r#"{"a":"x y\n"}"#);
         assert_eq!(raw(114, b"12.5e-3"), "12.5e-3");
         assert_eq!(raw(114, b"\"s\""), "\"s\"");
         assert_eq!(raw(114, b"[]"), "[]");
         assert_eq!(raw(114, b"{}"), "{}");
-        assert_eq!(
-            raw(114, br#""\ud83d\ude00 \u0000""#),
-            r#""\ud83d\ude00 \u0000""#
-        );
-        assert_eq!(
-            js(114, r#"[[[[{"k":[-0.0,1E5]}]]]]"#),
-            json!([[[[{"k": [-0.0, 1e5]}]]]])
-        );
+        assert_eq!(raw(114, br#""\ud83d\ude00 \u0000""#), r#""\ud83d\ude00 \u0000""#);
+        assert_eq!(js(114, r#"[[[[{"k":[-0.0,1E5]}]]]]"#), json!([[[[{"k": [-0.0, 1e5]}]]]]));
         let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
         assert_eq!(raw(114, deep.as_bytes()), deep);
         let bad: &[&[u8]] = &[
@@ -1275,16 +1161,7 @@ mod tests {
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let expect = base64::engine::general_purpose::STANDARD.encode(&bytes);
         assert_eq!(js(17, &format!("\\x{hex}")), json!(expect));
-        for bad in [
-            &b""[..],
-            b"0a0b",
-            b"\\x0",
-            b"\\x0g",
-            b"\\xzz",
-            b"\\X0a",
-            b"\\\\x0a",
-            b"\\x0a ",
-        ] {
+        for bad in [&b""[..], b"0a0b", b"\\x0", b"\\x0g", b"\\xzz", b"\\X0a", b"\\\\x0a", b"\\x0a "] {
             err(17, bad);
         }
     }
@@ -1318,44 +1195,17 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(
-            js(1114, "2026-11-22 16:33:20.123456"),
-            json!("2026-11-22T16:33:20.123456")
-        );
-        assert_eq!(
-            js(1114, "2026-11-22 16:33:20"),
-            json!("2026-11-22T16:33:20")
-        );
-        assert_eq!(
-            js(1114, "0044-03-15 12:00:00 BC"),
-            json!("-0043-03-15T12:00:00")
-        );
+        assert_eq!(js(1114, "2026-11-22 16:33:20.123456"), json!("2026-11-22T16:33:20.123456"));
+        assert_eq!(js(1114, "2026-11-22 16:33:20"), json!("2026-11-22T16:33:20"));
+        assert_eq!(js(1114, "0044-03-15 12:00:00 BC"), json!("-0043-03-15T12:00:00"));
         assert_eq!(js(1114, "infinity"), json!("infinity"));
         assert_eq!(js(1114, "-infinity"), json!("-infinity"));
-        assert_eq!(
-            js(1184, "2026-11-22 16:33:20.123456+00"),
-            json!("2026-11-22T16:33:20.123456Z")
-        );
-        assert_eq!(
-            js(1184, "2026-11-22 16:33:20+05:30"),
-            json!("2026-11-22T16:33:20+05:30")
-        );
-        assert_eq!(
-            js(1184, "2026-11-22 16:33:20+05"),
-            json!("2026-11-22T16:33:20+05:00")
-        );
-        assert_eq!(
-            js(1184, "2026-11-22 16:33:20-03"),
-            json!("2026-11-22T16:33:20-03:00")
-        );
-        assert_eq!(
-            js(1184, "1900-01-01 00:00:00+05:30:15"),
-            json!("1900-01-01T00:00:00+05:30:15")
-        );
-        assert_eq!(
-            js(1184, "0044-03-15 12:00:00+00 BC"),
-            json!("-0043-03-15T12:00:00Z")
-        );
+        assert_eq!(js(1184, "2026-11-22 16:33:20.123456+00"), json!("2026-11-22T16:33:20.123456Z"));
+        assert_eq!(js(1184, "2026-11-22 16:33:20+05:30"), json!("2026-11-22T16:33:20+05:30"));
+        assert_eq!(js(1184, "2026-11-22 16:33:20+05"), json!("2026-11-22T16:33:20+05:00"));
+        assert_eq!(js(1184, "2026-11-22 16:33:20-03"), json!("2026-11-22T16:33:20-03:00"));
+        assert_eq!(js(1184, "1900-01-01 00:00:00+05:30:15"), json!("1900-01-01T00:00:00+05:30:15"));
+        assert_eq!(js(1184, "0044-03-15 12:00:00+00 BC"), json!("-0043-03-15T12:00:00Z"));
         assert_eq!(js(1184, "-infinity"), json!("-infinity"));
         for bad in [
             &b"2026-11-22T16:33:20"[..],
@@ -1399,71 +1249,32 @@ mod tests {
         assert_eq!(js(1007, "{1,2,3}"), json!([1, 2, 3]));
         assert_eq!(js(1007, "{}"), json!([]));
         assert_eq!(js(1007, "{{1,2},{3,4}}"), json!([[1, 2], [3, 4]]));
-        assert_eq!(
-            js(1007, "{{{1},{2}},{{3},{NULL}}}"),
-            json!([[[1], [2]], [[3], [null]]])
-        );
-        assert_eq!(
-            js(1016, "{9223372036854775807,NULL,null}"),
-            json!([9223372036854775807_i64, null, null])
-        );
+        assert_eq!(js(1007, "{{{1},{2}},{{3},{NULL}}}"), json!([[[1], [2]], [[3], [null]]]));
+        assert_eq!(js(1016, "{9223372036854775807,NULL,null}"), json!([9223372036854775807_i64, null, null]));
         assert_eq!(js(1000, "{t,f,NULL}"), json!([true, false, null]));
-        assert_eq!(
-            js(1009, r#"{"a,b","c\"d",NULL,"NULL","",ef}"#),
-            json!(["a,b", "c\"d", null, "NULL", "", "ef"])
-        );
-        assert_eq!(
-            js(1009, r#"{"back\\slash","{}"," sp "}"#),
-            json!(["back\\slash", "{}", " sp "])
-        );
+        assert_eq!(js(1009, r#"{"a,b","c\"d",NULL,"NULL","",ef}"#), json!(["a,b", "c\"d", null, "NULL", "", "ef"]));
+        assert_eq!(js(1009, r#"{"back\\slash","{}"," sp "}"#), json!(["back\\slash", "{}", " sp "]));
         assert_eq!(js(1015, "{x}"), json!(["x"]));
         assert_eq!(js(1014, r#"{"a  "}"#), json!(["a  "]));
         assert_eq!(js(1231, "{1.5,NaN}"), json!(["1.5", "NaN"]));
-        assert_eq!(
-            js(1022, "{1.5,NaN,-Infinity,1e+100}"),
-            json!([1.5, "NaN", "-Infinity", 1e100])
-        );
-        assert_eq!(
-            js(2951, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"),
-            json!(["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"])
-        );
-        assert_eq!(
-            js(3807, r#"{"{\"a\": 1}","[1, 2]",NULL}"#),
-            json!([{"a": 1}, [1, 2], null])
-        );
+        assert_eq!(js(1022, "{1.5,NaN,-Infinity,1e+100}"), json!([1.5, "NaN", "-Infinity", 1e100]));
+        assert_eq!(js(2951, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}"), json!(["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]));
+        assert_eq!(js(3807, r#"{"{\"a\": 1}","[1, 2]",NULL}"#), json!([{"a": 1}, [1, 2], null]));
         assert_eq!(js(199, r#"{"\"s\"",3}"#), json!(["s", 3]));
         assert_eq!(js(1001, r#"{"\\x0a0b",NULL}"#), json!(["Cgs=", null]));
+        assert_eq!(js(1182, r#"{2026-11-22,"0044-03-15 BC",infinity}"#), json!(["2026-11-22", "-0043-03-15", "infinity"]));
+        assert_eq!(js(1115, r#"{"2026-11-22 16:33:20"}"#), json!(["2026-11-22T16:33:20"]));
         assert_eq!(
-            js(1182, r#"{2026-11-22,"0044-03-15 BC",infinity}"#),
-            json!(["2026-11-22", "-0043-03-15", "infinity"])
-        );
-        assert_eq!(
-            js(1115, r#"{"2026-11-22 16:33:20"}"#),
-            json!(["2026-11-22T16:33:20"])
-        );
-        assert_eq!(
-            js(
-                1185,
-                r#"{"2026-11-22 16:33:20+00","2026-11-22 16:33:20+05:30"}"#
-            ),
+            js(1185, r#"{"2026-11-22 16:33:20+00","2026-11-22 16:33:20+05:30"}"#),
             json!(["2026-11-22T16:33:20Z", "2026-11-22T16:33:20+05:30"])
         );
         assert_eq!(js(1183, "{16:33:20}"), json!(["16:33:20"]));
         assert_eq!(js(1270, "{16:33:20+00}"), json!(["16:33:20Z"]));
         assert_eq!(js(1187, "{P1Y,PT1S}"), json!(["P1Y", "PT1S"]));
-        assert_eq!(
-            js(1041, "{192.168.0.1/24,::1}"),
-            json!(["192.168.0.1/24", "::1"])
-        );
+        assert_eq!(js(1041, "{192.168.0.1/24,::1}"), json!(["192.168.0.1/24", "::1"]));
         assert_eq!(js(651, "{10.0.0.0/8}"), json!(["10.0.0.0/8"]));
-        assert_eq!(
-            js(1040, "{08:00:2b:01:02:03}"),
-            json!(["08:00:2b:01:02:03"])
-        );
-        assert_eq!(
-            js(1020, "{(1,1),(0,0);(2,2),(1,1)}"),
-            json!(["(1,1),(0,0)", "(2,2),(1,1)"])
-        );
+        assert_eq!(js(1040, "{08:00:2b:01:02:03}"), json!(["08:00:2b:01:02:03"]));
+        assert_eq!(js(1020, "{(1,1),(0,0);(2,2),(1,1)}"), json!(["(1,1),(0,0)", "(2,2),(1,1)"]));
         assert_eq!(js(1017, r#"{"(1,2)","(3,4)"}"#), json!(["(1,2)", "(3,4)"]));
         assert_eq!(js(1561, "{101,010}"), json!(["101", "010"]));
         assert_eq!(js(1563, "{1}"), json!(["1"]));
@@ -1526,10 +1337,7 @@ mod tests {
             }
         }
         let count = (0..20_000).filter(|&o| array_element(o).is_some()).count();
-        assert_eq!(
-            count, 82,
-            "pg_type.dat (PG15) has 81 array_type_oid entries plus _record"
-        );
+        assert_eq!(count, 82, "pg_type.dat (PG15) has 81 array_type_oid entries plus _record");
     }
 
     #[test]
@@ -1547,20 +1355,20 @@ mod tests {
     fn user_types(oid: u32) -> Option<UserType> {
         let t = |typtype, category, elem, base, delim| Some(UserType { typtype, category, elem, base, delim });
         match oid {
-            16_400 => t(b'e', b'E', 0, 0, b','),         // mood
-            16_401 => t(b'b', b'A', 16_400, 0, b','),    // _mood
-            16_402 => t(b'd', b'N', 0, 23, b','),        // posint (int4)
-            16_403 => t(b'b', b'A', 16_402, 0, b','),    // _posint
-            16_404 => t(b'c', b'C', 0, 0, b','),         // pair
-            16_405 => t(b'b', b'A', 16_404, 0, b','),    // _pair
-            16_406 => t(b'd', b'N', 0, 16_402, b','),    // domain over posint
-            16_407 => t(b'b', b'A', 16_406, 0, b','),    // its array
-            16_408 => t(b'd', b'A', 0, 1009, b','),      // domain over text[]
-            16_409 => t(b'd', b'D', 0, 603, b';'),       // domain over box
-            16_410 => t(b'b', b'A', 16_409, 0, b';'),    // its array
-            16_411 => t(b'b', b'U', 0, 0, b'|'),         // an extension type with its own delimiter
-            16_412 => t(b'b', b'A', 16_411, 0, b'|'),    // its array
-            16_413 => t(b'd', b'N', 0, 16_413, b','),    // a (corrupt) domain over itself
+            16_400 => t(b'e', b'E', 0, 0, b','),      // mood
+            16_401 => t(b'b', b'A', 16_400, 0, b','), // _mood
+            16_402 => t(b'd', b'N', 0, 23, b','),     // posint (int4)
+            16_403 => t(b'b', b'A', 16_402, 0, b','), // _posint
+            16_404 => t(b'c', b'C', 0, 0, b','),      // pair
+            16_405 => t(b'b', b'A', 16_404, 0, b','), // _pair
+            16_406 => t(b'd', b'N', 0, 16_402, b','), // domain over posint
+            16_407 => t(b'b', b'A', 16_406, 0, b','), // its array
+            16_408 => t(b'd', b'A', 0, 1009, b','),   // domain over text[]
+            16_409 => t(b'd', b'D', 0, 603, b';'),    // domain over box
+            16_410 => t(b'b', b'A', 16_409, 0, b';'), // its array
+            16_411 => t(b'b', b'U', 0, 0, b'|'),      // an extension type with its own delimiter
+            16_412 => t(b'b', b'A', 16_411, 0, b'|'), // its array
+            16_413 => t(b'd', b'N', 0, 16_413, b','), // a (corrupt) domain over itself
             _ => None,
         }
     }

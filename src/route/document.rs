@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::action::{Origin, Rejected};
 use crate::config::EsDocumentRule;
-use crate::decode::{Change, Datum, Op, OldTupleKind};
+use crate::decode::{Change, Datum, OldTupleKind, Op};
 use crate::lsn::Lsn;
 
 /// A document rule as configured.
@@ -138,11 +138,8 @@ impl DocumentRules {
 
     /// Gather what `changes` ask of each rule (one [`RuleWork`] per rule, by position).
     pub fn collect(&self, changes: &[Change]) -> Vec<RuleWork> {
-        let mut work: Vec<RuleWork> = self
-            .rules
-            .iter()
-            .map(|r| RuleWork { lookups: vec![BTreeSet::new(); r.lookups.len()], ..RuleWork::default() })
-            .collect();
+        let mut work: Vec<RuleWork> =
+            self.rules.iter().map(|r| RuleWork { lookups: vec![BTreeSet::new(); r.lookups.len()], ..RuleWork::default() }).collect();
         if self.rules.is_empty() {
             return work;
         }
@@ -178,7 +175,12 @@ impl DocumentRules {
                         let r = &self.rules[rule];
                         w.rejected.push(Rejected {
                             index: Arc::clone(&r.index),
-                            origin: Origin { lsn: change.lsn, commit_lsn: change.commit_lsn, table: Arc::from(rel.qualified_name()), change: Some(pos) },
+                            origin: Origin {
+                                lsn: change.lsn,
+                                commit_lsn: change.commit_lsn,
+                                table: Arc::from(rel.qualified_name()),
+                                change: Some(pos),
+                            },
                             reason: format!("document rule {:?}: {reason}", r.name),
                         });
                         continue;
@@ -330,7 +332,8 @@ root_ids_query = "SELECT film_id FROM content.link WHERE person_id = ANY($1)"
         let w = &r.collect(&[change(person.clone(), Op::Truncate, None, None, 3)])[0];
         assert!(w.rebuild_all && !w.delete_all);
         // A snapshot reads roots; a dependent's rows read by a snapshot do nothing.
-        let w = &r.collect(&[change(film, Op::Read, None, Some(vec![t("f1")]), 3), change(person, Op::Read, None, Some(vec![t("p1")]), 3)])[0];
+        let w =
+            &r.collect(&[change(film, Op::Read, None, Some(vec![t("f1")]), 3), change(person, Op::Read, None, Some(vec![t("p1")]), 3)])[0];
         assert_eq!(w.roots.len(), 1);
         assert!(w.lookups[1].is_empty());
     }

@@ -11,7 +11,7 @@ use base64::Engine as _;
 
 use super::action::{EsAction, EsOp, Origin, Rejected};
 use crate::config::{EsOpName, EsTableRule, EsTruncate};
-use crate::decode::{write_json_str, write_json_value, Change, Datum, Op, OldTupleKind, Relation, ReplicaIdentity};
+use crate::decode::{write_json_str, write_json_value, Change, Datum, OldTupleKind, Op, Relation, ReplicaIdentity};
 
 /// What one change turned into.
 pub type Routed = Result<EsAction, Rejected>;
@@ -117,14 +117,16 @@ impl FlatRules {
                     };
                     // A key change: the document moves to a new id, the old one is deleted.
                     let old_id = match &change.old {
-                        Some(old) if change.op == Op::Update => match document_id(&change.relation, &plan.id, &old.values, Some(old.kind)) {
-                            Ok(old_id) if old_id != id => Some(old_id),
-                            Ok(_) => None,
-                            Err(e) => {
-                                out.push(Err(reject(format!("cannot build the old document id of a key change: {e}"))));
-                                continue;
+                        Some(old) if change.op == Op::Update => {
+                            match document_id(&change.relation, &plan.id, &old.values, Some(old.kind)) {
+                                Ok(old_id) if old_id != id => Some(old_id),
+                                Ok(_) => None,
+                                Err(e) => {
+                                    out.push(Err(reject(format!("cannot build the old document id of a key change: {e}"))));
+                                    continue;
+                                }
                             }
-                        },
+                        }
                         _ => None,
                     };
                     let mut doc = Vec::with_capacity(256);
@@ -217,7 +219,12 @@ fn plan(rule: &Arc<Rule>, rel: &Relation) -> Plan {
 /// The document id from `values`. One column: its JSON value, unquoted when it is a string
 /// (`42`, `abc`); several: a JSON array of the values (`[42,"abc"]`). `old_kind` is set when
 /// `values` is an old tuple (only key columns are present in a `Key` tuple).
-pub fn document_id(rel: &Relation, id: &Result<Vec<usize>, String>, values: &[Datum], old_kind: Option<OldTupleKind>) -> Result<String, String> {
+pub fn document_id(
+    rel: &Relation,
+    id: &Result<Vec<usize>, String>,
+    values: &[Datum],
+    old_kind: Option<OldTupleKind>,
+) -> Result<String, String> {
     let cols = id.as_ref().map_err(Clone::clone)?;
     if values.len() != rel.columns.len() {
         return Err(format!("{} has {} columns but the tuple carried {}", rel.qualified_name(), rel.columns.len(), values.len()));
@@ -242,9 +249,7 @@ pub fn document_id(rel: &Relation, id: &Result<Vec<usize>, String>, values: &[Da
             Datum::Null if cols.len() == 1 => return Err(format!("id column {:?} is null", col.name)),
             Datum::Null => out.extend_from_slice(b"null"),
             Datum::Unchanged => return Err(format!("id column {:?} is an unchanged TOASTed value the server did not send", col.name)),
-            Datum::Text(text) => {
-                write_json_value(&mut out, col.type_oid, text).map_err(|e| format!("id column {:?}: {e}", col.name))?
-            }
+            Datum::Text(text) => write_json_value(&mut out, col.type_oid, text).map_err(|e| format!("id column {:?}: {e}", col.name))?,
             Datum::Binary(bytes) => {
                 out.push(b'"');
                 out.extend_from_slice(BASE64.encode(bytes).as_bytes());
@@ -395,11 +400,18 @@ mod tests {
         }
         assert_eq!(doc(a), json!({"id": 1, "region": "eu", "n": 5, "secret": "pw"}));
         // Excluded unchanged columns do not make the update partial.
-        let out = route(&[rule("exclude = [\"body\"]")], &change(Op::Update, None, Some({
-            let mut n = row("1");
-            n[2] = Datum::Unchanged;
-            n
-        })));
+        let out = route(
+            &[rule("exclude = [\"body\"]")],
+            &change(
+                Op::Update,
+                None,
+                Some({
+                    let mut n = row("1");
+                    n[2] = Datum::Unchanged;
+                    n
+                }),
+            ),
+        );
         assert!(matches!(out[0].as_ref().expect("action").op, EsOp::Index(_)));
     }
 

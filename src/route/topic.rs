@@ -67,9 +67,7 @@ impl TopicTemplate {
         for p in &parts {
             if let Part::Literal(text) = p {
                 if let Some(c) = text.chars().find(|&c| !is_topic_char(c)) {
-                    return Err(format!(
-                        "{c:?} is not allowed in Kafka topic names (only ASCII letters, digits, '.', '_' and '-')"
-                    ));
+                    return Err(format!("{c:?} is not allowed in Kafka topic names (only ASCII letters, digits, '.', '_' and '-')"));
                 }
             }
         }
@@ -113,9 +111,7 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err(format!("{name:?} is not a valid topic name"));
     }
     if let Some(c) = name.chars().find(|&c| !is_topic_char(c)) {
-        return Err(format!(
-            "topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
-        ));
+        return Err(format!("topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"));
     }
     Ok(())
 }
@@ -173,10 +169,7 @@ impl TopicRouter {
             }
         }
         let topic = self.topic_for_name(&rel.schema, &rel.table);
-        self.cache.insert(
-            rel.oid,
-            Cached { schema: rel.schema.clone(), table: rel.table.clone(), topic: Arc::clone(&topic) },
-        );
+        self.cache.insert(rel.oid, Cached { schema: rel.schema.clone(), table: rel.table.clone(), topic: Arc::clone(&topic) });
         topic
     }
 }
@@ -196,13 +189,7 @@ mod tests {
     use crate::decode::ReplicaIdentity;
 
     fn rel(oid: u32, schema: &str, table: &str) -> Relation {
-        Relation {
-            oid,
-            schema: schema.into(),
-            table: table.into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: vec![],
-        }
+        Relation { oid, schema: schema.into(), table: table.into(), replica_identity: ReplicaIdentity::Default, columns: vec![] }
     }
 
     #[test]

@@ -29,8 +29,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub use check::elasticsearch_findings;
-pub(crate) use document::document_findings;
 pub use client::{EsClient, EsError};
+pub(crate) use document::document_findings;
 
 use self::bulk::{classify, parse_answer, write_item, BulkKind, ItemOutcome};
 use self::dead_letter::{DeadLetter, DeadLetterFile};
@@ -250,7 +250,10 @@ impl ElasticsearchSink {
                         tokio::time::sleep(delay).await;
                     }
                     Err(e) => {
-                        return Err(fatal(format!("cannot create index {} from {}: {e}; fix the file or create the index yourself", spec.name, spec.source)))
+                        return Err(fatal(format!(
+                            "cannot create index {} from {}: {e}; fix the file or create the index yourself",
+                            spec.name, spec.source
+                        )))
                     }
                 }
             }
@@ -300,8 +303,14 @@ impl ElasticsearchSink {
     /// with the fields set. A stored version newer than the update means the update is stale; a
     /// missing document cannot be completed (its unchanged TOASTed columns are unknown) and goes
     /// to the dead-letter destination with the fix.
-    async fn resolve_partials(&mut self, entries: &mut [Entry], changes: &[Change], letters: &mut Vec<DeadLetter>) -> Result<(), SinkError> {
-        let todo: Vec<usize> = entries.iter().enumerate().filter(|(_, e)| matches!(e.state, State::Partial { .. })).map(|(i, _)| i).collect();
+    async fn resolve_partials(
+        &mut self,
+        entries: &mut [Entry],
+        changes: &[Change],
+        letters: &mut Vec<DeadLetter>,
+    ) -> Result<(), SinkError> {
+        let todo: Vec<usize> =
+            entries.iter().enumerate().filter(|(_, e)| matches!(e.state, State::Partial { .. })).map(|(i, _)| i).collect();
         if todo.is_empty() {
             return Ok(());
         }
@@ -329,7 +338,10 @@ impl ElasticsearchSink {
                         if m.docs.len() == todo.len() {
                             Ok(m.docs)
                         } else {
-                            Err(EsError::BadResponse { path: "/_mget".into(), reason: format!("{} docs for {} asked", m.docs.len(), todo.len()) })
+                            Err(EsError::BadResponse {
+                                path: "/_mget".into(),
+                                reason: format!("{} docs for {} asked", m.docs.len(), todo.len()),
+                            })
                         }
                     }),
                 Ok(a) => Err(client::status_error("POST", "/_mget", &a)),
@@ -522,7 +534,10 @@ impl ElasticsearchSink {
                 let parsed: DeleteByQueryAnswer =
                     serde_json::from_slice(&answer.body).map_err(|e| EsError::BadResponse { path: path.clone(), reason: e.to_string() })?;
                 if !parsed.failures.is_empty() {
-                    return Err(EsError::BadResponse { path, reason: format!("{} failures: {}", parsed.failures.len(), parsed.failures[0]) });
+                    return Err(EsError::BadResponse {
+                        path,
+                        reason: format!("{} failures: {}", parsed.failures.len(), parsed.failures[0]),
+                    });
                 }
                 Ok(parsed.deleted)
             }
@@ -617,7 +632,12 @@ impl Sink for ElasticsearchSink {
         self.write_actions(routed, &batch.changes).await?;
         self.write_documents(batch).await?;
         if actions > 0 {
-            tracing::debug!(changes = batch.changes.len(), actions, elapsed_ms = started.elapsed().as_millis() as u64, "elasticsearch batch written");
+            tracing::debug!(
+                changes = batch.changes.len(),
+                actions,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "elasticsearch batch written"
+            );
         }
         Ok(())
     }
@@ -948,7 +968,15 @@ mod tests {
     async fn retries_resend_only_the_failed_items() {
         let answer: fake::Answer = Arc::new(|n, _req| match n {
             0 => (503, r#"{"error":{"type":"unavailable_shards_exception","reason":"not ready"},"status":503}"#.into()),
-            1 => (200, format!(r#"{{"errors":true,"items":[{},{},{}]}}"#, item(201, ""), item(429, "es_rejected_execution_exception"), item(201, ""))),
+            1 => (
+                200,
+                format!(
+                    r#"{{"errors":true,"items":[{},{},{}]}}"#,
+                    item(201, ""),
+                    item(429, "es_rejected_execution_exception"),
+                    item(201, "")
+                ),
+            ),
             2 => (200, format!(r#"{{"errors":true,"items":[{}]}}"#, item(500, "internal"))),
             _ => (200, format!(r#"{{"errors":false,"items":[{}]}}"#, item(201, ""))),
         });
@@ -965,8 +993,9 @@ mod tests {
 
     #[tokio::test]
     async fn authentication_failure_is_fatal_with_a_fix() {
-        let answer: fake::Answer =
-            Arc::new(|_, _| (401, r#"{"error":{"type":"security_exception","reason":"missing authentication credentials"},"status":401}"#.into()));
+        let answer: fake::Answer = Arc::new(|_, _| {
+            (401, r#"{"error":{"type":"security_exception","reason":"missing authentication credentials"},"status":401}"#.into())
+        });
         let (url, seen) = fake::serve(answer).await;
         let mut sink = test_sink(&url, "");
         let err = sink.write_actions(vec![Ok(act("1", 10, index(json!({}))))], &[]).await.expect_err("fatal");
@@ -1053,7 +1082,8 @@ mod tests {
 
     #[test]
     fn merge_keeps_raw_values_and_order() {
-        let merged = merge_objects(br#"{"id":1,"big":"xxx","n":123456789012345678901234567890}"#, br#"{"n":2,"new":[1,2]}"#).expect("merge");
+        let merged =
+            merge_objects(br#"{"id":1,"big":"xxx","n":123456789012345678901234567890}"#, br#"{"n":2,"new":[1,2]}"#).expect("merge");
         assert_eq!(String::from_utf8(merged).expect("utf8"), r#"{"id":1,"big":"xxx","n":2,"new":[1,2]}"#);
         let merged = merge_objects(br#"{"n":1.000000000000000000001}"#, br#"{}"#).expect("merge");
         assert_eq!(String::from_utf8(merged).expect("utf8"), r#"{"n":1.000000000000000000001}"#);

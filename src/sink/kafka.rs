@@ -35,13 +35,12 @@ pub use check::kafka_findings;
 use self::client::{classify, Context, Failure, ADMIN_TIMEOUT};
 use self::dead_letter::{truncated_document, DeadLetterFile, DeadRecord};
 use self::envelope::{
-    now_unix_micros, split_key_change, write_key, write_tx_begin, write_tx_end, write_tx_key, write_value, Event,
-    SourceStatic, TxBlock,
+    now_unix_micros, split_key_change, write_key, write_tx_begin, write_tx_end, write_tx_key, write_value, Event, SourceStatic, TxBlock,
 };
 use self::tx::{OpenTx, TxTracker};
 use super::{Batch, Sink, SinkError};
 use crate::config::KafkaSinkConfig;
-use crate::decode::{Change, Datum, DecodeError, Op, OldTupleKind, Relation, ReplicaIdentity};
+use crate::decode::{Change, Datum, DecodeError, OldTupleKind, Op, Relation, ReplicaIdentity};
 use crate::lsn::Lsn;
 use crate::route::{TopicRouter, TopicTemplate};
 
@@ -224,7 +223,11 @@ impl KafkaSink {
         let old = std::mem::replace(&mut self.producer, producer);
         self.fatal = fatal;
         self.replacements += 1;
-        tracing::warn!(reason, replacements = self.replacements, "replacing the kafka producer (fenced or failed for good); the batch is written again");
+        tracing::warn!(
+            reason,
+            replacements = self.replacements,
+            "replacing the kafka producer (fenced or failed for good); the batch is written again"
+        );
         // Destroying a producer purges and waits for its threads: not on the runtime thread.
         tokio::task::spawn_blocking(move || drop(old))
             .await
@@ -235,9 +238,7 @@ impl KafkaSink {
         if self.admin.is_none() {
             let config = client::client_config(&self.cfg).map_err(|e| fatal_err(e.to_string()))?;
             let (context, _) = Context::new();
-            let admin = config
-                .create_with_context(context)
-                .map_err(|e| fatal_err(format!("cannot create the Kafka admin client: {e}")))?;
+            let admin = config.create_with_context(context).map_err(|e| fatal_err(format!("cannot create the Kafka admin client: {e}")))?;
             self.admin = Some(admin);
         }
         self.admin.as_ref().ok_or_else(|| fatal_err("admin client missing".into()))
@@ -414,7 +415,12 @@ impl KafkaSink {
         self.arena = std::mem::take(&mut p.arena);
         super::release_output_buf(&mut self.arena);
         if outcome.is_ok() {
-            tracing::debug!(changes = batch.changes.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, "kafka batch delivered");
+            tracing::debug!(
+                changes = batch.changes.len(),
+                records,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "kafka batch delivered"
+            );
         }
         outcome
     }
@@ -619,7 +625,10 @@ impl KafkaSink {
                     p.replace.get_or_insert(reason);
                 }
                 Failure::Retry(reason) => {
-                    if matches!(error.as_ref().and_then(KafkaError::rdkafka_error_code), Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)) {
+                    if matches!(
+                        error.as_ref().and_then(KafkaError::rdkafka_error_code),
+                        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+                    ) {
                         // Created again (or looked up) before the retry.
                         let topic = Arc::clone(topic);
                         self.known_topics.remove(&topic);
@@ -743,7 +752,9 @@ impl KafkaSink {
                             truncated = true;
                         }
                         Failure::DeadLetter(why) => {
-                            return Err(fatal_err(format!("the dead-letter topic {topic} cannot take a record: {why}; fix sinks.kafka.dead_letter")))
+                            return Err(fatal_err(format!(
+                                "the dead-letter topic {topic} cannot take a record: {why}; fix sinks.kafka.dead_letter"
+                            )))
                         }
                         Failure::Fatal(why) => return Err(fatal_err(why)),
                         Failure::Replace(why) => {
@@ -804,7 +815,12 @@ fn key_changed(change: &Change, key_cols: &[usize]) -> bool {
     })
 }
 
-fn render_key(arena: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>, key_cols: &[usize]) -> Result<Option<Range<usize>>, DecodeError> {
+fn render_key(
+    arena: &mut Vec<u8>,
+    rel: &Relation,
+    values: Option<&[Datum]>,
+    key_cols: &[usize],
+) -> Result<Option<Range<usize>>, DecodeError> {
     let start = arena.len();
     Ok(write_key(arena, rel, values, key_cols)?.then_some(start..arena.len()))
 }
@@ -856,7 +872,9 @@ mod tests {
 
     #[test]
     fn key_change_is_detected_from_the_old_key() {
-        let old = |id: &str, kind| Some(OldTuple { kind, values: vec![text(id), if kind == OldTupleKind::Key { Datum::Null } else { text("9") }] });
+        let old = |id: &str, kind| {
+            Some(OldTuple { kind, values: vec![text(id), if kind == OldTupleKind::Key { Datum::Null } else { text("9") }] })
+        };
         assert!(key_changed(&update(old("1", OldTupleKind::Key), vec![text("2"), text("x")]), &[0]));
         assert!(!key_changed(&update(old("1", OldTupleKind::Full), vec![text("1"), text("x")]), &[0]));
         assert!(key_changed(&update(old("1", OldTupleKind::Full), vec![text("3"), text("x")]), &[0]));

@@ -121,7 +121,11 @@ impl LineFile {
         let data = std::mem::take(buf);
         let (path, repair, sync) = (Arc::clone(&self.path), !self.repaired, self.regular);
         let joined = tokio::task::spawn_blocking(move || {
-            let repaired = if repair { cut_torn_line(&file, &path).map_err(|source| LineFileError::Repair { path: Arc::clone(&path), source }) } else { Ok(()) };
+            let repaired = if repair {
+                cut_torn_line(&file, &path).map_err(|source| LineFileError::Repair { path: Arc::clone(&path), source })
+            } else {
+                Ok(())
+            };
             let result = repaired.and_then(|()| append_blocking(&file, &path, &data, sync));
             (file, data, result)
         })

@@ -37,10 +37,7 @@ impl Sink for MemorySink {
                 .map_err(|e| SinkError::Fatal { sink: "memory", reason: format!("rendered invalid JSON: {e}") })?;
             rendered.push(value);
         }
-        let mut events = self
-            .events
-            .lock()
-            .map_err(|_| SinkError::Fatal { sink: "memory", reason: "storage lock poisoned".into() })?;
+        let mut events = self.events.lock().map_err(|_| SinkError::Fatal { sink: "memory", reason: "storage lock poisoned".into() })?;
         events.extend(rendered);
         Ok(())
     }

@@ -205,11 +205,7 @@ fn release_output_buf(buf: &mut Vec<u8>) {
 
 /// Render `change` as one JSON line (with `\n`) into `out`.
 pub(crate) fn render_line(change: &Change, out: &mut Vec<u8>) -> Result<(), SinkError> {
-    change.write_json(out).map_err(|source| SinkError::Render {
-        lsn: change.lsn,
-        table: change.relation.qualified_name(),
-        source,
-    })?;
+    change.write_json(out).map_err(|source| SinkError::Render { lsn: change.lsn, table: change.relation.qualified_name(), source })?;
     out.push(b'\n');
     Ok(())
 }

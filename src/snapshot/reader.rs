@@ -103,7 +103,10 @@ impl Reader {
         let name = table.quoted();
         let rel = self
             .client
-            .query_opt("SELECT c.oid::int8, c.relreplident::text, c.reltuples::int8 FROM pg_class c WHERE c.oid = $1::text::regclass", &[&name])
+            .query_opt(
+                "SELECT c.oid::int8, c.relreplident::text, c.reltuples::int8 FROM pg_class c WHERE c.oid = $1::text::regclass",
+                &[&name],
+            )
             .await
             .map_err(|e| query_error(&format!("describing {table}"), &e))?
             .ok_or_else(|| SourceError::Query(format!("snapshot: table {table} not found")))?;
@@ -165,7 +168,10 @@ impl Reader {
         let (first, next) = if key.is_empty() {
             (select.clone(), select)
         } else {
-            (format!("{select} ORDER BY {order} LIMIT $1"), format!("{select} WHERE ({order}) > ({}) ORDER BY {order} LIMIT ${}", bounds.join(", "), key.len() + 1))
+            (
+                format!("{select} ORDER BY {order} LIMIT $1"),
+                format!("{select} WHERE ({order}) > ({}) ORDER BY {order} LIMIT ${}", bounds.join(", "), key.len() + 1),
+            )
         };
         // The chunk's first and last keys bound the lookup (`$k+1..$2k`, `$2k+1..$3k`), so the
         // planner can read that key range once (hash anti join) instead of probing every key.
@@ -173,8 +179,14 @@ impl Reader {
             let k = key.len();
             let arrays: Vec<String> = (1..=k).map(|n| format!("${n}::text[]")).collect();
             let names: Vec<String> = (1..=k).map(|n| format!("c{n}")).collect();
-            let equal: Vec<String> = keyed.iter().enumerate().map(|(n, (_, i, ty))| format!("t.{} = (k.c{})::{ty}", quote_ident(&columns[*i].name), n + 1)).collect();
-            let bound = |first: usize| -> Vec<String> { keyed.iter().enumerate().map(|(n, (_, _, ty))| format!("${}::text::{ty}", first + n)).collect() };
+            let equal: Vec<String> = keyed
+                .iter()
+                .enumerate()
+                .map(|(n, (_, i, ty))| format!("t.{} = (k.c{})::{ty}", quote_ident(&columns[*i].name), n + 1))
+                .collect();
+            let bound = |first: usize| -> Vec<String> {
+                keyed.iter().enumerate().map(|(n, (_, _, ty))| format!("${}::text::{ty}", first + n)).collect()
+            };
             let tcols: Vec<String> = key.iter().map(|&i| format!("t.{}", quote_ident(&columns[i].name))).collect();
             format!(
                 "SELECT k.i::int8 FROM unnest({}) WITH ORDINALITY AS k({}, i) WHERE NOT EXISTS \
@@ -187,7 +199,8 @@ impl Reader {
                 tc = tcols.join(", "),
             )
         });
-        let relation = Arc::new(Relation { oid, schema: table.schema.clone(), table: table.table.clone(), replica_identity: identity, columns });
+        let relation =
+            Arc::new(Relation { oid, schema: table.schema.clone(), table: table.table.clone(), replica_identity: identity, columns });
         let cursor = if key.is_empty() {
             tracing::warn!(table = %table, "table has no primary key: its snapshot is read with a cursor and restarts from the beginning if interrupted");
             self.cursors += 1;
@@ -200,7 +213,17 @@ impl Reader {
         } else {
             None
         };
-        Ok(TableReader { relation, estimated_rows: rel.get(2), key, first, next, after: if cursor.is_some() { None } else { after }, cursor, seq: 0, missing })
+        Ok(TableReader {
+            relation,
+            estimated_rows: rel.get(2),
+            key,
+            first,
+            next,
+            after: if cursor.is_some() { None } else { after },
+            cursor,
+            seq: 0,
+            missing,
+        })
     }
 
     /// Read the next chunk of at most `limit` rows as [`Op::Read`] changes at `point`.
@@ -213,7 +236,8 @@ impl Reader {
             match &t.after {
                 None => self.client.query(&t.first, &[&limit_i64]).await,
                 Some(after) => {
-                    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = after.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                        after.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
                     params.push(&limit_i64);
                     self.client.query(&t.next, &params).await
                 }
@@ -270,7 +294,9 @@ impl Reader {
             for (array, &i) in arrays.iter_mut().zip(&t.key) {
                 // Read by `next_chunk` from a String: key columns are text, never NULL.
                 let text = match values.get(i) {
-                    Some(Datum::Text(b)) => std::str::from_utf8(b).map_err(|_| SourceError::Query(format!("snapshot: {}: a key is not UTF-8", what())))?,
+                    Some(Datum::Text(b)) => {
+                        std::str::from_utf8(b).map_err(|_| SourceError::Query(format!("snapshot: {}: a key is not UTF-8", what())))?
+                    }
                     _ => return Err(SourceError::Query(format!("snapshot: {}: a row without its key", what()))),
                 };
                 array.push(text);

@@ -105,7 +105,13 @@ pub async fn recheck(
                     .filter_map(|&i| rows.get_mut(i).and_then(Option::take))
                     .map(|row| {
                         seq += 1;
-                        Change { op: Op::Delete, old: row.new.map(|values| OldTuple { kind: OldTupleKind::Full, values }), new: None, seq: seq - 1, ..row }
+                        Change {
+                            op: Op::Delete,
+                            old: row.new.map(|values| OldTuple { kind: OldTupleKind::Full, values }),
+                            new: None,
+                            seq: seq - 1,
+                            ..row
+                        }
                     })
                     .collect();
                 deleted += deletes.len() as u64;
@@ -126,7 +132,9 @@ pub async fn recheck(
     let outcome = wait_written(config, &mut sinks, outcome, &mut pending, tables, &mut None, shutdown).await?;
     drop(current);
     match outcome {
-        Outcome::Done => tracing::info!(rows = checked, deleted, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot recheck finished"),
+        Outcome::Done => {
+            tracing::info!(rows = checked, deleted, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot recheck finished")
+        }
         Outcome::Interrupted => tracing::warn!(rows = checked, deleted, "snapshot recheck interrupted; run the snapshot again"),
     }
     Ok(outcome)

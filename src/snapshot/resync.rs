@@ -17,7 +17,10 @@ pub async fn request_resync(config: &Config) -> Result<String, SourceError> {
     let mut done = Vec::new();
     if let Some(slot) = source::slot_info(&client, &src.slot).await.map_err(classify)? {
         // Never drop a slot that is not a logical slot of this database: it is someone else's.
-        if slot.slot_type != "logical" || slot.plugin.as_deref() != Some("pgoutput") || slot.database.as_deref() != Some(src.database.as_str()) {
+        if slot.slot_type != "logical"
+            || slot.plugin.as_deref() != Some("pgoutput")
+            || slot.database.as_deref() != Some(src.database.as_str())
+        {
             let (problem, fix) = slot.problem(&src.database).unwrap_or_default();
             return Err(SourceError::setup(format!("{problem}; walcast resync leaves it alone"), fix));
         }
@@ -30,7 +33,11 @@ pub async fn request_resync(config: &Config) -> Result<String, SourceError> {
         source::drop_slot(&client, &src.slot).await.map_err(classify)?;
         let at = slot.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
         tracing::info!(slot = %src.slot, confirmed_flush_lsn = %at, wal_status = slot.wal_status.as_deref().unwrap_or("-"), "re-sync: dropped the slot");
-        done.push(format!("dropped slot {:?} (confirmed_flush_lsn {at}, wal_status {})", src.slot, slot.wal_status.as_deref().unwrap_or("-")));
+        done.push(format!(
+            "dropped slot {:?} (confirmed_flush_lsn {at}, wal_status {})",
+            src.slot,
+            slot.wal_status.as_deref().unwrap_or("-")
+        ));
     }
     // "creating" + resync: `run` creates the slot and loads every table, truncates first.
     let mut state = SnapshotState::new(&config.snapshot.state_dir, &src.slot, Status::Creating);

@@ -79,15 +79,26 @@ impl SnapshotState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut state: SnapshotState = serde_json::from_str(&text)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is not a snapshot progress file: {e}", path.display())))?;
+        let mut state: SnapshotState = serde_json::from_str(&text).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is not a snapshot progress file: {e}", path.display()))
+        })?;
         state.path = path;
         Ok((state.slot == slot).then_some(state))
     }
 
     /// A fresh state for `slot` (not yet saved).
     pub fn new(dir: &Path, slot: &str, status: Status) -> Self {
-        Self { slot: slot.to_string(), status, point: None, load_ts: None, tables: BTreeMap::new(), resync: false, cleared: false, publication_oid: None, path: Self::path_for(dir, slot) }
+        Self {
+            slot: slot.to_string(),
+            status,
+            point: None,
+            load_ts: None,
+            tables: BTreeMap::new(),
+            resync: false,
+            cleared: false,
+            publication_oid: None,
+            path: Self::path_for(dir, slot),
+        }
     }
 
     /// When the publication the slot was streamed with was dropped since (`now`: its oid today,

@@ -14,8 +14,11 @@ pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};
 pub use replication::{create_slot_exporting, ExportedSnapshot, ReplicationStream, SourceEvent, StreamSettings};
 pub(crate) use sql::classify;
+pub use sql::{
+    connect_sql, create_slot, drop_slot, ensure_publication, publication_oid, published_tables, quote_ident, slot_info, Published,
+    SlotInfo, RESYNC_FIX,
+};
 pub use types::TypeRules;
-pub use sql::{connect_sql, create_slot, drop_slot, ensure_publication, publication_oid, published_tables, quote_ident, slot_info, Published, SlotInfo, RESYNC_FIX};
 
 use crate::config::{ConfigError, SourceConfig, SslMode};
 

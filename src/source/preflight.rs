@@ -54,11 +54,17 @@ pub async fn preflight(config: &Config, params: &ConnParams, gone_slot: Option<(
         Ok(client) => {
             out.push(Finding::ok(format!("connected to {} as {}", params.display(), params.user)));
             if let Err(e) = run_checks(&client, config, params, gone_slot, &mut out).await {
-                out.push(Finding::fail(format!("a check query failed: {}", classify(&e, params, &config.source.slot)), "see the error above"));
+                out.push(Finding::fail(
+                    format!("a check query failed: {}", classify(&e, params, &config.source.slot)),
+                    "see the error above",
+                ));
             }
         }
         Err(e) => {
-            out.push(Finding::fail(format!("cannot connect to {}: {e}", params.display()), "check source.host, source.port, source.database, the credentials and pg_hba.conf"));
+            out.push(Finding::fail(
+                format!("cannot connect to {}: {e}", params.display()),
+                "check source.host, source.port, source.database, the credentials and pg_hba.conf",
+            ));
         }
     }
     out.push(replication_finding(config, params).await);
@@ -97,7 +103,10 @@ async fn run_checks(
     let version: i32 = client.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
     let has_schema_selector = src.table_selectors().iter().any(|t| matches!(t, TableSelector::Schema(_)));
     if version < 100_000 {
-        out.push(Finding::fail(format!("server version {version} has no pgoutput"), "walcast needs Postgres 10 or newer (15+ recommended)"));
+        out.push(Finding::fail(
+            format!("server version {version} has no pgoutput"),
+            "walcast needs Postgres 10 or newer (15+ recommended)",
+        ));
     } else if version < 150_000 && has_schema_selector {
         out.push(Finding::fail(
             format!("server version {version} cannot publish whole schemas (`schema.*` in source.tables)"),
@@ -117,9 +126,7 @@ async fn run_checks(
         ));
     }
 
-    let role = client
-        .query_one("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user", &[])
-        .await?;
+    let role = client.query_one("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user", &[]).await?;
     let (replication, superuser): (bool, bool) = (role.get(0), role.get(1));
     if replication || superuser {
         out.push(Finding::ok(format!("role {} may replicate ({})", params.user, if superuser { "superuser" } else { "REPLICATION" })));
@@ -140,13 +147,18 @@ async fn run_checks(
             &[],
         )
         .await?;
-    let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) = (limits.get(0), limits.get(1), limits.get(2), limits.get(3));
+    let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) =
+        (limits.get(0), limits.get(1), limits.get(2), limits.get(3));
     match &slot {
         Some(s) => match s.problem(&src.database) {
             Some((problem, fix)) => out.push(Finding::fail(problem, fix)),
             None => {
                 let conf = s.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
-                out.push(Finding::ok(format!("slot {:?} exists (confirmed_flush_lsn {conf}, wal_status {})", src.slot, s.wal_status.as_deref().unwrap_or("-"))));
+                out.push(Finding::ok(format!(
+                    "slot {:?} exists (confirmed_flush_lsn {conf}, wal_status {})",
+                    src.slot,
+                    s.wal_status.as_deref().unwrap_or("-")
+                )));
                 if s.active {
                     out.push(Finding::warn(
                         format!("slot {:?} is in use by process {}", src.slot, s.active_pid.unwrap_or_default()),
@@ -206,15 +218,16 @@ async fn check_publication(client: &Client, config: &Config, superuser: bool, ou
     let needs_super = selectors.is_empty() || selectors.iter().any(|t| matches!(t, TableSelector::Schema(_)));
     if needs_super && !superuser {
         out.push(Finding::fail(
-            format!("publication {:?} must be created FOR {} which needs a superuser", src.publication, if selectors.is_empty() { "ALL TABLES" } else { "TABLES IN SCHEMA" }),
+            format!(
+                "publication {:?} must be created FOR {} which needs a superuser",
+                src.publication,
+                if selectors.is_empty() { "ALL TABLES" } else { "TABLES IN SCHEMA" }
+            ),
             "create the publication once as a superuser (see sql/roles.sql), or list tables one by one that this role owns",
         ));
         return Ok(());
     }
-    let can_create: bool = client
-        .query_one("SELECT has_database_privilege(current_user, current_database(), 'CREATE')", &[])
-        .await?
-        .get(0);
+    let can_create: bool = client.query_one("SELECT has_database_privilege(current_user, current_database(), 'CREATE')", &[]).await?.get(0);
     if !can_create && !superuser {
         out.push(Finding::fail(
             format!("publication {:?} must be created but the role lacks CREATE on the database", src.publication),
@@ -245,7 +258,12 @@ async fn check_publication(client: &Client, config: &Config, superuser: bool, ou
             .collect();
         if !not_owned.is_empty() {
             out.push(Finding::fail(
-                format!("publication {:?} must be created but role {} does not own {}", src.publication, params_user(client).await?, not_owned.join(", ")),
+                format!(
+                    "publication {:?} must be created but role {} does not own {}",
+                    src.publication,
+                    params_user(client).await?,
+                    not_owned.join(", ")
+                ),
                 format!("as the tables' owner or a superuser: {};", super::sql::create_publication_sql(&src.publication, &selectors)),
             ));
             return Ok(());
@@ -292,14 +310,18 @@ async fn check_tables(client: &Client, config: &Config, out: &mut Vec<Finding>) 
                 TableSelector::Table { schema, table } => format!("table {schema}.{table}"),
                 TableSelector::Schema(schema) => format!("schema {schema} (or any table in it)"),
             };
-            out.push(Finding::fail(format!("{name} from source.tables does not exist or is not in the publication"), "fix the name in source.tables (names are case-sensitive), or add it to the publication"));
+            out.push(Finding::fail(
+                format!("{name} from source.tables does not exist or is not in the publication"),
+                "fix the name in source.tables (names are case-sensitive), or add it to the publication",
+            ));
         }
     }
     if rows.is_empty() {
         out.push(Finding::warn("no table will be streamed", "list tables in source.tables, or add tables to the publication"));
     }
     for r in &rows {
-        let (schema, table, ident, has_pk, can_select): (String, String, String, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let (schema, table, ident, has_pk, can_select): (String, String, String, bool, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         let name = format!("{schema}.{table}");
         if ident == "n" || (ident == "d" && !has_pk) {
             out.push(Finding::warn(

@@ -61,11 +61,11 @@ impl ReplicationStream {
         let cfg = session_config(params, &settings.slot, &settings.publication)
             .await?
             .with_start_lsn(settings.start.into())
-        // Report only what walcast confirms, never the requested start.
-        .with_ack_lsn(settings.start.into())
-        .with_status_interval(settings.status_interval)
-        .with_wakeup_interval(std::time::Duration::from_secs(10))
-        .with_buffer_size(settings.buffer_events);
+            // Report only what walcast confirms, never the requested start.
+            .with_ack_lsn(settings.start.into())
+            .with_status_interval(settings.status_interval)
+            .with_wakeup_interval(std::time::Duration::from_secs(10))
+            .with_buffer_size(settings.buffer_events);
         let mut client = ReplicationClient::connect(cfg).await.map_err(|e| classify(&e, params, &settings.slot))?;
         match tokio::time::timeout(params.connect_timeout, client.wait_started()).await {
             Ok(Ok(())) => {}
@@ -94,15 +94,10 @@ impl ReplicationStream {
                 ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                     SourceEvent::Begin(Begin { final_lsn: final_lsn.into(), commit_ts: commit_time_micros, xid })
                 }
-                ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => SourceEvent::Commit(Commit {
-                    flags: 0,
-                    commit_lsn: lsn.into(),
-                    end_lsn: end_lsn.into(),
-                    commit_ts: commit_time_micros,
-                }),
-                ReplicationEvent::XLogData { wal_start, data, .. } => {
-                    SourceEvent::Data { wal_start: wal_start.into(), payload: data }
+                ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
+                    SourceEvent::Commit(Commit { flags: 0, commit_lsn: lsn.into(), end_lsn: end_lsn.into(), commit_ts: commit_time_micros })
                 }
+                ReplicationEvent::XLogData { wal_start, data, .. } => SourceEvent::Data { wal_start: wal_start.into(), payload: data },
                 ReplicationEvent::Message { transactional, lsn, prefix, content } => {
                     SourceEvent::Message(LogicalMessage { transactional, lsn: lsn.into(), prefix, content })
                 }
@@ -140,7 +135,12 @@ pub struct ExportedSnapshot {
 
 /// Create logical slot `slot` (pgoutput) on a replication session and export its snapshot.
 /// `temporary`: the slot disappears with the session (used by `walcast snapshot`).
-pub async fn create_slot_exporting(params: &ConnParams, slot: &str, publication: &str, temporary: bool) -> Result<ExportedSnapshot, SourceError> {
+pub async fn create_slot_exporting(
+    params: &ConnParams,
+    slot: &str,
+    publication: &str,
+    temporary: bool,
+) -> Result<ExportedSnapshot, SourceError> {
     let cfg = session_config(params, slot, publication).await?;
     let mut session = ReplicationClient::connect_gated(cfg).await.map_err(|e| classify(&e, params, slot))?;
     // The slot name was validated as [a-z0-9_]; quoting keeps it an identifier regardless.
@@ -149,7 +149,8 @@ pub async fn create_slot_exporting(params: &ConnParams, slot: &str, publication:
         slot.replace('"', ""),
         if temporary { "TEMPORARY " } else { "" }
     );
-    let rows = match tokio::time::timeout(params.connect_timeout.max(std::time::Duration::from_secs(60)), session.simple_query(&sql)).await {
+    let rows = match tokio::time::timeout(params.connect_timeout.max(std::time::Duration::from_secs(60)), session.simple_query(&sql)).await
+    {
         Ok(r) => r.map_err(|e| classify(&e, params, slot))?,
         Err(_) => {
             session.abort();
@@ -159,7 +160,9 @@ pub async fn create_slot_exporting(params: &ConnParams, slot: &str, publication:
         }
     };
     // One row: slot_name, consistent_point, snapshot_name, output_plugin.
-    let field = |i: usize| rows.first().and_then(|r| r.get(i)).and_then(|v| v.as_ref()).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_string);
+    let field = |i: usize| {
+        rows.first().and_then(|r| r.get(i)).and_then(|v| v.as_ref()).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_string)
+    };
     let (Some(point), Some(name)) = (field(1), field(2)) else {
         return Err(SourceError::Transient("CREATE_REPLICATION_SLOT answered without a consistent point or snapshot name".into()));
     };

@@ -184,7 +184,9 @@ pub(crate) fn consistent_point(slot: &str, text: Option<&str>) -> Result<Lsn, So
     text.parse().map_err(|e| {
         SourceError::setup(
             format!("Postgres created slot {slot:?} but answered a consistent point walcast cannot read ({e})"),
-            format!("drop the slot (SELECT pg_drop_replication_slot('{slot}')) and run again; if it happens again, report the server version"),
+            format!(
+                "drop the slot (SELECT pg_drop_replication_slot('{slot}')) and run again; if it happens again, report the server version"
+            ),
         )
     })
 }
@@ -222,7 +224,8 @@ impl Published {
         if self.missing.is_empty() && self.extra.is_empty() {
             return None;
         }
-        let names = |v: &[(String, String)]| v.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect::<Vec<_>>().join(", ");
+        let names =
+            |v: &[(String, String)]| v.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect::<Vec<_>>().join(", ");
         let mut problem = format!("publication {publication:?} exists but does not publish exactly source.tables:");
         let mut fix = Vec::new();
         if !self.missing.is_empty() {
@@ -245,7 +248,11 @@ impl Published {
 
 /// What `publication` publishes, compared with the configured `tables` (no comparison when
 /// `tables` is empty: the publication decides). `None` when the publication does not exist.
-pub async fn published_tables(client: &Client, publication: &str, tables: &[TableSelector]) -> Result<Option<Published>, tokio_postgres::Error> {
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+    tables: &[TableSelector],
+) -> Result<Option<Published>, tokio_postgres::Error> {
     let Some(head) = client.query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication]).await? else {
         return Ok(None);
     };
@@ -375,10 +382,7 @@ mod tests {
 
     #[test]
     fn publication_sql_quotes_everything() {
-        let tables = vec![
-            TableSelector::Table { schema: "public".into(), table: "or\"ders".into() },
-            TableSelector::Schema("shop".into()),
-        ];
+        let tables = vec![TableSelector::Table { schema: "public".into(), table: "or\"ders".into() }, TableSelector::Schema("shop".into())];
         assert_eq!(
             create_publication_sql("pub", &tables),
             r#"CREATE PUBLICATION "pub" FOR TABLE "public"."or""ders", TABLES IN SCHEMA "shop""#

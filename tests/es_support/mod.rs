@@ -52,7 +52,10 @@ pub struct Es {
 
 impl Es {
     pub fn new(url: &str) -> Self {
-        Self { url: url.trim_end_matches('/').to_string(), http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client") }
+        Self {
+            url: url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
+        }
     }
 
     pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -80,7 +83,9 @@ impl Es {
             return;
         }
         for name in v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
-            let Some(pid) = name.strip_prefix("wc-").and_then(|n| n.rsplit('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let Some(pid) = name.strip_prefix("wc-").and_then(|n| n.rsplit('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
                 self.delete_index(&name).await;
             }
@@ -158,7 +163,6 @@ impl Es {
     }
 }
 
-
 /// A private noida-db instance (data persisted in `dir` across restarts), for tests that stop
 /// the server. Killed when dropped.
 pub struct PrivateNoida {
@@ -195,7 +199,12 @@ impl PrivateNoida {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "private noida-db did not start on {}: {}", self.port, std::fs::read_to_string(&self.log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "private noida-db did not start on {}: {}",
+                self.port,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

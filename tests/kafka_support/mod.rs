@@ -183,7 +183,9 @@ impl Collector {
         match self.consumer.poll(timeout) {
             Some(Ok(m)) => {
                 let received = Instant::now();
-                let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)));
+                let parse = |b: &[u8]| {
+                    serde_json::from_slice::<Value>(b).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
+                };
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for header in h.iter() {
@@ -295,8 +297,7 @@ pub const SOURCE_FIELDS: &[(&str, JType)] = &[
 
 /// `transaction` block fields (transaction metadata on): id (string), total_order (int64),
 /// data_collection_order (int64).
-pub const TRANSACTION_FIELDS: &[(&str, JType)] =
-    &[("id", JType::Str), ("total_order", JType::Int), ("data_collection_order", JType::Int)];
+pub const TRANSACTION_FIELDS: &[(&str, JType)] = &[("id", JType::Str), ("total_order", JType::Int), ("data_collection_order", JType::Int)];
 
 fn type_ok(v: &Value, t: JType) -> bool {
     match t {
@@ -307,9 +308,8 @@ fn type_ok(v: &Value, t: JType) -> bool {
         JType::IntOrNull => v.is_null() || v.is_i64() || v.is_u64(),
         JType::JsonArrayStringOrNull => match v {
             Value::Null => true,
-            Value::String(s) => serde_json::from_str::<Value>(s).is_ok_and(|a| {
-                a.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|x| x.is_string() || x.is_null()))
-            }),
+            Value::String(s) => serde_json::from_str::<Value>(s)
+                .is_ok_and(|a| a.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|x| x.is_string() || x.is_null()))),
             _ => false,
         },
     }

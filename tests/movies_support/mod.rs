@@ -58,8 +58,7 @@ pub async fn expected_documents(client: &Client) -> BTreeMap<String, Value> {
 
     let mut docs = BTreeMap::new();
     for r in rows(client, "SELECT id::text, rating::float8, title, description FROM content.film_work").await {
-        let (id, rating, title, description): (String, Option<f64>, String, Option<String>) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let (id, rating, title, description): (String, Option<f64>, String, Option<String>) = (r.get(0), r.get(1), r.get(2), r.get(3));
         let doc = json!({
             "id": id,
             "imdb_rating": rating,

@@ -24,14 +24,9 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     s.read_to_end(&mut buf).map_err(|e| format!("read from {addr}: {e}"))?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP header end in {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad status line in {head:?}"))?;
     Ok((status, body.to_string()))
 }
-
 
 /// Replace `from` by `to` in walcast's config file (before it starts), e.g. to add keys to the
 /// `[metrics]` section that tests/support writes.
@@ -273,7 +268,12 @@ impl Prometheus {
             if up.len() >= targets {
                 return;
             }
-            assert!(Instant::now() < deadline, "prometheus has not scraped walcast within {timeout:?}: {:?}\n{}", self.api("targets"), self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "prometheus has not scraped walcast within {timeout:?}: {:?}\n{}",
+                self.api("targets"),
+                self.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

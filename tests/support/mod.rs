@@ -624,9 +624,10 @@ pub fn read_snapshot_state(state_dir: &Path, slot: &str) -> Option<Value> {
 /// The seed of a randomized crash test: `WALCAST_CRASH_SEED`, or else the clock. Printed, so a
 /// failing run can be repeated.
 pub fn crash_seed(test: &str) -> u64 {
-    let seed = std::env::var("WALCAST_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
+    let seed = std::env::var("WALCAST_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
     eprintln!("{test}: seed {seed} (set WALCAST_CRASH_SEED to repeat)");
     seed
 }
@@ -927,11 +928,7 @@ impl ChaosCluster {
 
     /// `scripts/pg-cluster ARGS...`
     pub fn pg_cluster(&self, args: &[&str]) {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/pg-cluster"))
-            .args(args)
-            .output()
-            .expect("run scripts/pg-cluster");
+        let out = Command::new("bash").arg(repo_root().join("scripts/pg-cluster")).args(args).output().expect("run scripts/pg-cluster");
         assert!(
             out.status.success(),
             "scripts/pg-cluster {args:?} failed: {}{}",

@@ -52,17 +52,15 @@ impl PrivateCluster {
     /// backend inherits the postmaster's load time).
     pub async fn reload(&self) {
         let admin = connect(&self.url).await;
-        let errors: i64 = admin
-            .query_one("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL", &[])
-            .await
-            .expect("pg_hba_file_rules")
-            .get(0);
+        let errors: i64 =
+            admin.query_one("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL", &[]).await.expect("pg_hba_file_rules").get(0);
         assert_eq!(errors, 0, "pg_hba.conf of {} has errors", self.dir.display());
         let before: String = admin.query_one("SELECT now()::text", &[]).await.expect("now").get(0);
         exec(&admin, "SELECT pg_reload_conf()").await;
         for _ in 0..200 {
             let fresh = connect(&self.url).await;
-            let reloaded: bool = fresh.query_one("SELECT pg_conf_load_time() >= $1::text::timestamptz", &[&before]).await.expect("load time").get(0);
+            let reloaded: bool =
+                fresh.query_one("SELECT pg_conf_load_time() >= $1::text::timestamptz", &[&before]).await.expect("load time").get(0);
             if reloaded {
                 return;
             }
@@ -74,7 +72,10 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo_root().join("scripts/pg-cluster")).args(["stop", &self.dir.to_string_lossy(), "immediate"]).output();
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/pg-cluster"))
+            .args(["stop", &self.dir.to_string_lossy(), "immediate"])
+            .output();
     }
 }
 

@@ -160,7 +160,10 @@ mod tests {
             serde_json::json!({"index": {"_index": "orders", "_id": "[1,\"a\"]", "version": 42, "version_type": "external_gte"}})
         );
         assert_eq!(lines[1], serde_json::json!({"id": 1}));
-        assert_eq!(lines[2], serde_json::json!({"delete": {"_index": "orders", "_id": "7", "version": 43, "version_type": "external_gte"}}));
+        assert_eq!(
+            lines[2],
+            serde_json::json!({"delete": {"_index": "orders", "_id": "7", "version": 43, "version_type": "external_gte"}})
+        );
         assert_eq!(lines[3], serde_json::json!({"index": {"_index": "dlq"}}));
     }
 
@@ -196,8 +199,12 @@ mod tests {
         let outcomes: Vec<ItemOutcome> = items.iter().zip(kinds).map(|(i, k)| classify(k, i)).collect();
         assert_eq!(outcomes[0], ItemOutcome::Done);
         assert_eq!(outcomes[1], ItemOutcome::Stale);
-        assert!(matches!(&outcomes[2], ItemOutcome::Rejected(r) if r.starts_with("strict_dynamic_mapping_exception: mapping set to strict")));
-        assert!(matches!(&outcomes[3], ItemOutcome::Rejected(r) if r.contains("mapper_parsing_exception") && r.contains("caused by number_format_exception")));
+        assert!(
+            matches!(&outcomes[2], ItemOutcome::Rejected(r) if r.starts_with("strict_dynamic_mapping_exception: mapping set to strict"))
+        );
+        assert!(
+            matches!(&outcomes[3], ItemOutcome::Rejected(r) if r.contains("mapper_parsing_exception") && r.contains("caused by number_format_exception"))
+        );
         assert!(matches!(&outcomes[4], ItemOutcome::Retry(_)));
         assert_eq!(outcomes[5], ItemOutcome::Done);
         assert_eq!(outcomes[6], ItemOutcome::Stale);

@@ -9,7 +9,6 @@ use super::indexes::{self, IndexState};
 use crate::config::Config;
 use crate::source::Finding;
 
-
 /// Findings about `[sinks.elasticsearch]` (none when it is not configured).
 pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
     let Some(es) = &config.sinks.elasticsearch else { return Vec::new() };

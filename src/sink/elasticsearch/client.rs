@@ -269,7 +269,13 @@ mod tests {
 
     #[test]
     fn classification() {
-        let st = |status: u16, kind: &str| EsError::Status { method: "POST", path: "/_bulk".into(), status, kind: kind.into(), reason: String::new() };
+        let st = |status: u16, kind: &str| EsError::Status {
+            method: "POST",
+            path: "/_bulk".into(),
+            status,
+            kind: kind.into(),
+            reason: String::new(),
+        };
         assert!(st(401, "security_exception").is_auth());
         assert!(st(403, "security_exception").is_auth());
         assert!(!st(403, "cluster_block_exception").is_auth());
@@ -283,10 +289,9 @@ mod tests {
     #[test]
     fn debug_hides_credentials() {
         std::env::set_var("WALCAST_TEST_ES_CLIENT_PW", "client-hunter2");
-        let cfg: ElasticsearchSinkConfig = toml::from_str(
-            "url = \"http://127.0.0.1:9200\"\nusername = \"elastic\"\npassword_env = \"WALCAST_TEST_ES_CLIENT_PW\"\n",
-        )
-        .expect("config");
+        let cfg: ElasticsearchSinkConfig =
+            toml::from_str("url = \"http://127.0.0.1:9200\"\nusername = \"elastic\"\npassword_env = \"WALCAST_TEST_ES_CLIENT_PW\"\n")
+                .expect("config");
         let client = EsClient::new(&cfg).expect("client");
         let shown = format!("{client:?}");
         assert!(!shown.contains("client-hunter2") && !shown.contains("ZWxhc3RpYzpjbGllbnQtaHVudGVyMg"), "{shown}");

@@ -115,7 +115,10 @@ impl DocumentBuilder {
         let classified = source::classify(e, &self.params, "");
         if classified.is_retryable() || self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
-            return SinkError::Transient { sink: NAME, source: std::io::Error::other(format!("document rule {:?}: {what}: {classified}", rule.name)) };
+            return SinkError::Transient {
+                sink: NAME,
+                source: std::io::Error::other(format!("document rule {:?}: {what}: {classified}", rule.name)),
+            };
         }
         let mut reason = format!("document rule {:?}: {what} failed: {classified}", rule.name);
         if e.to_string().contains("cannot convert") {
@@ -154,9 +157,16 @@ impl DocumentBuilder {
     /// them before the next chunk is built, so memory stays bounded by `max_ids`). Everything is
     /// read in one REPEATABLE READ transaction, inside `exported` when given.
     /// Returns how many root documents were rebuilt (or deleted).
-    pub(super) async fn rebuild<W: WriteActions>(&mut self, rule: &DocumentRule, work: &RuleWork, exported: Option<&str>, out: &mut W) -> Result<usize, SinkError> {
+    pub(super) async fn rebuild<W: WriteActions>(
+        &mut self,
+        rule: &DocumentRule,
+        work: &RuleWork,
+        exported: Option<&str>,
+        out: &mut W,
+    ) -> Result<usize, SinkError> {
         let origin = work.origin(rule);
-        let action = |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
+        let action =
+            |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
         if !work.rejected.is_empty() {
             out.write_actions(work.rejected.iter().cloned().map(Err).collect()).await?;
         }
@@ -170,9 +180,16 @@ impl DocumentBuilder {
     }
 
     /// The read transaction of [`Self::rebuild`]: lookups, then documents chunk by chunk.
-    async fn read_and_write<W: WriteActions>(&mut self, rule: &DocumentRule, work: &RuleWork, exported: Option<&str>, out: &mut W) -> Result<usize, SinkError> {
+    async fn read_and_write<W: WriteActions>(
+        &mut self,
+        rule: &DocumentRule,
+        work: &RuleWork,
+        exported: Option<&str>,
+        out: &mut W,
+    ) -> Result<usize, SinkError> {
         let origin = work.origin(rule);
-        let action = |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
+        let action =
+            |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
         let mut waited = std::time::Duration::ZERO;
         loop {
             match self.read_once(rule, work, exported, out, &action).await {
@@ -288,7 +305,8 @@ impl DocumentBuilder {
             );
             tx.batch_execute(&declare).await.map_err(sql("listing every root id"))?;
             loop {
-                let rows = tx.query(&format!("FETCH {} FROM walcast_roots", rule.max_ids), &[]).await.map_err(sql("listing every root id"))?;
+                let rows =
+                    tx.query(&format!("FETCH {} FROM walcast_roots", rule.max_ids), &[]).await.map_err(sql("listing every root id"))?;
                 if rows.is_empty() {
                     break;
                 }
@@ -373,7 +391,11 @@ pub(crate) async fn document_findings(rules: &[crate::config::EsDocumentRule], c
                 match client.prepare(&wrapped).await {
                     Ok(_) => {}
                     Err(e) => out.push(Finding::fail(
-                        format!("document rule {:?}: {field}.dependents[{j}].root_ids_query does not prepare: {}", rule.name, sql_message(&e)),
+                        format!(
+                            "document rule {:?}: {field}.dependents[{j}].root_ids_query does not prepare: {}",
+                            rule.name,
+                            sql_message(&e)
+                        ),
                         "fix the query; it gets the changed rows' key_column values in $1 and returns root ids in its first column",
                     )),
                 }
@@ -406,8 +428,14 @@ async fn column_finding(client: &Client, rule: &str, table: &str, column: &str, 
         )
         .await;
     match row {
-        Err(e) => Some(Finding::fail(format!("document rule {rule:?}: cannot inspect {table}: {e}"), "grant SELECT on the table and USAGE on its schema to the walcast role")),
-        Ok(None) => Some(Finding::fail(format!("document rule {rule:?}: {table} has no column {column:?} (or the table does not exist)"), "fix the table or column name in the rule")),
+        Err(e) => Some(Finding::fail(
+            format!("document rule {rule:?}: cannot inspect {table}: {e}"),
+            "grant SELECT on the table and USAGE on its schema to the walcast role",
+        )),
+        Ok(None) => Some(Finding::fail(
+            format!("document rule {rule:?}: {table} has no column {column:?} (or the table does not exist)"),
+            "fix the table or column name in the rule",
+        )),
         Ok(Some(r)) => {
             let identity: String = r.get(0);
             let in_key: bool = r.get(1);

@@ -25,13 +25,13 @@ pub fn specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<IndexSpec>, String> {
     let mut out = Vec::new();
     for (name, idx) in &cfg.indexes {
         let path = &idx.mapping_file;
-        let text = std::fs::read(path).map_err(|e| {
-            format!("sinks.elasticsearch.indexes.{name:?}.mapping_file: cannot read {}: {e}", path.display())
-        })?;
-        let body: Value = serde_json::from_slice(&text).map_err(|e| {
-            format!("sinks.elasticsearch.indexes.{name:?}.mapping_file: {} is not valid JSON: {e}", path.display())
-        })?;
-        if !body.is_object() || body.as_object().is_some_and(|o| o.keys().any(|k| !matches!(k.as_str(), "settings" | "mappings" | "aliases"))) {
+        let text = std::fs::read(path)
+            .map_err(|e| format!("sinks.elasticsearch.indexes.{name:?}.mapping_file: cannot read {}: {e}", path.display()))?;
+        let body: Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("sinks.elasticsearch.indexes.{name:?}.mapping_file: {} is not valid JSON: {e}", path.display()))?;
+        if !body.is_object()
+            || body.as_object().is_some_and(|o| o.keys().any(|k| !matches!(k.as_str(), "settings" | "mappings" | "aliases")))
+        {
             return Err(format!(
                 "sinks.elasticsearch.indexes.{name:?}.mapping_file: {} must be an object with `settings`, `mappings` and/or `aliases` (the body of PUT /{name})",
                 path.display()
@@ -65,7 +65,8 @@ pub async fn state(client: &EsClient, spec: &IndexSpec) -> Result<IndexState, Es
         200 => {
             let live: Value = serde_json::from_slice(&answer.body).map_err(|e| EsError::BadResponse { path, reason: e.to_string() })?;
             // The answer is keyed by the concrete index name (which differs for an alias).
-            let live_mappings = live.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("mappings")).cloned().unwrap_or(Value::Null);
+            let live_mappings =
+                live.as_object().and_then(|o| o.values().next()).and_then(|v| v.get("mappings")).cloned().unwrap_or(Value::Null);
             let wanted = spec.body.get("mappings").cloned().unwrap_or(Value::Null);
             Ok(IndexState::Exists(subset_diff(&wanted, &live_mappings, "mappings")))
         }
@@ -120,10 +121,14 @@ mod tests {
     #[test]
     fn mapping_subset() {
         let wanted = json!({"dynamic": "strict", "properties": {"id": {"type": "integer"}, "n": {"type": "long"}}});
-        let live = json!({"dynamic": "strict", "properties": {"id": {"type": "integer"}, "n": {"type": "long"}, "extra": {"type": "text"}}});
+        let live =
+            json!({"dynamic": "strict", "properties": {"id": {"type": "integer"}, "n": {"type": "long"}, "extra": {"type": "text"}}});
         assert_eq!(subset_diff(&wanted, &live, "mappings"), None);
         let changed = json!({"dynamic": "strict", "properties": {"id": {"type": "integer"}, "n": {"type": "integer"}}});
-        assert_eq!(subset_diff(&wanted, &changed, "mappings").as_deref(), Some("mappings.properties.n.type is \"integer\", the file says \"long\""));
+        assert_eq!(
+            subset_diff(&wanted, &changed, "mappings").as_deref(),
+            Some("mappings.properties.n.type is \"integer\", the file says \"long\"")
+        );
         let missing = json!({"properties": {"id": {"type": "integer"}}});
         assert!(subset_diff(&wanted, &missing, "mappings").expect("diff").contains("mappings.dynamic is missing"));
         // Servers answer some values as strings.
@@ -147,7 +152,8 @@ mod tests {
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, r#"{"properties":{}}"#).expect("write");
         let cfg: ElasticsearchSinkConfig =
-            toml::from_str(&format!("url = \"http://h:9200\"\n[indexes.x]\nmapping_file = {:?}\n", bad.display().to_string())).expect("config");
+            toml::from_str(&format!("url = \"http://h:9200\"\n[indexes.x]\nmapping_file = {:?}\n", bad.display().to_string()))
+                .expect("config");
         assert!(specs(&cfg).expect_err("bad").contains("must be an object with `settings`"));
         let cfg: ElasticsearchSinkConfig =
             toml::from_str("url = \"http://h:9200\"\n[indexes.x]\nmapping_file = \"/nonexistent/m.json\"\n").expect("config");

@@ -15,7 +15,6 @@ use crate::source::{connect_sql, ConnParams, Finding};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
-
 /// Findings about `[sinks.kafka]` (none when it is not configured). The streamed tables are
 /// read from the publication when it exists, otherwise from `source.tables`.
 pub async fn kafka_findings(config: &Config, params: &ConnParams) -> Vec<Finding> {
@@ -29,10 +28,7 @@ async fn streamed_tables(config: &Config, params: &ConnParams) -> Vec<(String, S
     let mut out = BTreeSet::new();
     if let Ok(client) = connect_sql(params).await {
         if let Ok(rows) = client
-            .query(
-                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-                &[&config.source.publication],
-            )
+            .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&config.source.publication])
             .await
         {
             out.extend(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))));
@@ -44,10 +40,7 @@ async fn streamed_tables(config: &Config, params: &ConnParams) -> Vec<(String, S
                         out.insert((schema, table));
                     }
                     TableSelector::Schema(schema) => {
-                        if let Ok(rows) = client
-                            .query("SELECT tablename::text FROM pg_tables WHERE schemaname = $1", &[&schema])
-                            .await
-                        {
+                        if let Ok(rows) = client.query("SELECT tablename::text FROM pg_tables WHERE schemaname = $1", &[&schema]).await {
                             out.extend(rows.iter().map(|r| (schema.clone(), r.get::<_, String>(0))));
                         }
                     }

@@ -157,10 +157,7 @@ pub fn pg_micros_to_unix_micros(micros_since_2000: i64) -> i64 {
 
 /// Now, in microseconds since 1970.
 pub fn now_unix_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// Append the record key: `{"col": value, ...}` over `key_columns` of `values`. Returns false
@@ -171,13 +168,7 @@ pub fn write_key(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>, ke
     if key_columns.is_empty() {
         return Ok(false);
     }
-    write_row_object(
-        out,
-        rel,
-        values,
-        |i| key_columns.contains(&i),
-        UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER),
-    )?;
+    write_row_object(out, rel, values, |i| key_columns.contains(&i), UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER))?;
     Ok(true)
 }
 
@@ -219,9 +210,7 @@ pub fn write_value(
 
 fn write_row(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>) -> Result<(), DecodeError> {
     match values {
-        Some(values) => {
-            write_row_object(out, rel, values, |_| true, UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER))
-        }
+        Some(values) => write_row_object(out, rel, values, |_| true, UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER)),
         None => {
             out.extend_from_slice(b"null");
             Ok(())

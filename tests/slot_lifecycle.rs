@@ -46,23 +46,15 @@ async fn table_rows(client: &tokio_postgres::Client) -> BTreeMap<i64, Value> {
         .collect()
 }
 
-/// Drop `slot` although a walsender streams it: end the walsender, then drop before walcast
-/// reconnects (retrying the race).
-async fn drop_streaming_slot(admin: &tokio_postgres::Client, slot: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let _ = admin
-            .execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
-                &[&slot],
-            )
-            .await;
-        if admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.is_ok() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "could not drop slot {slot}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// The way back: `walcast resync`, start again, and wait for a marker row written after the
+/// reload; returns every line so far, for the caller's comparison with the table.
+async fn resync_and_restart(wc: &mut Walcast, sql: &tokio_postgres::Client) -> Vec<Value> {
+    let config = wc.config_path.to_string_lossy().into_owned();
+    let resync = walcast_cmd(&["resync", "--config", &config]).await;
+    assert_eq!(resync.code, Some(0), "{resync}");
+    wc.start();
+    exec(sql, "INSERT INTO t VALUES (1000, 'marker')").await;
+    wc.wait_for("the marker row", WAIT, |l| l["after"]["id"] == 1000).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,12 +102,7 @@ async fn dropped_slot_is_refused_then_resync_removes_rows_deleted_meanwhile() {
     assert!(check.stdout.contains("FAIL") && check.stdout.contains("walcast resync"), "{check}");
 
     // The way back.
-    let resync = walcast_cmd(&["resync", "--config", &config]).await;
-    assert_eq!(resync.code, Some(0), "{resync}");
-    wc.start();
-    exec(&sql, "INSERT INTO t VALUES (1000, 'marker')").await;
-    wc.wait_for("the marker row", WAIT, |l| l["after"]["id"] == 1000).await;
-    let lines = wc.lines().to_vec();
+    let lines = resync_and_restart(&mut wc, &sql).await;
     assert!(
         lines[before_restart..].iter().any(|l| l["op"] == "truncate" && l["truncate"]["resync"] == true),
         "the re-sync removes the table's rows before reloading them"
@@ -191,13 +178,7 @@ async fn dropped_publication_is_explained_and_resync_recovers() {
     assert_eq!(status.code(), Some(3), "{}", wc.log_tail(30));
     assert!(wc.log_tail(20).contains("walcast resync"), "{}", wc.log_tail(20));
 
-    let config = wc.config_path.to_string_lossy().into_owned();
-    let resync = walcast_cmd(&["resync", "--config", &config]).await;
-    assert_eq!(resync.code, Some(0), "{resync}");
-    wc.start();
-    exec(&sql, "INSERT INTO t VALUES (1000, 'marker')").await;
-    wc.wait_for("the marker row", WAIT, |l| l["after"]["id"] == 1000).await;
-    let lines = wc.lines().to_vec();
+    let lines = resync_and_restart(&mut wc, &sql).await;
     assert_eq!(applied(&lines), table_rows(&sql).await, "after the re-sync the sink equals the table (row 3 deleted meanwhile)");
     wc.stop().await;
     db.drop().await;
@@ -373,13 +354,9 @@ async fn a_lost_slot_is_refused_and_resync_recovers() {
     assert_eq!(wc.wait_exit(WAIT).await.code(), Some(3), "{}", wc.log_tail(20));
     assert!(wc.log_tail(10).contains("wal_status = lost"), "{}", wc.log_tail(10));
 
-    let resync = walcast_cmd(&["resync", "--config", &config]).await;
-    assert_eq!(resync.code, Some(0), "{resync}");
-    wc.start();
-    exec(&sql, "INSERT INTO t VALUES (1000, 'marker')").await;
-    wc.wait_for("the marker row", WAIT, |l| l["after"]["id"] == 1000).await;
+    let lines = resync_and_restart(&mut wc, &sql).await;
     assert_eq!(
-        applied(wc.lines()),
+        applied(&lines),
         table_rows(&sql).await,
         "after the re-sync the sink equals the table (row 5 deleted while the slot was lost)"
     );

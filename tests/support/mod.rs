@@ -153,6 +153,25 @@ pub async fn current_wal_lsn(client: &Client) -> Lsn {
     parse_lsn(&query_text(client, "SELECT pg_current_wal_lsn()::text").await.expect("an LSN"))
 }
 
+/// Drop `slot` although a walsender streams it: end the walsender, then drop before walcast
+/// reconnects (retrying the race).
+pub async fn drop_streaming_slot(admin: &tokio_postgres::Client, slot: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = admin
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                &[&slot],
+            )
+            .await;
+        if admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "could not drop slot {slot}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 pub fn parse_lsn(s: &str) -> Lsn {
     s.parse().unwrap_or_else(|e| panic!("{e}"))
 }

@@ -78,9 +78,17 @@ async fn older_writes_never_roll_a_document_back() {
     s.write_actions(vec![act(&idx, "2", 200, index(json!({"a": 1, "big": "B"})))], &[]).await.expect("replay");
     assert_eq!(es.doc_with_version(&idx, "2").await, Some((json!({"a": 2, "big": "B"}), 300)));
 
-    // A partial update of a document that is not in the index cannot be completed: skipped.
-    s.write_actions(vec![act(&idx, "3", 400, update(json!({"a": 3})))], &[]).await.expect("partial of missing");
+    // A partial update of a document that is not in the index cannot be completed: it goes to
+    // the dead-letter destination with the fix (never dropped with only a warning).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let letters = dir.path().join("dead-letters.jsonl");
+    let cfg: ElasticsearchSinkConfig =
+        toml::from_str(&format!("url = \"{url}\"\n[dead_letter]\npath = {:?}\n", letters.display().to_string())).expect("config");
+    let mut with_letters = ElasticsearchSink::open(&cfg, &RetryConfig { initial_ms: 50, max_ms: 500 }, Metrics::new()).expect("sink");
+    with_letters.write_actions(vec![act(&idx, "3", 400, update(json!({"a": 3})))], &[]).await.expect("partial of missing");
     assert_eq!(es.doc(&idx, "3").await, None);
+    let written = std::fs::read_to_string(&letters).expect("dead-letter file");
+    assert!(written.contains("\"id\":\"3\"") && written.contains("walcast snapshot"), "{written}");
 
     // Within one batch the last write of each document wins, whatever the order of versions.
     s.write_actions(

@@ -105,7 +105,7 @@ pub struct SlotInfo {
 
 /// The fix for a slot whose changes are gone (dropped, lost, or never ours): what `walcast
 /// resync` does is the only way back to sinks equal to Postgres.
-pub const RESYNC_FIX: &str = "run `walcast resync --config FILE`, then start walcast again: it creates the slot anew and reloads every table, removing from the sinks what was deleted meanwhile (docs/snapshot.md, \"Re-sync\")";
+pub const RESYNC_FIX: &str = "run `walcast resync --config FILE`, then start walcast again: it creates the slot anew and reloads every table, removing from the sinks what was deleted meanwhile (docs/snapshot.md, \"re-sync after a lost slot\")";
 
 impl SlotInfo {
     /// Why walcast cannot stream this slot for `database`, as (problem, fix); `None` when it can.

@@ -294,13 +294,13 @@ async fn prepare_slot(
                 }
             }
             source::ensure_publication(&client, params, &src.publication, &src.table_selectors(), src.create_publication).await?;
-            let publication_oid = source::publication_oid(&client, &src.publication).await.map_err(query_error)?;
             // Stream exactly the configured tables, or refuse (as `check` does).
             let published =
                 source::published_tables(&client, &src.publication, &src.table_selectors()).await.map_err(query_error)?.unwrap_or_default();
             if let Some((problem, fix)) = published.mismatch(&src.publication) {
                 return Err(SourceError::setup(problem, fix));
             }
+            let publication_oid = published.oid;
             // The tables a load reads: every mapped one for a snapshot or a re-sync, none otherwise.
             let tables_for = |resync: bool| {
                 let client = &client;

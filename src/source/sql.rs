@@ -207,6 +207,8 @@ pub async fn publication_oid(client: &Client, publication: &str) -> Result<Optio
 /// What a publication publishes, as walcast compares it with `source.tables`.
 #[derive(Debug, Default)]
 pub struct Published {
+    /// The publication's oid (`None` when it does not exist).
+    pub oid: Option<u32>,
     /// `FOR ALL TABLES`: tables created later join by design.
     pub all_tables: bool,
     /// Oids of the published tables (partitions as Postgres lists them).
@@ -253,7 +255,7 @@ pub async fn published_tables(
     publication: &str,
     tables: &[TableSelector],
 ) -> Result<Option<Published>, tokio_postgres::Error> {
-    let Some(head) = client.query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication]).await? else {
+    let Some(head) = client.query_opt("SELECT oid, puballtables FROM pg_publication WHERE pubname = $1", &[&publication]).await? else {
         return Ok(None);
     };
     // A partition counts as its partition root, which is what source.tables names.
@@ -263,7 +265,7 @@ pub async fn published_tables(
             &[&publication],
         )
         .await?;
-    let mut out = Published { all_tables: head.get(0), ..Published::default() };
+    let mut out = Published { oid: Some(head.get(0)), all_tables: head.get(1), ..Published::default() };
     let selects = |schema: &str, table: &str| {
         tables.iter().any(|sel| match sel {
             TableSelector::Table { schema: s, table: t } => s == schema && t == table,

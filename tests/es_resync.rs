@@ -14,18 +14,9 @@ use es_support::*;
 use serde_json::Value;
 use support::*;
 
+/// The table by document id (the id column as text).
 async fn table_rows(client: &tokio_postgres::Client) -> BTreeMap<String, Value> {
-    client
-        .query("SELECT id, v FROM t ORDER BY id", &[])
-        .await
-        .expect("select")
-        .iter()
-        .map(|r| {
-            let id: i32 = r.get(0);
-            let v: Option<String> = r.get(1);
-            (id.to_string(), serde_json::json!({ "id": id, "v": v }))
-        })
-        .collect()
+    id_v_rows(client).await.into_iter().map(|(id, row)| (id.to_string(), row)).collect()
 }
 
 async fn index_rows(es: &Es, index: &str) -> BTreeMap<String, Value> {

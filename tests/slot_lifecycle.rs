@@ -32,20 +32,6 @@ fn applied(lines: &[Value]) -> BTreeMap<i64, Value> {
     rows
 }
 
-async fn table_rows(client: &tokio_postgres::Client) -> BTreeMap<i64, Value> {
-    client
-        .query("SELECT id, v FROM t ORDER BY id", &[])
-        .await
-        .expect("select")
-        .iter()
-        .map(|r| {
-            let id: i32 = r.get(0);
-            let v: Option<String> = r.get(1);
-            (i64::from(id), serde_json::json!({ "id": id, "v": v }))
-        })
-        .collect()
-}
-
 /// The way back: `walcast resync`, start again, and wait for a marker row written after the
 /// reload; returns every line so far, for the caller's comparison with the table.
 async fn resync_and_restart(wc: &mut Walcast, sql: &tokio_postgres::Client) -> Vec<Value> {
@@ -107,7 +93,7 @@ async fn dropped_slot_is_refused_then_resync_removes_rows_deleted_meanwhile() {
         lines[before_restart..].iter().any(|l| l["op"] == "truncate" && l["truncate"]["resync"] == true),
         "the re-sync removes the table's rows before reloading them"
     );
-    let expected = table_rows(&sql).await;
+    let expected = id_v_rows(&sql).await;
     assert!(!expected.contains_key(&7) && !expected.contains_key(&51));
     assert_eq!(applied(&lines), expected, "after the re-sync the sink equals the table (rows 7 and 51 deleted meanwhile)");
     wc.stop().await;
@@ -118,7 +104,7 @@ async fn dropped_slot_is_refused_then_resync_removes_rows_deleted_meanwhile() {
     exec(&sql, "DELETE FROM t WHERE id = 1").await;
     let after = wc.wait_for("the delete of row 1", WAIT, |l| l["op"] == "delete" && l["key"]["id"] == 1).await;
     assert!(after[lines_before..].iter().all(|l| l["op"] != "read" && l["op"] != "truncate"), "no reload after the re-sync finished");
-    assert_eq!(applied(&after), table_rows(&sql).await);
+    assert_eq!(applied(&after), id_v_rows(&sql).await);
     wc.stop().await;
     db.drop().await;
 }
@@ -179,7 +165,7 @@ async fn dropped_publication_is_explained_and_resync_recovers() {
     assert!(wc.log_tail(20).contains("walcast resync"), "{}", wc.log_tail(20));
 
     let lines = resync_and_restart(&mut wc, &sql).await;
-    assert_eq!(applied(&lines), table_rows(&sql).await, "after the re-sync the sink equals the table (row 3 deleted meanwhile)");
+    assert_eq!(applied(&lines), id_v_rows(&sql).await, "after the re-sync the sink equals the table (row 3 deleted meanwhile)");
     wc.stop().await;
     db.drop().await;
 }
@@ -357,7 +343,7 @@ async fn a_lost_slot_is_refused_and_resync_recovers() {
     let lines = resync_and_restart(&mut wc, &sql).await;
     assert_eq!(
         applied(&lines),
-        table_rows(&sql).await,
+        id_v_rows(&sql).await,
         "after the re-sync the sink equals the table (row 5 deleted while the slot was lost)"
     );
     wc.stop().await;

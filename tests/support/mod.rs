@@ -153,6 +153,22 @@ pub async fn current_wal_lsn(client: &Client) -> Lsn {
     parse_lsn(&query_text(client, "SELECT pg_current_wal_lsn()::text").await.expect("an LSN"))
 }
 
+/// Rows of the tests' `t (id int, v text)` table by id, as JSON objects (what a JSON-lines
+/// `after` or an Elasticsearch document of the row holds).
+pub async fn id_v_rows(client: &tokio_postgres::Client) -> BTreeMap<i64, Value> {
+    client
+        .query("SELECT id, v FROM t ORDER BY id", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| {
+            let id: i32 = r.get(0);
+            let v: Option<String> = r.get(1);
+            (i64::from(id), serde_json::json!({ "id": id, "v": v }))
+        })
+        .collect()
+}
+
 /// Drop `slot` although a walsender streams it: end the walsender, then drop before walcast
 /// reconnects (retrying the race).
 pub async fn drop_streaming_slot(admin: &tokio_postgres::Client, slot: &str) {

@@ -1,11 +1,16 @@
-//! Exponential backoff with full jitter, shared by every component that retries forever.
+//! The one retry layer: exponential backoff with "equal jitter" (half the ceiling fixed, half
+//! random), and a wait that ends early on shutdown. Every loop that retries forever uses it.
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::RetryConfig;
 
-/// Delays for successive attempts: a random duration up to `initial * 2^attempt`, capped at `max`.
-/// Jitter keeps many walcast processes (or sinks) from retrying in lock-step.
+/// Delays for successive attempts: the ceiling `initial * 2^attempt`, capped at `max`; a delay is
+/// half the ceiling plus a random part up to the other half ("equal jitter"). The random half
+/// keeps many walcast processes (or sinks) from retrying in lock-step; the fixed half keeps a
+/// retry storm from spinning.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
@@ -33,6 +38,18 @@ impl Backoff {
         half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))
     }
 
+    /// Wait the next delay, logging `what` failed with `error` and when the next attempt comes.
+    /// Returns `false` at once when `shutdown` is cancelled first: the caller stops retrying.
+    pub async fn wait(&mut self, shutdown: &CancellationToken, what: &'static str, error: &dyn std::fmt::Display) -> bool {
+        let delay = self.next_delay();
+        tracing::warn!(%error, attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{what}, retrying");
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
     /// Forget past failures (after a success).
     pub fn reset(&mut self) {
         self.attempt = 0;
@@ -56,5 +73,32 @@ mod tests {
         assert!(b.attempt() > 10);
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_ends_on_shutdown_without_sleeping_the_delay() {
+        let mut b = Backoff::new(&RetryConfig { initial_ms: 3_600_000, max_ms: 3_600_000 });
+        let shutdown = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let waiter = {
+            let shutdown = shutdown.clone();
+            async move { b.wait(&shutdown, "test step failed", &"boom").await }
+        };
+        let cancel = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            shutdown.cancel();
+        };
+        let (retry, ()) = tokio::join!(waiter, cancel);
+        assert!(!retry, "a cancelled wait says stop");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_sleeps_the_delay_then_says_retry() {
+        let mut b = Backoff::new(&RetryConfig { initial_ms: 1_000, max_ms: 1_000 });
+        let started = tokio::time::Instant::now();
+        assert!(b.wait(&CancellationToken::new(), "test step failed", &"boom").await);
+        assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
+        assert_eq!(b.attempt(), 1);
     }
 }

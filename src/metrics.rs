@@ -1,4 +1,4 @@
-//! Metric definitions (names are part of the interface: DESIGN.md "Metrics", docs/metrics.md) and
+//! Metric definitions (names are part of the interface: docs/metrics.md lists them) and
 //! the HTTP endpoint serving `/metrics`, `/healthz` and `/readyz`.
 
 use std::net::SocketAddr;

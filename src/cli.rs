@@ -334,7 +334,7 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
                         let mut state = SnapshotState::new(&config.snapshot.state_dir, &slot_name, crate::snapshot::Status::Done);
                         state.point = Some(lsn.to_string());
                         state.publication_oid = source::publication_oid(&client, &src.publication).await.map_err(query_err)?;
-                        state.save().map_err(|e| {
+                        state.save().await.map_err(|e| {
                             SourceError::setup(
                                 format!("created slot {slot_name:?} at {lsn}, but cannot record it in {}: {e}", config.snapshot.state_dir.display()),
                                 "make snapshot.state_dir a writable directory",

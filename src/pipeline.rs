@@ -150,7 +150,7 @@ async fn stream_slot(
 
     // Sinks first: a sink that cannot open (a secret missing, a read-only path) must fail before
     // any slot or state exists, or the slot would hold WAL for a process that never runs.
-    let Sinks { queues, mut reports, tasks, in_flight, names: sink_names } = start_sinks(config, &params, &metrics, false)?;
+    let Sinks { queues, mut reports, tasks, in_flight, names: sink_names } = start_sinks(config, &params, &metrics, false, &shutdown)?;
     let Some(start) = prepare_slot(config, &params, &mut backoff, &shutdown).await? else {
         return Ok(RunSummary { confirmed: Lsn::ZERO });
     };
@@ -277,7 +277,10 @@ async fn prepare_slot(
     let src = &config.source;
     let snapshots = config.snapshot.mode == SnapshotMode::Initial;
     let dir = &config.snapshot.state_dir;
-    let save = |state: &SnapshotState| state.save().map_err(|e| state_error(e, config));
+    let save = |state: &SnapshotState| {
+        let saving = state.save();
+        async move { saving.await.map_err(|e| state_error(e, config)) }
+    };
     loop {
         let attempt = async {
             let client = connect_sql(params).await?;
@@ -334,7 +337,7 @@ async fn prepare_slot(
                             let tables = tables_for(state.resync).await?;
                             state.status = if tables.is_empty() { SnapshotStatus::Done } else { SnapshotStatus::Loading };
                             state.point = Some(point.to_string());
-                            save(&state)?;
+                            save(&state).await?;
                             if tables.is_empty() {
                                 None
                             } else {
@@ -345,7 +348,7 @@ async fn prepare_slot(
                         // A file of an older walcast: learn the publication now.
                         Some(mut state) if state.publication_oid.is_none() => {
                             state.publication_oid = publication_oid;
-                            save(&state)?;
+                            save(&state).await?;
                             None
                         }
                         Some(_) => None,
@@ -355,7 +358,7 @@ async fn prepare_slot(
                             let mut state = SnapshotState::new(dir, &src.slot, SnapshotStatus::Done);
                             state.point = Some(lsn.to_string());
                             state.publication_oid = publication_oid;
-                            save(&state)?;
+                            save(&state).await?;
                             None
                         }
                     };
@@ -380,19 +383,19 @@ async fn prepare_slot(
                     let mut state = SnapshotState::new(dir, &src.slot, SnapshotStatus::Creating);
                     state.resync = resync;
                     state.publication_oid = publication_oid;
-                    save(&state)?;
+                    save(&state).await?;
                     if tables.is_empty() {
                         let lsn = source::create_slot(&client, params, &src.slot).await?;
                         state.status = SnapshotStatus::Done;
                         state.point = Some(lsn.to_string());
-                        save(&state)?;
+                        save(&state).await?;
                         tracing::info!(slot = %src.slot, consistent_point = %lsn, "created replication slot");
                         return Ok(SlotStart { lsn, snapshot: None, published });
                     }
                     let exported = source::create_slot_exporting(params, &src.slot, &src.publication, false).await?;
                     state.status = SnapshotStatus::Loading;
                     state.point = Some(exported.point.to_string());
-                    save(&state)?;
+                    save(&state).await?;
                     tracing::info!(slot = %src.slot, consistent_point = %exported.point, tables = tables.len(), resync, "created replication slot with an exported snapshot");
                     Ok(SlotStart {
                         lsn: exported.point,
@@ -437,7 +440,13 @@ struct Sinks {
 
 /// Open every configured sink (only Elasticsearch with `elasticsearch_only`) and start a task
 /// driving each behind a bounded queue.
-fn start_sinks(config: &Config, params: &ConnParams, metrics: &Arc<Metrics>, elasticsearch_only: bool) -> Result<Sinks, PipelineError> {
+fn start_sinks(
+    config: &Config,
+    params: &ConnParams,
+    metrics: &Arc<Metrics>,
+    elasticsearch_only: bool,
+    shutdown: &CancellationToken,
+) -> Result<Sinks, PipelineError> {
     let (report_tx, reports) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
     let mut queues = Vec::new();
@@ -446,18 +455,18 @@ fn start_sinks(config: &Config, params: &ConnParams, metrics: &Arc<Metrics>, ela
     if let (Some(j), false) = (&config.sinks.jsonl, elasticsearch_only) {
         let sink = JsonlSink::open(&j.path)?;
         names.push(sink.name());
-        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks));
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks, shutdown));
     }
     if let (Some(k), false) = (&config.sinks.kafka, elasticsearch_only) {
         let mut sink = crate::sink::KafkaSink::open(k, &config.source.database)?;
         sink.count_dead_letters_in(metrics.dead_letters.get_or_create(&SinkLabel { sink: sink.name().to_string() }).clone());
         names.push(sink.name());
-        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks));
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks, shutdown));
     }
     if let Some(es) = &config.sinks.elasticsearch {
         let sink = crate::sink::ElasticsearchSink::open(es, &config.retry, Arc::clone(metrics))?.with_source(params.clone());
         names.push(sink.name());
-        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks));
+        queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks, shutdown));
     }
     Ok(Sinks { queues, reports, tasks, in_flight, names })
 }
@@ -499,7 +508,7 @@ pub async fn snapshot_on_demand(
     let Some(table) = crate::snapshot::TableRef::parse(&table) else {
         return Err(ConfigError::Invalid { field: "--table".into(), reason: "must be `schema.table`".into() }.into());
     };
-    let Sinks { queues, mut reports, mut tasks, in_flight, .. } = start_sinks(config, &params, &metrics, elasticsearch_only)?;
+    let Sinks { queues, mut reports, mut tasks, in_flight, .. } = start_sinks(config, &params, &metrics, elasticsearch_only, &shutdown)?;
     // Temporary slots: they disappear with their session, even if this process is killed. The
     // base is cut so that the two names stay distinct within Postgres's 63 bytes.
     let base: String = config.source.slot.chars().take(40).collect();
@@ -563,10 +572,11 @@ fn spawn_sink<S: Sink>(
     in_flight: &Arc<InFlight>,
     metrics: &Arc<Metrics>,
     tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
 ) -> mpsc::Sender<Arc<Batch>> {
     let (tx, rx) = mpsc::channel(config.pipeline.sink_queue_batches);
     let sink = Tracked { inner: sink, in_flight: Arc::clone(in_flight) };
-    tasks.spawn(sink::drive(sink, index, rx, reports.clone(), Backoff::new(&config.retry), Arc::clone(metrics)));
+    tasks.spawn(sink::drive(sink, index, rx, reports.clone(), Backoff::new(&config.retry), Arc::clone(metrics), shutdown.clone()));
     tx
 }
 

@@ -123,7 +123,7 @@ pub async fn load(
             commit_ts = commit_ts.max(previous.saturating_add(1));
         }
         s.load_ts = Some(commit_ts);
-        s.save().map_err(snapshot_state_error)?;
+        s.save().await.map_err(snapshot_state_error)?;
     }
     let mut pending: VecDeque<Pending> = VecDeque::new();
     // Unique across attempts: reports of an abandoned attempt's chunks may still arrive.
@@ -149,7 +149,7 @@ pub async fn load(
         }
         if let Some(s) = state.as_deref_mut() {
             s.cleared = true;
-            s.save().map_err(snapshot_state_error)?;
+            s.save().await.map_err(snapshot_state_error)?;
         }
         tracing::info!(tables = tables.len(), "re-sync: removed the tables' data from the sinks before reloading them");
     }
@@ -198,7 +198,7 @@ pub async fn load(
         Outcome::Done => {
             if let Some(s) = state {
                 s.status = Status::Done;
-                s.save().map_err(snapshot_state_error)?;
+                s.save().await.map_err(snapshot_state_error)?;
             }
             tracing::info!(
                 rows = total_rows,
@@ -244,7 +244,7 @@ async fn dispatch(
         }
     }
     while let Ok(report) = sinks.reports.try_recv() {
-        absorb(Some(report), pending, sinks.queues.len(), tables, state)?;
+        absorb(Some(report), pending, sinks.queues.len(), tables, state).await?;
     }
     Ok(true)
 }
@@ -277,13 +277,13 @@ async fn wait_written(
         if report.is_none() {
             return Err(stopped_sink(sinks.reports));
         }
-        absorb(report, pending, sinks.queues.len(), tables, state)?;
+        absorb(report, pending, sinks.queues.len(), tables, state).await?;
     }
     Ok(outcome)
 }
 
 /// Count one sink report against the pending chunks; record every chunk all sinks wrote.
-fn absorb(
+async fn absorb(
     report: Option<SinkReport>,
     pending: &mut VecDeque<Pending>,
     sinks: usize,
@@ -304,7 +304,7 @@ fn absorb(
         let Some(p) = pending.pop_front() else { break };
         if let (Some(s), Some(table)) = (state.as_deref_mut(), p.table.and_then(|t| tables.get(t))) {
             s.record(&table.to_string(), p.after, p.rows, p.last_of_table);
-            s.save().map_err(snapshot_state_error)?;
+            s.save().await.map_err(snapshot_state_error)?;
         }
     }
     Ok(())

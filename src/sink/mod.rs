@@ -10,6 +10,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use elasticsearch::ElasticsearchSink;
 pub use jsonl::JsonlSink;
@@ -124,8 +126,14 @@ pub enum SinkReport {
     },
 }
 
-/// Drive one sink: take batches in order, retry retryable failures forever with backoff, report
-/// durable positions. Returns when the batch channel closes and every batch was written.
+/// Drive one sink: prepare it, take batches in order, retry retryable failures with backoff,
+/// report durable positions and written snapshot chunks. Returns when the batch channel closes,
+/// or after a permanent failure (reported as [`SinkReport::Failed`]).
+///
+/// Once `shutdown` is cancelled a failure is no longer retried: the failed batch and every later
+/// one are dropped unwritten and never reported, so the slot is not advanced past them and a
+/// restart sends them again. The queue is still taken from until the pipeline closes it, so that
+/// handing over the last batches during the drain does not look like a failed sink.
 pub async fn drive<S: Sink>(
     mut sink: S,
     index: usize,
@@ -133,55 +141,79 @@ pub async fn drive<S: Sink>(
     reports: mpsc::UnboundedSender<SinkReport>,
     mut backoff: Backoff,
     metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 ) {
-    loop {
-        match sink.prepare().await {
-            Ok(()) => break,
-            Err(error) if error.is_retryable() => {
-                let delay = backoff.next_delay();
-                tracing::warn!(sink = sink.name(), %error, attempt = backoff.attempt(), delay_ms = delay.as_millis() as u64, "sink not ready, retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(error) => {
-                let _ = reports.send(SinkReport::Failed { sink: index, error });
-                return;
-            }
-        }
-    }
-    backoff.reset();
-    while let Some(batch) = batches.recv().await {
+    // Backoff::wait logs the retry; the span says which sink it is.
+    let span = tracing::warn_span!("sink", sink = sink.name());
+    let end = async {
         loop {
-            let started = std::time::Instant::now();
-            let result = sink.write(&batch).await;
-            let outcome = match &result {
-                Ok(()) => "ok",
-                Err(e) if e.is_retryable() => "retry",
-                Err(_) => "error",
-            };
-            metrics.sink_attempt(sink.name(), outcome, started.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    backoff.reset();
-                    break;
-                }
+            match sink.prepare().await {
+                Ok(()) => break,
                 Err(error) if error.is_retryable() => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(sink = sink.name(), %error, attempt = backoff.attempt(), delay_ms = delay.as_millis() as u64, "sink write failed, retrying");
-                    tokio::time::sleep(delay).await;
+                    if !backoff.wait(&shutdown, "sink not ready", &error).instrument(span.clone()).await {
+                        return DriveEnd::Shutdown;
+                    }
                 }
-                Err(error) => {
-                    let _ = reports.send(SinkReport::Failed { sink: index, error });
-                    return;
-                }
+                Err(error) => return DriveEnd::Failed(error),
             }
         }
-        if let Some(lsn) = batch.checkpoint {
-            let _ = reports.send(SinkReport::Durable { sink: index, lsn });
+        backoff.reset();
+        while let Some(batch) = batches.recv().await {
+            loop {
+                let started = std::time::Instant::now();
+                let result = sink.write(&batch).await;
+                let outcome = match &result {
+                    Ok(()) => "ok",
+                    Err(e) if e.is_retryable() => "retry",
+                    Err(_) => "error",
+                };
+                metrics.sink_attempt(sink.name(), outcome, started.elapsed().as_secs_f64());
+                match result {
+                    Ok(()) => {
+                        backoff.reset();
+                        break;
+                    }
+                    Err(error) if error.is_retryable() => {
+                        if !backoff.wait(&shutdown, "sink write failed", &error).instrument(span.clone()).await {
+                            return DriveEnd::Shutdown;
+                        }
+                    }
+                    Err(error) => return DriveEnd::Failed(error),
+                }
+            }
+            if let Some(lsn) = batch.checkpoint {
+                let _ = reports.send(SinkReport::Durable { sink: index, lsn });
+            }
+            if let Some(part) = &batch.snapshot {
+                let _ = reports.send(SinkReport::SnapshotChunk { sink: index, chunk: part.chunk });
+            }
         }
-        if let Some(part) = &batch.snapshot {
-            let _ = reports.send(SinkReport::SnapshotChunk { sink: index, chunk: part.chunk });
+        DriveEnd::Closed
+    }
+    .await;
+    match end {
+        DriveEnd::Closed => {}
+        DriveEnd::Failed(error) => {
+            let _ = reports.send(SinkReport::Failed { sink: index, error });
+        }
+        DriveEnd::Shutdown => {
+            tracing::warn!(
+                sink = sink.name(),
+                "shutdown while retrying: the sink writes nothing more; unconfirmed changes are sent again on restart"
+            );
+            while batches.recv().await.is_some() {}
         }
     }
+}
+
+/// Why [`drive`] stopped writing.
+enum DriveEnd {
+    /// The batch channel closed after every batch was written.
+    Closed,
+    /// Shutdown came while a failure waited to be retried.
+    Shutdown,
+    /// A failure retrying cannot fix.
+    Failed(SinkError),
 }
 
 /// Capacity a sink's reused output buffer starts with: a normal batch fits, so rendering it
@@ -212,7 +244,150 @@ pub(crate) fn render_line(change: &Change, out: &mut Vec<u8>) -> Result<(), Sink
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::RetryConfig;
+
+    /// What a [`Scripted`] sink does on one call.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        Ok,
+        Retry,
+        Fail,
+    }
+
+    /// A sink that answers `prepare` and `write` calls from a script (then succeeds), and tells
+    /// the test about every write attempt.
+    struct Scripted {
+        prepare: VecDeque<Step>,
+        write: VecDeque<Step>,
+        attempts: mpsc::UnboundedSender<u64>,
+    }
+
+    impl Scripted {
+        fn answer(step: Option<Step>) -> Result<(), SinkError> {
+            match step.unwrap_or(Step::Ok) {
+                Step::Ok => Ok(()),
+                Step::Retry => Err(SinkError::Transient { sink: "scripted", source: std::io::Error::other("briefly unavailable") }),
+                Step::Fail => Err(SinkError::Fatal { sink: "scripted", reason: "gone for good".into() }),
+            }
+        }
+    }
+
+    impl Sink for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+
+        async fn prepare(&mut self) -> Result<(), SinkError> {
+            Self::answer(self.prepare.pop_front())
+        }
+
+        async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+            let _ = self.attempts.send(batch.checkpoint.map_or(0, |l| l.0));
+            Self::answer(self.write.pop_front())
+        }
+    }
+
+    struct Driven {
+        batches: mpsc::Sender<Arc<Batch>>,
+        reports: mpsc::UnboundedReceiver<SinkReport>,
+        attempts: mpsc::UnboundedReceiver<u64>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    /// `drive` a scripted sink with a backoff of `delay_ms` in a task of its own.
+    fn start(prepare: &[Step], write: &[Step], delay_ms: u64) -> Driven {
+        let (attempts_tx, attempts) = mpsc::unbounded_channel();
+        let sink = Scripted { prepare: prepare.iter().copied().collect(), write: write.iter().copied().collect(), attempts: attempts_tx };
+        let (batches, rx) = mpsc::channel(8);
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let backoff = Backoff::new(&RetryConfig { initial_ms: delay_ms, max_ms: delay_ms });
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(drive(sink, 3, rx, reports_tx, backoff, Metrics::new(), shutdown.clone()));
+        Driven { batches, reports, attempts, shutdown, task }
+    }
+
+    fn batch(lsn: u64) -> Arc<Batch> {
+        Arc::new(Batch { checkpoint: Some(Lsn(lsn)), ..Batch::default() })
+    }
+
+    fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retryable_error_is_retried_until_the_batch_is_written() {
+        let mut d = start(&[Step::Retry], &[Step::Retry, Step::Retry], 100);
+        d.batches.send(batch(0x10)).await.expect("queue");
+        d.batches
+            .send(Arc::new(Batch { snapshot: Some(SnapshotPart { chunk: 7, exported: None }), ..Batch::default() }))
+            .await
+            .expect("queue");
+        drop(d.batches);
+        d.task.await.expect("drive ends when the queue closes");
+        assert_eq!(drain(&mut d.attempts), [0x10, 0x10, 0x10, 0], "the failed batch is written again, then the next one");
+        let reports = drain(&mut d.reports);
+        assert!(
+            matches!(reports[..], [SinkReport::Durable { sink: 3, lsn: Lsn(0x10) }, SinkReport::SnapshotChunk { sink: 3, chunk: 7 }]),
+            "{reports:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_is_reported_as_failed() {
+        let mut d = start(&[], &[Step::Ok, Step::Fail], 100);
+        for lsn in [0x10, 0x20, 0x30] {
+            d.batches.send(batch(lsn)).await.expect("queue");
+        }
+        d.task.await.expect("drive ends at the failure, with the queue still open");
+        assert_eq!(drain(&mut d.attempts), [0x10, 0x20], "nothing is written after the failure");
+        let reports = drain(&mut d.reports);
+        assert!(
+            matches!(
+                reports[..],
+                [SinkReport::Durable { sink: 3, lsn: Lsn(0x10) }, SinkReport::Failed { sink: 3, error: SinkError::Fatal { .. } }]
+            ),
+            "{reports:?}"
+        );
+        // A permanent error in prepare too, before any batch.
+        let mut d = start(&[Step::Fail], &[], 100);
+        d.task.await.expect("drive ends");
+        assert!(matches!(drain(&mut d.reports)[..], [SinkReport::Failed { sink: 3, .. }]));
+        assert!(drain(&mut d.attempts).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_a_retry_wait_and_nothing_more_is_written_or_reported() {
+        let hour = 3_600_000;
+        let mut d = start(&[], &[Step::Retry, Step::Retry], hour);
+        let started = tokio::time::Instant::now();
+        d.batches.send(batch(0x10)).await.expect("queue");
+        assert_eq!(d.attempts.recv().await, Some(0x10));
+        // drive now waits an hour before the next attempt.
+        d.shutdown.cancel();
+        // The drain can still hand over its last batch: the queue is taken from, not closed.
+        d.batches.send(batch(0x20)).await.expect("the queue still takes batches after shutdown");
+        drop(d.batches);
+        d.task.await.expect("drive ends");
+        assert!(started.elapsed() < Duration::from_secs(60), "the retry wait ended on shutdown: {:?}", started.elapsed());
+        assert!(drain(&mut d.attempts).is_empty(), "no batch is written after shutdown");
+        let reports = drain(&mut d.reports);
+        assert!(reports.is_empty(), "nothing is reported durable (or failed): {reports:?}");
+
+        // A sink that never gets ready stops retrying on shutdown too.
+        let mut d = start(&[Step::Retry; 100], &[], hour);
+        d.batches.send(batch(0x10)).await.expect("queue");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        d.shutdown.cancel();
+        drop(d.batches);
+        d.task.await.expect("drive ends");
+        assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+        assert!(drain(&mut d.attempts).is_empty() && drain(&mut d.reports).is_empty());
+    }
 
     #[test]
     fn an_output_buffer_keeps_a_normal_capacity_and_gives_back_a_huge_one() {

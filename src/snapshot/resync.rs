@@ -42,7 +42,7 @@ pub async fn request_resync(config: &Config) -> Result<String, SourceError> {
     // "creating" + resync: `run` creates the slot and loads every table, truncates first.
     let mut state = SnapshotState::new(&config.snapshot.state_dir, &src.slot, Status::Creating);
     state.resync = true;
-    state.save().map_err(|e| {
+    state.save().await.map_err(|e| {
         SourceError::setup(
             format!("cannot record the re-sync in {}: {e}", config.snapshot.state_dir.display()),
             "make snapshot.state_dir a writable directory (the one `walcast run` uses)",

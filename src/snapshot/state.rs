@@ -4,6 +4,7 @@
 //! afterwards is noticed instead of silently re-created (the changes in between would be lost).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -157,21 +158,19 @@ impl SnapshotState {
         t.done = done;
     }
 
-    /// Replace the file atomically.
-    pub fn save(&self) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+    /// Replace the file atomically (write, fsync, rename, fsync the directory) on the blocking
+    /// pool: an fsync can take long, and the runtime thread also reads the stream, drives the
+    /// sinks and serves /metrics. What is saved is the state as it is when this is called.
+    pub fn save(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        let content = serde_json::to_vec_pretty(self).map_err(std::io::Error::other);
+        let path = self.path.clone();
+        async move {
+            let content = content?;
+            let shown = path.display().to_string();
+            tokio::task::spawn_blocking(move || replace_file(&path, &content))
+                .await
+                .map_err(|e| std::io::Error::other(format!("the task saving {shown} failed: {e}")))?
         }
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // The rename is durable once the directory is.
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
     }
 
     /// Remove the file (the slot is gone, so is its snapshot).
@@ -183,17 +182,36 @@ impl SnapshotState {
     }
 }
 
+/// Write `content` to `path` through a temporary file renamed over it, durable once this
+/// returns. Blocking.
+fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = dir {
+        // The rename is durable once the directory is.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_resume_point() {
+    #[tokio::test]
+    async fn round_trip_and_resume_point() {
         let dir = std::env::temp_dir().join(format!("walcast-state-test-{}", std::process::id()));
         let mut s = SnapshotState::new(&dir, "slot_a", Status::Loading);
         s.point = Some("0/16B3748".into());
         s.record("public.t", Some(vec!["42".into()]), 5000, false);
-        s.save().expect("save");
+        s.save().await.expect("save");
         let back = SnapshotState::load(&dir, "slot_a").expect("load").expect("exists");
         assert_eq!(back.status, Status::Loading);
         assert_eq!(back.point(), Some(Lsn(0x16B_3748)));
@@ -203,5 +221,18 @@ mod tests {
         SnapshotState::remove(&dir, "slot_a").expect("remove");
         assert!(SnapshotState::load(&dir, "slot_a").expect("load").is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn save_writes_the_state_as_it_was_when_called() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = SnapshotState::new(dir.path(), "slot_b", Status::Loading);
+        let saving = s.save();
+        // The chunk loop goes on while the file is written on the blocking pool.
+        s.status = Status::Done;
+        saving.await.expect("save");
+        let back = SnapshotState::load(dir.path(), "slot_b").expect("load").expect("exists");
+        assert_eq!(back.status, Status::Loading);
+        assert!(!SnapshotState::path_for(dir.path(), "slot_b").with_extension("json.tmp").exists(), "the temporary file was renamed");
     }
 }

@@ -232,16 +232,19 @@ mod tests {
 
     #[test]
     fn sasl_and_tls_set_the_protocol_and_read_the_secret() {
-        std::env::set_var("WALCAST_TEST_KAFKA_SECRET", "s3cret-pw");
-        let c = client_config(&cfg(
-            "[sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"walcast\"\npassword_env = \"WALCAST_TEST_KAFKA_SECRET\"\n[tls]\n",
-        ))
-        .expect("config");
+        // A password file, not an environment variable: tests run in parallel threads.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("kafka-password");
+        std::fs::write(&secret, "s3cret-pw\n").expect("write the password file");
+        let sasl = |mechanism: &str, user: &str| {
+            format!("[sasl]\nmechanism = \"{mechanism}\"\nusername = \"{user}\"\npassword_file = {:?}\n", secret.display().to_string())
+        };
+        let c = client_config(&cfg(&format!("{}[tls]\n", sasl("SCRAM-SHA-512", "walcast")))).expect("config");
         assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
         assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(c.get("sasl.password"), Some("s3cret-pw"));
         assert_eq!(c.get("ssl.ca.location"), Some("probe"));
-        let k = cfg("[sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_env = \"WALCAST_TEST_KAFKA_SECRET\"\n");
+        let k = cfg(&sasl("PLAIN", "u"));
         assert!(!format!("{k:?}").contains("s3cret-pw"));
     }
 

@@ -1,16 +1,165 @@
 //! The dead-letter destination: records that can never be written (too large, topic missing or
-//! invalid) go here with their reason, and the stream goes on.
+//! invalid) go to a topic or a JSON-lines file with their reason, and the stream goes on; with
+//! no destination configured such a record stops walcast.
 
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+
+use super::client::{classify, Failure};
+use super::render::BatchWrite;
+use super::{fatal_err, transient, KafkaSink, HEADER_COMMIT_LSN, HEADER_LSN, HEADER_REASON, HEADER_TOPIC, NAME};
 use crate::decode::write_json_str;
 use crate::lsn::Lsn;
 use crate::sink::line_file::{LineFile, LineFileError};
+use crate::sink::{Batch, SinkError};
 
-/// One record that could not be written.
+/// Where records that can never be written go.
+pub(super) enum DeadLetterDestination {
+    /// Nowhere: such a record stops walcast.
+    None,
+    /// A topic.
+    Topic(Arc<str>),
+    /// A JSON-lines file.
+    File(DeadLetterFile),
+}
+
+impl KafkaSink {
+    /// The dead-letter topic, when dead letters go to one (it is ensured like the batch's topics).
+    pub(super) fn dead_letter_topic(&self) -> Option<Arc<str>> {
+        match &self.dead_letter {
+            DeadLetterDestination::Topic(t) => Some(Arc::clone(t)),
+            _ => None,
+        }
+    }
+
+    /// Set aside the records that can never be written; they count as durable once the
+    /// dead-letter destination has them.
+    pub(super) async fn dead_letter_all(&mut self, p: &BatchWrite, batch: &Batch) -> Result<(), SinkError> {
+        if p.dead.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<(DeadLetterRecord<'_>, &str)> = p
+            .dead
+            .iter()
+            .map(|(index, reason)| {
+                let rec = &p.recs[*index];
+                let (schema, table) = match rec.change.and_then(|i| batch.changes.get(i)) {
+                    Some(c) => (c.relation.schema.as_str(), c.relation.table.as_str()),
+                    None => ("", ""),
+                };
+                let dead = DeadLetterRecord {
+                    lsn: rec.lsn,
+                    commit_lsn: rec.commit_lsn,
+                    schema,
+                    table,
+                    key: rec.key.clone().map(|r| &p.arena[r]),
+                    value: rec.value.clone().map(|r| &p.arena[r]),
+                    topic: &rec.topic,
+                    reason,
+                };
+                (dead, reason.as_str())
+            })
+            .collect();
+        let destination = match &mut self.dead_letter {
+            DeadLetterDestination::None => {
+                let (first, reason) = &records[0];
+                return Err(fatal_err(format!(
+                    "a record for topic {} (lsn {}) can never be written: {reason}; fix the cause, or configure \
+                     [sinks.kafka.dead_letter] (topic or path) to set such records aside and go on",
+                    first.topic, first.lsn
+                )));
+            }
+            DeadLetterDestination::File(file) => {
+                for (r, _) in &records {
+                    file.push(r);
+                }
+                file.sync().await.map_err(|e| e.into_sink_error(NAME))?;
+                file.path().display().to_string()
+            }
+            DeadLetterDestination::Topic(topic) => {
+                let topic = Arc::clone(topic);
+                self.dead_letter_to_topic(&topic, &records).await?;
+                format!("topic {topic}")
+            }
+        };
+        for (r, reason) in &records {
+            tracing::warn!(topic = %r.topic, lsn = %r.lsn, commit_lsn = %r.commit_lsn, table = %format!("{}.{}", r.schema, r.table), reason, destination = %destination, "record sent to the dead-letter destination");
+        }
+        self.dead_letters.fetch_add(records.len() as u64, Ordering::Relaxed);
+        if let Some(metric) = &self.dead_letter_metric {
+            metric.inc_by(records.len() as u64);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter_to_topic(&mut self, topic: &str, records: &[(DeadLetterRecord<'_>, &str)]) -> Result<(), SinkError> {
+        for (r, reason) in records {
+            let mut truncated = false;
+            loop {
+                let doc;
+                let value: Option<&[u8]> = if truncated {
+                    doc = truncated_document(r);
+                    Some(&doc)
+                } else {
+                    r.value
+                };
+                let lsn = r.lsn.to_string();
+                let commit_lsn = r.commit_lsn.to_string();
+                let headers = OwnedHeaders::new_with_capacity(4)
+                    .insert(Header { key: HEADER_LSN, value: Some(lsn.as_str()) })
+                    .insert(Header { key: HEADER_COMMIT_LSN, value: Some(commit_lsn.as_str()) })
+                    .insert(Header { key: HEADER_REASON, value: Some(*reason) })
+                    .insert(Header { key: HEADER_TOPIC, value: Some(r.topic) });
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+                if let Some(k) = r.key {
+                    record = record.key(k);
+                }
+                if let Some(v) = value {
+                    record = record.payload(v);
+                }
+                let result = match self.producer.send_result(record) {
+                    Ok(future) => match future.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(Some(e)),
+                        Err(_) => Err(None),
+                    },
+                    Err((e, _)) => Err(Some(e)),
+                };
+                match result {
+                    Ok(()) => break,
+                    Err(None) => return Err(transient("the producer was closed".into())),
+                    Err(Some(e)) => match classify(&e, self.cfg.create_topics, topic, self.cfg.message_max_bytes) {
+                        Failure::DeadLetter(_) if !truncated && e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                            truncated = true;
+                        }
+                        Failure::DeadLetter(why) => {
+                            return Err(fatal_err(format!(
+                                "the dead-letter topic {topic} cannot take a record: {why}; fix sinks.kafka.dead_letter"
+                            )))
+                        }
+                        Failure::Fatal(why) => return Err(fatal_err(why)),
+                        Failure::Replace(why) => {
+                            self.replace_producer(&why).await?;
+                            return Err(transient(format!("dead-letter topic {topic}: {why}; the producer was replaced")));
+                        }
+                        Failure::Retry(why) => return Err(transient(format!("dead-letter topic {topic}: {why}"))),
+                    },
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One record that could not be written, as the dead-letter destination gets it.
 #[derive(Debug)]
-pub(crate) struct DeadRecord<'a> {
+pub(crate) struct DeadLetterRecord<'a> {
     /// The change's LSN.
     pub lsn: Lsn,
     /// Its transaction's commit LSN.
@@ -56,7 +205,7 @@ impl DeadLetterFile {
     }
 
     /// Queue one line `{lsn, commit_lsn, schema, table, key, reason, topic}`.
-    pub fn push(&mut self, r: &DeadRecord<'_>) {
+    pub fn push(&mut self, r: &DeadLetterRecord<'_>) {
         let b = &mut self.buf;
         let _ = write!(b, "{{\"lsn\":\"{}\",\"commit_lsn\":\"{}\",\"schema\":", r.lsn, r.commit_lsn);
         write_json_str(b, r.schema);
@@ -93,7 +242,7 @@ impl DeadLetterFile {
 
 /// The value of a dead-letter record whose envelope is itself too large: a small JSON document
 /// that says what happened.
-pub(crate) fn truncated_document(r: &DeadRecord<'_>) -> Vec<u8> {
+pub(crate) fn truncated_document(r: &DeadLetterRecord<'_>) -> Vec<u8> {
     let mut b = Vec::with_capacity(256);
     b.extend_from_slice(b"{\"truncated\":true,\"value_bytes\":");
     let _ = write!(b, "{}", r.value.map_or(0, <[u8]>::len));
@@ -113,8 +262,8 @@ pub(crate) fn truncated_document(r: &DeadRecord<'_>) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn record<'a>() -> DeadRecord<'a> {
-        DeadRecord {
+    fn record<'a>() -> DeadLetterRecord<'a> {
+        DeadLetterRecord {
             lsn: Lsn(0x10),
             commit_lsn: Lsn(0x20),
             schema: "public",

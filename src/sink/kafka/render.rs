@@ -1,0 +1,247 @@
+//! A batch rendered into Kafka records: per change its event (a key change becomes a delete and
+//! a create), tombstones after deletes, and the transaction BEGIN/END records; keys and values
+//! are written into one arena per batch and enqueued as they are rendered.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use rdkafka::producer::DeliveryFuture;
+
+use super::envelope::{
+    now_unix_micros, split_key_change, write_key, write_tx_begin, write_tx_end, write_tx_key, write_value, Event, TxBlock,
+};
+use super::tx::OpenTx;
+use super::KafkaSink;
+use crate::decode::{Change, Datum, DecodeError, OldTupleKind, Op, Relation, ReplicaIdentity};
+use crate::lsn::Lsn;
+use crate::sink::{Batch, SinkError};
+
+/// What a record of the batch is, for the dead-letter destination and for logs.
+#[derive(Debug, Clone)]
+pub(super) struct Rec {
+    /// The topic it is meant for.
+    pub(super) topic: Arc<str>,
+    /// The key in the batch's arena (none for a truncate).
+    pub(super) key: Option<Range<usize>>,
+    /// The value in the batch's arena (none for a tombstone).
+    pub(super) value: Option<Range<usize>>,
+    /// The change's LSN (the commit LSN for transaction records).
+    pub(super) lsn: Lsn,
+    /// Its transaction's commit LSN.
+    pub(super) commit_lsn: Lsn,
+    /// The change the record comes from (`None` for transaction records).
+    pub(super) change: Option<usize>,
+}
+
+/// One batch being written: its rendered records, their delivery futures, and what went wrong.
+#[derive(Default)]
+pub(super) struct BatchWrite {
+    /// Rendered keys and values of every record.
+    pub(super) arena: Vec<u8>,
+    /// The records, in the order they were enqueued.
+    pub(super) recs: Vec<Rec>,
+    /// Delivery reports still awaited (index in `recs`).
+    pub(super) futures: Vec<(usize, DeliveryFuture)>,
+    /// Records (index in `recs`) that can never be written, with the reason.
+    pub(super) dead: Vec<(usize, String)>,
+    /// Why the batch must be written again, if it must.
+    pub(super) retry: Option<String>,
+    /// Why the producer must be replaced before the batch is written again, if it must.
+    pub(super) replace: Option<String>,
+}
+
+impl KafkaSink {
+    /// Key column indexes of a relation: the configured `key_columns`, or the replica identity key.
+    fn key_columns(&mut self, rel: &Arc<Relation>) -> Arc<[usize]> {
+        if let Some((cached, cols)) = self.key_cache.get(&rel.oid) {
+            if Arc::ptr_eq(cached, rel) {
+                return Arc::clone(cols);
+            }
+        }
+        let name = rel.qualified_name();
+        let cols: Vec<usize> = match self.key_overrides.get(&name) {
+            Some(names) => {
+                let found: Option<Vec<usize>> = names.iter().map(|n| rel.columns.iter().position(|c| &c.name == n)).collect();
+                match found {
+                    Some(cols) => cols,
+                    None => {
+                        tracing::warn!(table = %name, key_columns = ?names, "configured key_columns are not all columns of the table; using its replica identity key");
+                        rel.key_columns().collect()
+                    }
+                }
+            }
+            None => {
+                // For REPLICA IDENTITY FULL the pipeline flags the primary key; a table without
+                // one keeps every column flagged, which makes each row version a new key.
+                if rel.replica_identity == ReplicaIdentity::Full && rel.columns.len() > 1 && rel.columns.iter().all(|c| c.key) {
+                    tracing::warn!(table = %name, "table has REPLICA IDENTITY FULL and no primary key, so every column is the record key; set sinks.kafka.tables.\"{name}\".key_columns");
+                }
+                rel.key_columns().collect()
+            }
+        };
+        let cols: Arc<[usize]> = Arc::from(cols);
+        self.key_cache.insert(rel.oid, (Arc::clone(rel), Arc::clone(&cols)));
+        cols
+    }
+
+    pub(super) async fn enqueue_all(&mut self, batch: &Batch, p: &mut BatchWrite) -> Result<(), SinkError> {
+        // Snapshot rows belong to no transaction: no BEGIN/END records for them.
+        let tx_on = self.tx_topic.is_some() && batch.snapshot.is_none();
+        for (idx, change) in batch.changes.iter().enumerate() {
+            if tx_on {
+                let b = self.tx.on_change(change);
+                if let Some(ended) = b.ended {
+                    self.emit_tx_end(p, &ended).await?;
+                }
+                if b.begin {
+                    self.emit_tx_begin(p, change).await?;
+                }
+            }
+            self.emit_change(p, idx, change).await?;
+        }
+        if tx_on {
+            if let Some(ended) = self.tx.on_batch_end(batch.checkpoint) {
+                self.emit_tx_end(p, &ended).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn emit_tx_begin(&mut self, p: &mut BatchWrite, change: &Change) -> Result<(), SinkError> {
+        let (Some(topic), Some(open)) = (self.tx_topic.clone(), self.tx.open()) else { return Ok(()) };
+        let id = open.id.clone();
+        let key = append(&mut p.arena, |b| write_tx_key(b, &id));
+        let value = append(&mut p.arena, |b| write_tx_begin(b, &id, now_unix_micros()));
+        let rec = Rec { topic, key: Some(key), value: Some(value), lsn: change.commit_lsn, commit_lsn: change.commit_lsn, change: None };
+        self.send(p, rec, None).await
+    }
+
+    async fn emit_tx_end(&mut self, p: &mut BatchWrite, ended: &OpenTx) -> Result<(), SinkError> {
+        let Some(topic) = self.tx_topic.clone() else { return Ok(()) };
+        let key = append(&mut p.arena, |b| write_tx_key(b, &ended.id));
+        let collections: Vec<(String, u64)> = ended.collections.iter().map(|(s, t, n)| (format!("{s}.{t}"), *n)).collect();
+        let value = append(&mut p.arena, |b| {
+            write_tx_end(b, &ended.id, ended.events, collections.iter().map(|(n, c)| (n.as_str(), *c)), now_unix_micros())
+        });
+        let rec = Rec { topic, key: Some(key), value: Some(value), lsn: ended.commit_lsn, commit_lsn: ended.commit_lsn, change: None };
+        self.send(p, rec, None).await
+    }
+
+    /// The records of one change: its event (two for a key change), and tombstones after deletes.
+    async fn emit_change(&mut self, p: &mut BatchWrite, idx: usize, change: &Change) -> Result<(), SinkError> {
+        let rel = &change.relation;
+        let topic = self.router.topic(rel);
+        let key_cols = self.key_columns(rel);
+        let render_err = |source: DecodeError| SinkError::Render { lsn: change.lsn, table: rel.qualified_name(), source };
+        let rec = |key: Option<Range<usize>>, value: Option<Range<usize>>| Rec {
+            topic: Arc::clone(&topic),
+            key,
+            value,
+            lsn: change.lsn,
+            commit_lsn: change.commit_lsn,
+            change: Some(idx),
+        };
+        match change.op {
+            Op::Update if key_changed(change, &key_cols) => {
+                let (delete, create) = split_key_change(change);
+                let old_key = render_key(&mut p.arena, rel, delete.before, &key_cols).map_err(render_err)?;
+                let new_key = render_key(&mut p.arena, rel, create.after, &key_cols).map_err(render_err)?;
+                let value = self.render_event(&mut p.arena, &delete).map_err(render_err)?;
+                let header = new_key.clone().map(|k| ("__debezium.newkey", k));
+                self.send(p, rec(old_key.clone(), Some(value)), header).await?;
+                if self.cfg.tombstones_on_delete && old_key.is_some() {
+                    self.send(p, rec(old_key.clone(), None), None).await?;
+                }
+                let value = self.render_event(&mut p.arena, &create).map_err(render_err)?;
+                let header = old_key.map(|k| ("__debezium.oldkey", k));
+                self.send(p, rec(new_key, Some(value)), header).await
+            }
+            op => {
+                let event = Event::streamed(change);
+                let key = match op {
+                    Op::Truncate => None,
+                    _ => render_key(&mut p.arena, rel, change.key_source(), &key_cols).map_err(render_err)?,
+                };
+                let value = self.render_event(&mut p.arena, &event).map_err(render_err)?;
+                self.send(p, rec(key.clone(), Some(value)), None).await?;
+                if op == Op::Delete && self.cfg.tombstones_on_delete && key.is_some() {
+                    self.send(p, rec(key, None), None).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn render_event(&mut self, arena: &mut Vec<u8>, event: &Event<'_>) -> Result<Range<usize>, DecodeError> {
+        let start = arena.len();
+        let block = if self.tx_topic.is_some() {
+            let (total_order, data_collection_order) = self.tx.count_event(&event.change.relation.schema, &event.change.relation.table);
+            self.tx.open().map(|o| (o.id.clone(), total_order, data_collection_order))
+        } else {
+            None
+        };
+        let tx = block.as_ref().map(|(id, total_order, data_collection_order)| TxBlock {
+            id,
+            total_order: *total_order,
+            data_collection_order: *data_collection_order,
+        });
+        write_value(arena, event, &self.source, now_unix_micros(), tx)?;
+        Ok(start..arena.len())
+    }
+}
+
+/// Whether an update moved the row to another key (then it becomes a delete and a create).
+fn key_changed(change: &Change, key_cols: &[usize]) -> bool {
+    let (Some(old), Some(new)) = (&change.old, &change.new) else { return false };
+    key_cols.iter().any(|&i| {
+        // A key-only old tuple carries the replica identity columns only.
+        if old.kind == OldTupleKind::Key && !change.relation.columns.get(i).is_some_and(|c| c.key) {
+            return false;
+        }
+        match (old.values.get(i), new.get(i)) {
+            (Some(Datum::Unchanged), _) | (_, Some(Datum::Unchanged)) | (None, _) | (_, None) => false,
+            (Some(a), Some(b)) => a != b,
+        }
+    })
+}
+
+fn render_key(
+    arena: &mut Vec<u8>,
+    rel: &Relation,
+    values: Option<&[Datum]>,
+    key_cols: &[usize],
+) -> Result<Option<Range<usize>>, DecodeError> {
+    let start = arena.len();
+    Ok(write_key(arena, rel, values, key_cols)?.then_some(start..arena.len()))
+}
+
+fn append(arena: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+    let start = arena.len();
+    f(arena);
+    start..arena.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::fixtures::{self, text};
+    use crate::decode::OldTuple;
+
+    fn update(old: Option<OldTuple>, new: Vec<Datum>) -> Change {
+        let rel = fixtures::relation("s", "t", ReplicaIdentity::Default, &[("id", true, 23), ("v", false, 23)]);
+        fixtures::change(rel, Op::Update, old, Some(new))
+    }
+
+    #[test]
+    fn key_change_is_detected_from_the_old_key() {
+        let old = |id: &str, kind| {
+            Some(OldTuple { kind, values: vec![text(id), if kind == OldTupleKind::Key { Datum::Null } else { text("9") }] })
+        };
+        assert!(key_changed(&update(old("1", OldTupleKind::Key), vec![text("2"), text("x")]), &[0]));
+        assert!(!key_changed(&update(old("1", OldTupleKind::Full), vec![text("1"), text("x")]), &[0]));
+        assert!(key_changed(&update(old("1", OldTupleKind::Full), vec![text("3"), text("x")]), &[0]));
+        assert!(!key_changed(&update(None, vec![text("1"), text("x")]), &[0]));
+        // A key-only old tuple says nothing about a non-identity column used as key.
+        assert!(!key_changed(&update(old("1", OldTupleKind::Key), vec![text("1"), text("x")]), &[1]));
+    }
+}

@@ -150,7 +150,7 @@ async fn stream_slot(
 
     // Sinks first: a sink that cannot open (a secret missing, a read-only path) must fail before
     // any slot or state exists, or the slot would hold WAL for a process that never runs.
-    let Sinks { queues, mut reports, tasks, in_flight, names: sink_names } = start_sinks(config, &params, &metrics, false)?;
+    let Sinks { queues, mut reports, tasks, in_flight, names: sink_names } = start_sinks(config, &params, &metrics, &shutdown, false)?;
     let Some(start) = prepare_slot(config, &params, &mut backoff, &shutdown).await? else {
         return Ok(RunSummary { confirmed: Lsn::ZERO });
     };
@@ -437,7 +437,13 @@ struct Sinks {
 
 /// Open every configured sink (only Elasticsearch with `elasticsearch_only`) and start a task
 /// driving each behind a bounded queue.
-fn start_sinks(config: &Config, params: &ConnParams, metrics: &Arc<Metrics>, elasticsearch_only: bool) -> Result<Sinks, PipelineError> {
+fn start_sinks(
+    config: &Config,
+    params: &ConnParams,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+    elasticsearch_only: bool,
+) -> Result<Sinks, PipelineError> {
     let (report_tx, reports) = mpsc::unbounded_channel();
     let mut tasks = JoinSet::new();
     let mut queues = Vec::new();
@@ -455,7 +461,9 @@ fn start_sinks(config: &Config, params: &ConnParams, metrics: &Arc<Metrics>, ela
         queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks));
     }
     if let Some(es) = &config.sinks.elasticsearch {
-        let sink = crate::sink::ElasticsearchSink::open(es, &config.retry, Arc::clone(metrics))?.with_source(params.clone());
+        let sink = crate::sink::ElasticsearchSink::open(es, &config.retry, Arc::clone(metrics))?
+            .with_source(params.clone())
+            .with_shutdown(shutdown.clone());
         names.push(sink.name());
         queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks));
     }
@@ -499,7 +507,7 @@ pub async fn snapshot_on_demand(
     let Some(table) = crate::snapshot::TableRef::parse(&table) else {
         return Err(ConfigError::Invalid { field: "--table".into(), reason: "must be `schema.table`".into() }.into());
     };
-    let Sinks { queues, mut reports, mut tasks, in_flight, .. } = start_sinks(config, &params, &metrics, elasticsearch_only)?;
+    let Sinks { queues, mut reports, mut tasks, in_flight, .. } = start_sinks(config, &params, &metrics, &shutdown, elasticsearch_only)?;
     // Temporary slots: they disappear with their session, even if this process is killed. The
     // base is cut so that the two names stay distinct within Postgres's 63 bytes.
     let base: String = config.source.slot.chars().take(40).collect();

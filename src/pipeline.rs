@@ -464,7 +464,9 @@ fn start_sinks(
         queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks, shutdown));
     }
     if let Some(es) = &config.sinks.elasticsearch {
-        let sink = crate::sink::ElasticsearchSink::open(es, &config.retry, Arc::clone(metrics))?.with_source(params.clone());
+        let sink = crate::sink::ElasticsearchSink::open(es, &config.retry, Arc::clone(metrics))?
+            .with_source(params.clone())
+            .with_shutdown(shutdown.clone());
         names.push(sink.name());
         queues.push(spawn_sink(sink, queues.len(), config, &report_tx, &in_flight, metrics, &mut tasks, shutdown));
     }

@@ -19,7 +19,7 @@ pub struct EsAction {
     /// What to do.
     pub op: EsOp,
     /// Where it came from, for the dead-letter destination and logs.
-    pub origin: Origin,
+    pub origin: ChangeOrigin,
 }
 
 /// The operation of an [`EsAction`].
@@ -56,7 +56,7 @@ impl EsOp {
 
 /// The change an action comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub struct ChangeOrigin {
     /// LSN of the change's WAL record.
     pub lsn: Lsn,
     /// Commit LSN of its transaction.
@@ -75,7 +75,7 @@ pub struct Rejected {
     /// The index it was meant for.
     pub index: Arc<str>,
     /// Where it came from.
-    pub origin: Origin,
+    pub origin: ChangeOrigin,
     /// Why it cannot be written.
     pub reason: String,
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::action::{Origin, Rejected};
+use super::action::{ChangeOrigin, Rejected};
 use crate::config::EsDocumentRule;
 use crate::decode::{Change, Datum, OldTupleKind, Op};
 use crate::lsn::Lsn;
@@ -83,8 +83,8 @@ impl RuleWork {
     }
 
     /// Where rebuilt documents come from, for dead letters.
-    pub fn origin(&self, rule: &DocumentRule) -> Origin {
-        Origin { lsn: self.lsn, commit_lsn: self.version, table: Arc::clone(&rule.name), change: None }
+    pub fn origin(&self, rule: &DocumentRule) -> ChangeOrigin {
+        ChangeOrigin { lsn: self.lsn, commit_lsn: self.version, table: Arc::clone(&rule.name), change: None }
     }
 }
 
@@ -175,7 +175,7 @@ impl DocumentRules {
                         let r = &self.rules[rule];
                         w.rejected.push(Rejected {
                             index: Arc::clone(&r.index),
-                            origin: Origin {
+                            origin: ChangeOrigin {
                                 lsn: change.lsn,
                                 commit_lsn: change.commit_lsn,
                                 table: Arc::from(rel.qualified_name()),

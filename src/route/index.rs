@@ -9,7 +9,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::action::{EsAction, EsOp, Origin, Rejected};
+use super::action::{ChangeOrigin, EsAction, EsOp, Rejected};
 use crate::config::{EsOpName, EsTableRule, EsTruncate};
 use crate::decode::{write_json_str, write_json_value, Change, Datum, OldTupleKind, Op, Relation, ReplicaIdentity};
 
@@ -90,7 +90,7 @@ impl FlatRules {
     pub fn route(&mut self, change: &Change, pos: usize, out: &mut Vec<Routed>) {
         let Some(plans) = self.plans(&change.relation) else { return };
         for plan in plans.iter() {
-            let origin = Origin { lsn: change.lsn, commit_lsn: change.commit_lsn, table: Arc::clone(&plan.table), change: Some(pos) };
+            let origin = ChangeOrigin { lsn: change.lsn, commit_lsn: change.commit_lsn, table: Arc::clone(&plan.table), change: Some(pos) };
             let reject = |reason: String| Rejected { index: Arc::clone(&plan.rule.index), origin: origin.clone(), reason };
             let action = |id: String, op: EsOp| EsAction {
                 index: Arc::clone(&plan.rule.index),

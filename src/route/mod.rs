@@ -7,7 +7,7 @@ pub mod document;
 pub mod index;
 pub mod topic;
 
-pub use action::{EsAction, EsOp, Origin, Rejected};
+pub use action::{ChangeOrigin, EsAction, EsOp, Rejected};
 pub use document::{DocumentRules, RuleWork};
 pub use index::FlatRules;
 pub use topic::{TopicRouter, TopicTemplate};

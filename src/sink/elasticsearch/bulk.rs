@@ -1,11 +1,18 @@
-//! `_bulk` NDJSON bodies and per-item results.
+//! `_bulk`: NDJSON bodies, per-item results, and the loop that sends items until each is
+//! written, stale or rejected, resending only what failed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
+use std::ops::Range;
+use std::time::Instant;
 
+use reqwest::Method;
 use serde::Deserialize;
 
+use super::{auth_failure, client, fatal, Cluster, NAME};
 use crate::decode::write_json_str;
+use crate::retry::Backoff;
+use crate::sink::SinkError;
 
 /// The action of one bulk item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,22 +109,36 @@ struct BulkAnswer {
     items: Vec<HashMap<String, ItemResult>>,
 }
 
+/// A 2xx `_bulk` answer that is not what was asked for. Every kind is worth a resend (a garbled
+/// answer may come out right); [`AnswerError::ItemCount`] on several items is split first.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// The body is not a bulk answer.
+    #[error("the _bulk answer is not valid JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    /// A different number of items than actions sent: some servers answer a body they could
+    /// not parse with 200 and fewer items.
+    #[error("the _bulk answer has {answered} items for {sent} actions sent")]
+    ItemCount {
+        /// Items in the answer.
+        answered: usize,
+        /// Actions in the request.
+        sent: usize,
+    },
+    /// An item without its action key.
+    #[error("an item of the _bulk answer is empty")]
+    EmptyItem,
+}
+
 /// The per-item results of a bulk answer, in request order. Errors when the body is not a bulk
 /// answer or holds a different number of items than were sent (a server that answers a malformed
 /// request with 200 must not make walcast believe anything was written).
-pub fn parse_answer(body: &[u8], sent: usize) -> Result<Vec<ItemResult>, String> {
-    let answer: BulkAnswer = serde_json::from_slice(body).map_err(|e| format!("the _bulk answer is not valid JSON: {e}"))?;
+pub fn parse_answer(body: &[u8], sent: usize) -> Result<Vec<ItemResult>, AnswerError> {
+    let answer: BulkAnswer = serde_json::from_slice(body)?;
     if answer.items.len() != sent {
-        return Err(format!("the _bulk answer has {} items for {sent} actions sent", answer.items.len()));
+        return Err(AnswerError::ItemCount { answered: answer.items.len(), sent });
     }
-    answer
-        .items
-        .into_iter()
-        .map(|mut m| {
-            let key = m.keys().next().cloned().ok_or_else(|| "an item of the _bulk answer is empty".to_string())?;
-            m.remove(&key).ok_or_else(|| "an item of the _bulk answer is empty".to_string())
-        })
-        .collect()
+    answer.items.into_iter().map(|m| m.into_values().next().ok_or(AnswerError::EmptyItem)).collect()
 }
 
 /// Classify one item's result.
@@ -139,6 +160,135 @@ pub fn classify(kind: BulkKind, item: &ItemResult) -> ItemOutcome {
         s if s >= 500 => ItemOutcome::Retry(reason()),
         _ => ItemOutcome::Rejected(reason()),
     }
+}
+
+/// One prepared bulk item: its bytes in the caller's arena, and the entry it writes.
+#[derive(Debug, Clone)]
+pub(super) struct Item {
+    /// Its action.
+    pub(super) kind: BulkKind,
+    /// Its lines in the arena.
+    pub(super) bytes: Range<usize>,
+    /// The caller's entry (document or dead letter) it writes.
+    pub(super) entry: usize,
+}
+
+/// Send `items` (slices of `arena`) with `_bulk` until each is written, stale or rejected.
+/// Retries failed requests and retryable items with backoff, resending only those. Returns
+/// the rejected items with their reasons.
+pub(super) async fn send_until_done(
+    cluster: &Cluster,
+    arena: &[u8],
+    items: &[Item],
+    what: &str,
+) -> Result<Vec<(usize, String)>, SinkError> {
+    let mut rejected = Vec::new();
+    let mut pending: Vec<usize> = (0..items.len()).collect();
+    let mut backoff = Backoff::new(&cluster.retry);
+    let mut stale = 0usize;
+    while !pending.is_empty() {
+        let started = Instant::now();
+        let mut todo: VecDeque<Vec<usize>> = chunks(&pending, items, cluster.bulk_max_actions, cluster.bulk_max_bytes).into();
+        let mut retry = Vec::new();
+        let mut reason = String::new();
+        while let Some(chunk) = todo.pop_front() {
+            let mut body = Vec::with_capacity(chunk.iter().map(|&i| items[i].bytes.len()).sum());
+            for &i in &chunk {
+                body.extend_from_slice(&arena[items[i].bytes.clone()]);
+            }
+            let answer = match cluster.client.send(Method::POST, "/_bulk", Some((&body, "application/x-ndjson"))).await {
+                Ok(a) => a,
+                Err(e) => {
+                    reason = e.to_string();
+                    retry.extend_from_slice(&chunk);
+                    continue;
+                }
+            };
+            if !(200..300).contains(&answer.status) {
+                let e = client::status_error("POST", "/_bulk", &answer);
+                if e.is_auth() {
+                    return Err(auth_failure(&e));
+                }
+                if e.is_retryable() {
+                    reason = e.to_string();
+                    retry.extend_from_slice(&chunk);
+                } else if chunk.len() > 1 {
+                    // The request as a whole is refused (too large, unparsable): halve it to
+                    // find the item at fault.
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    todo.push_front(b.to_vec());
+                    todo.push_front(a.to_vec());
+                } else {
+                    rejected.push((chunk[0], e.to_string()));
+                }
+                continue;
+            }
+            let results = match parse_answer(&answer.body, chunk.len()) {
+                Ok(r) => r,
+                Err(e @ AnswerError::ItemCount { .. }) if chunk.len() > 1 => {
+                    // A body the server could not parse: halve it to find the item at fault.
+                    tracing::warn!(error = %e, items = chunk.len(), "the _bulk answer does not match the request; splitting it");
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    todo.push_front(b.to_vec());
+                    todo.push_front(a.to_vec());
+                    continue;
+                }
+                Err(e) => {
+                    reason = e.to_string();
+                    retry.extend_from_slice(&chunk);
+                    continue;
+                }
+            };
+            for (&i, result) in chunk.iter().zip(&results) {
+                match classify(items[i].kind, result) {
+                    ItemOutcome::Done => {}
+                    ItemOutcome::Stale => stale += 1,
+                    ItemOutcome::Retry(r) => {
+                        reason = r;
+                        retry.push(i);
+                    }
+                    ItemOutcome::Rejected(r) => rejected.push((i, r)),
+                    ItemOutcome::Fatal(r) => {
+                        return Err(fatal(format!(
+                            "the cluster refuses a write for a reason retrying cannot fix: {r}\n  fix: check the privileges of the configured user or API key on the index, and that the index exists or may be created"
+                        )))
+                    }
+                }
+            }
+        }
+        if retry.is_empty() {
+            break;
+        }
+        cluster.metrics.sink_attempt(NAME, "retry", started.elapsed().as_secs_f64());
+        let error = format!("{} of {} {what} not written: {reason}", retry.len(), pending.len());
+        cluster.wait(&mut backoff, "elasticsearch write failed", &error).await?;
+        pending = retry;
+    }
+    if stale > 0 {
+        tracing::debug!(what, stale, "writes older than the stored documents counted as done");
+    }
+    Ok(rejected)
+}
+
+/// Cut `pending` into requests of at most `max_actions` items and `max_bytes` bytes (a single
+/// larger item goes alone).
+fn chunks(pending: &[usize], items: &[Item], max_actions: usize, max_bytes: usize) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for &i in pending {
+        let len = items[i].bytes.len();
+        if !cur.is_empty() && (cur.len() >= max_actions || bytes + len > max_bytes) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        cur.push(i);
+        bytes += len;
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -217,7 +367,9 @@ mod tests {
     fn item_count_must_match() {
         // noida-db answers a malformed body with 200 and a single error item.
         let body = br#"{"errors":true,"items":[{"index":{"error":{"type":"parse_exception","reason":"malformed action/metadata line"},"status":400}}],"took":0}"#;
-        assert!(parse_answer(body, 3).expect_err("count").contains("1 items for 3"));
+        let err = parse_answer(body, 3).expect_err("count");
+        assert!(matches!(err, AnswerError::ItemCount { answered: 1, sent: 3 }), "{err:?}");
+        assert!(err.to_string().contains("1 items for 3"));
         assert!(parse_answer(b"<html>", 1).is_err());
         // Items without an id (auto-id dead letters) parse.
         let ok = br#"{"errors":false,"items":[{"index":{"_index":"dlq","_id":"x","status":201,"result":"created"}}]}"#;

@@ -14,6 +14,11 @@ use crate::config::{ElasticsearchSinkConfig, EsAuth};
 /// Bodies smaller than this are sent uncompressed even with `gzip = true`.
 const GZIP_MIN_BYTES: usize = 1_024;
 
+/// Bodies at least this large are compressed on the blocking pool: gzip of a multi-megabyte
+/// `_bulk` body takes milliseconds that the runtime thread (replication reads, the other sinks,
+/// /metrics) cannot give; below it, handing the body over costs more than compressing it.
+const GZIP_BLOCKING_MIN_BYTES: usize = 256 * 1024;
+
 /// What went wrong talking to Elasticsearch.
 #[derive(Debug, thiserror::Error)]
 pub enum EsError {
@@ -186,9 +191,7 @@ impl EsClient {
         if let Some((bytes, content_type)) = body {
             req = req.header(CONTENT_TYPE, content_type);
             if self.gzip && bytes.len() >= GZIP_MIN_BYTES {
-                let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::fast());
-                let compressed = enc.write_all(bytes).and_then(|()| enc.finish());
-                match compressed {
+                match gzip(bytes).await {
                     Ok(c) => req = req.header(CONTENT_ENCODING, "gzip").body(c),
                     Err(_) => req = req.body(bytes.to_vec()),
                 }
@@ -219,6 +222,21 @@ impl EsClient {
         let answer = self.ok(Method::GET, path, None).await?;
         serde_json::from_slice(&answer.body).map_err(|e| EsError::BadResponse { path: path.to_string(), reason: e.to_string() })
     }
+}
+
+/// `bytes` gzipped (fast level); a large body on the blocking pool.
+async fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    if bytes.len() < GZIP_BLOCKING_MIN_BYTES {
+        return gzip_blocking(bytes);
+    }
+    let owned = bytes.to_vec();
+    tokio::task::spawn_blocking(move || gzip_blocking(&owned)).await.map_err(std::io::Error::other)?
+}
+
+fn gzip_blocking(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 4), flate2::Compression::fast());
+    enc.write_all(bytes)?;
+    enc.finish()
 }
 
 /// The error for a non-2xx answer.
@@ -257,6 +275,17 @@ fn describe(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn gzip_of_a_large_body_round_trips() {
+        let body: Vec<u8> = (0..GZIP_BLOCKING_MIN_BYTES * 2).map(|i| b"abcdefgh"[i % 7]).collect();
+        for len in [GZIP_MIN_BYTES, GZIP_BLOCKING_MIN_BYTES * 2] {
+            let compressed = gzip(&body[..len]).await.expect("gzip");
+            let mut back = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut back).expect("gunzip");
+            assert_eq!(back, &body[..len]);
+        }
+    }
+
     #[test]
     fn error_bodies_in_every_shape() {
         let (k, r) = error_parts(br#"{"error":{"type":"index_not_found_exception","reason":"no such index [x]"},"status":404}"#);
@@ -288,10 +317,14 @@ mod tests {
 
     #[test]
     fn debug_hides_credentials() {
-        std::env::set_var("WALCAST_TEST_ES_CLIENT_PW", "client-hunter2");
-        let cfg: ElasticsearchSinkConfig =
-            toml::from_str("url = \"http://127.0.0.1:9200\"\nusername = \"elastic\"\npassword_env = \"WALCAST_TEST_ES_CLIENT_PW\"\n")
-                .expect("config");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let password = dir.path().join("password");
+        std::fs::write(&password, "client-hunter2\n").expect("password file");
+        let cfg: ElasticsearchSinkConfig = toml::from_str(&format!(
+            "url = \"http://127.0.0.1:9200\"\nusername = \"elastic\"\npassword_file = {:?}\n",
+            password.display().to_string()
+        ))
+        .expect("config");
         let client = EsClient::new(&cfg).expect("client");
         let shown = format!("{client:?}");
         assert!(!shown.contains("client-hunter2") && !shown.contains("ZWxhc3RpYzpjbGllbnQtaHVudGVyMg"), "{shown}");

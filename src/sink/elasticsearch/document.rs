@@ -9,9 +9,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
 use tokio_postgres::{Client, Transaction};
+use tokio_util::sync::CancellationToken;
 
 use super::super::SinkError;
-use super::NAME;
+use super::{interrupted, NAME};
 use crate::route::document::DocumentRule;
 use crate::route::index::Routed;
 use crate::route::{EsAction, EsOp, RuleWork};
@@ -121,7 +122,8 @@ impl DocumentBuilder {
             };
         }
         let mut reason = format!("document rule {:?}: {what} failed: {classified}", rule.name);
-        if e.to_string().contains("cannot convert") {
+        let wrong_type = std::error::Error::source(e).is_some_and(|c| c.is::<tokio_postgres::types::WrongType>());
+        if wrong_type {
             reason.push_str(
                 "\n  fix: walcast binds $1 as an array of text, varchar, uuid, smallint, integer or bigint; for other key types cast in the query, e.g. `WHERE t.id::text = ANY($1::text[])`",
             );
@@ -156,12 +158,14 @@ impl DocumentBuilder {
     /// Rebuild what `work` asks of `rule`, handing each chunk of actions to `out` (which sends
     /// them before the next chunk is built, so memory stays bounded by `max_ids`). Everything is
     /// read in one REPEATABLE READ transaction, inside `exported` when given.
-    /// Returns how many root documents were rebuilt (or deleted).
+    /// Returns how many root documents were rebuilt (or deleted). Waiting for the batch's
+    /// transactions to become visible ends on `shutdown`.
     pub(super) async fn rebuild<W: WriteActions>(
         &mut self,
         rule: &DocumentRule,
         work: &RuleWork,
         exported: Option<&str>,
+        shutdown: &CancellationToken,
         out: &mut W,
     ) -> Result<usize, SinkError> {
         let origin = work.origin(rule);
@@ -176,7 +180,7 @@ impl DocumentBuilder {
         if work.roots.is_empty() && work.lookups.iter().all(|l| l.is_empty()) && !work.rebuild_all {
             return Ok(0);
         }
-        self.read_and_write(rule, work, exported, out).await
+        self.read_and_write(rule, work, exported, shutdown, out).await
     }
 
     /// The read transaction of [`Self::rebuild`]: lookups, then documents chunk by chunk.
@@ -185,6 +189,7 @@ impl DocumentBuilder {
         rule: &DocumentRule,
         work: &RuleWork,
         exported: Option<&str>,
+        shutdown: &CancellationToken,
         out: &mut W,
     ) -> Result<usize, SinkError> {
         let origin = work.origin(rule);
@@ -192,7 +197,7 @@ impl DocumentBuilder {
             |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
         let mut waited = std::time::Duration::ZERO;
         loop {
-            match self.read_once(rule, work, exported, out, &action).await {
+            match self.read_once(rule, work, exported, shutdown, out, &action).await {
                 Err(ReadOutcome::NotVisible) => {
                     // Commits become visible microseconds after they are flushed (a synchronous
                     // standby round trip with synchronous replication): poll briefly.
@@ -201,7 +206,11 @@ impl DocumentBuilder {
                     if waited.as_millis() % 10_000 < pause.as_millis() && waited.as_secs() >= 10 {
                         tracing::warn!(rule = %rule.name, waited_s = waited.as_secs(), "a streamed transaction is still not visible to other sessions (synchronous standby not answering?)");
                     }
-                    tokio::time::sleep(pause).await;
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return Err(interrupted("waiting for the batch's transactions to become visible")),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
                 Err(ReadOutcome::Failed(e)) => return Err(e),
                 Ok(n) => return Ok(n),
@@ -215,6 +224,7 @@ impl DocumentBuilder {
         rule: &DocumentRule,
         work: &RuleWork,
         exported: Option<&str>,
+        shutdown: &CancellationToken,
         out: &mut W,
         action: &impl Fn(String, EsOp) -> EsAction,
     ) -> Result<usize, ReadOutcome> {
@@ -235,11 +245,11 @@ impl DocumentBuilder {
             Err((_, Failure::Sink(e))) => Err(ReadOutcome::Failed(e)),
             // The exporting session ended (its snapshot can no longer be imported): read the
             // current rows instead, which is safe since the stream replays every later change.
-            Err((what, Failure::Sql(e))) if exported.is_some() && what == IMPORT && !self.client.as_ref().is_none_or(Client::is_closed) => {
+            Err((_, Failure::Import(e))) if exported.is_some() && !self.client.as_ref().is_none_or(Client::is_closed) => {
                 tracing::warn!(rule = %rule.name, error = %sql_message(&e), "exported snapshot gone; building from the current rows");
-                Box::pin(self.read_and_write(rule, work, None, out)).await.map_err(ReadOutcome::Failed)
+                Box::pin(self.read_and_write(rule, work, None, shutdown, out)).await.map_err(ReadOutcome::Failed)
             }
-            Err((what, Failure::Sql(e))) => Err(ReadOutcome::Failed(self.sql_error(rule, &what, &e))),
+            Err((what, Failure::Sql(e) | Failure::Import(e))) => Err(ReadOutcome::Failed(self.sql_error(rule, &what, &e))),
         }
     }
 
@@ -259,7 +269,9 @@ impl DocumentBuilder {
         if let Some(name) = exported {
             // A name Postgres made (hex digits and dashes); checked since it is spliced.
             if name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-                tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{name}'")).await.map_err(sql(IMPORT))?;
+                tx.batch_execute(&format!("SET TRANSACTION SNAPSHOT '{name}'"))
+                    .await
+                    .map_err(|e| (IMPORT.to_string(), Failure::Import(e)))?;
             }
         }
         // The walsender can send a transaction before other sessions see it committed (between
@@ -449,11 +461,13 @@ async fn column_finding(client: &Client, rule: &str, table: &str, column: &str, 
     }
 }
 
-/// A failure inside the read transaction: from SQL (to classify) or from writing (as is), or a
+/// A failure inside the read transaction: from SQL (to classify), importing the exported
+/// snapshot (gone with its session: read the current rows), or from writing (as is), or a
 /// snapshot that does not yet see every transaction of the batch (retry).
 #[derive(Debug)]
 enum Failure {
     Sql(tokio_postgres::Error),
+    Import(tokio_postgres::Error),
     Sink(SinkError),
     NotVisible,
 }
@@ -511,7 +525,8 @@ mod tests {
 
     #[test]
     fn missing_roots_become_deletes() {
-        let origin = crate::route::Origin { lsn: crate::lsn::Lsn(1), commit_lsn: crate::lsn::Lsn(2), table: Arc::from("r"), change: None };
+        let origin =
+            crate::route::ChangeOrigin { lsn: crate::lsn::Lsn(1), commit_lsn: crate::lsn::Lsn(2), table: Arc::from("r"), change: None };
         let act = |id: String, op: EsOp| EsAction { index: Arc::from("i"), id, version: 2, op, origin: origin.clone() };
         let out = actions(&["a".into(), "b".into()], vec![("a".into(), "{}".into())], &act);
         let ops: Vec<(String, &str)> = out.iter().map(|r| r.as_ref().map(|a| (a.id.clone(), a.op.as_str())).expect("ok")).collect();

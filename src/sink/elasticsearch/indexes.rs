@@ -5,8 +5,10 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::client::{status_error, EsClient, EsError};
-use super::dead_letter;
+use super::{dead_letter, fatal, Cluster};
 use crate::config::ElasticsearchSinkConfig;
+use crate::retry::Backoff;
+use crate::sink::SinkError;
 
 /// An index walcast may create, with the body to create it from.
 #[derive(Debug, Clone)]
@@ -87,6 +89,49 @@ pub async fn create(client: &EsClient, spec: &IndexSpec) -> Result<bool, EsError
         EsError::Status { kind, .. } if kind == "resource_already_exists_exception" => Ok(false),
         e => Err(e),
     }
+}
+
+/// Create the indexes of `specs` that are missing (only with `create`: otherwise a missing one
+/// stops walcast with the fix), report mapping differences; retry until the cluster answers.
+pub(super) async fn ensure(cluster: &Cluster, specs: &[IndexSpec], create: bool) -> Result<(), SinkError> {
+    let mut backoff = Backoff::new(&cluster.retry);
+    for spec in specs {
+        loop {
+            let result = match state(&cluster.client, spec).await {
+                Ok(IndexState::Exists(None)) => Ok(()),
+                Ok(IndexState::Exists(Some(diff))) => {
+                    tracing::warn!(index = %spec.name, file = %spec.source, difference = %diff, "index exists with a mapping that differs from its file; walcast never changes an existing mapping");
+                    Ok(())
+                }
+                Ok(IndexState::Missing) if !create => {
+                    return Err(fatal(format!(
+                        "index {} does not exist and sinks.elasticsearch.create_indexes = false; create it (from {}) or set create_indexes = true",
+                        spec.name, spec.source
+                    )))
+                }
+                Ok(IndexState::Missing) => self::create(&cluster.client, spec).await.map(|created| {
+                    if created {
+                        tracing::info!(index = %spec.name, file = %spec.source, "created index");
+                    }
+                }),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    cluster
+                        .retry_after(&mut backoff, "cannot look up or create index", e, None, |e| {
+                            fatal(format!(
+                                "cannot create index {} from {}: {e}; fix the file or create the index yourself",
+                                spec.name, spec.source
+                            ))
+                        })
+                        .await?
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first path where `wanted` is not contained in `live` (objects: every key of `wanted` is

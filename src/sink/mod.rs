@@ -60,7 +60,7 @@ pub trait Sink: Send + 'static {
     }
 }
 
-/// What went wrong in a sink.
+/// What went wrong in a sink. The error policy decides what each variant means for the process.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// Writing failed in a way that may pass (disk full, destination briefly unavailable).
@@ -68,8 +68,8 @@ pub enum SinkError {
     Transient {
         /// Sink name.
         sink: &'static str,
-        /// The I/O error.
-        source: std::io::Error,
+        /// What failed, as the layer below reported it (an I/O error, a `SourceError`, ...).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The destination is gone for good (closed pipe, fsync failure, unwritable path).
     #[error("{sink}: {reason}")]
@@ -89,13 +89,6 @@ pub enum SinkError {
         /// The decoding error.
         source: DecodeError,
     },
-}
-
-impl SinkError {
-    /// Whether retrying the same batch may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Transient { .. })
-    }
 }
 
 /// What a sink task tells the pipeline.

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
 use crate::lsn::Lsn;
-use crate::source::{quote_ident, SourceError, TypeRules};
+use crate::source::{classify_query, quote_ident, SourceError, TypeRules};
 
 /// A table, `schema.table`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,15 +72,9 @@ pub(super) struct Chunk {
     pub after: Option<Vec<String>>,
 }
 
+/// The one Postgres classifier, with the statement named.
 fn query_error(what: &str, e: &tokio_postgres::Error) -> SourceError {
-    match e.as_db_error() {
-        // The server is shutting down or out of connections: worth resuming.
-        Some(db) if ["08", "57P", "53300"].iter().any(|c| db.code().code().starts_with(c)) => {
-            SourceError::Transient(format!("snapshot: {what}: {}", db.message()))
-        }
-        Some(db) => SourceError::Query(format!("snapshot: {what}: {} (SQLSTATE {})", db.message(), db.code().code())),
-        None => SourceError::Transient(format!("snapshot: {what}: {e}")),
-    }
+    classify_query(e, &format!("snapshot: {what}"))
 }
 
 impl Reader {

@@ -5,7 +5,7 @@ use tokio_postgres::{Client, NoTls};
 use super::tls::{client_config, MakeRustls};
 use crate::config::SslMode;
 
-use super::{ConnParams, SourceError, SESSION_OPTIONS};
+use super::{find_cause, ConnParams, SourceError, Step, AUTH_FIX, SESSION_OPTIONS};
 use crate::config::TableSelector;
 use crate::lsn::Lsn;
 
@@ -44,7 +44,7 @@ where
             target: params.display(),
             reason: format!("no answer within {} ms", params.connect_timeout.as_millis()),
         })?
-        .map_err(|e| classify(&e, params, ""))?;
+        .map_err(|e| classify_at(&e, Step::Connect, &params.display(), &params.user))?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "sql connection ended");
@@ -53,12 +53,23 @@ where
     Ok(client)
 }
 
-/// Turn a tokio-postgres error into a classified [`SourceError`].
-pub(crate) fn classify(e: &tokio_postgres::Error, params: &ConnParams, slot: &str) -> SourceError {
+/// Turn a tokio-postgres error of a statement on a session to `params` into a [`SourceError`].
+pub(crate) fn classify(e: &tokio_postgres::Error, params: &ConnParams) -> SourceError {
+    classify_at(e, Step::Query, &params.display(), &params.user)
+}
+
+/// [`classify`] where the connection parameters are not at hand: `what` the statement was for
+/// starts the message.
+pub(crate) fn classify_query(e: &tokio_postgres::Error, what: &str) -> SourceError {
+    classify_at(e, Step::Query, "postgres", "").in_context(what)
+}
+
+/// Classify by what the error is (a server error's SQLSTATE, a TLS error, an I/O error), never
+/// by its text.
+fn classify_at(e: &tokio_postgres::Error, step: Step, target: &str, user: &str) -> SourceError {
     if let Some(db) = e.as_db_error() {
-        return SourceError::from_server(Some(db.code().code()), db.message(), params, slot);
+        return SourceError::from_server(db.code().code(), db.message(), step, user);
     }
-    // No server error: the connection itself failed (refused, reset, closed, timed out).
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -67,13 +78,53 @@ pub(crate) fn classify(e: &tokio_postgres::Error, params: &ConnParams, slot: &st
         source = s.source();
     }
     // A certificate the configured CA does not vouch for will not change by retrying.
-    if reason.contains("invalid peer certificate") || reason.contains("server does not support TLS") {
+    if find_cause::<rustls::Error>(e).is_some() {
+        return SourceError::setup(format!("TLS with {target} failed: {reason}"), TLS_FIX);
+    }
+    if e.is_closed() || find_cause::<std::io::Error>(e).is_some() {
+        return SourceError::Connection { target: target.to_string(), reason };
+    }
+    // The client gave up without an I/O failure or a server error: the server does not offer
+    // TLS, no password is configured, an authentication method it cannot do. The same again.
+    if step == Step::Connect {
         return SourceError::setup(
-            format!("TLS with {} failed: {reason}", params.display()),
-            "check source.sslmode and that source.sslrootcert is the CA that signed the server certificate (verify-full also needs the host name in the certificate)",
+            format!("cannot connect to {target}: {reason}"),
+            format!("check source.sslmode (the server may not offer TLS) and source.sslrootcert; {AUTH_FIX}"),
         );
     }
-    SourceError::Connection { target: params.display(), reason }
+    // A value of another type than the statement expects: the same statement fails again.
+    if find_cause::<tokio_postgres::types::WrongType>(e).is_some() {
+        return SourceError::Query(reason);
+    }
+    SourceError::Connection { target: target.to_string(), reason }
+}
+
+/// The fix for a TLS handshake the server's certificate failed.
+const TLS_FIX: &str = "check source.sslmode and that source.sslrootcert is the CA that signed the server certificate (verify-full also needs the host name in the certificate)";
+
+impl SourceError {
+    /// The same error, its message starting with what the failed statement was for.
+    pub(crate) fn in_context(self, what: &str) -> Self {
+        match self {
+            SourceError::Connection { target, reason } => SourceError::Connection { target, reason: format!("{what}: {reason}") },
+            SourceError::Transient(reason) => SourceError::Transient(format!("{what}: {reason}")),
+            SourceError::Setup { problem, fix } => SourceError::Setup { problem: format!("{what}: {problem}"), fix },
+            SourceError::Server { code, message, step } => SourceError::Server { code, message: format!("{what}: {message}"), step },
+            SourceError::Query(reason) => SourceError::Query(format!("{what}: {reason}")),
+            other @ SourceError::Decode(_) => other,
+        }
+    }
+}
+
+/// `Some` with the fix when the server's `wal_level` cannot have logical slots. Asked before a
+/// slot is created, so the refusal says what to change.
+pub(crate) fn wal_level_problem(wal_level: &str) -> Option<SourceError> {
+    (wal_level != "logical").then(|| {
+        SourceError::setup(
+            format!("wal_level is {wal_level:?}: logical replication slots need wal_level = logical"),
+            "set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart Postgres",
+        )
+    })
 }
 
 /// A row of `pg_replication_slots`, plus how much WAL it holds back.
@@ -169,11 +220,15 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
 
 /// Create a logical slot with the pgoutput plugin; returns its consistent point.
 pub async fn create_slot(client: &Client, params: &ConnParams, slot: &str) -> Result<Lsn, SourceError> {
+    let wal_level = client.query_one("SHOW wal_level", &[]).await.map_err(|e| classify(&e, params))?;
+    if let Some(problem) = wal_level_problem(wal_level.try_get(0).map_err(|e| classify(&e, params))?) {
+        return Err(problem);
+    }
     let row = client
         .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
         .await
-        .map_err(|e| classify(&e, params, slot))?;
-    let lsn: Option<String> = row.try_get(0).map_err(|e| classify(&e, params, slot))?;
+        .map_err(|e| classify_at(&e, Step::CreateSlot, &params.display(), &params.user))?;
+    let lsn: Option<String> = row.try_get(0).map_err(|e| classify(&e, params))?;
     consistent_point(slot, lsn.as_deref())
 }
 
@@ -311,7 +366,7 @@ pub async fn ensure_publication(
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
-        .map_err(|e| classify(&e, params, ""))?
+        .map_err(|e| classify(&e, params))?
         .is_some();
     if exists {
         return Ok(false);
@@ -330,16 +385,20 @@ pub async fn ensure_publication(
             return Ok(false);
         }
     }
-    created.map_err(|e| match e.as_db_error() {
-        Some(db) if db.code().code() == "42501" => SourceError::setup(
-            format!("cannot create publication {publication:?}: {}", db.message()),
-            "create it as a superuser or the tables' owner (see sql/roles.sql), or grant ownership; FOR TABLES IN SCHEMA and FOR ALL TABLES need a superuser",
-        ),
-        Some(db) => SourceError::setup(
-            format!("cannot create publication {publication:?}: {}", db.message()),
-            "check source.tables: every entry must name an existing table or schema",
-        ),
-        None => classify(&e, params, ""),
+    created.map_err(|e| {
+        let classified = classify(&e, params);
+        match e.as_db_error() {
+            Some(db) if db.code().code() == "42501" => SourceError::setup(
+                format!("cannot create publication {publication:?}: {}", db.message()),
+                "create it as a superuser or the tables' owner (see sql/roles.sql), or grant ownership; FOR TABLES IN SCHEMA and FOR ALL TABLES need a superuser",
+            ),
+            // A refusal that a retry cannot change (the server shutting down can).
+            Some(db) if !classified.is_retryable() => SourceError::setup(
+                format!("cannot create publication {publication:?}: {}", db.message()),
+                "check source.tables: every entry must name an existing table or schema",
+            ),
+            _ => classified,
+        }
     })?;
     tracing::info!(publication, "created publication");
     Ok(true)

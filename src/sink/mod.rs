@@ -222,4 +222,17 @@ mod tests {
         assert!(buf.is_empty());
         assert_eq!(buf.capacity(), OUTPUT_BUF_CAPACITY, "a huge buffer is replaced by a small one");
     }
+
+    #[test]
+    fn a_transient_error_carries_its_real_cause() {
+        let cause = line_file::LineFileError::Write {
+            path: Arc::from(std::path::Path::new("/x/dead-letters.jsonl")),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let e = cause.into_sink_error("kafka");
+        assert!(e.is_retryable(), "{e}");
+        let source = std::error::Error::source(&e).expect("a cause");
+        let cause = source.downcast_ref::<line_file::LineFileError>().expect("the line file's own error, not a made-up io::Error");
+        assert!(matches!(cause, line_file::LineFileError::Write { source, .. } if source.kind() == std::io::ErrorKind::StorageFull));
+    }
 }

@@ -351,3 +351,22 @@ fn row_text(row: &tokio_postgres::Row, i: usize) -> Result<String, tokio_postgre
     // Primary-key columns are never NULL.
     row.try_get::<_, Option<String>>(i).map(Option::unwrap_or_default)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn a_connection_lost_while_listing_tables_is_retried() {
+        let config = Config::parse(
+            "[source]\nhost = \"127.0.0.1\"\ndatabase = \"app\"\nuser = \"walcast\"\n\n[sinks.jsonl]\npath = \"-\"\n",
+            Path::new("test.toml"),
+        )
+        .expect("valid");
+        let client = crate::source::fake::client_dropped_at_first_statement().await;
+        let e = super::super::tables_to_load(&config, &client).await.expect_err("the server hung up");
+        assert!(e.is_retryable(), "{e}");
+    }
+}

@@ -311,4 +311,39 @@ mod tests {
         );
         assert_eq!(split_sqlstate("boom"), ("boom", None));
     }
+
+    fn params() -> ConnParams {
+        ConnParams {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "app".into(),
+            user: "walcast".into(),
+            password: None,
+            sslmode: SslMode::VerifyFull,
+            sslrootcert: None,
+            application_name: "walcast".into(),
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn errors_are_classified_by_kind_sqlstate_and_step() {
+        let p = params();
+        let certificate = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let tls = PgWireError::Io(std::sync::Arc::new(std::io::Error::new(std::io::ErrorKind::InvalidData, certificate)));
+        assert!(matches!(classify(&tls, &p, Step::Connect), SourceError::Setup { .. }));
+        let reset = PgWireError::Io(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(classify(&reset, &p, Step::Streaming).is_retryable());
+        let auth = PgWireError::Auth("unsupported auth method code: 7".into());
+        assert!(classify(&auth, &p, Step::Connect).to_string().contains("pg_hba.conf"));
+
+        let missing = PgWireError::Server("replication slot \"s\" does not exist (SQLSTATE 42704)".into());
+        assert!(classify(&missing, &p, Step::StartReplication).to_string().contains("walcast slot create"));
+        assert!(classify(&missing, &p, Step::Streaming).to_string().contains("source.create_publication"));
+        let closed = PgWireError::Server("database \"app\" is not currently accepting connections (SQLSTATE 55000)".into());
+        assert!(classify(&closed, &p, Step::Connect).is_retryable(), "ALLOW_CONNECTIONS false passes");
+        assert!(!classify(&closed, &p, Step::StartReplication).is_retryable(), "an invalidated slot does not");
+        let canceled = PgWireError::Server("canceling statement due to user request (SQLSTATE 57014)".into());
+        assert!(classify(&canceled, &p, Step::Streaming).is_retryable());
+    }
 }

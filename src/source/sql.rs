@@ -427,6 +427,68 @@ pub(crate) fn create_publication_sql(publication: &str, tables: &[TableSelector]
     format!("CREATE PUBLICATION {} FOR {}", quote_ident(publication), parts.join(", "))
 }
 
+/// Test doubles: a "server" that speaks just enough of the protocol to fail the way a real
+/// one fails, without a Postgres.
+#[cfg(test)]
+pub(crate) mod fake {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// What the fake server does.
+    #[derive(Clone, Copy)]
+    pub(crate) enum Behaviour {
+        /// Log the client in, then close the connection at its first statement.
+        DropAtFirstStatement,
+        /// Answer the TLS request with `N` (no TLS here).
+        RefuseTls,
+    }
+
+    /// Start a fake server for one connection; returns its port.
+    pub(crate) async fn serve(behaviour: Behaviour) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut len = [0u8; 4];
+            if socket.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+            if socket.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            match behaviour {
+                Behaviour::RefuseTls => {
+                    let _ = socket.write_all(b"N").await;
+                }
+                Behaviour::DropAtFirstStatement => {
+                    // AuthenticationOk, ReadyForQuery (idle).
+                    let _ = socket.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'Z', 0, 0, 0, 5, b'I']).await;
+                    let mut statement = [0u8; 1];
+                    let _ = socket.read(&mut statement).await;
+                }
+            }
+        });
+        port
+    }
+
+    /// A client whose connection the server closes at its first statement.
+    pub(crate) async fn client_dropped_at_first_statement() -> tokio_postgres::Client {
+        let port = serve(Behaviour::DropAtFirstStatement).await;
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("walcast")
+            .dbname("app")
+            .ssl_mode(tokio_postgres::config::SslMode::Disable)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("the fake server logs anyone in");
+        tokio::spawn(connection);
+        client
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,5 +511,45 @@ mod tests {
             r#"CREATE PUBLICATION "pub" FOR TABLE "public"."or""ders", TABLES IN SCHEMA "shop""#
         );
         assert_eq!(create_publication_sql("p", &[]), r#"CREATE PUBLICATION "p" FOR ALL TABLES"#);
+    }
+
+    fn params(port: u16, sslmode: SslMode) -> ConnParams {
+        ConnParams {
+            host: "127.0.0.1".into(),
+            port,
+            database: "app".into(),
+            user: "walcast".into(),
+            password: None,
+            sslmode,
+            sslrootcert: None,
+            application_name: "walcast".into(),
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_during_a_statement_is_retried() {
+        let client = fake::client_dropped_at_first_statement().await;
+        let e = client.query("SELECT 1", &[]).await.expect_err("the server hung up");
+        let classified = classify(&e, &params(1, SslMode::Disable));
+        assert!(matches!(classified, SourceError::Connection { .. }), "{classified:?}");
+        assert!(classified.is_retryable());
+        let classified = classify_query(&e, "listing");
+        assert!(classified.is_retryable() && classified.to_string().contains("listing"), "{classified}");
+    }
+
+    #[tokio::test]
+    async fn a_server_without_tls_is_a_setup_error_when_tls_is_required() {
+        let port = fake::serve(fake::Behaviour::RefuseTls).await;
+        let e = connect_sql(&params(port, SslMode::Require)).await.expect_err("no TLS there");
+        assert!(matches!(e, SourceError::Setup { .. }), "{e:?}");
+        assert!(e.to_string().contains("source.sslmode"), "{e}");
+    }
+
+    #[test]
+    fn a_wal_level_below_logical_is_refused_with_the_fix() {
+        assert!(wal_level_problem("logical").is_none());
+        let e = wal_level_problem("replica").expect("refused");
+        assert!(!e.is_retryable() && e.to_string().contains("ALTER SYSTEM SET wal_level = logical"), "{e}");
     }
 }

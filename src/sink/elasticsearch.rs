@@ -32,7 +32,7 @@ pub use check::elasticsearch_findings;
 pub use client::{EsClient, EsError};
 pub(crate) use document::document_findings;
 
-use self::bulk::{classify, parse_answer, write_item, AnswerError, BulkKind, ItemOutcome};
+use self::bulk::{classify, parse_answer, write_item, BulkKind, ItemOutcome};
 use self::dead_letter::{DeadLetter, DeadLetterFile};
 use self::document::{DocumentBuilder, WriteActions};
 use self::indexes::{IndexSpec, IndexState};
@@ -437,7 +437,7 @@ impl ElasticsearchSink {
                 }
                 let results = match parse_answer(&answer.body, chunk.len()) {
                     Ok(r) => r,
-                    Err(e @ AnswerError::ItemCount { .. }) if chunk.len() > 1 => {
+                    Err(e) if chunk.len() > 1 && e.contains("items for") => {
                         // Some servers answer a body they could not parse with 200 and fewer
                         // items: halve it to find the item at fault.
                         tracing::warn!(error = %e, items = chunk.len(), "the _bulk answer does not match the request; splitting it");
@@ -447,7 +447,7 @@ impl ElasticsearchSink {
                         continue;
                     }
                     Err(e) => {
-                        reason = e.to_string();
+                        reason = e;
                         retry.extend_from_slice(&chunk);
                         continue;
                     }

@@ -102,40 +102,20 @@ struct BulkAnswer {
     items: Vec<HashMap<String, ItemResult>>,
 }
 
-/// Why a `_bulk` answer cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum AnswerError {
-    /// The body is not a bulk answer.
-    #[error("the _bulk answer is not valid JSON: {0}")]
-    NotJson(#[from] serde_json::Error),
-    /// The answer holds another number of items than actions were sent (some servers answer a
-    /// body they could not parse with 200 and fewer items).
-    #[error("the _bulk answer has {got} items for {sent} actions sent")]
-    ItemCount {
-        /// Items in the answer.
-        got: usize,
-        /// Actions sent.
-        sent: usize,
-    },
-    /// An item of the answer names no action.
-    #[error("an item of the _bulk answer is empty")]
-    EmptyItem,
-}
-
 /// The per-item results of a bulk answer, in request order. Errors when the body is not a bulk
 /// answer or holds a different number of items than were sent (a server that answers a malformed
 /// request with 200 must not make walcast believe anything was written).
-pub fn parse_answer(body: &[u8], sent: usize) -> Result<Vec<ItemResult>, AnswerError> {
-    let answer: BulkAnswer = serde_json::from_slice(body)?;
+pub fn parse_answer(body: &[u8], sent: usize) -> Result<Vec<ItemResult>, String> {
+    let answer: BulkAnswer = serde_json::from_slice(body).map_err(|e| format!("the _bulk answer is not valid JSON: {e}"))?;
     if answer.items.len() != sent {
-        return Err(AnswerError::ItemCount { got: answer.items.len(), sent });
+        return Err(format!("the _bulk answer has {} items for {sent} actions sent", answer.items.len()));
     }
     answer
         .items
         .into_iter()
         .map(|mut m| {
-            let key = m.keys().next().cloned().ok_or(AnswerError::EmptyItem)?;
-            m.remove(&key).ok_or(AnswerError::EmptyItem)
+            let key = m.keys().next().cloned().ok_or_else(|| "an item of the _bulk answer is empty".to_string())?;
+            m.remove(&key).ok_or_else(|| "an item of the _bulk answer is empty".to_string())
         })
         .collect()
 }
@@ -237,9 +217,7 @@ mod tests {
     fn item_count_must_match() {
         // noida-db answers a malformed body with 200 and a single error item.
         let body = br#"{"errors":true,"items":[{"index":{"error":{"type":"parse_exception","reason":"malformed action/metadata line"},"status":400}}],"took":0}"#;
-        let count = parse_answer(body, 3).expect_err("count");
-        assert!(matches!(count, AnswerError::ItemCount { got: 1, sent: 3 }), "{count}");
-        assert!(count.to_string().contains("1 items for 3"));
+        assert!(parse_answer(body, 3).expect_err("count").contains("1 items for 3"));
         assert!(parse_answer(b"<html>", 1).is_err());
         // Items without an id (auto-id dead letters) parse.
         let ok = br#"{"errors":false,"items":[{"index":{"_index":"dlq","_id":"x","status":201,"result":"created"}}]}"#;

@@ -8,18 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DeadLetterDestination, LogFormat};
 use crate::pipeline::{self, PipelineError};
-use crate::sink::SinkError;
 use crate::snapshot::SnapshotState;
 use crate::source::{self, connect_sql, preflight, ConnParams, Severity, SourceError};
 
-/// Exit code: a runtime failure not covered below.
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit code: the config file is missing or invalid.
-pub const EXIT_CONFIG: u8 = 2;
-/// Exit code: the server setup is wrong (wal_level, privileges, missing slot...); the message says how to fix it.
-pub const EXIT_SETUP: u8 = 3;
-/// Exit code: a sink failed for good.
-pub const EXIT_SINK: u8 = 4;
+pub use crate::policy::{EXIT_CONFIG, EXIT_FAILURE, EXIT_SETUP, EXIT_SINK};
 
 /// Stream Postgres changes from a logical replication slot.
 #[derive(Debug, Parser)]
@@ -202,17 +194,14 @@ fn load(path: &Path, log_format: Option<LogFormat>) -> Option<Config> {
     }
 }
 
+/// Print why the command stopped; the exit code is the error policy's.
 fn report_pipeline_error(e: &PipelineError) -> ExitCode {
-    tracing::error!(error = %e, "stopped");
+    tracing::error!(error = %e, fix = e.fix(), "stopped");
     eprintln!("walcast: {e}");
-    ExitCode::from(match e {
-        PipelineError::Config(_) => EXIT_CONFIG,
-        PipelineError::Source(SourceError::Setup { .. }) => EXIT_SETUP,
-        PipelineError::Source(_) => EXIT_FAILURE,
-        PipelineError::Sink(SinkError::Render { .. }) => EXIT_FAILURE,
-        PipelineError::Sink(_) => EXIT_SINK,
-        PipelineError::MetricsListen { .. } => EXIT_SETUP,
-    })
+    if let Some(fix) = e.fix() {
+        eprintln!("  fix: {fix}");
+    }
+    ExitCode::from(e.action().exit_code())
 }
 
 async fn check(config: &Config) -> ExitCode {
@@ -314,7 +303,7 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
     let result: Result<(), SourceError> = async {
         let params = ConnParams::from_config(&config.source).map_err(|e| SourceError::setup(e.to_string(), "fix the config file"))?;
         let client = connect_sql(&params).await?;
-        let query_err = |e: tokio_postgres::Error| source::classify(&e, &params, &slot_name);
+        let query_err = |e: tokio_postgres::Error| source::classify(&e, &params);
         match action {
             SlotAction::Status { json, .. } => {
                 let info = source::slot_info(&client, &slot_name).await.map_err(query_err)?;
@@ -360,10 +349,7 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
     .await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("walcast: {e}");
-            ExitCode::from(if matches!(e, SourceError::Setup { .. }) { EXIT_SETUP } else { EXIT_FAILURE })
-        }
+        Err(e) => report_pipeline_error(&e.into()),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod lsn;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod retry;
 pub mod route;
 pub mod sink;

@@ -285,7 +285,7 @@ async fn prepare_slot(
         let attempt = async {
             let client = connect_sql(params).await?;
             document_rules_ready(config, &client).await?;
-            let query_error = |e: tokio_postgres::Error| source::classify(&e, params, &src.slot);
+            let query_error = |e: tokio_postgres::Error| source::classify(&e, params);
             let slot = source::slot_info(&client, &src.slot).await.map_err(query_error)?;
             let state = SnapshotState::load(dir, &src.slot).map_err(|e| state_error(e, config))?;
             // Re-creating a dropped publication cannot help a slot that streamed with the old
@@ -993,7 +993,7 @@ impl Streamer<'_> {
             self.catalog = Some(connect_sql(&self.params).await?);
         }
         let Some(client) = &self.catalog else { return Ok(()) };
-        self.type_rules.resolve(client, &mut body.columns).await.map_err(|e| source::classify(&e, &self.params, &self.config.source.slot))
+        self.type_rules.resolve(client, &mut body.columns).await.map_err(|e| source::classify(&e, &self.params))
     }
 
     fn on_message(&mut self, message: Message, lsn: Lsn) -> Result<(), PipelineError> {
@@ -1209,7 +1209,7 @@ impl Streamer<'_> {
         let slot = &self.config.source.slot;
         let client = connect_sql(&self.params).await?;
         for _ in 0..20 {
-            let info = source::slot_info(&client, slot).await.map_err(|e| source::classify(&e, &self.params, slot))?;
+            let info = source::slot_info(&client, slot).await.map_err(|e| source::classify(&e, &self.params))?;
             let Some(info) = info else { return Ok(()) };
             // Never advance what is not a logical slot of ours (someone replaced it meanwhile).
             if info.problem(&self.config.source.database).is_some() {
@@ -1222,7 +1222,7 @@ impl Streamer<'_> {
                 client
                     .execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", &[slot, &confirmed.to_string()])
                     .await
-                    .map_err(|e| source::classify(&e, &self.params, slot))?;
+                    .map_err(|e| source::classify(&e, &self.params))?;
                 return Ok(());
             }
             // The walsender is still exiting.

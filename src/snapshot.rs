@@ -60,7 +60,7 @@ pub async fn tables_to_load(config: &Config, client: &tokio_postgres::Client) ->
         let rows = client
             .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&config.source.publication])
             .await
-            .map_err(|e| SourceError::Query(format!("listing the publication's tables: {e}")))?;
+            .map_err(|e| crate::source::classify_query(&e, "listing the publication's tables"))?;
         for row in rows {
             out.push(TableRef { schema: row.get(0), table: row.get(1) });
         }
@@ -319,9 +319,14 @@ fn stopped_sink(reports: &mut mpsc::UnboundedReceiver<SinkReport>) -> PipelineEr
     SinkError::Fatal { sink: "snapshot", reason: "a sink stopped (see the error reported before this one)".into() }.into()
 }
 
-fn snapshot_state_error(e: std::io::Error) -> PipelineError {
-    SinkError::Fatal { sink: "snapshot", reason: format!("cannot save snapshot progress: {e}; check snapshot.state_dir is writable") }
-        .into()
+/// The progress file is walcast's own state, not a sink: a setup problem (exit 3), like the
+/// slot history kept beside it.
+pub(crate) fn snapshot_state_error(e: std::io::Error) -> PipelineError {
+    SourceError::setup(
+        format!("cannot save snapshot progress: {e}"),
+        "make snapshot.state_dir a writable directory (a persistent volume in containers)",
+    )
+    .into()
 }
 
 /// Now, in Postgres's timestamp unit (microseconds since 2000-01-01 UTC): the commit time of

@@ -21,7 +21,8 @@ pub use pgoutput::{
 pub use relation::{Relation, RelationCache};
 pub use value::{to_json_value, value_rule, write_json_value, UserType, FIRST_USER_OID};
 
-/// What can go wrong while decoding. Every variant is permanent: the same bytes decode the same way.
+/// What can go wrong while decoding. The same bytes decode the same way; only a change for a
+/// relation not yet described is cured by reading the stream again (see the error policy).
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The message ended before a field it announces.
@@ -66,12 +67,4 @@ pub enum DecodeError {
         /// What was wrong.
         reason: String,
     },
-}
-
-impl DecodeError {
-    /// Decode errors are about bytes already received; retrying the same bytes cannot help.
-    /// (A reconnect re-reads the stream, which is the source's decision, not this one.)
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, DecodeError::UnknownRelation(_))
-    }
 }

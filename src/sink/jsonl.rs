@@ -91,6 +91,6 @@ fn write_stdout(buf: &[u8]) -> Result<(), SinkError> {
             sink: NAME,
             reason: "standard output was closed by its reader; nothing after the last confirmed LSN is lost, restart walcast with a reader attached".into(),
         },
-        _ => SinkError::Transient { sink: NAME, source: e },
+        _ => SinkError::Transient { sink: NAME, source: Box::new(e) },
     })
 }

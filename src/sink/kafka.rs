@@ -242,5 +242,5 @@ fn fatal_err(reason: String) -> SinkError {
 }
 
 fn transient(reason: String) -> SinkError {
-    SinkError::Transient { sink: NAME, source: std::io::Error::other(reason) }
+    SinkError::Transient { sink: NAME, source: reason.into() }
 }

@@ -70,11 +70,7 @@ impl LineFileError {
         if !self.is_retryable() {
             return SinkError::Fatal { sink, reason: self.to_string() };
         }
-        let kind = match &self {
-            Self::Write { source, .. } => source.kind(),
-            _ => std::io::ErrorKind::Other,
-        };
-        SinkError::Transient { sink, source: std::io::Error::new(kind, self.to_string()) }
+        SinkError::Transient { sink, source: Box::new(self) }
     }
 }
 

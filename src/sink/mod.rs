@@ -62,7 +62,7 @@ pub trait Sink: Send + 'static {
     }
 }
 
-/// What went wrong in a sink.
+/// What went wrong in a sink. The error policy decides what each variant means for the process.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// Writing failed in a way that may pass (disk full, destination briefly unavailable).
@@ -70,8 +70,8 @@ pub enum SinkError {
     Transient {
         /// Sink name.
         sink: &'static str,
-        /// The I/O error.
-        source: std::io::Error,
+        /// What failed, as the layer below reported it (an I/O error, a `SourceError`, ...).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The destination is gone for good (closed pipe, fsync failure, unwritable path).
     #[error("{sink}: {reason}")]
@@ -91,13 +91,6 @@ pub enum SinkError {
         /// The decoding error.
         source: DecodeError,
     },
-}
-
-impl SinkError {
-    /// Whether retrying the same batch may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Transient { .. })
-    }
 }
 
 /// What a sink task tells the pipeline.
@@ -403,5 +396,18 @@ mod tests {
         release_output_buf(&mut buf);
         assert!(buf.is_empty());
         assert_eq!(buf.capacity(), OUTPUT_BUF_CAPACITY, "a huge buffer is replaced by a small one");
+    }
+
+    #[test]
+    fn a_transient_error_carries_its_real_cause() {
+        let cause = line_file::LineFileError::Write {
+            path: Arc::from(std::path::Path::new("/x/dead-letters.jsonl")),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let e = cause.into_sink_error("kafka");
+        assert!(e.is_retryable(), "{e}");
+        let source = std::error::Error::source(&e).expect("a cause");
+        let cause = source.downcast_ref::<line_file::LineFileError>().expect("the line file's own error, not a made-up io::Error");
+        assert!(matches!(cause, line_file::LineFileError::Write { source, .. } if source.kind() == std::io::ErrorKind::StorageFull));
     }
 }

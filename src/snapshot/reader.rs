@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
 use crate::lsn::Lsn;
-use crate::source::{quote_ident, SourceError, TypeRules};
+use crate::source::{classify_query, quote_ident, SourceError, TypeRules};
 
 /// A table, `schema.table`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,15 +72,9 @@ pub(super) struct Chunk {
     pub after: Option<Vec<String>>,
 }
 
+/// The one Postgres classifier, with the statement named.
 fn query_error(what: &str, e: &tokio_postgres::Error) -> SourceError {
-    match e.as_db_error() {
-        // The server is shutting down or out of connections: worth resuming.
-        Some(db) if ["08", "57P", "53300"].iter().any(|c| db.code().code().starts_with(c)) => {
-            SourceError::Transient(format!("snapshot: {what}: {}", db.message()))
-        }
-        Some(db) => SourceError::Query(format!("snapshot: {what}: {} (SQLSTATE {})", db.message(), db.code().code())),
-        None => SourceError::Transient(format!("snapshot: {what}: {e}")),
-    }
+    classify_query(e, &format!("snapshot: {what}"))
 }
 
 impl Reader {
@@ -356,4 +350,23 @@ impl TableReader {
 fn row_text(row: &tokio_postgres::Row, i: usize) -> Result<String, tokio_postgres::Error> {
     // Primary-key columns are never NULL.
     row.try_get::<_, Option<String>>(i).map(Option::unwrap_or_default)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn a_connection_lost_while_listing_tables_is_retried() {
+        let config = Config::parse(
+            "[source]\nhost = \"127.0.0.1\"\ndatabase = \"app\"\nuser = \"walcast\"\n\n[sinks.jsonl]\npath = \"-\"\n",
+            Path::new("test.toml"),
+        )
+        .expect("valid");
+        let client = crate::source::fake::client_dropped_at_first_statement().await;
+        let e = super::super::tables_to_load(&config, &client).await.expect_err("the server hung up");
+        assert!(e.is_retryable(), "{e}");
+    }
 }

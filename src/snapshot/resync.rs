@@ -13,7 +13,7 @@ pub async fn request_resync(config: &Config) -> Result<String, SourceError> {
     let src = &config.source;
     let params = ConnParams::from_config(src).map_err(|e| SourceError::setup(e.to_string(), "fix the config file"))?;
     let client = connect_sql(&params).await?;
-    let classify = |e: tokio_postgres::Error| source::classify(&e, &params, &src.slot);
+    let classify = |e: tokio_postgres::Error| source::classify(&e, &params);
     let mut done = Vec::new();
     if let Some(slot) = source::slot_info(&client, &src.slot).await.map_err(classify)? {
         // Never drop a slot that is not a logical slot of this database: it is someone else's.

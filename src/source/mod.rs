@@ -13,7 +13,9 @@ pub use lease::{lease_key, Lease, LeaseEnd};
 pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};
 pub use replication::{create_slot_exporting, ExportedSnapshot, ReplicationStream, SourceEvent, StreamSettings};
-pub(crate) use sql::classify;
+#[cfg(test)]
+pub(crate) use sql::fake;
+pub(crate) use sql::{classify, classify_query};
 pub use sql::{
     connect_sql, create_slot, drop_slot, ensure_publication, publication_oid, published_tables, quote_ident, slot_info, Published,
     SlotInfo, RESYNC_FIX,
@@ -89,7 +91,37 @@ impl ConnParams {
     }
 }
 
-/// What can go wrong talking to Postgres.
+/// Which command was running when Postgres answered with an error. One SQLSTATE means
+/// different things at different steps: 42704 names the slot at START_REPLICATION and the
+/// publication while streaming; 55000 while connecting is a database closed for maintenance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Connecting and authenticating (an SQL or a replication session).
+    Connect,
+    /// START_REPLICATION on the slot.
+    StartReplication,
+    /// Reading the replication stream.
+    Streaming,
+    /// Creating the replication slot.
+    CreateSlot,
+    /// Any other statement on an open session.
+    Query,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Connect => "the connection",
+            Step::StartReplication => "START_REPLICATION",
+            Step::Streaming => "the replication stream",
+            Step::CreateSlot => "creating the slot",
+            Step::Query => "a query",
+        })
+    }
+}
+
+/// What can go wrong talking to Postgres. Whether the process retries, and with which exit code
+/// it stops otherwise, is the error policy's decision (`is_retryable`, `action`).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The server could not be reached or the connection dropped.
@@ -100,8 +132,8 @@ pub enum SourceError {
         /// Underlying error text.
         reason: String,
     },
-    /// Postgres answered with an error that a retry may clear (server shutting down, slot briefly
-    /// held by a walsender that is exiting, serialization failure, ...).
+    /// A state walcast knows passes (a slot creation waiting for old transactions, a slot still
+    /// held by its exiting walsender).
     #[error("postgres error (will retry): {0}")]
     Transient(String),
     /// A problem with the setup that retrying cannot fix; the message says how to fix it.
@@ -112,7 +144,18 @@ pub enum SourceError {
         /// What to do about it.
         fix: String,
     },
-    /// A query failed in a way that is not about the connection.
+    /// Postgres refused a command with an error walcast has no explanation of its own for: the
+    /// error policy decides by its SQLSTATE (and step) whether a retry can help.
+    #[error("postgres refused {step}: {message} (SQLSTATE {code})")]
+    Server {
+        /// The SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// What was running.
+        step: Step,
+    },
+    /// An answer walcast cannot use (not about the connection, not a server error).
     #[error("query failed: {0}")]
     Query(String),
     /// The stream carried bytes walcast cannot decode.
@@ -121,64 +164,63 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// Connection problems and transient server states are retried; setup problems are not.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SourceError::Connection { .. } | SourceError::Transient(_) => true,
-            SourceError::Setup { .. } | SourceError::Query(_) => false,
-            SourceError::Decode(e) => e.is_retryable(),
-        }
-    }
-
     pub(crate) fn setup(problem: impl Into<String>, fix: impl Into<String>) -> Self {
         SourceError::Setup { problem: problem.into(), fix: fix.into() }
     }
 
-    /// Classify a server error by its SQLSTATE (`code`) and message.
-    pub(crate) fn from_server(code: Option<&str>, message: &str, params: &ConnParams, slot: &str) -> Self {
-        let code = code.unwrap_or("");
-        match code {
+    /// A server error (SQLSTATE `code`) at `step`, explained with its fix where walcast knows
+    /// what it means; otherwise kept as [`SourceError::Server`] for the policy's SQLSTATE table.
+    /// Decided by the code and the step, never by the message text. `user`: the role, for fixes.
+    pub(crate) fn from_server(code: &str, message: &str, step: Step, user: &str) -> Self {
+        let role = if user.is_empty() { "<source.user>".to_string() } else { quote_ident(user) };
+        match (code, step) {
             // invalid_authorization_specification, invalid_password
-            "28000" | "28P01" => SourceError::setup(
-                format!("postgres refused the login of role {:?}: {message}", params.user),
-                "check source.user and the password (source.password_env / source.password_file), and that pg_hba.conf lets this role into source.database from this address (walcast's replication connection is a logical one: it matches the same lines as an SQL session, never the `replication` lines, which are for physical replication)",
-            ),
+            ("28000" | "28P01", _) => SourceError::setup(format!("postgres refused the login of role {user:?}: {message}"), AUTH_FIX),
             // invalid_catalog_name: the database does not exist
-            "3D000" => SourceError::setup(message.to_string(), "check source.database (names are case-sensitive), or create the database"),
+            ("3D000", _) => {
+                SourceError::setup(message.to_string(), "check source.database (names are case-sensitive), or create the database")
+            }
             // insufficient_privilege
-            "42501" => SourceError::setup(
+            ("42501", _) => SourceError::setup(
                 format!("permission denied: {message}"),
-                format!("grant the role what walcast needs: ALTER ROLE {} WITH REPLICATION; and SELECT on the published tables", quote_ident(&params.user)),
+                format!("grant the role what walcast needs: ALTER ROLE {role} WITH REPLICATION; and SELECT on the published tables"),
             ),
-            // undefined_object: slot or publication missing
-            "42704" if message.contains("replication slot") => SourceError::setup(
-                format!("replication slot {slot:?} does not exist: {message}"),
+            // undefined_object: START_REPLICATION names one object, the slot.
+            ("42704", Step::StartReplication) => SourceError::setup(
+                format!("the replication slot does not exist: {message}"),
                 "create it with `walcast slot create --config FILE`, or set source.create_slot = true",
             ),
-            "42704" => SourceError::setup(
-                message.to_string(),
+            // undefined_object while streaming: pgoutput looks the publication up.
+            ("42704", Step::Streaming) => SourceError::setup(
+                format!("the publication does not exist: {message}"),
                 "create the publication (or set source.create_publication = true) and check source.tables",
             ),
-            // invalid_database_definition etc. from a wrong wal_level
-            "55000" if message.contains("wal_level") => SourceError::setup(
-                message.to_string(),
-                "set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart Postgres",
-            ),
-            // ALTER DATABASE ... ALLOW_CONNECTIONS false, for maintenance: it passes.
-            "55000" if message.contains("not currently accepting connections") => {
-                SourceError::Transient(format!("{message} (waiting for ALLOW_CONNECTIONS true)"))
-            }
-            // object_in_use: another walsender holds the slot (maybe the one of a dead connection)
-            "55006" => SourceError::Transient(format!("{message} (another process is streaming this slot)")),
-            // too_many_connections, admin/crash shutdown, cannot_connect_now, connection exceptions
-            c if c == "53300" || c.starts_with("57P") || c.starts_with("08") || c == "40001" || c == "40P01" => {
-                SourceError::Transient(message.to_string())
-            }
-            "53400" => SourceError::setup(
+            // configuration_limit_exceeded: no free slot or walsender
+            ("53400", _) => SourceError::setup(
                 message.to_string(),
                 "raise max_replication_slots / max_wal_senders in postgresql.conf and restart Postgres, or drop unused slots",
             ),
-            _ => SourceError::Query(if code.is_empty() { message.to_string() } else { format!("{message} (SQLSTATE {code})") }),
+            _ => SourceError::Server { code: code.to_string(), message: message.to_string(), step },
         }
     }
+}
+
+/// The fix for a login Postgres refused (either connection).
+const AUTH_FIX: &str = "check source.user and the password (source.password_env / source.password_file), and that pg_hba.conf lets this role into source.database from this address with a method walcast speaks (trust, password, md5, scram-sha-256; walcast's replication connection is a logical one: it matches the same lines as an SQL session, never the `replication` lines, which are for physical replication)";
+
+/// The first error of type `T` in `error`'s chain. An `io::Error`'s `source()` skips the error it
+/// wraps (a TLS handshake's `rustls::Error`), so wrapped errors are looked into as well.
+pub(crate) fn find_cause<'a, T: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        let wrapped = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        if let Some(found) = wrapped.and_then(|inner| find_cause::<T>(inner)) {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
 }

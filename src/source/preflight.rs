@@ -54,10 +54,7 @@ pub async fn preflight(config: &Config, params: &ConnParams, gone_slot: Option<(
         Ok(client) => {
             out.push(Finding::ok(format!("connected to {} as {}", params.display(), params.user)));
             if let Err(e) = run_checks(&client, config, params, gone_slot, &mut out).await {
-                out.push(Finding::fail(
-                    format!("a check query failed: {}", classify(&e, params, &config.source.slot)),
-                    "see the error above",
-                ));
+                out.push(Finding::fail(format!("a check query failed: {}", classify(&e, params)), "see the error above"));
             }
         }
         Err(e) => {

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 
-use super::{ConnParams, SourceError, SESSION_OPTIONS};
+use super::{find_cause, ConnParams, SourceError, Step, SESSION_OPTIONS};
 use crate::config::SslMode;
 use crate::decode::{Begin, Commit, LogicalMessage};
 use crate::lsn::Lsn;
@@ -52,7 +52,6 @@ pub struct StreamSettings {
 pub struct ReplicationStream {
     client: ReplicationClient,
     params: ConnParams,
-    slot: String,
 }
 
 impl ReplicationStream {
@@ -66,10 +65,17 @@ impl ReplicationStream {
             .with_status_interval(settings.status_interval)
             .with_wakeup_interval(std::time::Duration::from_secs(10))
             .with_buffer_size(settings.buffer_events);
-        let mut client = ReplicationClient::connect(cfg).await.map_err(|e| classify(&e, params, &settings.slot))?;
-        match tokio::time::timeout(params.connect_timeout, client.wait_started()).await {
+        // A gated session: IDENTIFY_SYSTEM first, so that an error says whether connecting or
+        // START_REPLICATION failed (the same SQLSTATE means different things at each).
+        let mut client = ReplicationClient::connect_gated(cfg).await.map_err(|e| classify(&e, params, Step::Connect))?;
+        let started = async {
+            client.identify_system().await.map_err(|e| classify(&e, params, Step::Connect))?;
+            client.start().await.map_err(|e| classify(&e, params, Step::StartReplication))?;
+            client.wait_started().await.map_err(|e| classify(&e, params, Step::StartReplication))
+        };
+        match tokio::time::timeout(params.connect_timeout, started).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(classify(&e, params, &settings.slot)),
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
                 client.abort();
                 return Err(SourceError::Connection {
@@ -78,7 +84,7 @@ impl ReplicationStream {
                 });
             }
         }
-        Ok(Self { client, params: params.clone(), slot: settings.slot.clone() })
+        Ok(Self { client, params: params.clone() })
     }
 
     /// The next event; `Ok(None)` when the stream ended cleanly (after [`stop`](Self::stop)).
@@ -88,7 +94,7 @@ impl ReplicationStream {
             let event = match self.client.recv().await {
                 Ok(Some(e)) => e,
                 Ok(None) => return Ok(None),
-                Err(e) => return Err(classify(&e, &self.params, &self.slot)),
+                Err(e) => return Err(classify(&e, &self.params, Step::Streaming)),
             };
             let mapped = match event {
                 ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
@@ -117,7 +123,7 @@ impl ReplicationStream {
 
     /// End the stream cleanly (CopyDone) and wait for the connection to close.
     pub async fn stop(mut self) -> Result<(), SourceError> {
-        self.client.shutdown().await.map_err(|e| classify(&e, &self.params, &self.slot))
+        self.client.shutdown().await.map_err(|e| classify(&e, &self.params, Step::Streaming))
     }
 }
 
@@ -142,7 +148,14 @@ pub async fn create_slot_exporting(
     temporary: bool,
 ) -> Result<ExportedSnapshot, SourceError> {
     let cfg = session_config(params, slot, publication).await?;
-    let mut session = ReplicationClient::connect_gated(cfg).await.map_err(|e| classify(&e, params, slot))?;
+    let mut session = ReplicationClient::connect_gated(cfg).await.map_err(|e| classify(&e, params, Step::Connect))?;
+    // Asked first: a refusal then says what to change, and any error of this first command is
+    // one of connecting.
+    let wal_level = session.simple_query("SHOW wal_level").await.map_err(|e| classify(&e, params, Step::Connect))?;
+    let wal_level = wal_level.first().and_then(|r| r.first()).and_then(|v| v.as_ref()).map(|b| String::from_utf8_lossy(b).into_owned());
+    if let Some(problem) = wal_level.as_deref().and_then(super::sql::wal_level_problem) {
+        return Err(problem);
+    }
     // The slot name was validated as [a-z0-9_]; quoting keeps it an identifier regardless.
     let sql = format!(
         "CREATE_REPLICATION_SLOT \"{}\" {}LOGICAL pgoutput EXPORT_SNAPSHOT",
@@ -151,7 +164,7 @@ pub async fn create_slot_exporting(
     );
     let rows = match tokio::time::timeout(params.connect_timeout.max(std::time::Duration::from_secs(60)), session.simple_query(&sql)).await
     {
-        Ok(r) => r.map_err(|e| classify(&e, params, slot))?,
+        Ok(r) => r.map_err(|e| classify(&e, params, Step::CreateSlot))?,
         Err(_) => {
             session.abort();
             return Err(SourceError::Transient(format!(
@@ -198,9 +211,9 @@ pub(super) struct ReplicationProbe {
 /// pg_hba.conf, the authentication method and TLS can treat differently from the SQL one.
 pub(super) async fn probe_replication(params: &ConnParams, slot: &str, publication: &str) -> Result<ReplicationProbe, SourceError> {
     let cfg = session_config(params, slot, publication).await?;
-    let mut session = ReplicationClient::connect_gated(cfg).await.map_err(|e| classify(&e, params, slot))?;
+    let mut session = ReplicationClient::connect_gated(cfg).await.map_err(|e| classify(&e, params, Step::Connect))?;
     let answer = match tokio::time::timeout(params.connect_timeout, session.identify_system()).await {
-        Ok(r) => r.map_err(|e| classify(&e, params, slot))?,
+        Ok(r) => r.map_err(|e| classify(&e, params, Step::Connect))?,
         Err(_) => {
             session.abort();
             return Err(SourceError::Connection {
@@ -250,34 +263,32 @@ async fn tls_config(params: &ConnParams) -> Result<TlsConfig, SourceError> {
     })
 }
 
-/// pgwire-replication reports server errors as text ending in `(SQLSTATE xxxxx)`.
-fn classify(e: &PgWireError, params: &ConnParams, slot: &str) -> SourceError {
+/// Classify by the error's kind, the SQLSTATE and the step; never by message text.
+fn classify(e: &PgWireError, params: &ConnParams, step: Step) -> SourceError {
     match e {
-        PgWireError::Server(text) => {
-            let (message, code) = split_sqlstate(text);
-            SourceError::from_server(code, message, params, slot)
-        }
-        PgWireError::Auth(text) if text.contains("unsupported auth method") => SourceError::setup(
-            format!("the server asks role {:?} for an authentication method the replication connection does not speak: {text}", params.user),
-            "give this role trust, password, md5 or scram-sha-256 in pg_hba.conf (on the line for source.database: a logical replication connection matches the same lines as an SQL session)",
-        ),
+        PgWireError::Server(text) => match split_sqlstate(text) {
+            (message, Some(code)) => SourceError::from_server(code, message, step, &params.user),
+            (message, None) => SourceError::Query(message.to_string()),
+        },
         PgWireError::Auth(text) => SourceError::setup(
             format!("authentication of role {:?} failed on the replication connection: {text}", params.user),
-            "check source.user and the password, and that pg_hba.conf lets this role into source.database from this address (walcast's replication connection is a logical one: it matches the same lines as an SQL session, never the `replication` lines, which are for physical replication)",
+            super::AUTH_FIX,
         ),
         PgWireError::Tls(text) => SourceError::setup(format!("TLS failed: {text}"), "check source.sslmode and source.sslrootcert"),
         PgWireError::MessageTooLarge { payload_bytes, limit_bytes } => SourceError::setup(
             format!("the server sent a {payload_bytes}-byte message, over the {limit_bytes}-byte limit"),
             "a single row this large cannot be streamed; report it",
         ),
-        PgWireError::Io(io) if io.to_string().contains("invalid peer certificate") => SourceError::setup(
-            format!("TLS failed on the replication connection: {io}"),
-            "check source.sslmode and source.sslrootcert",
-        ),
+        // The handshake's certificate check fails the same way again.
+        PgWireError::Io(io) if find_cause::<rustls::Error>(io.as_ref()).is_some() => {
+            SourceError::setup(format!("TLS failed on the replication connection: {io}"), "check source.sslmode and source.sslrootcert")
+        }
         other => SourceError::Connection { target: params.display(), reason: other.to_string() },
     }
 }
 
+/// pgwire-replication reports a server error as its message followed by `(SQLSTATE xxxxx)`: the
+/// code is read from there (the crate keeps no separate field).
 fn split_sqlstate(text: &str) -> (&str, Option<&str>) {
     match text.rfind("(SQLSTATE ") {
         Some(i) => {
@@ -299,5 +310,40 @@ mod tests {
             ("replication slot \"x\" does not exist", Some("42704"))
         );
         assert_eq!(split_sqlstate("boom"), ("boom", None));
+    }
+
+    fn params() -> ConnParams {
+        ConnParams {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "app".into(),
+            user: "walcast".into(),
+            password: None,
+            sslmode: SslMode::VerifyFull,
+            sslrootcert: None,
+            application_name: "walcast".into(),
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn errors_are_classified_by_kind_sqlstate_and_step() {
+        let p = params();
+        let certificate = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let tls = PgWireError::Io(std::sync::Arc::new(std::io::Error::new(std::io::ErrorKind::InvalidData, certificate)));
+        assert!(matches!(classify(&tls, &p, Step::Connect), SourceError::Setup { .. }));
+        let reset = PgWireError::Io(std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert!(classify(&reset, &p, Step::Streaming).is_retryable());
+        let auth = PgWireError::Auth("unsupported auth method code: 7".into());
+        assert!(classify(&auth, &p, Step::Connect).to_string().contains("pg_hba.conf"));
+
+        let missing = PgWireError::Server("replication slot \"s\" does not exist (SQLSTATE 42704)".into());
+        assert!(classify(&missing, &p, Step::StartReplication).to_string().contains("walcast slot create"));
+        assert!(classify(&missing, &p, Step::Streaming).to_string().contains("source.create_publication"));
+        let closed = PgWireError::Server("database \"app\" is not currently accepting connections (SQLSTATE 55000)".into());
+        assert!(classify(&closed, &p, Step::Connect).is_retryable(), "ALLOW_CONNECTIONS false passes");
+        assert!(!classify(&closed, &p, Step::StartReplication).is_retryable(), "an invalidated slot does not");
+        let canceled = PgWireError::Server("canceling statement due to user request (SQLSTATE 57014)".into());
+        assert!(classify(&canceled, &p, Step::Streaming).is_retryable());
     }
 }

@@ -5,7 +5,7 @@ use tokio_postgres::{Client, NoTls};
 use super::tls::{client_config, MakeRustls};
 use crate::config::SslMode;
 
-use super::{ConnParams, SourceError, SESSION_OPTIONS};
+use super::{find_cause, ConnParams, SourceError, Step, AUTH_FIX, SESSION_OPTIONS};
 use crate::config::TableSelector;
 use crate::lsn::Lsn;
 
@@ -44,7 +44,7 @@ where
             target: params.display(),
             reason: format!("no answer within {} ms", params.connect_timeout.as_millis()),
         })?
-        .map_err(|e| classify(&e, params, ""))?;
+        .map_err(|e| classify_at(&e, Step::Connect, &params.display(), &params.user))?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "sql connection ended");
@@ -53,12 +53,23 @@ where
     Ok(client)
 }
 
-/// Turn a tokio-postgres error into a classified [`SourceError`].
-pub(crate) fn classify(e: &tokio_postgres::Error, params: &ConnParams, slot: &str) -> SourceError {
+/// Turn a tokio-postgres error of a statement on a session to `params` into a [`SourceError`].
+pub(crate) fn classify(e: &tokio_postgres::Error, params: &ConnParams) -> SourceError {
+    classify_at(e, Step::Query, &params.display(), &params.user)
+}
+
+/// [`classify`] where the connection parameters are not at hand: `what` the statement was for
+/// starts the message.
+pub(crate) fn classify_query(e: &tokio_postgres::Error, what: &str) -> SourceError {
+    classify_at(e, Step::Query, "postgres", "").in_context(what)
+}
+
+/// Classify by what the error is (a server error's SQLSTATE, a TLS error, an I/O error), never
+/// by its text.
+fn classify_at(e: &tokio_postgres::Error, step: Step, target: &str, user: &str) -> SourceError {
     if let Some(db) = e.as_db_error() {
-        return SourceError::from_server(Some(db.code().code()), db.message(), params, slot);
+        return SourceError::from_server(db.code().code(), db.message(), step, user);
     }
-    // No server error: the connection itself failed (refused, reset, closed, timed out).
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -67,13 +78,53 @@ pub(crate) fn classify(e: &tokio_postgres::Error, params: &ConnParams, slot: &st
         source = s.source();
     }
     // A certificate the configured CA does not vouch for will not change by retrying.
-    if reason.contains("invalid peer certificate") || reason.contains("server does not support TLS") {
+    if find_cause::<rustls::Error>(e).is_some() {
+        return SourceError::setup(format!("TLS with {target} failed: {reason}"), TLS_FIX);
+    }
+    if e.is_closed() || find_cause::<std::io::Error>(e).is_some() {
+        return SourceError::Connection { target: target.to_string(), reason };
+    }
+    // The client gave up without an I/O failure or a server error: the server does not offer
+    // TLS, no password is configured, an authentication method it cannot do. The same again.
+    if step == Step::Connect {
         return SourceError::setup(
-            format!("TLS with {} failed: {reason}", params.display()),
-            "check source.sslmode and that source.sslrootcert is the CA that signed the server certificate (verify-full also needs the host name in the certificate)",
+            format!("cannot connect to {target}: {reason}"),
+            format!("check source.sslmode (the server may not offer TLS) and source.sslrootcert; {AUTH_FIX}"),
         );
     }
-    SourceError::Connection { target: params.display(), reason }
+    // A value of another type than the statement expects: the same statement fails again.
+    if find_cause::<tokio_postgres::types::WrongType>(e).is_some() {
+        return SourceError::Query(reason);
+    }
+    SourceError::Connection { target: target.to_string(), reason }
+}
+
+/// The fix for a TLS handshake the server's certificate failed.
+const TLS_FIX: &str = "check source.sslmode and that source.sslrootcert is the CA that signed the server certificate (verify-full also needs the host name in the certificate)";
+
+impl SourceError {
+    /// The same error, its message starting with what the failed statement was for.
+    pub(crate) fn in_context(self, what: &str) -> Self {
+        match self {
+            SourceError::Connection { target, reason } => SourceError::Connection { target, reason: format!("{what}: {reason}") },
+            SourceError::Transient(reason) => SourceError::Transient(format!("{what}: {reason}")),
+            SourceError::Setup { problem, fix } => SourceError::Setup { problem: format!("{what}: {problem}"), fix },
+            SourceError::Server { code, message, step } => SourceError::Server { code, message: format!("{what}: {message}"), step },
+            SourceError::Query(reason) => SourceError::Query(format!("{what}: {reason}")),
+            other @ SourceError::Decode(_) => other,
+        }
+    }
+}
+
+/// `Some` with the fix when the server's `wal_level` cannot have logical slots. Asked before a
+/// slot is created, so the refusal says what to change.
+pub(crate) fn wal_level_problem(wal_level: &str) -> Option<SourceError> {
+    (wal_level != "logical").then(|| {
+        SourceError::setup(
+            format!("wal_level is {wal_level:?}: logical replication slots need wal_level = logical"),
+            "set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart Postgres",
+        )
+    })
 }
 
 /// A row of `pg_replication_slots`, plus how much WAL it holds back.
@@ -169,11 +220,15 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
 
 /// Create a logical slot with the pgoutput plugin; returns its consistent point.
 pub async fn create_slot(client: &Client, params: &ConnParams, slot: &str) -> Result<Lsn, SourceError> {
+    let wal_level = client.query_one("SHOW wal_level", &[]).await.map_err(|e| classify(&e, params))?;
+    if let Some(problem) = wal_level_problem(wal_level.try_get(0).map_err(|e| classify(&e, params))?) {
+        return Err(problem);
+    }
     let row = client
         .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
         .await
-        .map_err(|e| classify(&e, params, slot))?;
-    let lsn: Option<String> = row.try_get(0).map_err(|e| classify(&e, params, slot))?;
+        .map_err(|e| classify_at(&e, Step::CreateSlot, &params.display(), &params.user))?;
+    let lsn: Option<String> = row.try_get(0).map_err(|e| classify(&e, params))?;
     consistent_point(slot, lsn.as_deref())
 }
 
@@ -311,7 +366,7 @@ pub async fn ensure_publication(
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
-        .map_err(|e| classify(&e, params, ""))?
+        .map_err(|e| classify(&e, params))?
         .is_some();
     if exists {
         return Ok(false);
@@ -330,16 +385,20 @@ pub async fn ensure_publication(
             return Ok(false);
         }
     }
-    created.map_err(|e| match e.as_db_error() {
-        Some(db) if db.code().code() == "42501" => SourceError::setup(
-            format!("cannot create publication {publication:?}: {}", db.message()),
-            "create it as a superuser or the tables' owner (see sql/roles.sql), or grant ownership; FOR TABLES IN SCHEMA and FOR ALL TABLES need a superuser",
-        ),
-        Some(db) => SourceError::setup(
-            format!("cannot create publication {publication:?}: {}", db.message()),
-            "check source.tables: every entry must name an existing table or schema",
-        ),
-        None => classify(&e, params, ""),
+    created.map_err(|e| {
+        let classified = classify(&e, params);
+        match e.as_db_error() {
+            Some(db) if db.code().code() == "42501" => SourceError::setup(
+                format!("cannot create publication {publication:?}: {}", db.message()),
+                "create it as a superuser or the tables' owner (see sql/roles.sql), or grant ownership; FOR TABLES IN SCHEMA and FOR ALL TABLES need a superuser",
+            ),
+            // A refusal that a retry cannot change (the server shutting down can).
+            Some(db) if !classified.is_retryable() => SourceError::setup(
+                format!("cannot create publication {publication:?}: {}", db.message()),
+                "check source.tables: every entry must name an existing table or schema",
+            ),
+            _ => classified,
+        }
     })?;
     tracing::info!(publication, "created publication");
     Ok(true)
@@ -368,6 +427,68 @@ pub(crate) fn create_publication_sql(publication: &str, tables: &[TableSelector]
     format!("CREATE PUBLICATION {} FOR {}", quote_ident(publication), parts.join(", "))
 }
 
+/// Test doubles: a "server" that speaks just enough of the protocol to fail the way a real
+/// one fails, without a Postgres.
+#[cfg(test)]
+pub(crate) mod fake {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// What the fake server does.
+    #[derive(Clone, Copy)]
+    pub(crate) enum Behaviour {
+        /// Log the client in, then close the connection at its first statement.
+        DropAtFirstStatement,
+        /// Answer the TLS request with `N` (no TLS here).
+        RefuseTls,
+    }
+
+    /// Start a fake server for one connection; returns its port.
+    pub(crate) async fn serve(behaviour: Behaviour) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut len = [0u8; 4];
+            if socket.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+            if socket.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            match behaviour {
+                Behaviour::RefuseTls => {
+                    let _ = socket.write_all(b"N").await;
+                }
+                Behaviour::DropAtFirstStatement => {
+                    // AuthenticationOk, ReadyForQuery (idle).
+                    let _ = socket.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0, b'Z', 0, 0, 0, 5, b'I']).await;
+                    let mut statement = [0u8; 1];
+                    let _ = socket.read(&mut statement).await;
+                }
+            }
+        });
+        port
+    }
+
+    /// A client whose connection the server closes at its first statement.
+    pub(crate) async fn client_dropped_at_first_statement() -> tokio_postgres::Client {
+        let port = serve(Behaviour::DropAtFirstStatement).await;
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("walcast")
+            .dbname("app")
+            .ssl_mode(tokio_postgres::config::SslMode::Disable)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("the fake server logs anyone in");
+        tokio::spawn(connection);
+        client
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,5 +511,45 @@ mod tests {
             r#"CREATE PUBLICATION "pub" FOR TABLE "public"."or""ders", TABLES IN SCHEMA "shop""#
         );
         assert_eq!(create_publication_sql("p", &[]), r#"CREATE PUBLICATION "p" FOR ALL TABLES"#);
+    }
+
+    fn params(port: u16, sslmode: SslMode) -> ConnParams {
+        ConnParams {
+            host: "127.0.0.1".into(),
+            port,
+            database: "app".into(),
+            user: "walcast".into(),
+            password: None,
+            sslmode,
+            sslrootcert: None,
+            application_name: "walcast".into(),
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_during_a_statement_is_retried() {
+        let client = fake::client_dropped_at_first_statement().await;
+        let e = client.query("SELECT 1", &[]).await.expect_err("the server hung up");
+        let classified = classify(&e, &params(1, SslMode::Disable));
+        assert!(matches!(classified, SourceError::Connection { .. }), "{classified:?}");
+        assert!(classified.is_retryable());
+        let classified = classify_query(&e, "listing");
+        assert!(classified.is_retryable() && classified.to_string().contains("listing"), "{classified}");
+    }
+
+    #[tokio::test]
+    async fn a_server_without_tls_is_a_setup_error_when_tls_is_required() {
+        let port = fake::serve(fake::Behaviour::RefuseTls).await;
+        let e = connect_sql(&params(port, SslMode::Require)).await.expect_err("no TLS there");
+        assert!(matches!(e, SourceError::Setup { .. }), "{e:?}");
+        assert!(e.to_string().contains("source.sslmode"), "{e}");
+    }
+
+    #[test]
+    fn a_wal_level_below_logical_is_refused_with_the_fix() {
+        assert!(wal_level_problem("logical").is_none());
+        let e = wal_level_problem("replica").expect("refused");
+        assert!(!e.is_retryable() && e.to_string().contains("ALTER SYSTEM SET wal_level = logical"), "{e}");
     }
 }

@@ -113,17 +113,16 @@ impl DocumentBuilder {
     /// Map a SQL error to a sink error: connection trouble is retried; a query the server
     /// refuses stops walcast with the rule named.
     fn sql_error(&mut self, rule: &DocumentRule, what: &str, e: &tokio_postgres::Error) -> SinkError {
-        let classified = source::classify(e, &self.params, "");
+        let classified = source::classify(e, &self.params);
         if classified.is_retryable() || self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
             return SinkError::Transient {
                 sink: NAME,
-                source: std::io::Error::other(format!("document rule {:?}: {what}: {classified}", rule.name)),
+                source: Box::new(classified.in_context(&format!("document rule {:?}: {what}", rule.name))),
             };
         }
         let mut reason = format!("document rule {:?}: {what} failed: {classified}", rule.name);
-        let wrong_type = std::error::Error::source(e).is_some_and(|c| c.is::<tokio_postgres::types::WrongType>());
-        if wrong_type {
+        if source::find_cause::<tokio_postgres::types::WrongType>(e).is_some() {
             reason.push_str(
                 "\n  fix: walcast binds $1 as an array of text, varchar, uuid, smallint, integer or bigint; for other key types cast in the query, e.g. `WHERE t.id::text = ANY($1::text[])`",
             );
@@ -144,7 +143,7 @@ impl DocumentBuilder {
             };
             let client = connected.map_err(|e| {
                 if e.is_retryable() {
-                    SinkError::Transient { sink: NAME, source: std::io::Error::other(format!("document rules: {e}")) }
+                    SinkError::Transient { sink: NAME, source: Box::new(e.in_context("document rules")) }
                 } else {
                     SinkError::Fatal { sink: NAME, reason: format!("document rules cannot read from Postgres: {e}") }
                 }

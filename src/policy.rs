@@ -187,6 +187,8 @@ impl SinkError {
     pub fn action(&self) -> Action {
         match self {
             SinkError::Transient { .. } => Action::Retry,
+            // The retry loop that was waiting sees the shutdown and stops; nothing was written.
+            SinkError::Interrupted { .. } => Action::Retry,
             SinkError::Fatal { .. } => Action::Stop(EXIT_SINK),
             // Rendering the same change again renders it the same way.
             SinkError::Render { .. } => Action::Stop(EXIT_FAILURE),
@@ -323,6 +325,7 @@ mod tests {
         }
         let sink = [
             SinkError::Transient { sink: "s", source: "x".into() },
+            SinkError::Interrupted { sink: "s", what: "w" },
             SinkError::Fatal { sink: "s", reason: "r".into() },
             SinkError::Render { lsn: Lsn(1), table: "t".into(), source: decode() },
         ];

@@ -65,10 +65,7 @@ fn auth_failure(e: &EsError) -> SinkError {
 /// A retry wait ended by shutdown: the write stops unfinished and the batch is not durable, so
 /// nothing is lost (it is offered again, or streamed again after the restart).
 fn interrupted(what: &'static str) -> SinkError {
-    SinkError::Transient {
-        sink: NAME,
-        source: std::io::Error::new(std::io::ErrorKind::Interrupted, format!("{what}; interrupted by shutdown")),
-    }
+    SinkError::Interrupted { sink: NAME, what }
 }
 
 /// The cluster as every step of a write sees it: the client, the bulk limits, the retry policy

@@ -73,6 +73,15 @@ pub enum SinkError {
         /// What failed, as the layer below reported it (an I/O error, a `SourceError`, ...).
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Shutdown came while the sink waited to retry: the batch is not written, nor reported
+    /// durable, so it is offered again after the restart.
+    #[error("{sink}: {what}; interrupted by shutdown")]
+    Interrupted {
+        /// Sink name.
+        sink: &'static str,
+        /// The step that was waiting to retry.
+        what: &'static str,
+    },
     /// The destination is gone for good (closed pipe, fsync failure, unwritable path).
     #[error("{sink}: {reason}")]
     Fatal {
@@ -263,7 +272,7 @@ mod tests {
         fn answer(step: Option<Step>) -> Result<(), SinkError> {
             match step.unwrap_or(Step::Ok) {
                 Step::Ok => Ok(()),
-                Step::Retry => Err(SinkError::Transient { sink: "scripted", source: std::io::Error::other("briefly unavailable") }),
+                Step::Retry => Err(SinkError::Transient { sink: "scripted", source: "briefly unavailable".into() }),
                 Step::Fail => Err(SinkError::Fatal { sink: "scripted", reason: "gone for good".into() }),
             }
         }

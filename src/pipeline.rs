@@ -566,6 +566,7 @@ async fn wait_slots_dropped(params: &ConnParams, slots: &[&str]) {
     tracing::warn!(?slots, "temporary slots still exist after 5 s; Postgres drops them when their sessions end");
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_sink<S: Sink>(
     sink: S,
     index: usize,

@@ -1,8 +1,7 @@
 //! The producer's lifecycle: created from the config, checked for a fatal state before each
 //! batch, replaced when it can never deliver again (fenced after a broker stall, or in a fatal
-//! idempotence state), and the admin client created on first use.
+//! idempotence state).
 
-use rdkafka::admin::AdminClient;
 use rdkafka::producer::Producer as _;
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
@@ -50,17 +49,6 @@ impl KafkaSink {
         tokio::task::spawn_blocking(move || drop(old))
             .await
             .map_err(|e| fatal_err(format!("destroying the replaced Kafka producer failed: {e}")))
-    }
-
-    /// The admin client (creating topics), created on first use.
-    pub(super) fn admin(&mut self) -> Result<&AdminClient<Context>, SinkError> {
-        if self.admin.is_none() {
-            let config = client::client_config(&self.cfg).map_err(|e| fatal_err(e.to_string()))?;
-            let (context, _) = Context::new();
-            let admin = config.create_with_context(context).map_err(|e| fatal_err(format!("cannot create the Kafka admin client: {e}")))?;
-            self.admin = Some(admin);
-        }
-        self.admin.as_ref().ok_or_else(|| fatal_err("admin client missing".into()))
     }
 }
 

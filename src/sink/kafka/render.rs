@@ -84,6 +84,8 @@ impl KafkaSink {
         cols
     }
 
+    /// Render and enqueue every record of `batch` into `p`, with the transaction records around
+    /// its changes when a transaction topic is set.
     pub(super) async fn enqueue_all(&mut self, batch: &Batch, p: &mut BatchWrite) -> Result<(), SinkError> {
         // Snapshot rows belong to no transaction: no BEGIN/END records for them.
         let tx_on = self.tx_topic.is_some() && batch.snapshot.is_none();

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer as _;
 
-use super::client::{self, ADMIN_TIMEOUT};
+use super::client::{self, Context, ADMIN_TIMEOUT};
 use super::{fatal_err, transient, KafkaSink};
 use crate::sink::SinkError;
 
@@ -34,6 +34,17 @@ impl KafkaSink {
         } else {
             self.lookup_topics(todo).await
         }
+    }
+
+    /// The admin client (creating topics), created on first use.
+    fn admin(&mut self) -> Result<&AdminClient<Context>, SinkError> {
+        if self.admin.is_none() {
+            let config = client::client_config(&self.cfg).map_err(|e| fatal_err(e.to_string()))?;
+            let (context, _) = Context::new();
+            let admin = config.create_with_context(context).map_err(|e| fatal_err(format!("cannot create the Kafka admin client: {e}")))?;
+            self.admin = Some(admin);
+        }
+        self.admin.as_ref().ok_or_else(|| fatal_err("admin client missing".into()))
     }
 
     async fn create_topics(&mut self, todo: &[Arc<str>]) -> Result<(), SinkError> {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use walcast::config::{ElasticsearchSinkConfig, RetryConfig};
 use walcast::lsn::Lsn;
 use walcast::metrics::Metrics;
-use walcast::route::{EsAction, EsOp, Origin};
+use walcast::route::{ChangeOrigin, EsAction, EsOp};
 use walcast::sink::ElasticsearchSink;
 
 fn sink(url: &str) -> ElasticsearchSink {
@@ -27,7 +27,7 @@ fn act(index: &str, id: &str, version: u64, op: EsOp) -> Result<EsAction, walcas
         id: id.into(),
         version,
         op,
-        origin: Origin { lsn: Lsn(version), commit_lsn: Lsn(version), table: Arc::from("public.t"), change: None },
+        origin: ChangeOrigin { lsn: Lsn(version), commit_lsn: Lsn(version), table: Arc::from("public.t"), change: None },
     })
 }
 

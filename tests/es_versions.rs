@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use walcast::config::{ElasticsearchSinkConfig, RetryConfig};
 use walcast::lsn::Lsn;
 use walcast::metrics::Metrics;
-use walcast::route::{EsAction, EsOp, ChangeOrigin};
+use walcast::route::{ChangeOrigin, EsAction, EsOp};
 use walcast::sink::ElasticsearchSink;
 
 fn sink(url: &str) -> ElasticsearchSink {

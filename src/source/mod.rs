@@ -75,7 +75,7 @@ impl ConnParams {
             port: cfg.port,
             database: cfg.database.clone(),
             user: cfg.user.clone(),
-            password: cfg.password()?,
+            password: cfg.password()?.map(|p| p.expose().to_owned()),
             sslmode: cfg.sslmode,
             sslrootcert: cfg.sslrootcert.clone(),
             application_name: cfg.application_name.clone(),

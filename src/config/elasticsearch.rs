@@ -346,10 +346,10 @@ impl ElasticsearchSinkConfig {
                 (Some(_), Some(_)) | (None, None) => {
                     return Err(ConfigError::invalid(&f("dead_letter"), "set exactly one of `index` and `path`"))
                 }
-                (Some(index), None) => {
-                    if self.tables.iter().any(|t| &t.index == index) || self.documents.iter().any(|d| &d.index == index) {
-                        return Err(ConfigError::invalid(&f("dead_letter.index"), "must not be an index a table rule writes to"));
-                    }
+                (Some(index), None)
+                    if self.tables.iter().any(|t| &t.index == index) || self.documents.iter().any(|d| &d.index == index) =>
+                {
+                    return Err(ConfigError::invalid(&f("dead_letter.index"), "must not be an index a table rule writes to"));
                 }
                 (None, Some(path)) if path.as_os_str().is_empty() => {
                     return Err(ConfigError::invalid(&f("dead_letter.path"), "must not be empty"))

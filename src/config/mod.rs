@@ -22,10 +22,10 @@ pub use elasticsearch::*;
 pub use kafka::*;
 pub use names::{IndexName, TableName, TableSelector};
 pub use runtime::*;
-pub(crate) use secret::read_secret;
+use secret::read_secret;
 pub use secret::Secret;
 pub use source::{SourceConfig, SslMode};
-pub use topic::{validate_topic_name, TopicTemplate, MAX_TOPIC_LEN};
+pub use topic::{TopicTemplate, MAX_TOPIC_LEN};
 
 /// A configuration problem, naming the field (dotted path) it is about.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +134,7 @@ fn default_jsonl_path() -> String {
     JsonlSinkConfig::DEFAULT_PATH.to_string()
 }
 
-pub(crate) fn default_true() -> bool {
+fn default_true() -> bool {
     true
 }
 

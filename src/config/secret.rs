@@ -39,7 +39,7 @@ impl fmt::Debug for Secret {
 /// A secret from the environment variable `env` or the file `file` (trailing newline removed),
 /// whichever is set; `None` when neither is. Errors name the field `{field}_env` / `{field}_file`
 /// (e.g. `source.password_env`) and never contain the secret.
-pub(crate) fn read_secret(field: &str, env: Option<&str>, file: Option<&Path>) -> Result<Option<Secret>, ConfigError> {
+pub(super) fn read_secret(field: &str, env: Option<&str>, file: Option<&Path>) -> Result<Option<Secret>, ConfigError> {
     read_secret_with(field, env, file, &|var| std::env::var(var).ok())
 }
 

@@ -121,7 +121,7 @@ fn is_topic_char(c: char) -> bool {
 }
 
 /// Check a complete topic name against Kafka's rules.
-pub fn validate_topic_name(name: &str) -> Result<(), String> {
+pub(super) fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("a topic name must not be empty".into());
     }

@@ -504,7 +504,7 @@ pub async fn snapshot_on_demand(
                 }
                 .into());
             };
-            (rule.table.clone(), true)
+            (rule.table.to_string(), true)
         }
     };
     let Some(table) = crate::snapshot::TableRef::parse(&table) else {

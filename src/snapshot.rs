@@ -66,8 +66,8 @@ pub async fn tables_to_load(config: &Config, client: &tokio_postgres::Client) ->
         }
     }
     if let Some(es) = &config.sinks.elasticsearch {
-        let names = es.tables.iter().map(|t| t.table.as_str()).chain(es.documents.iter().map(|d| d.table.as_str()));
-        out.extend(names.filter_map(TableRef::parse));
+        let names = es.tables.iter().map(|t| &t.table).chain(es.documents.iter().map(|d| &d.table));
+        out.extend(names.map(|t| TableRef { schema: t.schema().to_string(), table: t.table().to_string() }));
     }
     out.sort();
     out.dedup();

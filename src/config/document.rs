@@ -5,16 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{qualified_table, ConfigError};
-
-/// Default number of root ids rebuilt by one query.
-pub const DEFAULT_DOCUMENT_MAX_IDS: usize = 1_000;
-/// Default `document_id`: the query's `id` column.
-pub const DEFAULT_DOCUMENT_ID: &str = "id";
-/// Default rows read per snapshot chunk.
-pub const DEFAULT_SNAPSHOT_CHUNK_ROWS: usize = 5_000;
-/// Default directory for snapshot progress.
-pub const DEFAULT_SNAPSHOT_STATE_DIR: &str = "walcast-state";
+use super::{ConfigError, IndexName, TableName};
 
 /// One nested document rule: a root table whose rows are documents, built by a SQL query, and the
 /// dependent tables whose changes rebuild them.
@@ -24,9 +15,9 @@ pub struct EsDocumentRule {
     /// Rule name: logs, dead letters, `walcast snapshot --rule NAME`.
     pub name: String,
     /// The index the documents go to.
-    pub index: String,
+    pub index: IndexName,
     /// Root table, `schema.table`: one document per row.
-    pub table: String,
+    pub table: TableName,
     /// Column of the root table whose value is the root id passed to `query`.
     pub root_key: String,
     /// SQL building complete documents for the root ids in `$1` (an array; Postgres infers its
@@ -51,7 +42,7 @@ pub struct EsDocumentRule {
 #[serde(deny_unknown_fields)]
 pub struct EsDependentRule {
     /// The table, `schema.table`.
-    pub table: String,
+    pub table: TableName,
     /// A column of the changed row holding the root id (old and new values both count, so a
     /// row moved to another root rebuilds both). For deletes the old row must carry it: give
     /// the table REPLICA IDENTITY FULL, or make the column part of its primary key.
@@ -85,11 +76,7 @@ pub struct SnapshotConfig {
 
 impl Default for SnapshotConfig {
     fn default() -> Self {
-        Self {
-            mode: SnapshotMode::default(),
-            chunk_rows: DEFAULT_SNAPSHOT_CHUNK_ROWS,
-            state_dir: PathBuf::from(DEFAULT_SNAPSHOT_STATE_DIR),
-        }
+        Self { mode: SnapshotMode::default(), chunk_rows: Self::DEFAULT_CHUNK_ROWS, state_dir: PathBuf::from(Self::DEFAULT_STATE_DIR) }
     }
 }
 
@@ -105,16 +92,16 @@ pub enum SnapshotMode {
 }
 
 fn default_document_id() -> String {
-    DEFAULT_DOCUMENT_ID.to_string()
+    EsDocumentRule::DEFAULT_DOCUMENT_ID.to_string()
 }
 fn default_document_max_ids() -> usize {
-    DEFAULT_DOCUMENT_MAX_IDS
+    EsDocumentRule::DEFAULT_MAX_IDS
 }
 fn default_snapshot_chunk_rows() -> usize {
-    DEFAULT_SNAPSHOT_CHUNK_ROWS
+    SnapshotConfig::DEFAULT_CHUNK_ROWS
 }
 fn default_snapshot_state_dir() -> PathBuf {
-    PathBuf::from(DEFAULT_SNAPSHOT_STATE_DIR)
+    PathBuf::from(SnapshotConfig::DEFAULT_STATE_DIR)
 }
 
 /// Whether `query` uses the parameter `$1` (and no other).
@@ -134,14 +121,17 @@ fn uses_only_param_1(query: &str) -> bool {
 }
 
 impl EsDocumentRule {
+    /// Default number of root ids rebuilt by one query.
+    pub const DEFAULT_MAX_IDS: usize = 1_000;
+    /// Default `document_id`: the query's `id` column.
+    pub const DEFAULT_DOCUMENT_ID: &str = "id";
+
     /// Check every value; the error names the field (`sinks.elasticsearch.documents[i].x`).
     pub fn validate(&self, i: usize) -> Result<(), ConfigError> {
         let field = |name: &str| format!("sinks.elasticsearch.documents[{i}].{name}");
         if self.name.trim().is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(ConfigError::invalid(&field("name"), "must be non-empty letters, digits, `_` or `-`"));
         }
-        super::validate_index_name(&self.index).map_err(|e| ConfigError::invalid(&field("index"), e))?;
-        qualified_table(&field("table"), &self.table)?;
         if self.root_key.trim().is_empty() {
             return Err(ConfigError::invalid(&field("root_key"), "name the root table's id column"));
         }
@@ -159,7 +149,6 @@ impl EsDocumentRule {
         }
         for (j, d) in self.dependents.iter().enumerate() {
             let field = |name: &str| format!("sinks.elasticsearch.documents[{i}].dependents[{j}].{name}");
-            qualified_table(&field("table"), &d.table)?;
             if d.table == self.table {
                 return Err(ConfigError::invalid(&field("table"), "is the root table; its changes rebuild documents already"));
             }
@@ -193,6 +182,11 @@ impl EsDocumentRule {
 }
 
 impl SnapshotConfig {
+    /// Default rows read per snapshot chunk.
+    pub const DEFAULT_CHUNK_ROWS: usize = 5_000;
+    /// Default directory for snapshot progress.
+    pub const DEFAULT_STATE_DIR: &str = "walcast-state";
+
     /// Check every value; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=1_000_000).contains(&self.chunk_rows) {

@@ -1,25 +1,16 @@
 //! `[sinks.elasticsearch]`: the Elasticsearch sink and its flat mapping rules (docs/elasticsearch.md).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{default_true, qualified_table, read_secret, ConfigError, EsDocumentRule};
+use super::{default_true, read_secret, ConfigError, EsDocumentRule, IndexName, Secret, TableName};
 
-/// Default timeout of one HTTP request to Elasticsearch.
-pub const DEFAULT_ES_REQUEST_TIMEOUT_MS: u64 = 30_000;
-/// Default connect timeout to Elasticsearch.
-pub const DEFAULT_ES_CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// Default largest number of actions in one `_bulk` request.
-pub const DEFAULT_ES_BULK_MAX_ACTIONS: usize = 5_000;
-/// Default largest `_bulk` body (uncompressed), in bytes.
-pub const DEFAULT_ES_BULK_MAX_BYTES: usize = 8 << 20;
-
-/// Elasticsearch sink settings (`[sinks.elasticsearch]`).
-#[derive(Clone, Deserialize)]
+/// Elasticsearch sink settings (`[sinks.elasticsearch]`). `Debug` shows where secrets come
+/// from; the secrets themselves are read only by [`ElasticsearchSinkConfig::auth`].
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ElasticsearchSinkConfig {
     /// Base URL of the cluster, e.g. `http://127.0.0.1:9200` or `https://es.example:9200`.
@@ -66,7 +57,7 @@ pub struct ElasticsearchSinkConfig {
     pub create_indexes: bool,
     /// Index settings, keyed by index name: the mapping/settings file each is created from.
     #[serde(default)]
-    pub indexes: BTreeMap<String, EsIndexConfig>,
+    pub indexes: BTreeMap<IndexName, EsIndexConfig>,
     /// Flat mapping rules: one table to one index (`[[sinks.elasticsearch.tables]]`). Changes of
     /// tables no rule names are ignored by this sink.
     #[serde(default)]
@@ -79,26 +70,6 @@ pub struct ElasticsearchSinkConfig {
     /// document stops walcast.
     #[serde(default)]
     pub dead_letter: Option<EsDeadLetterConfig>,
-}
-
-// Hand-written: the sources of secrets are fine to show, nothing read from them is stored here.
-impl fmt::Debug for ElasticsearchSinkConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ElasticsearchSinkConfig")
-            .field("url", &self.url)
-            .field("username", &self.username)
-            .field("password_env", &self.password_env)
-            .field("password_file", &self.password_file)
-            .field("api_key_env", &self.api_key_env)
-            .field("api_key_file", &self.api_key_file)
-            .field("ca_file", &self.ca_file)
-            .field("gzip", &self.gzip)
-            .field("indexes", &self.indexes)
-            .field("tables", &self.tables)
-            .field("documents", &self.documents)
-            .field("dead_letter", &self.dead_letter)
-            .finish_non_exhaustive()
-    }
 }
 
 /// One index walcast may create (`[sinks.elasticsearch.indexes.NAME]`).
@@ -141,9 +112,9 @@ pub enum EsTruncate {
 #[serde(deny_unknown_fields)]
 pub struct EsTableRule {
     /// The table, `schema.table`.
-    pub table: String,
+    pub table: TableName,
     /// The index its rows go to.
-    pub index: String,
+    pub index: IndexName,
     /// Columns whose values form the document id instead of the replica identity key (needed
     /// for tables without a primary key or with REPLICA IDENTITY FULL). One column: its value;
     /// several: a JSON array of the values (docs/elasticsearch.md "Document ids").
@@ -173,31 +144,31 @@ pub struct EsDeadLetterConfig {
     /// An index receiving `{lsn, commit_lsn, table, key, index, id, reason, document}` documents
     /// (`document` as a string); created with a fixed mapping when missing.
     #[serde(default)]
-    pub index: Option<String>,
+    pub index: Option<IndexName>,
     /// A file of JSON lines with the same fields, fsynced before the batch counts as durable.
     #[serde(default)]
     pub path: Option<PathBuf>,
 }
 
 fn default_es_request_timeout_ms() -> u64 {
-    DEFAULT_ES_REQUEST_TIMEOUT_MS
+    ElasticsearchSinkConfig::DEFAULT_REQUEST_TIMEOUT_MS
 }
 fn default_es_connect_timeout_ms() -> u64 {
-    DEFAULT_ES_CONNECT_TIMEOUT_MS
+    ElasticsearchSinkConfig::DEFAULT_CONNECT_TIMEOUT_MS
 }
 fn default_es_bulk_max_actions() -> usize {
-    DEFAULT_ES_BULK_MAX_ACTIONS
+    ElasticsearchSinkConfig::DEFAULT_BULK_MAX_ACTIONS
 }
 fn default_es_bulk_max_bytes() -> usize {
-    DEFAULT_ES_BULK_MAX_BYTES
+    ElasticsearchSinkConfig::DEFAULT_BULK_MAX_BYTES
 }
 fn default_es_ops() -> Vec<EsOpName> {
     vec![EsOpName::Insert, EsOpName::Update, EsOpName::Delete, EsOpName::Truncate]
 }
 
-/// Credentials read from the environment or a file. `Debug` never shows them; nothing here is
-/// `Serialize`.
-#[derive(Clone, PartialEq, Eq)]
+/// Credentials read from the environment or a file. `Debug` never shows them (they are
+/// [`Secret`]s); nothing here is `Serialize`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EsAuth {
     /// No `Authorization` header.
     None,
@@ -206,31 +177,33 @@ pub enum EsAuth {
         /// User name.
         username: String,
         /// Password.
-        password: String,
+        password: Secret,
     },
     /// `Authorization: ApiKey <key>`.
-    ApiKey(String),
-}
-
-impl fmt::Debug for EsAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EsAuth::None => f.write_str("None"),
-            EsAuth::Basic { username, .. } => write!(f, "Basic {{ username: {username:?}, password: <redacted> }}"),
-            EsAuth::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
-        }
-    }
+    ApiKey(Secret),
 }
 
 impl ElasticsearchSinkConfig {
+    /// Default timeout of one HTTP request to Elasticsearch.
+    pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+    /// Default connect timeout to Elasticsearch.
+    pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+    /// Default largest number of actions in one `_bulk` request.
+    pub const DEFAULT_BULK_MAX_ACTIONS: usize = 5_000;
+    /// Default largest `_bulk` body (uncompressed), in bytes.
+    pub const DEFAULT_BULK_MAX_BYTES: usize = 8 << 20;
+    /// Dead-letter file in `snapshot.state_dir` when `[sinks.elasticsearch.dead_letter]` is not
+    /// configured.
+    pub const DEFAULT_DEAD_LETTER_FILE: &str = "dead-letters-elasticsearch.jsonl";
+
     /// The credentials, read from the environment variables or files named in the config.
     pub fn auth(&self) -> Result<EsAuth, ConfigError> {
-        if let Some(key) = read_secret("sinks.elasticsearch.api_key", self.api_key_env.as_ref(), self.api_key_file.as_ref())? {
+        if let Some(key) = read_secret("sinks.elasticsearch.api_key", self.api_key_env.as_deref(), self.api_key_file.as_deref())? {
             return Ok(EsAuth::ApiKey(key));
         }
         match &self.username {
             Some(username) => {
-                let password = read_secret("sinks.elasticsearch.password", self.password_env.as_ref(), self.password_file.as_ref())?
+                let password = read_secret("sinks.elasticsearch.password", self.password_env.as_deref(), self.password_file.as_deref())?
                     .ok_or_else(|| ConfigError::invalid("sinks.elasticsearch.password_env", "set password_env or password_file"))?;
                 Ok(EsAuth::Basic { username: username.clone(), password })
             }
@@ -251,11 +224,11 @@ impl ElasticsearchSinkConfig {
     /// Every index walcast writes to or creates: the rules' indexes, the configured ones and the
     /// dead-letter index, sorted and without duplicates.
     pub fn all_indexes(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.tables.iter().map(|t| t.index.clone()).collect();
-        out.extend(self.documents.iter().map(|d| d.index.clone()));
-        out.extend(self.indexes.keys().cloned());
-        if let Some(i) = self.dead_letter.as_ref().and_then(|d| d.index.clone()) {
-            out.push(i);
+        let mut out: Vec<String> = self.tables.iter().map(|t| t.index.to_string()).collect();
+        out.extend(self.documents.iter().map(|d| d.index.to_string()));
+        out.extend(self.indexes.keys().map(IndexName::to_string));
+        if let Some(i) = self.dead_letter.as_ref().and_then(|d| d.index.as_ref()) {
+            out.push(i.to_string());
         }
         out.sort();
         out.dedup();
@@ -310,18 +283,13 @@ impl ElasticsearchSinkConfig {
         if !(1_024..=1 << 30).contains(&self.bulk_max_bytes) {
             return Err(ConfigError::invalid(&f("bulk_max_bytes"), "must be between 1024 and 1073741824"));
         }
-        for name in self.indexes.keys() {
-            validate_index_name(name).map_err(|e| ConfigError::invalid(&format!("sinks.elasticsearch.indexes.{name:?}"), e))?;
-        }
         for (name, idx) in &self.indexes {
             if idx.mapping_file.as_os_str().is_empty() {
-                return Err(ConfigError::invalid(&format!("sinks.elasticsearch.indexes.{name:?}.mapping_file"), "must not be empty"));
+                return Err(ConfigError::invalid(&format!("sinks.elasticsearch.indexes.\"{name}\".mapping_file"), "must not be empty"));
             }
         }
         for (i, rule) in self.tables.iter().enumerate() {
             let field = |name: &str| format!("sinks.elasticsearch.tables[{i}].{name}");
-            qualified_table(&field("table"), &rule.table)?;
-            validate_index_name(&rule.index).map_err(|e| ConfigError::invalid(&field("index"), e))?;
             if let Some(cols) = &rule.id_columns {
                 if cols.is_empty() || cols.iter().any(|c| c.is_empty()) {
                     return Err(ConfigError::invalid(&field("id_columns"), "list at least one column name"));
@@ -378,11 +346,10 @@ impl ElasticsearchSinkConfig {
                 (Some(_), Some(_)) | (None, None) => {
                     return Err(ConfigError::invalid(&f("dead_letter"), "set exactly one of `index` and `path`"))
                 }
-                (Some(index), None) => {
-                    validate_index_name(index).map_err(|e| ConfigError::invalid(&f("dead_letter.index"), e))?;
-                    if self.tables.iter().any(|t| &t.index == index) || self.documents.iter().any(|d| &d.index == index) {
-                        return Err(ConfigError::invalid(&f("dead_letter.index"), "must not be an index a table rule writes to"));
-                    }
+                (Some(index), None)
+                    if self.tables.iter().any(|t| &t.index == index) || self.documents.iter().any(|d| &d.index == index) =>
+                {
+                    return Err(ConfigError::invalid(&f("dead_letter.index"), "must not be an index a table rule writes to"));
                 }
                 (None, Some(path)) if path.as_os_str().is_empty() => {
                     return Err(ConfigError::invalid(&f("dead_letter.path"), "must not be empty"))
@@ -394,224 +361,5 @@ impl ElasticsearchSinkConfig {
     }
 }
 
-/// Elasticsearch's rules for index names: lower case, no `\ / * ? " < > | space , #`, not
-/// starting with `-`, `_` or `+`, not `.` or `..`, at most 255 bytes.
-pub fn validate_index_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 255 {
-        return Err("an index name must be 1 to 255 bytes".into());
-    }
-    if name == "." || name == ".." || name.starts_with(['-', '_', '+']) {
-        return Err(format!("{name:?} is not a valid index name (it must not start with -, _ or +)"));
-    }
-    if name.chars().any(|c| c.is_uppercase() || "\\/*?\"<>| ,#:".contains(c)) {
-        return Err(format!("{name:?} is not a valid index name: use lower case, without \\ / * ? \" < > | space , # :"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::super::Config;
-    use super::*;
-
-    const ES_ONLY: &str = r#"
-[source]
-host = "127.0.0.1"
-database = "app"
-user = "walcast"
-
-[sinks.elasticsearch]
-url = "http://127.0.0.1:9200"
-
-[[sinks.elasticsearch.tables]]
-table = "public.orders"
-index = "orders"
-"#;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("test.toml"))
-    }
-
-    #[test]
-    fn elasticsearch_alone_is_a_sink_and_gets_defaults() {
-        let c = parse(ES_ONLY).expect("valid");
-        let es = c.sinks.elasticsearch.expect("es");
-        assert_eq!(es.request_timeout_ms, DEFAULT_ES_REQUEST_TIMEOUT_MS);
-        assert_eq!(es.bulk_max_actions, DEFAULT_ES_BULK_MAX_ACTIONS);
-        assert!(es.create_indexes && !es.gzip);
-        let rule = &es.tables[0];
-        assert_eq!(rule.ops, default_es_ops());
-        assert_eq!(rule.truncate, EsTruncate::Ignore);
-        assert!(rule.include.is_none() && rule.exclude.is_empty() && rule.rename.is_empty());
-        assert_eq!(es.auth().expect("auth"), EsAuth::None);
-        assert_eq!(es.all_indexes(), vec!["orders".to_string()]);
-    }
-
-    #[test]
-    fn invalid_values_name_their_field() {
-        let cases = [
-            ("url = \"localhost:9200\"", "sinks.elasticsearch.url"),
-            ("url = \"http://u:p@h:9200\"", "sinks.elasticsearch.url"),
-            ("username = \"u\"", "sinks.elasticsearch.password_env"),
-            ("password_env = \"X\"", "sinks.elasticsearch.username"),
-            ("api_key_env = \"K\"\nusername = \"u\"\npassword_env = \"X\"", "sinks.elasticsearch.api_key_env"),
-            ("ca_file = \"ca.pem\"", "sinks.elasticsearch.ca_file"),
-            ("bulk_max_actions = 0", "sinks.elasticsearch.bulk_max_actions"),
-            ("request_timeout_ms = 1", "sinks.elasticsearch.request_timeout_ms"),
-            ("[sinks.elasticsearch.dead_letter]", "sinks.elasticsearch.dead_letter"),
-            ("[sinks.elasticsearch.dead_letter]\nindex = \"orders\"", "sinks.elasticsearch.dead_letter.index"),
-            ("[sinks.elasticsearch.dead_letter]\nindex = \"Bad\"", "sinks.elasticsearch.dead_letter.index"),
-            ("[sinks.elasticsearch.indexes.\"_x\"]\nmapping_file = \"m.json\"", "sinks.elasticsearch.indexes.\"_x\""),
-            ("[[sinks.elasticsearch.tables]]\ntable = \"orders\"\nindex = \"o\"", "sinks.elasticsearch.tables[1].table"),
-            ("[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"O\"", "sinks.elasticsearch.tables[1].index"),
-            (
-                "[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nid_columns = []",
-                "sinks.elasticsearch.tables[1].id_columns",
-            ),
-            ("[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nops = []", "sinks.elasticsearch.tables[1].ops"),
-            (
-                "[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\ninclude = [\"a\"]\nexclude = [\"a\"]",
-                "sinks.elasticsearch.tables[1].exclude",
-            ),
-            (
-                "[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nrename = { a = \"x\", b = \"x\" }",
-                "sinks.elasticsearch.tables[1].rename.\"b\"",
-            ),
-            (
-                "[[sinks.elasticsearch.tables]]\ntable = \"public.o\"\nindex = \"o\"\nrename = { a = \"_id\" }",
-                "sinks.elasticsearch.tables[1].rename.\"a\"",
-            ),
-        ];
-        for (extra, field) in cases {
-            let text = if extra.starts_with('[') {
-                format!("{ES_ONLY}{extra}\n")
-            } else if extra.starts_with("url") {
-                ES_ONLY.replace("url = \"http://127.0.0.1:9200\"", extra)
-            } else {
-                ES_ONLY.replace("url = \"http://127.0.0.1:9200\"", &format!("url = \"http://127.0.0.1:9200\"\n{extra}"))
-            };
-            let err = parse(&text).expect_err(field).to_string();
-            assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
-        }
-        let err = parse(&ES_ONLY.replace("index = \"orders\"", "index = \"orders\"\nops = [\"upsert\"]")).expect_err("op").to_string();
-        assert!(err.contains("upsert"), "{err}");
-        let err =
-            parse(&ES_ONLY.replace("index = \"orders\"", "index = \"orders\"\ntruncate = \"drop\"")).expect_err("truncate").to_string();
-        assert!(err.contains("drop"), "{err}");
-    }
-
-    #[test]
-    fn secrets_never_in_debug() {
-        std::env::set_var("WALCAST_TEST_ES_CFG_PW", "es-hunter2");
-        let text = ES_ONLY.replace(
-            "url = \"http://127.0.0.1:9200\"",
-            "url = \"http://127.0.0.1:9200\"\nusername = \"elastic\"\npassword_env = \"WALCAST_TEST_ES_CFG_PW\"",
-        );
-        let c = parse(&text).expect("valid");
-        let es = c.sinks.elasticsearch.as_ref().expect("es");
-        let auth = es.auth().expect("auth");
-        assert_eq!(auth, EsAuth::Basic { username: "elastic".into(), password: "es-hunter2".into() });
-        assert!(!format!("{auth:?}").contains("es-hunter2"));
-        assert!(!format!("{c:?}").contains("es-hunter2"));
-        std::env::set_var("WALCAST_TEST_ES_CFG_KEY", "key-hunter3");
-        let text = ES_ONLY
-            .replace("url = \"http://127.0.0.1:9200\"", "url = \"http://127.0.0.1:9200\"\napi_key_env = \"WALCAST_TEST_ES_CFG_KEY\"");
-        let c = parse(&text).expect("valid");
-        let auth = c.sinks.elasticsearch.as_ref().expect("es").auth().expect("auth");
-        assert_eq!(auth, EsAuth::ApiKey("key-hunter3".into()));
-        assert!(!format!("{auth:?}").contains("key-hunter3"));
-    }
-
-    /// The commented `[sinks.elasticsearch]` block of the shipped example, uncommented, is valid
-    /// and shows every field of the Elasticsearch config.
-    #[test]
-    fn example_elasticsearch_section_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/walcast.example.toml");
-        let text = std::fs::read_to_string(&path).expect("example config");
-        let mut out = String::new();
-        let mut in_es = false;
-        for line in text.lines() {
-            if line.starts_with("#[sinks.elasticsearch]") {
-                in_es = true;
-            } else if line.trim().is_empty() {
-                in_es = false;
-            }
-            match line.strip_prefix('#') {
-                Some(rest) if in_es && !rest.starts_with('#') => out.push_str(rest),
-                _ => out.push_str(line),
-            }
-            out.push('\n');
-        }
-        std::env::set_var("WALCAST_ES_PASSWORD", "x");
-        let c = Config::parse(&out, &path).expect("uncommented example is valid");
-        let es = c.sinks.elasticsearch.expect("elasticsearch section");
-        assert_eq!(es.url, "https://es.example.internal:9200");
-        assert!(es.indexes.contains_key("orders") && es.dead_letter.is_some() && es.tables.len() == 1);
-        let rule = &es.tables[0];
-        assert_eq!(rule.rename.get("total").map(String::as_str), Some("amount"));
-        let doc = es.documents.first().expect("a document rule");
-        assert_eq!((doc.name.as_str(), doc.dependents.len()), ("orders_with_lines", 2));
-        assert!(doc.query.contains("ANY($1)"));
-        for field in ["name", "root_key", "document_id", "max_ids", "query", "root_id_column", "key_column", "root_ids_query"] {
-            assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.elasticsearch.documents[].{field}");
-        }
-        for field in [
-            "url",
-            "username",
-            "password_env",
-            "ca_file",
-            "gzip",
-            "request_timeout_ms",
-            "connect_timeout_ms",
-            "bulk_max_actions",
-            "bulk_max_bytes",
-            "create_indexes",
-            "mapping_file",
-            "table",
-            "index",
-            "id_columns",
-            "include",
-            "exclude",
-            "rename",
-            "ops",
-            "truncate",
-            "path",
-        ] {
-            assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.elasticsearch.{field}");
-        }
-        for field in ["password_file", "api_key_env"] {
-            assert!(text.contains(&format!("\n## {field} = ")), "the example does not mention sinks.elasticsearch.{field}");
-        }
-    }
-
-    #[test]
-    fn invalid_document_rules_name_their_field() {
-        const DOC_RULE: &str = "[[sinks.elasticsearch.documents]]\nname = \"films\"\nindex = \"films\"\ntable = \"public.f\"\nroot_key = \"id\"\nquery = \"SELECT id FROM public.f WHERE id = ANY($1)\"\n";
-        assert!(parse(&format!("{ES_ONLY}{DOC_RULE}")).is_ok());
-        let cases: Vec<(String, &str)> = vec![
-            (DOC_RULE.replace("ANY($1)", "ANY($2)"), "sinks.elasticsearch.documents[0].query"),
-            (DOC_RULE.replace("name = \"films\"", "name = \"\""), "sinks.elasticsearch.documents[0].name"),
-            (DOC_RULE.replace("index = \"films\"", "index = \"orders\""), "sinks.elasticsearch.documents[0].index"),
-            (format!("{DOC_RULE}[[sinks.elasticsearch.documents.dependents]]\ntable = \"public.l\"\n"), "sinks.elasticsearch.documents[0].dependents[0].root_id_column"),
-            (
-                format!("{DOC_RULE}[[sinks.elasticsearch.documents.dependents]]\ntable = \"public.p\"\nroot_ids_query = \"SELECT 1 WHERE 2 = ANY($1)\"\n"),
-                "sinks.elasticsearch.documents[0].dependents[0].key_column",
-            ),
-            (format!("{DOC_RULE}max_ids = 0\n"), "sinks.elasticsearch.documents[0].max_ids"),
-        ];
-        for (extra, field) in cases {
-            let err = parse(&format!("{ES_ONLY}{extra}")).expect_err(field).to_string();
-            assert!(err.contains(field), "{field}: {err}");
-        }
-    }
-
-    #[test]
-    fn index_names() {
-        assert!(validate_index_name("orders-2024.v1").is_ok());
-        for bad in ["", "Orders", "a b", "_x", "-x", "a/b", "a,b", "a#b", "..", "a:b"] {
-            assert!(validate_index_name(bad).is_err(), "{bad:?}");
-        }
-    }
-}
+mod tests;

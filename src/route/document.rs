@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::action::{ChangeOrigin, Rejected};
-use crate::config::EsDocumentRule;
+use crate::config::{EsDocumentRule, TableName};
 use crate::decode::{Change, Datum, OldTupleKind, Op};
 use crate::lsn::Lsn;
 
@@ -88,9 +88,8 @@ impl RuleWork {
     }
 }
 
-fn split(table: &str) -> (String, String) {
-    let (s, t) = table.split_once('.').unwrap_or(("public", table));
-    (s.to_string(), t.to_string())
+fn split(table: &TableName) -> (String, String) {
+    (table.schema().to_string(), table.table().to_string())
 }
 
 impl DocumentRules {
@@ -121,7 +120,7 @@ impl DocumentRules {
         out
     }
 
-    fn add_trigger(&mut self, table: &str, trigger: Trigger) {
+    fn add_trigger(&mut self, table: &TableName, trigger: Trigger) {
         let (schema, table) = split(table);
         self.by_table.entry(schema).or_default().entry(table).or_default().push(trigger);
     }

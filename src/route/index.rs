@@ -56,7 +56,7 @@ impl FlatRules {
     pub fn new(rules: &[EsTableRule]) -> Self {
         let mut map: HashMap<String, HashMap<String, Vec<Arc<Rule>>>> = HashMap::new();
         for r in rules {
-            let Some((schema, table)) = r.table.split_once('.') else { continue };
+            let (schema, table) = (r.table.schema(), r.table.table());
             let rule = Rule {
                 index: Arc::from(r.index.as_str()),
                 id_columns: r.id_columns.clone(),
@@ -463,10 +463,10 @@ mod tests {
     #[test]
     fn unmapped_tables_produce_nothing_and_two_rules_both_apply() {
         let mut other = rule("");
-        other.table = "public.other".into();
+        other.table = "public.other".parse().expect("table name");
         assert!(route(&[other], &change(Op::Insert, None, Some(row("1")))).is_empty());
         let mut second = rule("include = [\"id\"]");
-        second.index = "orders_ids".into();
+        second.index = "orders_ids".parse().expect("index name");
         let out = route(&[rule(""), second], &change(Op::Insert, None, Some(row("1"))));
         assert_eq!(out.len(), 2);
         assert_eq!(doc(out[1].as_ref().expect("second")), json!({"id": 1}));

@@ -10,4 +10,4 @@ pub mod topic;
 pub use action::{ChangeOrigin, EsAction, EsOp, Rejected};
 pub use document::{DocumentRules, RuleWork};
 pub use index::FlatRules;
-pub use topic::{TopicRouter, TopicTemplate};
+pub use topic::TopicRouter;

@@ -41,7 +41,7 @@ use self::tx::TxTracker;
 use super::{Batch, Sink, SinkError};
 use crate::config::KafkaSinkConfig;
 use crate::decode::Relation;
-use crate::route::{TopicRouter, TopicTemplate};
+use crate::route::TopicRouter;
 
 const NAME: &str = "kafka";
 
@@ -88,13 +88,8 @@ impl KafkaSink {
     /// `source.db` of the envelopes.
     pub fn open(cfg: &KafkaSinkConfig, database: &str) -> Result<Self, SinkError> {
         let (producer, fatal) = new_producer(cfg)?;
-        let template = TopicTemplate::parse(&cfg.topic_template).map_err(|e| fatal_err(format!("sinks.kafka.topic_template: {e}")))?;
-        let overrides = cfg.tables.iter().filter_map(|(name, t)| {
-            let (schema, table) = name.split_once('.')?;
-            Some(((schema.to_string(), table.to_string()), t.topic.clone()?))
-        });
-        let router = TopicRouter::new(template, &cfg.prefix, database, overrides);
-        let key_overrides = cfg.tables.iter().filter_map(|(name, t)| Some((name.clone(), t.key_columns.clone()?))).collect();
+        let router = TopicRouter::new(cfg, database);
+        let key_overrides = cfg.tables.iter().filter_map(|(name, t)| Some((name.to_string(), t.key_columns.clone()?))).collect();
         let dead_letter = match &cfg.dead_letter {
             Some(d) => match (&d.topic, &d.path) {
                 (Some(topic), _) => DeadLetterDestination::Topic(Arc::from(topic.as_str())),

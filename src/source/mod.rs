@@ -22,7 +22,7 @@ pub use sql::{
 };
 pub use types::TypeRules;
 
-use crate::config::{ConfigError, SourceConfig, SslMode};
+use crate::config::{ConfigError, Secret, SourceConfig, SslMode};
 
 /// Session settings pinned on walcast's connections so text values arrive in one known format
 /// (the decoder's value rules assume these).
@@ -30,7 +30,7 @@ pub const SESSION_OPTIONS: &str =
     "-c datestyle=ISO,YMD -c intervalstyle=iso_8601 -c timezone=UTC -c extra_float_digits=3 -c bytea_output=hex";
 
 /// Resolved connection parameters (the password already read from its source).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ConnParams {
     /// Host or socket directory.
     pub host: String,
@@ -41,7 +41,7 @@ pub struct ConnParams {
     /// Role.
     pub user: String,
     /// Password, if any. Never logged.
-    password: Option<String>,
+    password: Option<Secret>,
     /// TLS mode.
     pub sslmode: SslMode,
     /// CA certificate for verify-ca / verify-full.
@@ -50,18 +50,6 @@ pub struct ConnParams {
     pub application_name: String,
     /// Connect timeout.
     pub connect_timeout: std::time::Duration,
-}
-
-impl std::fmt::Debug for ConnParams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnParams")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish_non_exhaustive()
-    }
 }
 
 impl ConnParams {

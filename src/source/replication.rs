@@ -231,7 +231,7 @@ async fn session_config(params: &ConnParams, slot: &str, publication: &str) -> R
     Ok(ReplicationConfig::new(
         params.host.clone(),
         params.user.clone(),
-        params.password.clone().unwrap_or_default(),
+        params.password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default(),
         params.database.clone(),
         slot.to_string(),
         publication.to_string(),

@@ -20,7 +20,7 @@ pub async fn connect_sql(params: &ConnParams) -> Result<Client, SourceError> {
         .connect_timeout(params.connect_timeout)
         .options(SESSION_OPTIONS);
     if let Some(pw) = &params.password {
-        cfg.password(pw);
+        cfg.password(pw.expose());
     }
     if params.sslmode == SslMode::Disable {
         return finish_connect(&cfg, NoTls, params).await;

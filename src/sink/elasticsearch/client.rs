@@ -143,10 +143,10 @@ impl EsClient {
             EsAuth::None => None,
             EsAuth::Basic { username, password } => {
                 use base64::Engine as _;
-                let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+                let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
                 Some(format!("Basic {token}"))
             }
-            EsAuth::ApiKey(key) => Some(format!("ApiKey {}", key.trim())),
+            EsAuth::ApiKey(key) => Some(format!("ApiKey {}", key.expose().trim())),
         };
         if let Some(v) = value {
             let mut v = HeaderValue::from_str(&v)

@@ -425,10 +425,15 @@ fn sql_message(e: &tokio_postgres::Error) -> String {
 }
 
 /// Whether `table.column` exists; with `on_delete`, whether a DELETE's old row carries it.
-async fn column_finding(client: &Client, rule: &str, table: &str, column: &str, on_delete: bool) -> Option<crate::source::Finding> {
+async fn column_finding(
+    client: &Client,
+    rule: &str,
+    table: &crate::config::TableName,
+    column: &str,
+    on_delete: bool,
+) -> Option<crate::source::Finding> {
     use crate::source::Finding;
-    let (schema, name) = table.split_once('.')?;
-    let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let qualified = format!("{}.{}", quote_ident(table.schema()), quote_ident(table.table()));
     let row = client
         .query_opt(
             "SELECT c.relreplident::text, \

@@ -39,12 +39,12 @@ pub fn specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<IndexSpec>, String> {
                 path.display()
             ));
         }
-        out.push(IndexSpec { name: name.clone(), body, source: path.display().to_string() });
+        out.push(IndexSpec { name: name.to_string(), body, source: path.display().to_string() });
     }
     if let Some(index) = cfg.dead_letter.as_ref().and_then(|d| d.index.clone()) {
         if !cfg.indexes.contains_key(&index) {
             let body = serde_json::from_str(dead_letter::INDEX_BODY).map_err(|e| e.to_string())?;
-            out.push(IndexSpec { name: index, body, source: "walcast's dead-letter mapping".into() });
+            out.push(IndexSpec { name: index.to_string(), body, source: "walcast's dead-letter mapping".into() });
         }
     }
     Ok(out)

@@ -10,7 +10,7 @@ use rdkafka::producer::{FutureProducer, Producer as _};
 
 use super::client::{self, Context};
 use crate::config::{Config, KafkaSinkConfig, TableSelector};
-use crate::route::{TopicRouter, TopicTemplate};
+use crate::route::TopicRouter;
 use crate::source::{connect_sql, ConnParams, Finding};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,18 +98,7 @@ pub async fn check(kafka: &KafkaSinkConfig, database: &str, tables: &[(String, S
         .filter(|t| t.error().map(RDKafkaErrorCode::from) != Some(RDKafkaErrorCode::UnknownTopicOrPartition))
         .map(|t| t.name())
         .collect();
-    let template = match TopicTemplate::parse(&kafka.topic_template) {
-        Ok(t) => t,
-        Err(e) => {
-            out.push(Finding::fail(format!("kafka: topic_template: {e}"), "fix sinks.kafka.topic_template"));
-            return out;
-        }
-    };
-    let overrides = kafka.tables.iter().filter_map(|(name, t)| {
-        let (schema, table) = name.split_once('.')?;
-        Some(((schema.to_string(), table.to_string()), t.topic.clone()?))
-    });
-    let router = TopicRouter::new(template, &kafka.prefix, database, overrides);
+    let router = TopicRouter::new(kafka, database);
     let mut topics: Vec<(String, String)> =
         tables.iter().map(|(s, t)| (router.topic_for_name(s, t).to_string(), format!("table {s}.{t}"))).collect();
     if let Some(t) = &kafka.transaction_topic {

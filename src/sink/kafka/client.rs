@@ -31,7 +31,9 @@ pub(crate) fn client_config(cfg: &KafkaSinkConfig) -> Result<ClientConfig, Confi
     };
     c.set("security.protocol", protocol);
     if let Some(sasl) = &cfg.sasl {
-        c.set("sasl.mechanism", sasl.mechanism.as_str()).set("sasl.username", &sasl.username).set("sasl.password", sasl.password()?);
+        c.set("sasl.mechanism", sasl.mechanism.as_str())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", sasl.password()?.expose());
     }
     if let Some(tls) = &cfg.tls {
         match &tls.ca_file {

@@ -24,6 +24,9 @@ use crate::sink::fanout::{InFlight, Sinks};
 use crate::sink::{Batch, SinkError, SinkReport};
 use crate::source::{self, Catalog, SourceError, SourceEvent};
 
+#[cfg(test)]
+mod tests;
+
 /// Metric handles of one sink.
 struct SinkGauges {
     /// `walcast_sink_durable_lsn{sink}`.
@@ -262,12 +265,27 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                     parked = false;
                     // A stuck sink keeps its queue full: the hand-over must not outlast shutdown
                     // (what was not handed to every sink is not confirmed, and is sent again).
-                    let stop_at = finish_by;
-                    let flushed = tokio::select! {
-                        biased;
-                        r = self.flush() => Some(r),
-                        _ = shutdown.cancelled(), if stop_at.is_none() => None,
-                        _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => None,
+                    // But a transaction the sinks hold part of (or get part of now) is finished
+                    // first, by the deadline, as in arm 1: stopping here would leave that part
+                    // written and unconfirmed, sent twice after a clean stop.
+                    let spans = self.tx.is_some_and(|tx| tx.partly_dispatched)
+                        || (self.tx.is_some() && self.batch.changes.len() > self.committed_len);
+                    let timeout = Duration::from_millis(self.limits.shutdown_timeout_ms);
+                    let flush = self.flush();
+                    tokio::pin!(flush);
+                    let flushed = loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut flush => break Some(r),
+                            _ = shutdown.cancelled(), if finish_by.is_none() => {
+                                if !spans {
+                                    break None;
+                                }
+                                tracing::info!("shutdown: finishing the transaction being written first");
+                                finish_by = Some(tokio::time::Instant::now() + timeout);
+                            }
+                            _ = tokio::time::sleep_until(finish_by.unwrap_or_else(tokio::time::Instant::now)), if finish_by.is_some() => break None,
+                        }
                     };
                     match flushed {
                         Some(r) => r?,

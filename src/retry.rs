@@ -40,7 +40,7 @@ impl Backoff {
 
     /// Wait the next delay, logging `what` failed with `error` and when the next attempt comes.
     /// Returns `false` at once when `shutdown` is cancelled first: the caller stops retrying.
-    pub async fn wait(&mut self, shutdown: &CancellationToken, what: &'static str, error: &dyn std::fmt::Display) -> bool {
+    pub async fn wait(&mut self, shutdown: &CancellationToken, what: &'static str, error: &(dyn std::fmt::Display + Sync)) -> bool {
         let delay = self.next_delay();
         tracing::warn!(%error, attempt = self.attempt, delay_ms = delay.as_millis() as u64, "{what}, retrying");
         tokio::select! {

@@ -8,7 +8,7 @@ use super::{classify, connect_sql, ConnParams, SourceError, TypeRules};
 use crate::decode::{RelationBody, ReplicaIdentity};
 
 /// The lazily opened catalog connection of a streaming session, and what it learned.
-pub struct Catalog {
+pub(crate) struct Catalog {
     params: ConnParams,
     /// The slot, for classifying errors.
     slot: String,
@@ -19,19 +19,19 @@ pub struct Catalog {
 
 impl Catalog {
     /// Nothing opened yet.
-    pub fn new(params: ConnParams, slot: &str) -> Self {
+    pub(crate) fn new(params: ConnParams, slot: &str) -> Self {
         Self { params, slot: slot.to_string(), client: None, type_rules: TypeRules::new() }
     }
 
     /// A new replication connection: types are looked up again (they may have changed).
-    pub fn forget_types(&mut self) {
+    pub(crate) fn forget_types(&mut self) {
         self.type_rules = TypeRules::new();
     }
 
     /// Complete a Relation message before it is cached: the primary key for REPLICA IDENTITY
     /// FULL, built-in value rules for user-defined types. A failed lookup is a lost connection
     /// (retryable), never a guess.
-    pub async fn describe(&mut self, body: &mut RelationBody) -> Result<(), SourceError> {
+    pub(crate) async fn describe(&mut self, body: &mut RelationBody) -> Result<(), SourceError> {
         if body.replica_identity == ReplicaIdentity::Full {
             self.key_by_primary_key(body).await?;
         }

@@ -10,7 +10,7 @@ mod sql;
 mod tls;
 mod types;
 
-pub use catalog::Catalog;
+pub(crate) use catalog::Catalog;
 pub use lease::{lease_key, Lease, LeaseEnd};
 pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};

@@ -219,3 +219,23 @@ async fn load_snapshot(
     drop(snap.exported);
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_progress_file_failure_stops_the_run_as_before() {
+        let e: PipelineError = SnapshotError::State { source: std::io::Error::other("read-only file system") }.into();
+        assert!(!e.is_retryable());
+        match &e {
+            PipelineError::Sink(SinkError::Fatal { sink: "snapshot", reason }) => {
+                assert_eq!(reason, "cannot save snapshot progress: read-only file system; check snapshot.state_dir is writable")
+            }
+            other => panic!("{other:?}"),
+        }
+        let source = SnapshotError::Source(SourceError::Transient("restarting".into()));
+        assert!(source.is_retryable(), "a snapshot interrupted by Postgres resumes");
+        assert!(PipelineError::from(source).is_retryable());
+    }
+}

@@ -1,4 +1,4 @@
-//! The one place that decides which LSN is confirmed to Postgres (DESIGN.md contract 1).
+//! The one place that decides which LSN is confirmed to Postgres (the ack rule).
 //!
 //! Strict mode: the confirmed LSN is the minimum over all sinks of the highest commit end LSN each
 //! has made durable. When nothing is in flight (no open transaction, every dispatched batch durable
@@ -11,7 +11,7 @@ use crate::lsn::Lsn;
 /// A dispatched batch a sink has not yet made durable: the commit end LSN that settles it (filled
 /// in later for a batch that ends inside a transaction) and the commit time of its oldest change.
 #[derive(Debug, Clone, Copy)]
-struct Pending {
+struct OwedBatch {
     settled_by: Option<Lsn>,
     commit_ts: i64,
 }
@@ -20,7 +20,7 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     /// Per sink, batches handed over and not yet durable there (for lag in seconds).
-    pending: Vec<VecDeque<Pending>>,
+    pending: Vec<VecDeque<OwedBatch>>,
     /// Highest commit end LSN each sink made durable.
     durable: Vec<Lsn>,
     /// Highest commit end LSN handed to the sinks.
@@ -66,7 +66,7 @@ impl Checkpoint {
                 }
             }
             if let Some(commit_ts) = oldest_commit_ts {
-                queue.push_back(Pending { settled_by: checkpoint, commit_ts });
+                queue.push_back(OwedBatch { settled_by: checkpoint, commit_ts });
             }
         }
     }

@@ -151,17 +151,17 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> ExitCode {
         Command::Snapshot { config, table, rule } => {
             let Some(config) = load(&config, cli.log_format) else { return ExitCode::from(EXIT_CONFIG) };
             let target = match (table, rule) {
-                (Some(t), _) => pipeline::SnapshotTarget::Table(t),
-                (None, Some(r)) => pipeline::SnapshotTarget::Rule(r),
+                (Some(t), _) => crate::snapshot::SnapshotTarget::Table(t),
+                (None, Some(r)) => crate::snapshot::SnapshotTarget::Rule(r),
                 (None, None) => return ExitCode::from(EXIT_CONFIG), // clap requires one
             };
-            match pipeline::snapshot_on_demand(&config, &target, shutdown).await {
+            match crate::snapshot::load_on_demand(&config, &target, shutdown).await {
                 Ok(crate::snapshot::Outcome::Done) => ExitCode::SUCCESS,
                 Ok(crate::snapshot::Outcome::Interrupted) => {
                     eprintln!("walcast snapshot: interrupted; run it again to load the rest");
                     ExitCode::from(EXIT_FAILURE)
                 }
-                Err(e) => report_pipeline_error(&e),
+                Err(e) => report_pipeline_error(&e.into()),
             }
         }
         Command::Resync { config } => {

@@ -11,6 +11,7 @@ use crate::config::ConfigError;
 use crate::decode::DecodeError;
 use crate::pipeline::PipelineError;
 use crate::sink::SinkError;
+use crate::snapshot::SnapshotError;
 use crate::source::{SourceError, Step};
 
 /// Exit code: a runtime failure not covered below.
@@ -208,6 +209,25 @@ impl ConfigError {
     }
 }
 
+impl SnapshotError {
+    /// What the process does about this error: a load interrupted by a retryable error resumes
+    /// from its last recorded chunk.
+    pub fn action(&self) -> Action {
+        match self {
+            SnapshotError::Config(e) => e.action(),
+            SnapshotError::Source(e) => e.action(),
+            SnapshotError::Sink(e) => e.action(),
+            // walcast's own state, not a sink.
+            SnapshotError::State { .. } => Action::Stop(EXIT_SETUP),
+        }
+    }
+
+    /// Whether loading again (resuming from the last recorded chunk) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.action() == Action::Retry
+    }
+}
+
 impl PipelineError {
     /// What the process does about this error.
     pub fn action(&self) -> Action {
@@ -352,8 +372,9 @@ mod tests {
         assert_eq!(code(SinkError::Fatal { sink: "kafka", reason: "r".into() }.into()), EXIT_SINK);
         assert_eq!(code(SourceError::Query("q".into()).into()), EXIT_FAILURE);
         // Snapshot progress is walcast's own state, not a sink: a setup problem.
-        let state = crate::snapshot::snapshot_state_error(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
-        assert_eq!(code(state), EXIT_SETUP);
+        let state = SnapshotError::State { source: std::io::Error::from(std::io::ErrorKind::PermissionDenied) };
+        assert_eq!(state.action(), Action::Stop(EXIT_SETUP));
+        assert_eq!(code(state.into()), EXIT_SETUP);
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! Snapshot: load the rows that exist before streaming starts (DESIGN.md "Snapshot",
-//! docs/snapshot.md). Rows are read chunk by chunk in primary-key order inside the slot's
+//! Snapshot: load the rows that exist before streaming starts (docs/snapshot.md). Rows are read chunk by chunk in primary-key order inside the slot's
 //! exported snapshot, turned into [`Op::Read`] changes with `commit_lsn` = the consistent point,
 //! and handed to the sinks like streamed batches. Progress is saved after each chunk every sink
 //! has written, so an interrupted snapshot resumes from the last finished chunk.
 
+mod on_demand;
 mod reader;
 mod recheck;
 mod resync;
@@ -16,21 +16,41 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use self::on_demand::{load_on_demand, SnapshotTarget};
 pub use self::reader::TableRef;
 use self::reader::{Reader, TableReader};
 pub use self::recheck::{recheck, HeldSnapshot, RecheckPlan};
 pub use self::resync::request_resync;
 pub use self::state::{SnapshotState, Status};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::decode::Change;
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, TableLabel};
-use crate::pipeline::PipelineError;
 use crate::sink::{Batch, SinkError, SinkReport, SnapshotPart};
 use crate::source::{connect_sql, ConnParams, SourceError};
 
 /// First chunk number of the next load (each load takes a range of 2^32).
 static NEXT_CHUNK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Why a snapshot load (or its recheck) stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// What to load cannot be used (`walcast snapshot --table/--rule`).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Postgres: reading the rows, or creating the snapshot's temporary slots.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A sink failed for good.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The progress file cannot be written.
+    #[error("snapshot: cannot save snapshot progress: {source}; check snapshot.state_dir is writable")]
+    State {
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
 
 /// How a load ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +87,7 @@ pub async fn tables_to_load(config: &Config, client: &tokio_postgres::Client) ->
     }
     if let Some(es) = &config.sinks.elasticsearch {
         let names = es.tables.iter().map(|t| &t.table).chain(es.documents.iter().map(|d| &d.table));
-        out.extend(names.map(|t| TableRef { schema: t.schema().to_string(), table: t.table().to_string() }));
+        out.extend(names.map(TableRef::from));
     }
     out.sort();
     out.dedup();
@@ -75,7 +95,7 @@ pub async fn tables_to_load(config: &Config, client: &tokio_postgres::Client) ->
 }
 
 /// One chunk handed to the sinks and not yet written by all of them.
-struct Pending {
+struct UnwrittenChunk {
     chunk: u64,
     /// The table the chunk belongs to (`None`: the re-sync's truncates).
     table: Option<usize>,
@@ -108,7 +128,7 @@ pub async fn load(
     sinks: SinkHandles<'_>,
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> Result<Outcome, PipelineError> {
+) -> Result<Outcome, SnapshotError> {
     let mut sinks = sinks;
     let LoadPlan { tables, point, exported, mut state } = plan;
     let started = Instant::now();
@@ -125,7 +145,7 @@ pub async fn load(
         s.load_ts = Some(commit_ts);
         s.save().await.map_err(snapshot_state_error)?;
     }
-    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut pending: VecDeque<UnwrittenChunk> = VecDeque::new();
     // Unique across attempts: reports of an abandoned attempt's chunks may still arrive.
     let mut next_chunk = NEXT_CHUNK.fetch_add(1 << 32, std::sync::atomic::Ordering::Relaxed);
     let mut total_rows = 0u64;
@@ -139,7 +159,7 @@ pub async fn load(
         for table in tables {
             changes.push(reader.table(table, None).await?.resync_truncate(point, commit_ts));
         }
-        let part = Pending { chunk: next_chunk, table: None, after: None, rows: 0, last_of_table: false, acks: 0 };
+        let part = UnwrittenChunk { chunk: next_chunk, table: None, after: None, rows: 0, last_of_table: false, acks: 0 };
         next_chunk += 1;
         if !dispatch(&mut sinks, changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown).await? {
             return Ok(Outcome::Interrupted);
@@ -177,7 +197,7 @@ pub async fn load(
             counter.inc_by(rows);
             rows_done += rows;
             total_rows += rows;
-            let part = Pending { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
+            let part = UnwrittenChunk { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
             next_chunk += 1;
             if !dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown).await? {
                 outcome = Outcome::Interrupted;
@@ -222,13 +242,13 @@ pub async fn load(
 async fn dispatch(
     sinks: &mut SinkHandles<'_>,
     changes: Vec<Change>,
-    part: Pending,
+    part: UnwrittenChunk,
     exported: Option<Arc<str>>,
-    pending: &mut VecDeque<Pending>,
+    pending: &mut VecDeque<UnwrittenChunk>,
     tables: &[TableRef],
     state: &mut Option<&mut SnapshotState>,
     shutdown: &CancellationToken,
-) -> Result<bool, PipelineError> {
+) -> Result<bool, SnapshotError> {
     let batch = Arc::new(Batch { changes, checkpoint: None, snapshot: Some(SnapshotPart { chunk: part.chunk, exported }) });
     pending.push_back(part);
     for queue in sinks.queues {
@@ -255,11 +275,11 @@ async fn wait_written(
     config: &Config,
     sinks: &mut SinkHandles<'_>,
     mut outcome: Outcome,
-    pending: &mut VecDeque<Pending>,
+    pending: &mut VecDeque<UnwrittenChunk>,
     tables: &[TableRef],
     state: &mut Option<&mut SnapshotState>,
     shutdown: &CancellationToken,
-) -> Result<Outcome, PipelineError> {
+) -> Result<Outcome, SnapshotError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.pipeline.shutdown_timeout_ms);
     while !pending.is_empty() {
         let report = if outcome == Outcome::Interrupted {
@@ -285,11 +305,11 @@ async fn wait_written(
 /// Count one sink report against the pending chunks; record every chunk all sinks wrote.
 async fn absorb(
     report: Option<SinkReport>,
-    pending: &mut VecDeque<Pending>,
+    pending: &mut VecDeque<UnwrittenChunk>,
     sinks: usize,
     tables: &[TableRef],
     state: &mut Option<&mut SnapshotState>,
-) -> Result<(), PipelineError> {
+) -> Result<(), SnapshotError> {
     match report {
         Some(SinkReport::SnapshotChunk { chunk, .. }) => {
             if let Some(p) = pending.iter_mut().find(|p| p.chunk == chunk) {
@@ -310,7 +330,7 @@ async fn absorb(
     Ok(())
 }
 
-fn stopped_sink(reports: &mut mpsc::UnboundedReceiver<SinkReport>) -> PipelineError {
+fn stopped_sink(reports: &mut mpsc::UnboundedReceiver<SinkReport>) -> SnapshotError {
     while let Ok(report) = reports.try_recv() {
         if let SinkReport::Failed { error, .. } = report {
             return error.into();
@@ -319,14 +339,8 @@ fn stopped_sink(reports: &mut mpsc::UnboundedReceiver<SinkReport>) -> PipelineEr
     SinkError::Fatal { sink: "snapshot", reason: "a sink stopped (see the error reported before this one)".into() }.into()
 }
 
-/// The progress file is walcast's own state, not a sink: a setup problem (exit 3), like the
-/// slot history kept beside it.
-pub(crate) fn snapshot_state_error(e: std::io::Error) -> PipelineError {
-    SourceError::setup(
-        format!("cannot save snapshot progress: {e}"),
-        "make snapshot.state_dir a writable directory (a persistent volume in containers)",
-    )
-    .into()
+fn snapshot_state_error(source: std::io::Error) -> SnapshotError {
+    SnapshotError::State { source }
 }
 
 /// Now, in Postgres's timestamp unit (microseconds since 2000-01-01 UTC): the commit time of

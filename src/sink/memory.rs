@@ -1,6 +1,9 @@
-//! An in-memory sink for tests: keeps every rendered change.
+//! An in-memory sink for tests: keeps every rendered change and the size of every write; can
+//! hold each write until the test lets it through, or fail for good.
 
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
 
 use super::{render_line, Batch, Sink, SinkError};
 
@@ -8,6 +11,12 @@ use super::{render_line, Batch, Sink, SinkError};
 #[derive(Debug, Clone, Default)]
 pub struct MemorySink {
     events: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Changes per successful write, in order.
+    writes: Arc<Mutex<Vec<usize>>>,
+    /// When set, each write takes one permit first (the test adds permits to let writes through).
+    gate: Option<Arc<Semaphore>>,
+    /// When set, every write fails with this reason (not retryable).
+    fail: Option<String>,
 }
 
 impl MemorySink {
@@ -16,9 +25,25 @@ impl MemorySink {
         Self::default()
     }
 
+    /// A sink whose writes each wait for a permit of the returned semaphore (none at first).
+    pub fn gated() -> (Self, Arc<Semaphore>) {
+        let gate = Arc::new(Semaphore::new(0));
+        (Self { gate: Some(Arc::clone(&gate)), ..Self::default() }, gate)
+    }
+
+    /// A sink whose every write fails for good with `reason`.
+    pub fn failing(reason: &str) -> Self {
+        Self { fail: Some(reason.to_string()), ..Self::default() }
+    }
+
     /// Everything written so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// The number of changes of each write so far (a batch without changes counts as 0).
+    pub fn writes(&self) -> Vec<usize> {
+        self.writes.lock().map(|w| w.clone()).unwrap_or_default()
     }
 }
 
@@ -28,6 +53,13 @@ impl Sink for MemorySink {
     }
 
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        if let Some(gate) = &self.gate {
+            let permit = gate.acquire().await.map_err(|_| SinkError::Fatal { sink: "memory", reason: "gate closed".into() })?;
+            permit.forget();
+        }
+        if let Some(reason) = &self.fail {
+            return Err(SinkError::Fatal { sink: "memory", reason: reason.clone() });
+        }
         let mut rendered = Vec::with_capacity(batch.changes.len());
         let mut line = Vec::new();
         for change in &batch.changes {
@@ -39,6 +71,9 @@ impl Sink for MemorySink {
         }
         let mut events = self.events.lock().map_err(|_| SinkError::Fatal { sink: "memory", reason: "storage lock poisoned".into() })?;
         events.extend(rendered);
+        drop(events);
+        let mut writes = self.writes.lock().map_err(|_| SinkError::Fatal { sink: "memory", reason: "storage lock poisoned".into() })?;
+        writes.push(batch.changes.len());
         Ok(())
     }
 }

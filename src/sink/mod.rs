@@ -1,6 +1,7 @@
 //! Sinks: where batches of changes go, and the task that drives each one with retries.
 
 pub mod elasticsearch;
+pub(crate) mod fanout;
 mod jsonl;
 pub mod kafka;
 mod line_file;

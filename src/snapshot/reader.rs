@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio_postgres::Client;
 
+use crate::config::TableName;
 use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
 use crate::lsn::Lsn;
 use crate::source::{classify_query, quote_ident, SourceError, TypeRules};
@@ -22,13 +23,13 @@ pub struct TableRef {
     pub table: String,
 }
 
-impl TableRef {
-    /// `schema.table` (as written in the config) -> a table; `None` without a dot.
-    pub fn parse(s: &str) -> Option<Self> {
-        let (schema, table) = s.split_once('.')?;
-        Some(Self { schema: schema.to_string(), table: table.to_string() })
+impl From<&TableName> for TableRef {
+    fn from(name: &TableName) -> Self {
+        Self { schema: name.schema().to_string(), table: name.table().to_string() }
     }
+}
 
+impl TableRef {
     fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }

@@ -22,11 +22,10 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::reader::Reader;
-use super::{dispatch, pg_now_micros, wait_written, Outcome, Pending, SinkHandles, TableRef, NEXT_CHUNK};
+use super::{dispatch, pg_now_micros, wait_written, Outcome, SinkHandles, SnapshotError, TableRef, UnwrittenChunk, NEXT_CHUNK};
 use crate::config::Config;
 use crate::decode::{Change, OldTuple, OldTupleKind, Op};
 use crate::lsn::Lsn;
-use crate::pipeline::PipelineError;
 use crate::source::{connect_sql, ConnParams};
 
 /// The load's snapshot, kept in an open transaction so that the slot that exported it can be
@@ -38,7 +37,7 @@ pub struct HeldSnapshot {
 impl HeldSnapshot {
     /// Import the exported snapshot `name` into a new read transaction, which keeps reading it
     /// after the exporting session (and its slot) is gone.
-    pub async fn hold(params: &ConnParams, name: &str) -> Result<Self, PipelineError> {
+    pub async fn hold(params: &ConnParams, name: &str) -> Result<Self, SnapshotError> {
         let client = connect_sql(params).await?;
         Ok(Self { reader: Reader::begin(client, Some(name)).await? })
     }
@@ -66,7 +65,7 @@ pub async fn recheck(
     plan: RecheckPlan<'_>,
     sinks: SinkHandles<'_>,
     shutdown: &CancellationToken,
-) -> Result<Outcome, PipelineError> {
+) -> Result<Outcome, SnapshotError> {
     let mut sinks = sinks;
     let RecheckPlan { tables, loaded, newer, point } = plan;
     let mut loaded = loaded.reader;
@@ -77,7 +76,7 @@ pub async fn recheck(
     let mut current = Reader::begin(connect_sql(params).await?, Some(newer)).await?;
     let exported: Option<Arc<str>> = Some(Arc::from(newer));
     let commit_ts = pg_now_micros();
-    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut pending: VecDeque<UnwrittenChunk> = VecDeque::new();
     let mut next_chunk = NEXT_CHUNK.fetch_add(1 << 32, std::sync::atomic::Ordering::Relaxed);
     let (mut checked, mut deleted) = (0u64, 0u64);
     let mut outcome = Outcome::Done;
@@ -116,7 +115,7 @@ pub async fn recheck(
                     .collect();
                 deleted += deletes.len() as u64;
                 tracing::debug!(table = %table, rows = deletes.len(), "rows gone since the snapshot: deleting");
-                let part = Pending { chunk: next_chunk, table: Some(ti), after: None, rows: 0, last_of_table, acks: 0 };
+                let part = UnwrittenChunk { chunk: next_chunk, table: Some(ti), after: None, rows: 0, last_of_table, acks: 0 };
                 next_chunk += 1;
                 if !dispatch(&mut sinks, deletes, part, exported.clone(), &mut pending, tables, &mut None, shutdown).await? {
                     outcome = Outcome::Interrupted;

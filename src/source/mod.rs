@@ -1,6 +1,7 @@
 //! The source: Postgres connections. A replication connection streams the slot; an ordinary SQL
 //! connection runs preflight checks and slot/publication management.
 
+mod catalog;
 mod lease;
 mod monitor;
 mod preflight;
@@ -9,6 +10,7 @@ mod sql;
 mod tls;
 mod types;
 
+pub(crate) use catalog::Catalog;
 pub use lease::{lease_key, Lease, LeaseEnd};
 pub use monitor::{heartbeat, monitor_slot};
 pub use preflight::{preflight, Finding, Severity};

@@ -2,37 +2,12 @@
 //! RSS stays under 100 MB (bounded memory: nothing buffers a whole transaction). The figures
 //! (elapsed, rows/s, peak RSS) are printed; there is no assertion on speed.
 
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 
 const ROWS: u64 = 1_000_000;
 const RSS_LIMIT_KB: u64 = 100 * 1024;
-
-/// Counts newlines appended to a file, reading only what is new.
-struct LineCounter {
-    offset: u64,
-    lines: u64,
-    buf: Vec<u8>,
-}
-
-impl LineCounter {
-    fn update(&mut self, path: &std::path::Path) -> u64 {
-        if let Ok(mut f) = std::fs::File::open(path) {
-            f.seek(SeekFrom::Start(self.offset)).expect("seek");
-            loop {
-                let n = f.read(&mut self.buf).expect("read");
-                if n == 0 {
-                    break;
-                }
-                self.offset += n as u64;
-                self.lines += self.buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
-            }
-        }
-        self.lines
-    }
-}
 
 #[derive(serde::Deserialize)]
 struct Line {
@@ -74,7 +49,7 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
     let committed = Instant::now();
     let insert_time = committed - t0;
 
-    let mut counter = LineCounter { offset: 0, lines: 0, buf: vec![0; 1 << 20] };
+    let mut counter = LineCounter::default();
     let deadline = committed + Duration::from_secs(600);
     let mut first_line_at = None;
     loop {
@@ -101,7 +76,7 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
         ROWS as f64 / elapsed.as_secs_f64(),
         peak_kb as f64 / 1024.0,
         rss_kb as f64 / 1024.0,
-        counter.offset as f64 / 1e6,
+        counter.bytes() as f64 / 1e6,
     );
 
     // Every row exactly once, in order, with its values.

@@ -2,7 +2,6 @@
 //! RSS drops back under 64 MB: no reused buffer keeps the capacity the huge value made it grow
 //! to. The figures (idle, peak and final RSS) are printed.
 
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -12,31 +11,6 @@ const DIGESTS: u64 = 6_250_000;
 const VALUE_BYTES: u64 = DIGESTS * 32;
 /// Well above walcast's idle RSS (a few MB), far below the size of the value.
 const RSS_AFTER_LIMIT_KB: u64 = 64 * 1024;
-
-/// Counts newlines appended to a file, reading only what is new (the huge line is never parsed
-/// whole by the test).
-struct LineCounter {
-    offset: u64,
-    lines: u64,
-    buf: Vec<u8>,
-}
-
-impl LineCounter {
-    fn update(&mut self, path: &std::path::Path) -> u64 {
-        if let Ok(mut f) = std::fs::File::open(path) {
-            f.seek(SeekFrom::Start(self.offset)).expect("seek");
-            loop {
-                let n = f.read(&mut self.buf).expect("read");
-                if n == 0 {
-                    break;
-                }
-                self.offset += n as u64;
-                self.lines += self.buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
-            }
-        }
-        self.lines
-    }
-}
 
 async fn wait_lines(wc: &mut Walcast, counter: &mut LineCounter, n: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -71,9 +45,9 @@ async fn memory_is_given_back_after_a_huge_value() {
     let idle_kb = wc.vm_rss_kb();
 
     exec(&sql, &format!("INSERT INTO blobs SELECT 1, string_agg(md5(g::text), '') FROM generate_series(1, {DIGESTS}) g")).await;
-    let mut counter = LineCounter { offset: 0, lines: 0, buf: vec![0; 1 << 20] };
+    let mut counter = LineCounter::default();
     wait_lines(&mut wc, &mut counter, 1, Duration::from_secs(600)).await;
-    assert!(counter.offset > VALUE_BYTES, "the line holds the whole value: {} bytes", counter.offset);
+    assert!(counter.bytes() > VALUE_BYTES, "the line holds the whole value: {} bytes", counter.bytes());
     let peak_kb = wc.vm_hwm_kb();
 
     // Small rows in their own transactions: every reused buffer is used again for a normal row.
@@ -93,7 +67,7 @@ async fn memory_is_given_back_after_a_huge_value() {
         "huge_value: walcast RSS idle {:.1} MB, peak (VmHWM) {:.1} MB, after the huge value and {} small rows {:.1} MB",
         idle_kb as f64 / 1024.0,
         peak_kb as f64 / 1024.0,
-        counter.lines - 1,
+        counter.lines() - 1,
         rss_kb as f64 / 1024.0,
     );
     assert!(

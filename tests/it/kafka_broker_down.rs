@@ -7,8 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::kafka::*;
@@ -49,21 +47,7 @@ async fn broker_down_for_30s_loses_nothing_and_holds_the_slot() {
     });
 
     // The workload: one row per transaction, about 100 transactions per second, all the time.
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(Mutex::new(Vec::<i64>::new()));
-    let workload = tokio::spawn({
-        let (stop, committed) = (stop.clone(), committed.clone());
-        let client = db.client().await;
-        async move {
-            let mut id = 0i64;
-            while !stop.load(Ordering::SeqCst) {
-                id += 1;
-                exec(&client, &format!("INSERT INTO t VALUES ({id}, md5('{id}'))")).await;
-                committed.lock().expect("lock").push(id);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    });
+    let workload = RowWorkload::start(&db, Duration::from_millis(10)).await;
 
     // Streaming works before the outage.
     let mut consumer = Collector::assigned(&bootstrap, &[&topic], 2);
@@ -72,7 +56,7 @@ async fn broker_down_for_30s_loses_nothing_and_holds_the_slot() {
     // Outage.
     mock.broker_down(1).expect("broker down");
     let down_at = current_wal_lsn(&sql).await;
-    let committed_before = committed.lock().expect("lock").len();
+    let committed_before = workload.committed();
     let outage_started = Instant::now();
     let mut max_confirmed = db.confirmed_flush_lsn().await;
     while outage_started.elapsed() < OUTAGE {
@@ -86,7 +70,7 @@ async fn broker_down_for_30s_loses_nothing_and_holds_the_slot() {
         );
         max_confirmed = max_confirmed.max(confirmed);
     }
-    let committed_during = committed.lock().expect("lock").len() - committed_before;
+    let committed_during = workload.committed() - committed_before;
     assert!(committed_during > 500, "the workload kept committing during the outage ({committed_during} transactions)");
     eprintln!("outage: {committed_during} transactions committed, confirmed_flush_lsn stayed at {max_confirmed} <= {down_at}");
 
@@ -94,9 +78,7 @@ async fn broker_down_for_30s_loses_nothing_and_holds_the_slot() {
     mock.broker_up(1).expect("broker up");
     let up_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::SeqCst);
-    workload.await.expect("workload");
-    let ids: BTreeSet<i64> = committed.lock().expect("lock").iter().copied().collect();
+    let ids = workload.stop().await;
     let end = current_wal_lsn(&sql).await;
 
     tokio::task::block_in_place(|| {

@@ -8,8 +8,6 @@
 //! - afterwards every committed row arrives on the topic and the slot moves past the last commit.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::kafka::*;
@@ -34,21 +32,7 @@ async fn broker_paused_40s_recovers_without_a_restart() {
     wc.start();
 
     // The workload: one row per transaction, about 100 transactions per second, all the time.
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(Mutex::new(Vec::<i64>::new()));
-    let workload = tokio::spawn({
-        let (stop, committed) = (stop.clone(), committed.clone());
-        let client = db.client().await;
-        async move {
-            let mut id = 0i64;
-            while !stop.load(Ordering::SeqCst) {
-                id += 1;
-                exec(&client, &format!("INSERT INTO t VALUES ({id}, md5('{id}'))")).await;
-                committed.lock().expect("lock").push(id);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    });
+    let workload = RowWorkload::start(&db, Duration::from_millis(10)).await;
 
     // Streaming works before the stall.
     let mut consumer = Collector::assigned(&bootstrap, &[&topic], 2);
@@ -57,7 +41,7 @@ async fn broker_paused_40s_recovers_without_a_restart() {
     // The stall.
     broker.pause();
     let paused_at = current_wal_lsn(&sql).await;
-    let committed_before = committed.lock().expect("lock").len();
+    let committed_before = workload.committed();
     let stall_started = Instant::now();
     let mut max_confirmed = db.confirmed_flush_lsn().await;
     while stall_started.elapsed() < STALL {
@@ -73,15 +57,13 @@ async fn broker_paused_40s_recovers_without_a_restart() {
     }
     broker.resume();
     let resumed = Instant::now();
-    let committed_during = committed.lock().expect("lock").len() - committed_before;
+    let committed_during = workload.committed() - committed_before;
     assert!(committed_during > 500, "the workload kept committing during the stall ({committed_during} transactions)");
     eprintln!("stall: {committed_during} transactions committed, confirmed_flush_lsn stayed at {max_confirmed} <= {paused_at}");
 
     // The workload goes on for a while after the broker is back, then stops.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    stop.store(true, Ordering::SeqCst);
-    workload.await.expect("workload");
-    let ids: BTreeSet<i64> = committed.lock().expect("lock").iter().copied().collect();
+    let ids = workload.stop().await;
     let end = current_wal_lsn(&sql).await;
 
     // The slot moves past the last commit, by the same walcast process.

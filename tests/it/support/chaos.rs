@@ -62,6 +62,51 @@ impl Workload {
     }
 }
 
+/// A background workload on its own connection: one row per transaction into the test table
+/// `t (id int, v text)`, ids 1, 2, 3..., a transaction every `every` until [`RowWorkload::stop`];
+/// the ids whose commit returned are recorded.
+pub struct RowWorkload {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    committed: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RowWorkload {
+    /// Start inserting into `t` of `db`.
+    pub async fn start(db: &TestDb, every: Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let committed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let client = db.client().await;
+        let task = tokio::spawn({
+            let (stop, committed) = (stop.clone(), committed.clone());
+            async move {
+                let mut id = 0i64;
+                while !stop.load(Ordering::SeqCst) {
+                    id += 1;
+                    exec(&client, &format!("INSERT INTO t VALUES ({id}, md5('{id}'))")).await;
+                    committed.lock().expect("lock").push(id);
+                    tokio::time::sleep(every).await;
+                }
+            }
+        });
+        Self { stop, committed, task }
+    }
+
+    /// How many transactions committed so far.
+    pub fn committed(&self) -> usize {
+        self.committed.lock().expect("lock").len()
+    }
+
+    /// Stop after the transaction in progress; returns the committed ids.
+    pub async fn stop(self) -> BTreeSet<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("workload");
+        let ids = self.committed.lock().expect("lock");
+        ids.iter().copied().collect()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The chaos cluster
 

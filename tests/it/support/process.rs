@@ -306,6 +306,46 @@ pub fn read_snapshot_state(state_dir: &Path, slot: &str) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// Counts the newlines appended to a file (walcast's output), reading only what is new and never
+/// parsing a line: for outputs too big to hold (a million rows, a 200 MB value).
+#[derive(Default)]
+pub struct LineCounter {
+    offset: u64,
+    lines: u64,
+    buf: Vec<u8>,
+}
+
+impl LineCounter {
+    /// Read what was appended to `path` since the last call; returns the lines counted so far.
+    pub fn update(&mut self, path: &Path) -> u64 {
+        if self.buf.is_empty() {
+            self.buf = vec![0; 1 << 20];
+        }
+        if let Ok(mut f) = std::fs::File::open(path) {
+            f.seek(SeekFrom::Start(self.offset)).expect("seek");
+            loop {
+                let n = f.read(&mut self.buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                self.offset += n as u64;
+                self.lines += self.buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+            }
+        }
+        self.lines
+    }
+
+    /// Lines counted so far.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.offset
+    }
+}
+
 /// Send a signal with the `kill` command (no libc binding needed).
 pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("run kill");

@@ -1,7 +1,7 @@
 //! walcast's integration tests in one binary, linked once with walcast and librdkafka: a module
 //! per area (`cargo test --release --test it crash::` runs one) and `support`, shared by all.
 //! They run the real binary against the servers `scripts/test-env` starts. Every test has its
-//! own database, slot, index and topics, so tests run in parallel (`scripts/test`: 2 threads);
+//! own database, slot, index and topics, so tests run in parallel (`scripts/test`: 3 threads);
 //! the few that must not overlap take a lock: the chaos cluster's (`support::chaos`) or
 //! `wal_heavy` (`support::pg`).
 // types_golden's json! of every type nests deeply.

@@ -18,7 +18,7 @@ use crate::support::obs::*;
 use crate::support::*;
 use walcast::lsn::Lsn;
 
-/// How long the unpublished table is written.
+/// How long the unpublished table is written (at least).
 const WRITE_FOR: Duration = Duration::from_secs(8);
 /// Samples taken while writing.
 const SAMPLES: usize = 4;
@@ -55,7 +55,9 @@ async fn quiet_run(test: &str, heartbeat_ms: u64) -> Run {
     let mut retained = Vec::new();
     let begin = Instant::now();
     let mut next_sample = begin + WRITE_FOR / SAMPLES as u32;
-    while begin.elapsed() < WRITE_FOR {
+    // Until both the time has passed and every sample is taken (a CHECKPOINT is slow on a busy
+    // machine, and a late sample would fall out of the window).
+    while begin.elapsed() < WRITE_FOR || confirmed.len() < SAMPLES {
         exec(&client, "INSERT INTO noise (b) SELECT md5(g::text) FROM generate_series(1, 1000) g").await;
         tokio::time::sleep(Duration::from_millis(25)).await;
         if Instant::now() >= next_sample {

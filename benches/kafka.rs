@@ -19,7 +19,8 @@
 //!   WALCAST_BENCH_KAFKA_ROWS             rows in the throughput transaction (200000)
 //!   WALCAST_BENCH_KAFKA_LATENCY_SECS     duration of the latency run (10)
 
-use std::path::{Path, PathBuf};
+mod setup;
+
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,8 +30,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
-use tokio::process::{Child, Command};
-use tokio_postgres::{Client, NoTls};
+use setup::{connect, create_bench_db, drop_bench_db, drop_slot, env_num, stop, wait_active, Target};
+use tokio::process::Child;
+use tokio_postgres::Client;
 
 const DB: &str = "walcast_bench_kafka";
 const PUBLICATION: &str = "bench_kafka_pub";
@@ -44,29 +46,12 @@ const GOAL_ROWS_PER_SEC: f64 = 30_000.0;
 const GOAL_P99_MS: f64 = 100.0;
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kafka bench: cannot start tokio: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kafka bench FAILED: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    setup::run("kafka", bench)
 }
 
 struct Env {
-    admin_url: String,
-    host: String,
-    port: u16,
-    user: String,
+    pg: Target,
     kafka: String,
-    walcast_bin: PathBuf,
     rows: u64,
     latency_secs: u64,
     tmp: tempfile::TempDir,
@@ -76,53 +61,19 @@ struct Env {
 
 impl Env {
     fn load() -> Result<Self> {
-        let admin_url = std::env::var("WALCAST_TEST_PG")
-            .map_err(|_| anyhow!("WALCAST_TEST_PG is not set: run scripts/bench-kafka, or eval \"$(scripts/test-env)\" first"))?;
+        let pg = Target::from_env("scripts/bench-kafka")?;
         let kafka = std::env::var("WALCAST_TEST_KAFKA")
             .map_err(|_| anyhow!("WALCAST_TEST_KAFKA is not set: run scripts/bench-kafka, or eval \"$(scripts/test-env)\" first"))?;
-        let cfg: tokio_postgres::Config = admin_url.parse().context("parse WALCAST_TEST_PG")?;
-        let host = match cfg.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "127.0.0.1".to_string(),
-        };
-        let walcast_bin = std::env::var_os("WALCAST_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/walcast"));
-        if !walcast_bin.is_file() {
-            bail!("{} not found: build it with `cargo build --release` (scripts/bench-kafka does)", walcast_bin.display());
-        }
-        let num = |name: &str, default: u64| -> Result<u64> {
-            match std::env::var(name) {
-                Ok(v) => v.trim().replace('_', "").parse().with_context(|| format!("{name}={v:?} is not a number")),
-                Err(_) => Ok(default),
-            }
-        };
         Ok(Self {
-            admin_url,
-            host,
-            port: cfg.get_ports().first().copied().unwrap_or(5432),
-            user: cfg.get_user().unwrap_or("postgres").to_string(),
+            pg,
             kafka,
-            walcast_bin,
-            rows: num("WALCAST_BENCH_KAFKA_ROWS", 200_000)?.max(1),
-            latency_secs: num("WALCAST_BENCH_KAFKA_LATENCY_SECS", 10)?.max(1),
+            rows: env_num("WALCAST_BENCH_KAFKA_ROWS", 200_000)?.max(1),
+            latency_secs: env_num("WALCAST_BENCH_KAFKA_LATENCY_SECS", 10)?.max(1),
+
             tmp: tempfile::Builder::new().prefix("walcast-bench-kafka").tempdir().context("temp dir")?,
             run_id: format!("{}", SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)),
         })
     }
-
-    fn db_url(&self) -> String {
-        format!("host={} port={} user={} dbname={DB}", self.host, self.port, self.user)
-    }
-}
-
-async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connect to {url}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -142,18 +93,10 @@ impl SinkKind {
 
 async fn bench() -> Result<()> {
     let env = Env::load()?;
-    let admin = connect(&env.admin_url).await?;
-    cleanup(&admin).await.context("remove what an earlier run left")?;
+    let admin = connect(&env.pg.admin_url).await?;
+    drop_bench_db(&admin, DB, Some(SLOT_PREFIX)).await.context("remove what an earlier run left")?;
     let result = async {
-        admin.batch_execute(&format!("CREATE DATABASE {DB}")).await.context("create database")?;
-        let db = connect(&env.db_url()).await?;
-        db.batch_execute(&format!(
-            "CREATE TABLE bench_rows (id bigserial PRIMARY KEY, a int, b text, c timestamptz DEFAULT now(), d numeric) \
-                 WITH (autovacuum_enabled = false);
-             CREATE PUBLICATION {PUBLICATION} FOR TABLE bench_rows;"
-        ))
-        .await
-        .context("create table and publication")?;
+        let db = create_bench_db(&admin, &env.pg, DB, PUBLICATION).await?;
 
         let mut rates = Vec::new();
         for kind in [SinkKind::Kafka, SinkKind::Jsonl] {
@@ -169,7 +112,7 @@ async fn bench() -> Result<()> {
         Ok::<_, anyhow::Error>((rates, target_rate, latency))
     }
     .await;
-    let cleaned = cleanup(&admin).await;
+    let cleaned = drop_bench_db(&admin, DB, Some(SLOT_PREFIX)).await;
     let (rates, target_rate, latency) = result?;
     cleaned.context("clean up")?;
 
@@ -201,83 +144,17 @@ async fn bench() -> Result<()> {
     Ok(())
 }
 
-async fn cleanup(admin: &Client) -> Result<()> {
-    for _ in 0..100 {
-        let rows = admin
-            .query(
-                "SELECT slot_name::text, active_pid FROM pg_replication_slots WHERE slot_name LIKE $1 OR database = $2",
-                &[&format!("{SLOT_PREFIX}%"), &DB],
-            )
-            .await?;
-        if rows.is_empty() {
-            break;
-        }
-        for row in rows {
-            let slot: String = row.get(0);
-            let pid: Option<i32> = row.get(1);
-            if let Some(pid) = pid {
-                admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
-            } else {
-                let _ = admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await?;
-    Ok(())
-}
-
 /// Start walcast for `slot` with one sink. Its log goes to a file in the temp dir.
 fn spawn_walcast(env: &Env, slot: &str, kind: SinkKind, prefix: &str) -> Result<Child> {
     let sink = match kind {
         SinkKind::Jsonl => "[sinks.jsonl]\npath = \"/dev/null\"\n".to_string(),
         SinkKind::Kafka => format!("[sinks.kafka]\nbootstrap_servers = \"{}\"\nprefix = \"{prefix}\"\n", env.kafka),
     };
-    let config = format!(
-        "[source]\nhost = \"{}\"\nport = {}\ndatabase = \"{DB}\"\nuser = \"{}\"\nslot = \"{slot}\"\npublication = \"{PUBLICATION}\"\n\
-         create_slot = false\ncreate_publication = false\nstatus_interval_ms = {STATUS_INTERVAL_MS}\n\n{sink}\n[log]\nlevel = \"warn\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        env.host, env.port, env.user
-    );
+    let source = format!("create_slot = false\ncreate_publication = false\nstatus_interval_ms = {STATUS_INTERVAL_MS}\n");
     let path = env.tmp.path().join(format!("{slot}.toml"));
-    std::fs::write(&path, config).context("write config")?;
+    std::fs::write(&path, env.pg.walcast_config(DB, slot, PUBLICATION, &source, &sink)).context("write config")?;
     let log = std::fs::File::create(env.tmp.path().join(format!("{slot}.log"))).context("log file")?;
-    Command::new(&env.walcast_bin)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawn walcast")
-}
-
-async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-    }
-    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
-        let _ = child.kill().await;
-    }
-}
-
-async fn wait_active(admin: &Client, slot: &str, child: &mut Child) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("walcast exited ({status}) before streaming");
-        }
-        let active: Option<bool> =
-            admin.query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await?.map(|r| r.get(0));
-        if active == Some(true) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("slot {slot} not active after 30 s");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    env.pg.spawn_walcast(&path, Stdio::null(), Stdio::from(log))
 }
 
 async fn wait_confirmed(admin: &Client, slot: &str, target: &str, child: &mut Child, timeout: Duration) -> Result<Instant> {
@@ -303,24 +180,6 @@ async fn wait_confirmed(admin: &Client, slot: &str, target: &str, child: &mut Ch
 async fn create_slot(db: &Client, slot: &str) -> Result<()> {
     db.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).await.context("create slot")?;
     Ok(())
-}
-
-/// Drop a slot, ending a walsender that still holds it (walcast was stopped or killed).
-async fn drop_slot(admin: &Client, slot: &str) -> Result<()> {
-    for _ in 0..600 {
-        let row = admin.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await?;
-        match row.map(|r| r.get::<_, Option<i32>>(0)) {
-            None => return Ok(()),
-            Some(Some(pid)) => {
-                admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
-            }
-            Some(None) => {
-                let _ = admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("cannot drop slot {slot}")
 }
 
 /// The end of walcast's log for `slot`, for error messages.

@@ -21,17 +21,19 @@
 //!   WALCAST_BENCH_ONLY              `throughput` or `latency` to run one part, or `walcast` /
 //!                                   `pg_recvlogical` for the throughput runs of one consumer
 
+mod setup;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use setup::{connect, create_bench_db, drop_bench_db, drop_slot, env_num, stop, wait_active, Target};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const DB: &str = "walcast_bench";
 const PUBLICATION: &str = "bench_pub";
@@ -47,30 +49,14 @@ const GOAL_RSS_MB: f64 = 40.0;
 const GOAL_P50_MS: f64 = 50.0;
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("replication bench: cannot start tokio: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("replication bench FAILED: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    setup::run("replication", bench)
 }
 
 /// Settings read from the environment.
 struct Env {
-    admin_url: String,
-    host: String,
-    port: u16,
-    user: String,
+    pg: Target,
     pg_bin: PathBuf,
-    walcast_bin: PathBuf,
+
     rows: u64,
     runs: usize,
     latency_commits: usize,
@@ -84,32 +70,11 @@ struct Env {
 
 impl Env {
     fn load() -> Result<Self> {
-        let admin_url = std::env::var("WALCAST_TEST_PG")
-            .map_err(|_| anyhow!("WALCAST_TEST_PG is not set: run scripts/bench-replication, or eval \"$(scripts/test-env)\" first"))?;
-        let cfg = tokio_postgres::Config::from_str(&admin_url).context("parse WALCAST_TEST_PG")?;
-        let host = match cfg.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "127.0.0.1".to_string(),
-        };
-        let port = cfg.get_ports().first().copied().unwrap_or(5432);
-        let user = cfg.get_user().unwrap_or("postgres").to_string();
+        let pg = Target::from_env("scripts/bench-replication")?;
         let pg_bin = PathBuf::from(std::env::var("WALCAST_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()));
-        let walcast_bin = std::env::var_os("WALCAST_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/walcast"));
-        if !walcast_bin.is_file() {
-            bail!("{} not found: build it with `cargo build --release` (scripts/bench-replication does)", walcast_bin.display());
-        }
         if !pg_bin.join("pg_recvlogical").is_file() {
             bail!("{} not found: set WALCAST_TEST_PG_BIN", pg_bin.join("pg_recvlogical").display());
         }
-        let num = |name: &str, default: u64| -> Result<u64> {
-            match std::env::var(name) {
-                Ok(v) => v.trim().replace('_', "").parse().with_context(|| format!("{name}={v:?} is not a number")),
-                Err(_) => Ok(default),
-            }
-        };
         let only = std::env::var("WALCAST_BENCH_ONLY").unwrap_or_default();
         let clk_tck = std::process::Command::new("getconf")
             .arg("CLK_TCK")
@@ -119,15 +84,11 @@ impl Env {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100.0);
         Ok(Self {
-            admin_url,
-            host,
-            port,
-            user,
+            pg,
             pg_bin,
-            walcast_bin,
-            rows: num("WALCAST_BENCH_ROWS", 1_000_000)?.max(1),
-            runs: num("WALCAST_BENCH_RUNS", 2)?.max(1) as usize,
-            latency_commits: num("WALCAST_BENCH_LATENCY_COMMITS", 200)?.max(1) as usize,
+            rows: env_num("WALCAST_BENCH_ROWS", 1_000_000)?.max(1),
+            runs: env_num("WALCAST_BENCH_RUNS", 2)?.max(1) as usize,
+            latency_commits: env_num("WALCAST_BENCH_LATENCY_COMMITS", 200)?.max(1) as usize,
             throughput: matches!(only.as_str(), "" | "throughput" | "walcast" | "pg_recvlogical"),
             latency: matches!(only.as_str(), "" | "latency"),
             consumers: match only.as_str() {
@@ -140,72 +101,28 @@ impl Env {
             tmp: tempfile::Builder::new().prefix("walcast-bench").tempdir().context("temp dir")?,
         })
     }
-
-    fn db_url(&self) -> String {
-        format!("host={} port={} user={} dbname={DB}", self.host, self.port, self.user)
-    }
-}
-
-async fn connect(url: &str) -> Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connect to {url}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
 }
 
 async fn bench() -> Result<()> {
     let env = Env::load()?;
-    let admin = connect(&env.admin_url).await?;
+    let admin = connect(&env.pg.admin_url).await?;
     let server_version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
 
-    cleanup(&admin).await.context("remove what an earlier run left")?;
+    drop_bench_db(&admin, DB, None).await.context("remove what an earlier run left")?;
     let result = async {
-        admin.batch_execute(&format!("CREATE DATABASE {DB}")).await.context("create database")?;
-        let db = connect(&env.db_url()).await?;
-        // Autovacuum is off on the table so no vacuum competes for the 2 cores mid-measurement.
-        db.batch_execute(&format!(
-            "CREATE TABLE bench_rows (id bigserial PRIMARY KEY, a int, b text, c timestamptz DEFAULT now(), d numeric) \
-                 WITH (autovacuum_enabled = false);
-             CREATE PUBLICATION {PUBLICATION} FOR TABLE bench_rows;"
-        ))
-        .await
-        .context("create table and publication")?;
+        let db = create_bench_db(&admin, &env.pg, DB, PUBLICATION).await?;
 
         let throughput = if env.throughput { Some(throughput(&env, &admin, &db).await?) } else { None };
         let latency = if env.latency { Some(latency(&env, &admin, &db).await?) } else { None };
         Ok::<_, anyhow::Error>((throughput, latency))
     }
     .await;
-    let cleaned = cleanup(&admin).await;
+    let cleaned = drop_bench_db(&admin, DB, None).await;
     let (throughput, latency) = result?;
     cleaned.context("clean up slots and the bench database")?;
 
     summary(&env, &server_version, cores, throughput.as_ref(), latency.as_ref());
-    Ok(())
-}
-
-/// Drop every slot of the bench database (ending its walsender first), then the database.
-async fn cleanup(admin: &Client) -> Result<()> {
-    for _ in 0..100 {
-        let rows = admin.query("SELECT slot_name::text, active_pid FROM pg_replication_slots WHERE database = $1", &[&DB]).await?;
-        if rows.is_empty() {
-            break;
-        }
-        for row in rows {
-            let slot: String = row.get(0);
-            let pid: Option<i32> = row.get(1);
-            if let Some(pid) = pid {
-                admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
-            } else {
-                // May race with a walsender that just took it; the next round retries.
-                let _ = admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)")).await?;
     Ok(())
 }
 
@@ -364,7 +281,7 @@ async fn measure_drain(env: &Env, admin: &Client, db: &Client, slot: &str, child
 
 fn spawn_recvlogical(env: &Env, slot: &str) -> Result<Child> {
     Command::new(env.pg_bin.join("pg_recvlogical"))
-        .args(["-h", &env.host, "-p", &env.port.to_string(), "-U", &env.user, "-d", DB])
+        .args(["-h", &env.pg.host, "-p", &env.pg.port.to_string(), "-U", &env.pg.user, "-d", DB])
         .args(["--slot", slot, "--start", "-P", "pgoutput"])
         .args(["-o", "proto_version=1", "-o", &format!("publication_names={PUBLICATION}")])
         // -F 0: no fsync (/dev/null cannot be synced anyway) and the flush position it reports
@@ -379,100 +296,12 @@ fn spawn_recvlogical(env: &Env, slot: &str) -> Result<Child> {
 
 fn spawn_walcast(env: &Env, slot: &str, path: &str, stdout: Stdio) -> Result<Child> {
     let config = env.tmp.path().join(format!("{slot}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"[source]
-host = "{host}"
-port = {port}
-database = "{DB}"
-user = "{user}"
-slot = "{slot}"
-publication = "{PUBLICATION}"
-tables = ["public.bench_rows"]
-create_slot = true
-create_publication = false
-status_interval_ms = {STATUS_INTERVAL_MS}
-
-[sinks.jsonl]
-path = "{path}"
-
-[log]
-level = "warn"
-
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            host = env.host,
-            port = env.port,
-            user = env.user,
-        ),
-    )
-    .context("write walcast config")?;
-    Command::new(&env.walcast_bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("spawn {}", env.walcast_bin.display()))
-}
-
-/// Wait until a walsender streams `slot` (START_REPLICATION accepted); returns its pid.
-async fn wait_active(admin: &Client, slot: &str, child: &mut Child) -> Result<Option<u32>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("consumer exited ({status}) before streaming slot {slot}");
-        }
-        // A walsender, not the SQL backend that creates the slot (it holds the slot briefly).
-        let row = admin
-            .query_opt(
-                "SELECT s.active_pid FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                 WHERE s.slot_name = $1",
-                &[&slot],
-            )
-            .await?;
-        if let Some(row) = row {
-            return Ok(row.get::<_, Option<i32>>(0).map(|p| p as u32));
-        }
-        if Instant::now() > deadline {
-            bail!("slot {slot} not streamed within 30 s");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// SIGTERM (both consumers stop cleanly on it), then SIGKILL after 15 s.
-async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        if tokio::time::timeout(Duration::from_secs(15), child.wait()).await.is_ok() {
-            return;
-        }
-        eprintln!("replication bench: pid {pid} ignored SIGTERM for 15 s, killing it");
-    }
-    let _ = child.kill().await;
-}
-
-async fn drop_slot(admin: &Client, slot: &str) -> Result<()> {
-    for _ in 0..100 {
-        let row = admin.query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await?;
-        match row {
-            None => return Ok(()),
-            Some(r) => match r.get::<_, Option<i32>>(0) {
-                // The walsender is still exiting.
-                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                None => {
-                    if admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.is_ok() {
-                        return Ok(());
-                    }
-                }
-            },
-        }
-    }
-    bail!("could not drop slot {slot}")
+    let source = format!(
+        "tables = [\"public.bench_rows\"]\ncreate_slot = true\ncreate_publication = false\nstatus_interval_ms = {STATUS_INTERVAL_MS}\n"
+    );
+    let sink = format!("[sinks.jsonl]\npath = \"{path}\"\n");
+    std::fs::write(&config, env.pg.walcast_config(DB, slot, PUBLICATION, &source, &sink)).context("write walcast config")?;
+    env.pg.spawn_walcast(&config, stdout, Stdio::inherit())
 }
 
 // ---------------------------------------------------------------------------------------------

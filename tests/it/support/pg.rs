@@ -335,8 +335,8 @@ async fn drop_database(admin: &Client, name: &str) {
 }
 
 /// Held by the tests that write or measure hundreds of MB of WAL on the main cluster (a 200 MB
-/// value, a million-row transaction, the retained WAL of a quiet slot), so that one's WAL never
-/// shows in another's figures: they run one at a time, beside any other test.
+/// value, a million-row transaction), so that one's WAL never shows in another's figures: they
+/// run one at a time, beside any other test.
 pub async fn wal_heavy() -> tokio::sync::MutexGuard<'static, ()> {
     static WAL_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     WAL_HEAVY.lock().await

@@ -11,7 +11,7 @@
 //!    is an upper bound of commit -> delivery report (the broker acknowledges a record before a
 //!    consumer can fetch it).
 //!
-//! Goals (DESIGN.md): >= 30,000 rows/s into the broker; p99 < 100 ms at half that rate. A
+//! Goals: >= 30,000 rows/s into the broker; p99 < 100 ms at half that rate. A
 //! measurement: exits 0 with MISSED printed when a goal is missed, non-zero only when it could
 //! not measure. Run it through `scripts/bench-kafka`. Knobs (environment):
 //!   WALCAST_TEST_PG, WALCAST_TEST_KAFKA  set by scripts/test-env

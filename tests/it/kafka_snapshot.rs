@@ -1,4 +1,4 @@
-//! Issue 10 item 3 in Kafka: the snapshot scenario of `tests/snapshot.rs` (several tables, SIGKILL
+//! The snapshot scenario of `snapshot.rs` in Kafka (several tables, SIGKILL
 //! while chunks are in flight, resumed more than once) with a Kafka sink beside the JSON-lines
 //! one. De-duplicating the topics by the documented identity, `(source.change_id, op)`
 //! (docs/kafka.md "Delivery"), keeps every row of every table once and drops the records a

@@ -345,7 +345,7 @@ async fn rejected_document_is_dead_lettered() {
     Es::new(&es_url).delete_index(&index).await;
 }
 
-/// A link table without REPLICA IDENTITY FULL (issue 10, item 5): `run` refuses at start, with
+/// A link table without REPLICA IDENTITY FULL: `run` refuses at start, with
 /// the fix `walcast check` prints, before any slot exists. Once it streams, the same table losing
 /// its identity makes a link DELETE a poison change: with no dead-letter destination configured
 /// it goes to the default file in `snapshot.state_dir` (LSN, table, reason with the fix),

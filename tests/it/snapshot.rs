@@ -187,7 +187,7 @@ async fn mode_never_streams_only_and_on_demand_loads_one_table() {
     db.drop().await;
 }
 
-/// Issue 10 item 3: a snapshot over several tables (keys overlapping between tables, a composite
+/// A snapshot over several tables (keys overlapping between tables, a composite
 /// key, a table without a primary key holding identical rows) is SIGKILLed while chunks are in
 /// flight and resumed, more than once (`interrupt_snapshot_in_flight`). De-duplicating the output
 /// by the documented identity, `change_id` (docs/events.md "Duplicates"), must keep every row of

@@ -1,4 +1,4 @@
-//! `walcast snapshot` beside a streaming `walcast run` while rows are deleted (issue 10, item 1),
+//! `walcast snapshot` beside a streaming `walcast run` while rows are deleted,
 //! on both Elasticsearch-API servers: osmem-server (keeps delete tombstones) and noida-db
 //! (keeps none, like Elasticsearch after `index.gc_deletes`).
 //!

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use super::pg::{exec, pg_url, PgUrl, TestDb};
+use super::pg::{current_wal_lsn, exec, pg_url, PgUrl, TestDb};
 use super::process::{read_snapshot_state, Walcast, WAIT};
 use super::{env_var, repo_root};
+use walcast::lsn::Lsn;
 
 /// The seed of a randomized crash test: `WALCAST_CRASH_SEED`, or else the clock. Printed, so a
 /// failing run can be repeated.
@@ -96,6 +97,19 @@ impl RowWorkload {
     /// How many transactions committed so far.
     pub fn committed(&self) -> usize {
         self.committed.lock().expect("lock").len()
+    }
+
+    /// Called once a sink's destination went away: waits for two more commits (the second one
+    /// began after that moment, so no sink can have it), then returns the WAL position, which is
+    /// past that commit. A slot confirmed beyond it confirmed a transaction not delivered. (The
+    /// WAL position of the moment itself is no bound: WAL of other databases after it, with none
+    /// of this workload's commits in between, is rightly confirmed.)
+    pub async fn bound_of_undelivered(&self, client: &Client) -> Lsn {
+        let before = self.committed();
+        while self.committed() < before + 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        current_wal_lsn(client).await
     }
 
     /// Stop after the transaction in progress; returns the committed ids.

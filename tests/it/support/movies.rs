@@ -1,4 +1,4 @@
-//! The movies dataset (`/work/shared/datasets/movies`, the online course's
+//! The movies dataset (`../shared/datasets/movies` beside the checkout, the online course's
 //! admin catalogue): load it into a test database with `scripts/load-movies`, derive the expected
 //! v2 document of every film in Rust from plain SELECTs of the five `content` tables (on purpose
 //! independent of the query in `config/movies.toml`), read an index back, and diff the two;

@@ -207,6 +207,11 @@ impl ConfigError {
     pub fn action(&self) -> Action {
         Action::Stop(EXIT_CONFIG)
     }
+
+    /// Never: the same file fails the same way.
+    pub fn is_retryable(&self) -> bool {
+        self.action() == Action::Retry
+    }
 }
 
 impl SnapshotError {
@@ -237,6 +242,11 @@ impl PipelineError {
             PipelineError::Sink(e) => e.action(),
             PipelineError::MetricsListen { .. } => Action::Stop(EXIT_SETUP),
         }
+    }
+
+    /// Errors that reach the caller were already retried where retrying made sense.
+    pub fn is_retryable(&self) -> bool {
+        self.action() == Action::Retry
     }
 
     /// The fix the policy adds when it stops on this error (see [`SourceError::fix`]).

@@ -58,11 +58,6 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// Config errors never fix themselves.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-
     fn invalid(field: &str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid { field: field.to_string(), reason: reason.into() }
     }

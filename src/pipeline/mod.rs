@@ -44,18 +44,6 @@ pub enum PipelineError {
     },
 }
 
-impl PipelineError {
-    /// Errors that reach the caller were already retried where retrying made sense.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            PipelineError::Config(e) => e.is_retryable(),
-            PipelineError::Source(e) => e.is_retryable(),
-            PipelineError::Sink(e) => e.is_retryable(),
-            PipelineError::MetricsListen { .. } => false,
-        }
-    }
-}
-
 impl From<SnapshotError> for PipelineError {
     fn from(e: SnapshotError) -> Self {
         match e {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::action::{ChangeOrigin, Rejected};
+use super::action::{ChangeOrigin, EsAction, EsOp, Rejected};
 use crate::config::{EsDocumentRule, TableName};
 use crate::decode::{Change, Datum, OldTupleKind, Op};
 use crate::lsn::Lsn;
@@ -85,6 +85,11 @@ impl RuleWork {
     /// Where rebuilt documents come from, for dead letters.
     pub fn origin(&self, rule: &DocumentRule) -> ChangeOrigin {
         ChangeOrigin { lsn: self.lsn, commit_lsn: self.version, table: Arc::clone(&rule.name), change: None }
+    }
+
+    /// The action writing (or deleting) root document `id` of `rule`, versioned by this work.
+    pub fn action(&self, rule: &DocumentRule, id: String, op: EsOp) -> EsAction {
+        EsAction { index: Arc::clone(&rule.index), id, version: self.version.0, op, origin: self.origin(rule) }
     }
 }
 

@@ -33,11 +33,12 @@ use tokio::sync::watch;
 pub use check::kafka_findings;
 
 use self::client::Context;
-use self::dead_letter::{DeadLetterDestination, DeadLetterFile};
+use self::dead_letter::DeadLetterDestination;
 use self::envelope::SourceStatic;
 use self::producer::new_producer;
 use self::render::BatchWrite;
 use self::tx::TxTracker;
+use super::line_file::DeadLetterFile;
 use super::{Batch, Sink, SinkError};
 use crate::config::KafkaSinkConfig;
 use crate::decode::Relation;

@@ -74,6 +74,54 @@ impl LineFileError {
     }
 }
 
+/// A JSON-lines file of dead letters (either sink's): the batch's lines are queued, then written,
+/// flushed and fsynced together before the batch counts as durable.
+pub(crate) struct DeadLetterFile {
+    file: LineFile,
+    queued: Vec<u8>,
+}
+
+impl DeadLetterFile {
+    /// Open `path` for appending (created when missing, with its directory: the default file
+    /// lives in `snapshot.state_dir`, which may not exist yet).
+    pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Self { file: LineFile::open(path)?, queued: Vec::new() })
+    }
+
+    /// The file's path (logged with every dead letter).
+    pub(crate) fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Cut off a line torn by a killed run.
+    pub(crate) async fn repair(&mut self) -> Result<(), LineFileError> {
+        self.file.repair().await
+    }
+
+    /// Where the next line is rendered (ending with `\n`).
+    pub(crate) fn queue(&mut self) -> &mut Vec<u8> {
+        &mut self.queued
+    }
+
+    /// Write, flush and fsync what was queued (on the blocking pool).
+    pub(crate) async fn sync(&mut self) -> Result<(), LineFileError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let result = self.file.append(&mut self.queued).await;
+        super::release_output_buf(&mut self.queued);
+        result
+    }
+
+    /// Drop what was queued (the batch failed and will be written again).
+    pub(crate) fn discard(&mut self) {
+        super::release_output_buf(&mut self.queued);
+    }
+}
+
 /// An append-only file of lines. See the module documentation.
 pub(crate) struct LineFile {
     path: Arc<Path>,

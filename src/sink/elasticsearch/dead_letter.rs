@@ -2,7 +2,6 @@
 //! from) are set aside with their reason, in a JSON-lines file or an index, and the stream goes on.
 
 use std::io::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 
 use super::bulk::{self, write_item, BulkKind, Item};
@@ -13,7 +12,7 @@ use crate::decode::{write_json_str, write_row_object, Change, UnchangedToast};
 use crate::lsn::Lsn;
 use crate::metrics::SinkLabel;
 use crate::route::Rejected;
-use crate::sink::line_file::{LineFile, LineFileError};
+use crate::sink::line_file::{DeadLetterFile, LineFileError};
 use crate::sink::SinkError;
 
 /// The mapping of a dead-letter index walcast creates: nothing in it is parsed by the cluster
@@ -98,46 +97,14 @@ impl DeadLetterRecord {
     }
 }
 
-/// A JSON-lines file of dead letters, fsynced before the batch counts as durable.
-pub struct DeadLetterFile {
-    file: LineFile,
-    buf: Vec<u8>,
-}
-
-impl DeadLetterFile {
-    /// Open `path` for appending (created when missing, with its directory: the default file
-    /// lives in `snapshot.state_dir`, which may not exist yet).
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        Ok(Self { file: LineFile::open(path)?, buf: Vec::new() })
+/// Append the letters to `file` as lines, flush and fsync (on the blocking pool).
+pub(crate) async fn write_records(file: &mut DeadLetterFile, letters: &[DeadLetterRecord]) -> Result<(), LineFileError> {
+    for l in letters {
+        let line = file.queue();
+        l.render(line);
+        line.push(b'\n');
     }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        self.file.path()
-    }
-
-    /// Cut off a line torn by a killed run.
-    pub(crate) async fn repair(&mut self) -> Result<(), LineFileError> {
-        self.file.repair().await
-    }
-
-    /// Append the letters as lines, flush and fsync (on the blocking pool).
-    pub(crate) async fn write(&mut self, letters: &[DeadLetterRecord]) -> Result<(), LineFileError> {
-        if letters.is_empty() {
-            return Ok(());
-        }
-        self.buf.clear();
-        for l in letters {
-            l.render(&mut self.buf);
-            self.buf.push(b'\n');
-        }
-        let result = self.file.append(&mut self.buf).await;
-        crate::sink::release_output_buf(&mut self.buf);
-        result
-    }
+    file.sync().await
 }
 
 /// The row key (replica identity) of change `pos`, as a JSON object, or empty.
@@ -205,7 +172,7 @@ impl DeadLetterDestination {
                 )));
             }
             Self::File(file) => {
-                if let Err(e) = file.write(&letters).await {
+                if let Err(e) = write_records(file, &letters).await {
                     tracing::warn!(path = %file.path().display(), error = %e, "cannot write the dead-letter file");
                     return Err(e.into_sink_error(NAME));
                 }
@@ -266,7 +233,7 @@ mod tests {
         let mut second = letter();
         second.key = Vec::new();
         second.document = None;
-        f.write(&[letter(), second]).await.expect("write");
+        write_records(&mut f, &[letter(), second]).await.expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
         assert_eq!(
@@ -283,13 +250,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead.jsonl");
         let mut f = DeadLetterFile::open(&path).expect("open");
-        f.write(&[letter()]).await.expect("write");
+        write_records(&mut f, &[letter()]).await.expect("write");
         drop(f);
         // Killed in the middle of the next line: whole lines, then partial JSON without newline.
         let whole = std::fs::read(&path).expect("read");
         std::fs::OpenOptions::new().append(true).open(&path).expect("reopen").write_all(&whole[..whole.len() / 2]).expect("torn");
         let mut f = DeadLetterFile::open(&path).expect("open");
-        f.write(&[letter()]).await.expect("write");
+        write_records(&mut f, &[letter()]).await.expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}):\n{text}"));

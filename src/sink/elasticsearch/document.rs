@@ -4,7 +4,6 @@
 //! identifiers from the config (quoted) and a snapshot name Postgres produced (checked).
 
 use std::error::Error as StdError;
-use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
@@ -167,9 +166,7 @@ impl DocumentBuilder {
         shutdown: &CancellationToken,
         out: &mut W,
     ) -> Result<usize, SinkError> {
-        let origin = work.origin(rule);
-        let action =
-            |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
+        let action = |id: String, op: EsOp| work.action(rule, id, op);
         if !work.rejected.is_empty() {
             out.write_actions(work.rejected.iter().cloned().map(Err).collect()).await?;
         }
@@ -191,9 +188,7 @@ impl DocumentBuilder {
         shutdown: &CancellationToken,
         out: &mut W,
     ) -> Result<usize, SinkError> {
-        let origin = work.origin(rule);
-        let action =
-            |id: String, op: EsOp| EsAction { index: Arc::clone(&rule.index), id, version: work.version.0, op, origin: origin.clone() };
+        let action = |id: String, op: EsOp| work.action(rule, id, op);
         let mut waited = std::time::Duration::ZERO;
         loop {
             match self.read_once(rule, work, exported, shutdown, out, &action).await {

@@ -3,7 +3,6 @@
 //! no destination configured such a record stops walcast.
 
 use std::io::Write as _;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use super::render::BatchWrite;
 use super::{fatal_err, transient, KafkaSink, HEADER_COMMIT_LSN, HEADER_LSN, HEADER_REASON, HEADER_TOPIC, NAME};
 use crate::decode::write_json_str;
 use crate::lsn::Lsn;
-use crate::sink::line_file::{LineFile, LineFileError};
+use crate::sink::line_file::DeadLetterFile;
 use crate::sink::{Batch, SinkError};
 
 /// Where records that can never be written go.
@@ -77,7 +76,7 @@ impl KafkaSink {
             }
             DeadLetterDestination::File(file) => {
                 for (r, _) in &records {
-                    file.push(r);
+                    r.queue_in(file);
                 }
                 file.sync().await.map_err(|e| e.into_sink_error(NAME))?;
                 file.path().display().to_string()
@@ -178,35 +177,10 @@ pub(crate) struct DeadLetterRecord<'a> {
     pub reason: &'a str,
 }
 
-/// A JSON-lines file of dead letters, fsynced before the batch counts as durable.
-pub(crate) struct DeadLetterFile {
-    file: LineFile,
-    buf: Vec<u8>,
-}
-
-impl DeadLetterFile {
-    /// Open `path` for appending (created when missing, with its directory: the default file
-    /// lives in `snapshot.state_dir`, which may not exist yet).
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        Ok(Self { file: LineFile::open(path)?, buf: Vec::new() })
-    }
-
-    /// The file's path (logged with every dead letter).
-    pub fn path(&self) -> &Path {
-        self.file.path()
-    }
-
-    /// Cut off a line torn by a killed run.
-    pub async fn repair(&mut self) -> Result<(), LineFileError> {
-        self.file.repair().await
-    }
-
-    /// Queue one line `{lsn, commit_lsn, schema, table, key, reason, topic}`.
-    pub fn push(&mut self, r: &DeadLetterRecord<'_>) {
-        let b = &mut self.buf;
+impl DeadLetterRecord<'_> {
+    /// Queue its line in `file`: `{lsn, commit_lsn, schema, table, key, reason, topic}`.
+    pub(crate) fn queue_in(&self, file: &mut DeadLetterFile) {
+        let (r, b) = (self, file.queue());
         let _ = write!(b, "{{\"lsn\":\"{}\",\"commit_lsn\":\"{}\",\"schema\":", r.lsn, r.commit_lsn);
         write_json_str(b, r.schema);
         b.extend_from_slice(b",\"table\":");
@@ -222,21 +196,6 @@ impl DeadLetterFile {
         b.extend_from_slice(b",\"topic\":");
         write_json_str(b, r.topic);
         b.extend_from_slice(b"}\n");
-    }
-
-    /// Write, flush and fsync what was queued (on the blocking pool).
-    pub async fn sync(&mut self) -> Result<(), LineFileError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let result = self.file.append(&mut self.buf).await;
-        crate::sink::release_output_buf(&mut self.buf);
-        result
-    }
-
-    /// Drop what was queued (the batch failed and will be written again).
-    pub fn discard(&mut self) {
-        crate::sink::release_output_buf(&mut self.buf);
     }
 }
 
@@ -280,7 +239,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead.jsonl");
         let mut f = DeadLetterFile::open(&path).expect("open");
-        f.push(&record());
+        record().queue_in(&mut f);
         f.sync().await.expect("sync");
         let text = std::fs::read_to_string(&path).expect("read");
         let v: serde_json::Value = serde_json::from_str(text.trim_end()).expect("json");
@@ -296,14 +255,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead.jsonl");
         let mut f = DeadLetterFile::open(&path).expect("open");
-        f.push(&record());
+        record().queue_in(&mut f);
         f.sync().await.expect("sync");
         drop(f);
         // Killed in the middle of the next line: whole lines, then partial JSON without newline.
         let whole = std::fs::read(&path).expect("read");
         std::fs::OpenOptions::new().append(true).open(&path).expect("reopen").write_all(&whole[..whole.len() / 2]).expect("torn");
         let mut f = DeadLetterFile::open(&path).expect("open");
-        f.push(&record());
+        record().queue_in(&mut f);
         f.sync().await.expect("sync");
         let text = std::fs::read_to_string(&path).expect("read");
         for line in text.lines() {

@@ -512,6 +512,7 @@ fn actions(ids: &[String], built: Built, action: &impl Fn(String, EsOp) -> EsAct
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn uuid_text_parses() {

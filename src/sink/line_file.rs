@@ -2,10 +2,12 @@
 //! Elasticsearch dead-letter files. A line torn by a kill is cut off before anything else is
 //! appended (the sinks do it in `prepare`); appends are written, flushed and fsynced on the
 //! blocking pool, never on the runtime thread; a failed write is rolled back so that a retry
-//! never leaves half a line behind.
+//! never leaves half a line behind. Dead-letter files hold rows' data and are created 0600 in a
+//! directory created 0700; the output file keeps the umask (it is the user's output).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -82,13 +84,14 @@ pub(crate) struct DeadLetterFile {
 }
 
 impl DeadLetterFile {
-    /// Open `path` for appending (created when missing, with its directory: the default file
-    /// lives in `snapshot.state_dir`, which may not exist yet).
+    /// Open `path` for appending (created 0600 when missing, with its directory 0700: the
+    /// default file lives in `snapshot.state_dir`, which may not exist yet). Modes of an
+    /// existing file or directory are left as they are.
     pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
-        Ok(Self { file: LineFile::open(path)?, queued: Vec::new() })
+        Ok(Self { file: LineFile::open_with_mode(path, 0o600)?, queued: Vec::new() })
     }
 
     /// The file's path (logged with every dead letter).
@@ -138,7 +141,12 @@ impl LineFile {
     /// Open `path` for appending (created when missing). Nothing is read or synced yet: the torn
     /// end is cut off by [`LineFile::repair`] or before the first append, on the blocking pool.
     pub(crate) fn open(path: &Path) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+        Self::open_with_mode(path, 0o666)
+    }
+
+    /// [`LineFile::open`], creating a missing file with `mode` (less the umask).
+    fn open_with_mode(path: &Path, mode: u32) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).read(true).append(true).mode(mode).open(path)?;
         let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
         Ok(Self { path: Arc::from(path), file: Some(file), regular, repaired: !regular })
     }
@@ -290,5 +298,21 @@ mod tests {
         let mut f = LineFile::open(Path::new("/dev/null")).expect("open");
         f.repair().await.expect("nothing to repair");
         f.append(&mut b"{}\n".to_vec()).await.expect("append");
+    }
+
+    #[test]
+    fn a_dead_letter_file_is_private_and_the_output_file_keeps_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        let dead = root.path().join("state").join("dead.jsonl");
+        DeadLetterFile::open(&dead).expect("open");
+        assert_eq!(mode(&dead), 0o600);
+        assert_eq!(mode(dead.parent().expect("dir")), 0o700);
+        // The output file is created as any file the user's umask governs.
+        let (out, plain) = (root.path().join("out.jsonl"), root.path().join("plain"));
+        LineFile::open(&out).expect("open");
+        File::create(&plain).expect("create");
+        assert_eq!(mode(&out), mode(&plain));
     }
 }

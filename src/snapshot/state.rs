@@ -2,10 +2,14 @@
 //! fsync, rename) after every chunk all sinks wrote. The file is also the slot's history: it
 //! exists from the moment walcast created (or first streamed) the slot, so a slot that vanished
 //! afterwards is noticed instead of silently re-created (the changes in between would be lost).
+//! The file (it holds primary-key values) is written 0600; a missing state directory is created
+//! 0700.
 
 use std::collections::BTreeMap;
+use std::fs::{DirBuilder, OpenOptions};
 use std::future::Future;
 use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -187,10 +191,12 @@ impl SnapshotState {
 fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)?;
+        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    // A temporary file left by a killed run of an older walcast keeps its mode when reopened.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(content)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -234,5 +240,15 @@ mod tests {
         let back = SnapshotState::load(dir.path(), "slot_b").expect("load").expect("exists");
         assert_eq!(back.status, Status::Loading);
         assert!(!SnapshotState::path_for(dir.path(), "slot_b").with_extension("json.tmp").exists(), "the temporary file was renamed");
+    }
+
+    #[tokio::test]
+    async fn the_state_file_is_private_and_its_missing_directory_too() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("state");
+        SnapshotState::new(&dir, "slot_c", Status::Loading).save().await.expect("save");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&SnapshotState::path_for(&dir, "slot_c")), 0o600);
+        assert_eq!(mode(&dir), 0o700);
     }
 }

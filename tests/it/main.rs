@@ -36,6 +36,7 @@ mod metrics_prometheus;
 mod movies_faults;
 mod movies_snapshot;
 mod movies_streaming;
+mod packaging;
 mod pg_restart;
 mod quiet_slot;
 mod resume;

@@ -77,7 +77,7 @@ impl Workload {
                          ON CONFLICT DO NOTHING RETURNING id::text"
                     ),
                     _ => match link.take() {
-                        Some(id) if (n / 4) % 2 == 0 => format!("DELETE FROM content.person_film_work WHERE id = '{id}'"),
+                        Some(id) if (n / 4).is_multiple_of(2) => format!("DELETE FROM content.person_film_work WHERE id = '{id}'"),
                         _ => "SELECT 1".to_string(),
                     },
                 };

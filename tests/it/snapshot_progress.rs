@@ -71,7 +71,7 @@ async fn first_progress_line_of_a_never_analyzed_table_has_percent_and_time_left
 
     let done = wait_message(&mut wc, "snapshot finished", Duration::from_secs(300)).await;
     assert_eq!(done["rows"], ROWS, "{done}");
-    let last = log_lines(&wc).into_iter().filter(|l| l["message"] == "snapshot progress").last().expect("a last line");
+    let last = log_lines(&wc).into_iter().rev().find(|l| l["message"] == "snapshot progress").expect("a last line");
     assert_eq!((last["percent"].as_f64(), last["eta_s"].as_i64()), (Some(100.0), Some(0)), "{last}");
     wc.stop().await;
     db.drop().await;

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub dead_letters: Family<SinkLabel, Counter>,
     /// `walcast_snapshot_rows_total{table}`: rows read by snapshots.
     pub snapshot_rows: Family<TableLabel, Counter>,
+    /// `walcast_snapshot_rows_estimated{table}`: rows a snapshot expects to read per table.
+    pub snapshot_rows_estimated: Family<TableLabel, Gauge<i64, AtomicI64>>,
     /// `walcast_reconnects_total`: replication (re)connection attempts after a failure.
     pub reconnects: Counter,
     /// `walcast_confirmed_lsn`: the LSN confirmed to the slot.
@@ -124,6 +126,12 @@ impl Metrics {
             help: "Rows read by snapshots",
             metric: snapshot_rows.clone(),
         }));
+        let snapshot_rows_estimated = Family::<TableLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "snapshot_rows_estimated",
+            "Rows a snapshot expects to read per table (reltuples, or counted when never analyzed)",
+            snapshot_rows_estimated.clone(),
+        );
         let reconnects = Counter::default();
         registry.register("reconnects", "Replication connection attempts after a failure", reconnects.clone());
         let confirmed_lsn = Gauge::<i64, AtomicI64>::default();
@@ -159,6 +167,7 @@ impl Metrics {
             sink_durable_lsn,
             dead_letters,
             snapshot_rows,
+            snapshot_rows_estimated,
             reconnects,
             confirmed_lsn,
             server_wal_lsn,

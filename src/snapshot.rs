@@ -4,6 +4,7 @@
 //! has written, so an interrupted snapshot resumes from the last finished chunk.
 
 mod on_demand;
+mod progress;
 mod reader;
 mod recheck;
 mod resync;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::on_demand::{load_on_demand, SnapshotTarget};
+use self::progress::{Mode, Progress};
 pub use self::reader::TableRef;
 use self::reader::{Reader, TableReader};
 pub use self::recheck::{recheck, HeldSnapshot, RecheckPlan};
@@ -174,6 +176,19 @@ pub async fn load(
         tracing::info!(tables = tables.len(), "re-sync: removed the tables' data from the sinks before reloading them");
     }
 
+    // Every table's size first, so the overall percent and time left hold from the first line.
+    let mut estimates = Vec::with_capacity(tables.len());
+    let mut resumed_rows = 0u64;
+    for table in tables {
+        let name = table.to_string();
+        let resume = state.as_deref().and_then(|s| s.table(&name).cloned()).unwrap_or_default();
+        let estimate = if resume.done { resume.rows } else { reader.estimate_rows(table).await? };
+        metrics.snapshot_rows_estimated.get_or_create(&TableLabel { table: name }).set(i64::try_from(estimate).unwrap_or(i64::MAX));
+        resumed_rows += resume.rows;
+        estimates.push(estimate);
+    }
+    let mut progress = Progress::new(Mode::detect(config.log.format), estimates.iter().sum(), resumed_rows);
+
     'tables: for (ti, table) in tables.iter().enumerate() {
         let name = table.to_string();
         let resume = state.as_deref().and_then(|s| s.table(&name).cloned()).unwrap_or_default();
@@ -184,8 +199,9 @@ pub async fn load(
         let mut tr: TableReader = reader.table(table, resume.after.clone()).await?;
         let counter = metrics.snapshot_rows.get_or_create(&TableLabel { table: name.clone() }).clone();
         let mut rows_done = resume.rows;
-        let mut last_log = Instant::now();
-        tracing::info!(table = %name, estimated_rows = tr.estimated_rows(), resumed_after_rows = resume.rows, "snapshot table started");
+        let estimate = estimates.get(ti).copied().unwrap_or_default();
+        progress.start_table(&name, estimate, resume.rows);
+        tracing::info!(table = %name, estimated_rows = estimate, resumed_after_rows = resume.rows, "snapshot table started");
         loop {
             if shutdown.is_cancelled() {
                 outcome = Outcome::Interrupted;
@@ -203,16 +219,14 @@ pub async fn load(
                 outcome = Outcome::Interrupted;
                 break 'tables;
             }
-            if last_log.elapsed() >= Duration::from_secs(2) || last_of_table {
-                last_log = Instant::now();
-                tracing::info!(table = %name, rows = rows_done, estimated_rows = tr.estimated_rows(), "snapshot progress");
-            }
+            progress.advance(rows, last_of_table);
             if last_of_table {
                 break;
             }
         }
     }
     drop(reader);
+    drop(progress);
     let outcome = wait_written(config, &mut sinks, outcome, &mut pending, tables, &mut state, shutdown).await?;
     match outcome {
         Outcome::Done => {

@@ -52,7 +52,6 @@ pub(super) struct Reader {
 /// One table being read.
 pub(super) struct TableReader {
     relation: Arc<Relation>,
-    estimated_rows: i64,
     /// Positions of the primary-key columns in key order (empty: no primary key).
     key: Vec<usize>,
     /// First chunk (no lower bound) and next chunks (`$1..$k` = the previous chunk's last key).
@@ -93,15 +92,40 @@ impl Reader {
         Ok(Self { client, cursors: 0, types: TypeRules::new() })
     }
 
+    /// Rows `table` holds, for progress. `reltuples` when the table was analyzed (or vacuumed).
+    /// Without it (-1: never analyzed; 0: analyzed when empty, maybe filled since) the planner's
+    /// guess from the table's current size in pages and its columns' widths is cheap but can be
+    /// far off (text widths are guessed), so a table the planner thinks small is counted:
+    /// `count(*)` in this transaction is exact, and below [`COUNT_BELOW`] rows it costs about a
+    /// second at most; a bigger one keeps the planner's guess rather than scan it twice.
+    pub(super) async fn estimate_rows(&mut self, table: &TableRef) -> Result<u64, SourceError> {
+        let name = table.quoted();
+        let what = || format!("estimating the rows of {table}");
+        let row = self
+            .client
+            .query_opt("SELECT c.reltuples::int8 FROM pg_class c WHERE c.oid = $1::text::regclass", &[&name])
+            .await
+            .map_err(|e| query_error(&what(), &e))?
+            .ok_or_else(|| SourceError::Query(format!("snapshot: table {table} not found")))?;
+        let reltuples: i64 = row.get(0);
+        if reltuples > 0 {
+            return Ok(reltuples as u64);
+        }
+        let plan = self.client.query(&format!("EXPLAIN SELECT 1 FROM {name}"), &[]).await.map_err(|e| query_error(&what(), &e))?;
+        let planned = plan.first().and_then(|r| r.try_get::<_, String>(0).ok()).as_deref().and_then(plan_rows);
+        if planned.is_some_and(|n| n >= COUNT_BELOW) {
+            return Ok(planned.unwrap_or_default());
+        }
+        let count = self.client.query_one(&format!("SELECT count(*) FROM {name}"), &[]).await.map_err(|e| query_error(&what(), &e))?;
+        Ok(u64::try_from(count.get::<_, i64>(0)).unwrap_or_default())
+    }
+
     /// Describe `table` and prepare its chunk queries; resume after `after` when given.
     pub(super) async fn table(&mut self, table: &TableRef, after: Option<Vec<String>>) -> Result<TableReader, SourceError> {
         let name = table.quoted();
         let rel = self
             .client
-            .query_opt(
-                "SELECT c.oid::int8, c.relreplident::text, c.reltuples::int8 FROM pg_class c WHERE c.oid = $1::text::regclass",
-                &[&name],
-            )
+            .query_opt("SELECT c.oid::int8, c.relreplident::text FROM pg_class c WHERE c.oid = $1::text::regclass", &[&name])
             .await
             .map_err(|e| query_error(&format!("describing {table}"), &e))?
             .ok_or_else(|| SourceError::Query(format!("snapshot: table {table} not found")))?;
@@ -208,17 +232,7 @@ impl Reader {
         } else {
             None
         };
-        Ok(TableReader {
-            relation,
-            estimated_rows: rel.get(2),
-            key,
-            first,
-            next,
-            after: if cursor.is_some() { None } else { after },
-            cursor,
-            seq: 0,
-            missing,
-        })
+        Ok(TableReader { relation, key, first, next, after: if cursor.is_some() { None } else { after }, cursor, seq: 0, missing })
     }
 
     /// Read the next chunk of at most `limit` rows as [`Op::Read`] changes at `point`.
@@ -336,15 +350,20 @@ impl TableReader {
         }
     }
 
-    /// Postgres's row estimate (`reltuples`; -1 when never analyzed).
-    pub(super) fn estimated_rows(&self) -> i64 {
-        self.estimated_rows
-    }
-
     /// Whether the table has a primary key (keyset chunks, and [`Reader::missing`] works).
     pub(super) fn has_key(&self) -> bool {
         self.missing.is_some()
     }
+}
+
+/// Tables the planner guesses at this many rows or more are not counted (see
+/// [`Reader::estimate_rows`]).
+const COUNT_BELOW: u64 = 10_000_000;
+
+/// The row count of the top node of a text `EXPLAIN` line (`... rows=2550 width=4)`).
+fn plan_rows(line: &str) -> Option<u64> {
+    let rest = &line[line.find(" rows=")? + 6..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
 }
 
 /// (int2vector subscripts start at 0, hence the position arithmetic in the column query.)
@@ -356,6 +375,13 @@ fn row_text(row: &tokio_postgres::Row, i: usize) -> Result<String, tokio_postgre
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    #[test]
+    fn plan_rows_reads_the_top_node() {
+        assert_eq!(super::plan_rows("Seq Scan on big  (cost=0.00..28850.00 rows=2000000 width=0)"), Some(2_000_000));
+        assert_eq!(super::plan_rows("Result  (cost=0.00..0.01 rows=1 width=4)"), Some(1));
+        assert_eq!(super::plan_rows("Seq Scan on t"), None);
+    }
 
     use crate::config::Config;
 

@@ -44,6 +44,7 @@ mod schema_change;
 mod shutdown_stuck_sink;
 mod slot_lifecycle;
 mod snapshot;
+mod snapshot_progress;
 mod snapshot_recheck;
 mod stream_ops;
 mod tls;

@@ -169,7 +169,7 @@ async fn run_checks(
         }
         None if !src.create_slot => out.push(Finding::fail(
             format!("slot {:?} does not exist and source.create_slot is false", src.slot),
-            "create it with `walcast slot create --config FILE`, or set source.create_slot = true",
+            "set source.create_slot = true and start `walcast run` (it creates the slot and loads the existing rows), or `walcast slot create --no-snapshot --config FILE` (existing rows are not loaded)",
         )),
         None if used_slots >= max_slots => out.push(Finding::fail(
             format!("slot {:?} must be created but all {max_slots} replication slots are used", src.slot),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DeadLetterDestination, LogFormat};
+use crate::config::{Config, DeadLetterDestination, LogFormat, SnapshotMode};
 use crate::pipeline::{self, PipelineError};
 use crate::snapshot::SnapshotState;
 use crate::source::{self, connect_sql, preflight, ConnParams, Severity, SourceError};
@@ -102,11 +102,16 @@ pub enum SlotAction {
         #[arg(long)]
         json: bool,
     },
-    /// Create the slot (pgoutput) and the publication if missing.
+    /// Create the slot (pgoutput) and the publication if missing. Existing rows are not loaded:
+    /// refused with `snapshot.mode = "initial"` unless `--no-snapshot` (`walcast run` creates the
+    /// slot and loads them).
     Create {
         /// Config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Accept a new slot whose existing rows are not loaded.
+        #[arg(long)]
+        no_snapshot: bool,
     },
     /// Drop the slot (Postgres then stops retaining WAL for it; walcast loses its position).
     Drop {
@@ -194,12 +199,16 @@ fn load(path: &Path, log_format: Option<LogFormat>) -> Option<Config> {
     }
 }
 
-/// Print why the command stopped; the exit code is the error policy's.
+/// Print why the command stopped, once: as one log record with JSON logs (stderr is for a log
+/// collector then), else as text with its fix. The exit code is the error policy's.
 fn report_pipeline_error(e: &PipelineError) -> ExitCode {
-    tracing::error!(error = %e, fix = e.fix(), "stopped");
-    eprintln!("walcast: {e}");
-    if let Some(fix) = e.fix() {
-        eprintln!("  fix: {fix}");
+    if crate::telemetry::logs_json() {
+        tracing::error!(error = %e, fix = e.fix(), "stopped");
+    } else {
+        eprintln!("walcast: {e}");
+        if let Some(fix) = e.fix() {
+            eprintln!("  fix: {fix}");
+        }
     }
     ExitCode::from(e.action().exit_code())
 }
@@ -296,7 +305,7 @@ fn snapshot_dir_finding(dir: &Path) -> crate::source::Finding {
 
 async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
     let path = match &action {
-        SlotAction::Status { config, .. } | SlotAction::Create { config } | SlotAction::Drop { config } => config.clone(),
+        SlotAction::Status { config, .. } | SlotAction::Create { config, .. } | SlotAction::Drop { config } => config.clone(),
     };
     let Some(config) = load(&path, log_format) else { return ExitCode::from(EXIT_CONFIG) };
     let slot_name = config.source.slot.clone();
@@ -309,11 +318,18 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
                 let info = source::slot_info(&client, &slot_name).await.map_err(query_err)?;
                 print_slot_status(&slot_name, info.as_ref(), &dead_letter_status(&config), json);
                 if info.is_none() {
-                    return Err(SourceError::setup(format!("slot {slot_name:?} does not exist"), "create it with `walcast slot create --config FILE`"));
+                    return Err(SourceError::setup(format!("slot {slot_name:?} does not exist"), missing_slot_fix(&config)));
                 }
             }
-            SlotAction::Create { .. } => {
+            SlotAction::Create { no_snapshot, .. } => {
                 let src = &config.source;
+                let exists = source::slot_info(&client, &slot_name).await.map_err(query_err)?.is_some();
+                if !exists && !no_snapshot && config.snapshot.mode == SnapshotMode::Initial {
+                    return Err(SourceError::setup(
+                        "`walcast slot create` makes a slot whose existing rows are not loaded (snapshot.mode = \"initial\" wants them loaded)",
+                        "run `walcast run --config FILE` (with source.create_slot = true it creates the slot and loads the snapshot), or pass --no-snapshot to accept that",
+                    ));
+                }
                 source::ensure_publication(&client, &params, &src.publication, &src.table_selectors(), true).await?;
                 match source::slot_info(&client, &slot_name).await.map_err(query_err)? {
                     Some(_) => println!("slot {slot_name:?} already exists"),
@@ -350,6 +366,24 @@ async fn slot(action: SlotAction, log_format: Option<LogFormat>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report_pipeline_error(&e.into()),
+    }
+}
+
+/// What to do about a slot that does not exist: `run` creates it with a snapshot, `slot create`
+/// only without one.
+fn missing_slot_fix(config: &Config) -> String {
+    let run = if config.source.create_slot {
+        "start `walcast run --config FILE`: it creates the slot"
+    } else {
+        "set source.create_slot = true and start `walcast run --config FILE`: it creates the slot"
+    };
+    match config.snapshot.mode {
+        SnapshotMode::Initial => {
+            format!("{run} and loads the existing rows (`walcast slot create --no-snapshot --config FILE` makes one without loading them)")
+        }
+        SnapshotMode::Never => {
+            format!("{run} (snapshot.mode = \"never\": existing rows are not loaded), or `walcast slot create --config FILE`")
+        }
     }
 }
 

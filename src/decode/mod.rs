@@ -18,7 +18,7 @@ pub use change::{Change, Op, TruncateOptions};
 pub use pgoutput::{
     parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
 };
-pub use relation::{Relation, RelationCache};
+pub use relation::{ColumnChanges, Relation, RelationCache};
 pub use value::{to_json_value, value_rule, write_json_value, UserType, FIRST_USER_OID};
 
 /// What can go wrong while decoding. The same bytes decode the same way; only a change for a

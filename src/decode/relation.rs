@@ -34,6 +34,46 @@ impl Relation {
     }
 }
 
+/// What a new description of a relation changed in its columns (for the schema-change log line).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ColumnChanges {
+    /// Columns only in the new description.
+    pub added: Vec<String>,
+    /// Columns only in the old description.
+    pub removed: Vec<String>,
+    /// Columns of both whose type or type modifier changed: `name: type OLD -> NEW` (type OIDs,
+    /// the modifier in parentheses when there is one).
+    pub retyped: Vec<String>,
+}
+
+impl ColumnChanges {
+    /// No column was added, removed or retyped (the server also describes a relation again
+    /// after changes that leave its columns alone).
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.retyped.is_empty()
+    }
+}
+
+impl Relation {
+    /// The column changes from `self` (the cached description) to `new`, matched by name.
+    pub fn column_changes(&self, new: &Relation) -> ColumnChanges {
+        let find = |cols: &[Column], name: &str| cols.iter().find(|c| c.name == name).map(|c| (c.type_oid, c.type_modifier));
+        let typ = |(oid, modifier): (u32, i32)| if modifier == -1 { oid.to_string() } else { format!("{oid}({modifier})") };
+        let mut changes = ColumnChanges::default();
+        for c in &new.columns {
+            match find(&self.columns, &c.name) {
+                None => changes.added.push(c.name.clone()),
+                Some(old) if old != (c.type_oid, c.type_modifier) => {
+                    changes.retyped.push(format!("{}: type {} -> {}", c.name, typ(old), typ((c.type_oid, c.type_modifier))))
+                }
+                Some(_) => {}
+            }
+        }
+        changes.removed = self.columns.iter().filter(|c| find(&new.columns, &c.name).is_none()).map(|c| c.name.clone()).collect();
+        changes
+    }
+}
+
 /// Relation and type descriptions received on one replication connection. Postgres sends each
 /// again on a new connection, so a reconnect starts with an empty cache.
 #[derive(Debug, Default)]
@@ -80,5 +120,43 @@ impl RelationCache {
     pub fn clear(&mut self) {
         self.relations.clear();
         self.types.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relation(columns: &[(&str, u32, i32)]) -> Relation {
+        Relation {
+            oid: 1,
+            schema: "public".into(),
+            table: "t".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: columns
+                .iter()
+                .map(|&(name, type_oid, type_modifier)| Column { key: name == "id", name: name.into(), type_oid, type_modifier })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn column_changes_name_added_removed_and_retyped_columns() {
+        let old = relation(&[("id", 23, -1), ("gone", 25, -1), ("price", 23, -1), ("code", 1043, 14), ("same", 25, -1)]);
+        let new = relation(&[("id", 23, -1), ("price", 1700, -1), ("code", 1043, 24), ("same", 25, -1), ("fresh", 16, -1)]);
+        let changes = old.column_changes(&new);
+        assert_eq!(
+            changes,
+            ColumnChanges {
+                added: vec!["fresh".into()],
+                removed: vec!["gone".into()],
+                retyped: vec!["price: type 23 -> 1700".into(), "code: type 1043(14) -> 1043(24)".into()],
+            }
+        );
+        assert!(!changes.is_empty());
+        // Described again with the same columns (e.g. after an index change): nothing to report.
+        assert!(old
+            .column_changes(&relation(&[("id", 23, -1), ("gone", 25, -1), ("price", 23, -1), ("code", 1043, 14), ("same", 25, -1)]))
+            .is_empty());
     }
 }

@@ -164,7 +164,7 @@ pub(super) async fn prepare_slot(
                     if !src.create_slot && !resync {
                         return Err(SourceError::setup(
                             format!("replication slot {:?} does not exist", src.slot),
-                            "create it with `walcast slot create --config FILE`, or set source.create_slot = true",
+                            "set source.create_slot = true and start `walcast run` (it creates the slot and loads the existing rows), or `walcast slot create --no-snapshot --config FILE` (existing rows are not loaded)",
                         ));
                     }
                     let tables = tables_for(resync).await?;

@@ -356,7 +356,11 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                         "a table joined the publication while walcast streamed: its changes are streamed from now on, the rows it had before are not in the sinks"
                     );
                 }
+                let previous = self.relations.get(body.oid).ok().cloned();
                 let rel = self.relations.apply_relation(body);
+                if let Some(c) = previous.map(|p| p.column_changes(&rel)).filter(|c| !c.is_empty()) {
+                    tracing::info!(relation = %rel.qualified_name(), added = ?c.added, removed = ?c.removed, retyped = ?c.retyped, "table schema changed");
+                }
                 tracing::debug!(relation = %rel.qualified_name(), columns = rel.columns.len(), "relation described");
                 return Ok(());
             }

@@ -178,7 +178,7 @@ impl SourceError {
             // undefined_object: START_REPLICATION names one object, the slot.
             ("42704", Step::StartReplication) => SourceError::setup(
                 format!("the replication slot does not exist: {message}"),
-                "create it with `walcast slot create --config FILE`, or set source.create_slot = true",
+                "set source.create_slot = true and start `walcast run` (it creates the slot and loads the existing rows), or `walcast slot create --no-snapshot --config FILE` (existing rows are not loaded)",
             ),
             // undefined_object while streaming: pgoutput looks the publication up.
             ("42704", Step::Streaming) => SourceError::setup(

@@ -99,18 +99,16 @@ async fn run_checks(
 
     let version: i32 = client.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
     let has_schema_selector = src.table_selectors().iter().any(|t| matches!(t, TableSelector::Schema(_)));
+    let shown = server_version(version);
     if version < 100_000 {
-        out.push(Finding::fail(
-            format!("server version {version} has no pgoutput"),
-            "walcast needs Postgres 10 or newer (15+ recommended)",
-        ));
+        out.push(Finding::fail(format!("server version {shown} has no pgoutput"), "walcast needs Postgres 10 or newer (15+ recommended)"));
     } else if version < 150_000 && has_schema_selector {
         out.push(Finding::fail(
-            format!("server version {version} cannot publish whole schemas (`schema.*` in source.tables)"),
+            format!("server version {shown} cannot publish whole schemas (`schema.*` in source.tables)"),
             "list the tables one by one, or upgrade to Postgres 15+",
         ));
     } else {
-        out.push(Finding::ok(format!("server version {version}")));
+        out.push(Finding::ok(format!("server version {shown}")));
     }
 
     let wal_level: String = client.query_one("SELECT current_setting('wal_level')", &[]).await?.get(0);
@@ -171,7 +169,7 @@ async fn run_checks(
         }
         None if !src.create_slot => out.push(Finding::fail(
             format!("slot {:?} does not exist and source.create_slot is false", src.slot),
-            "create it with `walcast slot create --config FILE`, or set source.create_slot = true",
+            "set source.create_slot = true and start `walcast run` (it creates the slot and loads the existing rows), or `walcast slot create --no-snapshot --config FILE` (existing rows are not loaded)",
         )),
         None if used_slots >= max_slots => out.push(Finding::fail(
             format!("slot {:?} must be created but all {max_slots} replication slots are used", src.slot),
@@ -188,12 +186,18 @@ async fn run_checks(
         out.push(Finding::ok(format!("{used_senders} of {max_senders} WAL senders busy")));
     }
 
-    check_publication(client, config, superuser, out).await?;
-    check_tables(client, config, out).await?;
+    check_publication(client, config, params, superuser, out).await?;
+    check_tables(client, config, params, out).await?;
     Ok(())
 }
 
-async fn check_publication(client: &Client, config: &Config, superuser: bool, out: &mut Vec<Finding>) -> Result<(), tokio_postgres::Error> {
+async fn check_publication(
+    client: &Client,
+    config: &Config,
+    params: &ConnParams,
+    superuser: bool,
+    out: &mut Vec<Finding>,
+) -> Result<(), tokio_postgres::Error> {
     let src = &config.source;
     let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&src.publication]).await?.is_some();
     if exists {
@@ -207,7 +211,10 @@ async fn check_publication(client: &Client, config: &Config, superuser: bool, ou
     if !src.create_publication {
         out.push(Finding::fail(
             format!("publication {:?} does not exist and source.create_publication is false", src.publication),
-            format!("CREATE PUBLICATION {} FOR TABLE ...; or set source.create_publication = true", quote_ident(&src.publication)),
+            format!(
+                "{}; (as the tables' owner or a superuser), or set source.create_publication = true",
+                super::sql::create_publication_sql(&src.publication, &src.table_selectors())
+            ),
         ));
         return Ok(());
     }
@@ -228,7 +235,11 @@ async fn check_publication(client: &Client, config: &Config, superuser: bool, ou
     if !can_create && !superuser {
         out.push(Finding::fail(
             format!("publication {:?} must be created but the role lacks CREATE on the database", src.publication),
-            "GRANT CREATE ON DATABASE ... TO the walcast role, or create the publication yourself",
+            format!(
+                "GRANT CREATE ON DATABASE {} TO {}; (or create the publication yourself)",
+                quote_ident(&src.database),
+                quote_ident(&params.user)
+            ),
         ));
         return Ok(());
     }
@@ -274,7 +285,7 @@ async fn params_user(client: &Client) -> Result<String, tokio_postgres::Error> {
     Ok(client.query_one("SELECT current_user::text", &[]).await?.get(0))
 }
 
-async fn check_tables(client: &Client, config: &Config, out: &mut Vec<Finding>) -> Result<(), tokio_postgres::Error> {
+async fn check_tables(client: &Client, config: &Config, params: &ConnParams, out: &mut Vec<Finding>) -> Result<(), tokio_postgres::Error> {
     // The tables that will be streamed: the publication's when it exists, else the configured
     // ones, else (no `tables`: walcast creates the publication FOR ALL TABLES) every table such a
     // publication covers: permanent user tables outside the system schemas.
@@ -331,11 +342,20 @@ async fn check_tables(client: &Client, config: &Config, out: &mut Vec<Finding>) 
         if !can_select {
             out.push(Finding::fail(
                 format!("role cannot SELECT from {name} (needed for snapshots)"),
-                format!("GRANT SELECT ON {}.{} TO the walcast role;", quote_ident(&schema), quote_ident(&table)),
+                format!("GRANT SELECT ON {}.{} TO {};", quote_ident(&schema), quote_ident(&table), quote_ident(&params.user)),
             ));
         }
     }
     Ok(())
+}
+
+/// `server_version_num` as people write it: 150018 -> "15.18", 90624 -> "9.6.24".
+fn server_version(num: i32) -> String {
+    if num >= 100_000 {
+        format!("{}.{}", num / 10_000, num % 10_000)
+    } else {
+        format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100)
+    }
 }
 
 fn explicit_tables(config: &Config) -> Vec<String> {
@@ -360,4 +380,18 @@ fn schemas(config: &Config) -> Vec<String> {
             TableSelector::Table { .. } => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_version;
+
+    #[test]
+    fn server_version_reads_as_released() {
+        assert_eq!(server_version(150_018), "15.18");
+        assert_eq!(server_version(170_000), "17.0");
+        assert_eq!(server_version(100_023), "10.23");
+        assert_eq!(server_version(90_624), "9.6.24");
+        assert_eq!(server_version(90_500), "9.5.0");
+    }
 }

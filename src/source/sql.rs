@@ -374,7 +374,10 @@ pub async fn ensure_publication(
     if !create {
         return Err(SourceError::setup(
             format!("publication {publication:?} does not exist"),
-            "create it (CREATE PUBLICATION ... FOR TABLE ...) or set source.create_publication = true",
+            format!(
+                "{}; (as the tables' owner or a superuser), or set source.create_publication = true",
+                create_publication_sql(publication, tables)
+            ),
         ));
     }
     let sql = create_publication_sql(publication, tables);

@@ -27,6 +27,43 @@ fn tagged<'a>(out: &'a CmdOutput, tag: &str) -> Vec<&'a str> {
     out.stdout.lines().filter(|l| l.split_whitespace().next() == Some(tag)).collect()
 }
 
+/// The SQL statements in the `fix:` lines of `out`: each starts at an upper-case GRANT, ALTER,
+/// CREATE or DROP and ends at its `;`.
+fn sql_fixes(out: &CmdOutput) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in out.stdout.lines().chain(out.stderr.lines()) {
+        let Some((_, mut rest)) = line.split_once("fix: ") else { continue };
+        loop {
+            let start = ["GRANT ", "ALTER ", "CREATE ", "DROP "].iter().filter_map(|k| rest.find(k)).min();
+            let Some(start) = start else { break };
+            let Some(len) = rest[start..].find(';') else { panic!("a SQL fix without its `;`: {line:?}") };
+            found.push(rest[start..start + len + 1].to_string());
+            rest = &rest[start + len + 1..];
+        }
+    }
+    found
+}
+
+/// Run every SQL fix of `out` as a superuser on `url`, each in a transaction rolled back (ALTER
+/// SYSTEM cannot run in one: those are returned, not run). Panics naming a statement that fails.
+async fn run_sql_fixes(out: &CmdOutput, url: &PgUrl) -> (usize, Vec<String>) {
+    let client = connect(url).await;
+    let (mut ran, mut skipped) = (0, Vec::new());
+    for stmt in sql_fixes(out) {
+        if stmt.starts_with("ALTER SYSTEM") {
+            skipped.push(stmt);
+            continue;
+        }
+        if let Err(e) = client.batch_execute(&format!("BEGIN; {stmt} ROLLBACK;")).await {
+            panic!("the fix `{stmt}` fails when pasted: {e:?}\n{out}");
+        }
+        // A failed statement leaves the transaction aborted; a passed one ends rolled back.
+        let _ = client.batch_execute("ROLLBACK").await;
+        ran += 1;
+    }
+    (ran, skipped)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wal_level_replica_fails_with_the_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -37,6 +74,9 @@ async fn wal_level_replica_fails_with_the_fix() {
     assert!(fails.iter().any(|l| l.contains("wal_level is replica")), "no wal_level FAIL line:\n{out}");
     let fix = out.stdout.lines().skip_while(|l| !l.contains("wal_level is replica")).nth(1).unwrap_or_default();
     assert!(fix.contains("fix:") && fix.contains("wal_level = logical") && fix.contains("restart"), "the fix line: {fix:?}\n{out}");
+    // ALTER SYSTEM cannot run in a transaction and the replica cluster is shared: only its form
+    // is checked here.
+    assert_eq!(sql_fixes(&out), ["ALTER SYSTEM SET wal_level = logical;"], "{out}");
     assert!(out.stdout.contains("check failed"), "{out}");
     assert!(!out.stdout.contains("check passed"), "{out}");
 }
@@ -57,6 +97,8 @@ async fn role_without_replication_fails_with_the_fix() {
             .any(|l| l.contains("fix:") && l.contains("ALTER ROLE") && l.contains("walcast_norepl") && l.contains("WITH REPLICATION")),
         "no `ALTER ROLE ... WITH REPLICATION` fix:\n{out}"
     );
+    let (ran, _) = run_sql_fixes(&out, &db.url).await;
+    assert!(ran >= 1, "the ALTER ROLE fix ran:\n{out}");
     db.drop().await;
 }
 
@@ -103,6 +145,7 @@ async fn table_without_primary_key_is_a_warning() {
     );
     assert!(tagged(&out, "ok").iter().any(|l| l.contains("public.withpk") && l.contains("streams with a key")), "{out}");
     assert!(out.stdout.contains("REPLICA IDENTITY FULL"), "the fix names REPLICA IDENTITY FULL:\n{out}");
+    assert_eq!(run_sql_fixes(&out, &db.url).await.0, 1, "the REPLICA IDENTITY FULL fix ran:\n{out}");
     assert!(out.stdout.trim_end().ends_with("check passed"), "{out}");
 
     // 2. No table list: the publication walcast creates is FOR ALL TABLES, so both tables will
@@ -137,6 +180,9 @@ async fn good_config_passes() {
     assert!(out.stdout.lines().next().is_some_and(|l| l.contains("config is valid")), "{out}");
     assert!(out.stdout.contains("wal_level = logical"), "{out}");
     assert!(out.stdout.trim_end().ends_with("check passed"), "{out}");
+    let version = tagged(&out, "ok").into_iter().find_map(|l| l.split("server version ").nth(1)).unwrap_or_default().to_string();
+    let parts: Vec<&str> = version.split('.').collect();
+    assert!(parts.len() == 2 && parts.iter().all(|p| p.parse::<u32>().is_ok()), "server version as 15.18: {version:?}\n{out}");
     db.drop().await;
 }
 
@@ -157,14 +203,22 @@ async fn slot_status_create_and_drop() {
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["exists"], false, "{v}");
 
-    // Create: slot and publication.
+    // The advice for a missing slot: `run` creates it and loads the rows; `slot create` alone
+    // refuses, since the slot it makes gets no snapshot.
+    assert!(out.stderr.contains("walcast run") && out.stderr.contains("loads the existing rows"), "{out}");
     let out = walcast_cmd(&["slot", "create", "--config", &cfg]).await;
+    assert_eq!(out.code, Some(3), "{out}");
+    assert!(out.stderr.contains("not loaded") && out.stderr.contains("--no-snapshot") && out.stderr.contains("walcast run"), "{out}");
+    assert!(db.slot_state(&db.slot).await.is_none(), "no slot was created: {out}");
+
+    // Create: slot and publication.
+    let out = walcast_cmd(&["slot", "create", "--no-snapshot", "--config", &cfg]).await;
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("created slot"), "{out}");
     let state = db.slot_state(&db.slot).await.expect("the slot exists");
     assert!(query_text(&sql, &format!("SELECT pubname::text FROM pg_publication WHERE pubname = '{}'", db.publication)).await.is_some());
     let out = walcast_cmd(&["slot", "create", "--config", &cfg]).await;
-    assert_eq!(out.code, Some(0), "creating an existing slot is fine: {out}");
+    assert_eq!(out.code, Some(0), "creating an existing slot is fine (no --no-snapshot needed): {out}");
     assert!(out.stdout.contains("already exists"), "{out}");
 
     // Status while idle, text and JSON.
@@ -253,8 +307,54 @@ async fn run_stops_with_exit_3_on_setup_errors() {
 async fn slot_create_on_a_replica_cluster_explains_wal_level() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(&dir, "replica.toml", &config_for(&replica_url(), "wc_check_slot_replica", "wc_check_slot_replica", ""));
-    let out = walcast_cmd(&["slot", "create", "--config", &cfg.to_string_lossy()]).await;
+    let out = walcast_cmd(&["slot", "create", "--no-snapshot", "--config", &cfg.to_string_lossy()]).await;
     exec(&connect(&replica_url()).await, "DROP PUBLICATION IF EXISTS wc_check_slot_replica").await;
     assert_eq!(out.code, Some(3), "a setup problem: {out}");
     assert!(out.stderr.contains("wal_level") && out.stderr.contains("fix:"), "the message says wal_level and how to fix it:\n{out}");
+}
+
+/// Every SQL fix `check` prints for a role that owns nothing and may select nothing works when
+/// pasted: the GRANT with the real role name, the CREATE PUBLICATION, and (for a publication
+/// that does not match source.tables) the ALTER PUBLICATION lines.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_fix_lines_run_when_pasted() {
+    let db = TestDb::create("check_sqlfix").await;
+    exec(&db.client().await, "CREATE TABLE secrets (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = norepl_url().with_database(&db.name);
+    let cfg = write_config(&dir, "norepl.toml", &config_for(&url, &db.slot, &db.publication, "tables = [\"public.secrets\"]"));
+    let out = check(&cfg).await;
+    assert_eq!(out.code, Some(3), "{out}");
+    assert!(
+        out.stdout.contains(r#"GRANT SELECT ON "public"."secrets" TO "walcast_norepl";"#),
+        "the GRANT names the real role, quoted:\n{out}"
+    );
+    let (ran, skipped) = run_sql_fixes(&out, &db.url).await;
+    assert!(ran >= 3 && skipped.is_empty(), "ran {ran} (ALTER ROLE, GRANT SELECT, the publication's), skipped {skipped:?}:\n{out}");
+
+    // A publication publishing another table than source.tables.
+    db.create_publication(&["other"]).await;
+    let cfg = write_config(&dir, "mismatch.toml", &config_for(&db.url, &db.slot, &db.publication, "tables = [\"public.secrets\"]"));
+    let out = check(&cfg).await;
+    assert_eq!(out.code, Some(3), "{out}");
+    let fixes = sql_fixes(&out);
+    assert!(fixes.iter().any(|f| f.contains("ADD TABLE")) && fixes.iter().any(|f| f.contains("DROP TABLE")), "{fixes:?}\n{out}");
+    assert_eq!(run_sql_fixes(&out, &db.url).await, (2, vec![]), "{out}");
+    db.drop().await;
+}
+
+/// `walcast run` prints its fatal error once, with its fix (it was printed as a log line and
+/// again as text).
+#[tokio::test(flavor = "multi_thread")]
+async fn run_prints_its_fatal_error_once() {
+    let db = TestDb::create("check_once").await;
+    exec(&db.client().await, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg =
+        write_config(&dir, "noslot.toml", &config_for(&db.url, &db.slot, &db.publication, "tables = [\"public.t\"]\ncreate_slot = false"));
+    let out = walcast_cmd(&["run", "--config", &cfg.to_string_lossy()]).await;
+    assert_eq!(out.code, Some(3), "{out}");
+    assert_eq!(out.stderr.matches("does not exist").count(), 1, "the error once:\n{out}");
+    assert_eq!(out.stderr.matches("fix:").count(), 1, "its fix once:\n{out}");
+    db.drop().await;
 }

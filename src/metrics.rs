@@ -92,6 +92,12 @@ pub struct Metrics {
     pub slot_active: Gauge,
     /// `walcast_streaming`: 1 while this process holds a replication session.
     pub streaming: Gauge,
+    /// `walcast_snapshotting`: 1 while an initial snapshot or re-sync loads existing rows (no
+    /// replication session is open then, so `walcast_streaming` is 0 without anything being wrong).
+    pub snapshotting: Gauge,
+    /// `walcast_slot_safe_wal_bytes`: `pg_replication_slots.safe_wal_size`; no sample while
+    /// Postgres reports NULL (`max_slot_wal_keep_size = -1`: no limit, so no headroom to show).
+    pub slot_safe_wal_bytes: Arc<OptionalGauge>,
     /// `walcast_ha_active`: 1 while this process holds the high-availability lease.
     pub ha_active: Gauge,
     /// Lag state read at scrape time.
@@ -150,6 +156,14 @@ impl Metrics {
         registry.register("slot_active", "1 while a walsender streams the slot", slot_active.clone());
         let streaming = Gauge::default();
         registry.register("streaming", "1 while this process holds a replication session", streaming.clone());
+        let snapshotting = Gauge::default();
+        registry.register("snapshotting", "1 while a snapshot (initial load or re-sync) loads existing rows", snapshotting.clone());
+        let slot_safe_wal_bytes = Arc::new(OptionalGauge::default());
+        registry.register_collector(Box::new(OptionalGaugeCollector {
+            name: "slot_safe_wal_bytes",
+            help: "WAL that can still be written before the slot is invalidated (pg_replication_slots.safe_wal_size); no sample when unlimited",
+            gauge: Arc::clone(&slot_safe_wal_bytes),
+        }));
         let ha_active = Gauge::default();
         registry.register("ha_active", "1 while this process holds the high-availability lease ([ha] enabled)", ha_active.clone());
         let lag = Arc::new(LagClock::default());
@@ -175,6 +189,8 @@ impl Metrics {
             slot_wal_status,
             slot_active,
             streaming,
+            snapshotting,
+            slot_safe_wal_bytes,
             ha_active,
             lag,
             sinks_failing: Arc::default(),
@@ -208,8 +224,12 @@ impl Metrics {
         }
     }
 
-    /// Ready: streaming and no sink failing its last write.
+    /// Ready: streaming and no sink failing its last write. A snapshot in progress is not ready
+    /// either (nothing streams yet) but says so, so a probe's log tells loading from stuck.
     pub fn ready(&self) -> Result<(), String> {
+        if self.streaming.get() != 1 && self.snapshotting.get() == 1 {
+            return Err("snapshotting (loading existing rows; streaming starts when the snapshot is done)".into());
+        }
         if self.streaming.get() != 1 {
             return Err("not streaming (connecting, reconnecting or stopped)".into());
         }
@@ -293,6 +313,47 @@ impl Collector for LagCollector {
         for (name, ts) in sinks {
             let g = ConstGauge::new(seconds_since(ts.load(Ordering::Relaxed)));
             g.encode(family.encode_family(&SinkLabel { sink: name })?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A gauge that may have no value (`set(None)`): then its family is declared without a sample,
+/// rather than exporting a made-up 0 that alerts would read as "no headroom".
+#[derive(Debug)]
+pub struct OptionalGauge(AtomicI64);
+
+impl Default for OptionalGauge {
+    fn default() -> Self {
+        Self(AtomicI64::new(i64::MIN))
+    }
+}
+
+impl OptionalGauge {
+    /// Set the value, or clear it with `None`.
+    pub fn set(&self, value: Option<i64>) {
+        // i64::MIN is the "unset" marker; no byte count gets near it.
+        self.0.store(value.map_or(i64::MIN, |v| v.max(i64::MIN + 1)), Ordering::Relaxed);
+    }
+
+    /// The value, if set.
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|v| *v != i64::MIN)
+    }
+}
+
+#[derive(Debug)]
+struct OptionalGaugeCollector {
+    name: &'static str,
+    help: &'static str,
+    gauge: Arc<OptionalGauge>,
+}
+
+impl Collector for OptionalGaugeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metric_encoder = encoder.encode_descriptor(self.name, self.help, None, prometheus_client::metrics::MetricType::Gauge)?;
+        if let Some(v) = self.gauge.get() {
+            ConstGauge::new(v).encode(metric_encoder)?;
         }
         Ok(())
     }
@@ -458,5 +519,23 @@ mod tests {
         assert!(m.ready().unwrap_err().contains("kafka"));
         m.sink_attempt("kafka", "ok", 0.1);
         assert!(m.ready().is_ok());
+    }
+
+    #[test]
+    fn snapshotting_is_its_own_state_and_safe_wal_is_absent_while_unlimited() {
+        let m = Metrics::new();
+        m.snapshotting.set(1);
+        let reason = m.ready().unwrap_err();
+        assert!(reason.starts_with("snapshotting"), "{reason}");
+        let text = m.encode();
+        assert!(text.contains("walcast_snapshotting 1"), "{text}");
+        assert!(text.contains("# TYPE walcast_slot_safe_wal_bytes gauge"), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("walcast_slot_safe_wal_bytes")), "NULL safe_wal_size exports no sample:\n{text}");
+        m.slot_safe_wal_bytes.set(Some(123_456));
+        assert!(m.encode().contains("walcast_slot_safe_wal_bytes 123456"));
+        m.slot_safe_wal_bytes.set(Some(-5));
+        assert!(m.encode().contains("walcast_slot_safe_wal_bytes -5"), "negative headroom (past the limit) is shown");
+        m.slot_safe_wal_bytes.set(None);
+        assert_eq!(m.slot_safe_wal_bytes.get(), None);
     }
 }

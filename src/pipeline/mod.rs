@@ -184,6 +184,9 @@ async fn load_snapshot(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<snapshot::Outcome, PipelineError> {
+    // Snapshotting is not "not streaming": alerts and /readyz tell the two apart.
+    metrics.snapshotting.set(1);
+    let _snapshotting = SnapshottingFlag(&metrics.snapshotting);
     let in_flight = Arc::clone(&sinks.in_flight);
     let on_dispatch = || in_flight.add();
     let outcome = loop {
@@ -207,6 +210,15 @@ async fn load_snapshot(
     // Ends the exporting session; the snapshot is no longer needed.
     drop(snap.exported);
     Ok(outcome)
+}
+
+/// Clears `walcast_snapshotting` however the load ends (done, interrupted or failed).
+struct SnapshottingFlag<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for SnapshottingFlag<'_> {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,10 @@ async fn prometheus_sees_lag_rise_under_load_and_fall_when_idle() {
         started.elapsed()
     );
 
+    // The slot was created by the test, so no snapshot ran: walcast never reported snapshotting,
+    // and the snapshot exception of WalcastNotStreaming had nothing to hide.
+    assert_eq!(prom.value("max(max_over_time(walcast_snapshotting[10m]))"), Some(0.0));
+
     w.stop().await;
     drop(prom);
     db.drop().await;

@@ -208,10 +208,14 @@ fn which(bin: &str) -> PathBuf {
 impl Prometheus {
     /// Start scraping `targets` (`host:port`) with the repository's alert rules loaded.
     pub async fn start(targets: &[&str]) -> Self {
+        Self::start_with_rules(targets, &deploy_file("prometheus/alerts.yml")).await
+    }
+
+    /// Start scraping `targets` with the rule file `rules` (e.g. a test copy with short `for:`).
+    pub async fn start_with_rules(targets: &[&str], rules: &Path) -> Self {
         let dir = tempfile::Builder::new().prefix("walcast-prometheus-").tempdir().expect("tempdir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let rules = deploy_file("prometheus/alerts.yml");
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\

@@ -5,8 +5,6 @@
 //! `_search` (no refresh by the reader) as soon as the slot confirmed the row; the index left at
 //! the default does not, until someone refreshes it.
 
-use std::time::Duration;
-
 use crate::support::es::*;
 use crate::support::*;
 use serde_json::{json, Value};

@@ -43,7 +43,7 @@ pub fn specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<IndexSpec>, String> {
         out.push(IndexSpec { name: name.to_string(), body, source: path.display().to_string() });
     }
     if let Some(index) = cfg.dead_letter.as_ref().and_then(|d| d.index.clone()) {
-        if !cfg.indexes.get(&index).is_some_and(|i| i.mapping_file.is_some()) {
+        if cfg.indexes.get(&index).is_none_or(|i| i.mapping_file.is_none()) {
             let body = serde_json::from_str(dead_letter::INDEX_BODY).map_err(|e| e.to_string())?;
             out.push(IndexSpec { name: index.to_string(), body, source: "walcast's dead-letter mapping".into() });
         }

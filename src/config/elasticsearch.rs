@@ -55,7 +55,13 @@ pub struct ElasticsearchSinkConfig {
     /// once at start). With false they must exist.
     #[serde(default = "default_true")]
     pub create_indexes: bool,
-    /// Index settings, keyed by index name: the mapping/settings file each is created from.
+    /// When the documents of a `_bulk` request become searchable (`refresh` of `_bulk`), for
+    /// every index without its own `refresh` in `indexes`. Default `"false"`: at the index's next
+    /// refresh (`refresh_interval`, 1 s by default).
+    #[serde(default)]
+    pub refresh: EsRefresh,
+    /// Index settings, keyed by index name: the mapping/settings file each is created from and
+    /// its `refresh`.
     #[serde(default)]
     pub indexes: BTreeMap<IndexName, EsIndexConfig>,
     /// Flat mapping rules: one table to one index (`[[sinks.elasticsearch.tables]]`). Changes of
@@ -72,14 +78,74 @@ pub struct ElasticsearchSinkConfig {
     pub dead_letter: Option<EsDeadLetterConfig>,
 }
 
-/// One index walcast may create (`[sinks.elasticsearch.indexes.NAME]`).
+/// One index walcast writes to (`[sinks.elasticsearch.indexes.NAME]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EsIndexConfig {
     /// JSON file with the index body (`{"settings": ..., "mappings": ...}`), sent as is with
     /// `PUT /NAME` when the index is missing. An existing index is never changed: when its live
     /// mapping lacks something the file has, walcast logs a warning and `walcast check` warns.
-    pub mapping_file: PathBuf,
+    /// Unset: walcast does not create the index (an entry may only set `refresh`).
+    #[serde(default)]
+    pub mapping_file: Option<PathBuf>,
+    /// `refresh` of the writes to this index; unset: the sink-wide `refresh`.
+    #[serde(default)]
+    pub refresh: Option<EsRefresh>,
+}
+
+/// When written documents become searchable: the `refresh` parameter of `_bulk`
+/// (docs/elasticsearch.md "Refresh"). Ordered by cost: a stronger value makes the request wait
+/// (`wait_for`) or forces a refresh (`true`).
+///
+/// Written as the strings `"false"`, `"wait_for"`, `"true"`; the TOML booleans `false` and
+/// `true` are accepted too, because Elasticsearch spells the parameter that way and an operator
+/// writing `refresh = true` means exactly `"true"` (there is no other reading to guard against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum EsRefresh {
+    /// `refresh=false`: visible after the index's next periodic refresh; no extra cost.
+    #[default]
+    False,
+    /// `refresh=wait_for`: the request returns once a refresh made the writes visible; adds up
+    /// to one refresh interval of latency per request.
+    WaitFor,
+    /// `refresh=true`: the touched shards are refreshed right after the request; costly
+    /// (small segments, merges), for small indexes only.
+    True,
+}
+
+impl EsRefresh {
+    /// The value of the `refresh` query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::False => "false",
+            Self::WaitFor => "wait_for",
+            Self::True => "true",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EsRefresh {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = EsRefresh;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("one of \"false\", \"wait_for\", \"true\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<EsRefresh, E> {
+                Ok(if v { EsRefresh::True } else { EsRefresh::False })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EsRefresh, E> {
+                match v {
+                    "false" => Ok(EsRefresh::False),
+                    "wait_for" => Ok(EsRefresh::WaitFor),
+                    "true" => Ok(EsRefresh::True),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A row operation a flat rule can apply.
@@ -221,6 +287,11 @@ impl ElasticsearchSinkConfig {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    /// The `refresh` of writes to `index`: its own setting, else the sink-wide one.
+    pub fn refresh_of(&self, index: &str) -> EsRefresh {
+        self.indexes.iter().find(|(name, _)| name.as_str() == index).and_then(|(_, i)| i.refresh).unwrap_or(self.refresh)
+    }
+
     /// Every index walcast writes to or creates: the rules' indexes, the configured ones and the
     /// dead-letter index, sorted and without duplicates.
     pub fn all_indexes(&self) -> Vec<String> {
@@ -284,8 +355,14 @@ impl ElasticsearchSinkConfig {
             return Err(ConfigError::invalid(&f("bulk_max_bytes"), "must be between 1024 and 1073741824"));
         }
         for (name, idx) in &self.indexes {
-            if idx.mapping_file.as_os_str().is_empty() {
+            if idx.mapping_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 return Err(ConfigError::invalid(&format!("sinks.elasticsearch.indexes.\"{name}\".mapping_file"), "must not be empty"));
+            }
+            if idx.mapping_file.is_none() && idx.refresh.is_none() {
+                return Err(ConfigError::invalid(
+                    &format!("sinks.elasticsearch.indexes.\"{name}\""),
+                    "set mapping_file (to create the index) and/or refresh, or remove the entry",
+                ));
             }
         }
         for (i, rule) in self.tables.iter().enumerate() {

@@ -27,6 +27,7 @@ mod test_server;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,7 +44,7 @@ use self::dead_letter::{DeadLetterDestination, DeadLetterRecord};
 use self::document::{DocumentBuilder, WriteActions};
 use self::indexes::IndexSpec;
 use super::{Batch, Sink, SinkError};
-use crate::config::{ElasticsearchSinkConfig, RetryConfig};
+use crate::config::{ElasticsearchSinkConfig, EsRefresh, RetryConfig};
 use crate::decode::Change;
 use crate::metrics::{Metrics, SinkLabel};
 use crate::retry::Backoff;
@@ -68,18 +69,26 @@ fn interrupted(what: &'static str) -> SinkError {
     SinkError::Interrupted { sink: NAME, what }
 }
 
-/// The cluster as every step of a write sees it: the client, the bulk limits, the retry policy
-/// with the shutdown that ends its waits, and the metrics.
+/// The cluster as every step of a write sees it: the client, the bulk limits and refresh
+/// settings, the retry policy with the shutdown that ends its waits, and the metrics.
 struct Cluster {
     client: EsClient,
     bulk_max_actions: usize,
     bulk_max_bytes: usize,
+    /// `refresh` of the indexes that set their own; the others use `refresh_default`.
+    refresh_by_index: HashMap<String, EsRefresh>,
+    refresh_default: EsRefresh,
     retry: RetryConfig,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 }
 
 impl Cluster {
+    /// The `refresh` of bulk writes to `index`.
+    fn refresh_of(&self, index: &str) -> EsRefresh {
+        self.refresh_by_index.get(index).copied().unwrap_or(self.refresh_default)
+    }
+
     /// Wait the backoff before another attempt at `what`, which failed with `error`. On shutdown
     /// the write ends instead ([`interrupted`]).
     async fn wait(&self, backoff: &mut Backoff, what: &'static str, error: &(dyn fmt::Display + Sync)) -> Result<(), SinkError> {
@@ -135,12 +144,14 @@ impl ElasticsearchSink {
         let specs = indexes::specs(cfg).map_err(fatal)?;
         let dead_letters = DeadLetterDestination::open(cfg)?;
         metrics.dead_letters.get_or_create(&SinkLabel { sink: NAME.into() }).inc_by(0);
-        tracing::info!(url = %client.base(), rules = cfg.tables.len(), document_rules = cfg.documents.len(), gzip = cfg.gzip, "elasticsearch sink ready");
+        tracing::info!(url = %client.base(), rules = cfg.tables.len(), document_rules = cfg.documents.len(), gzip = cfg.gzip, refresh = cfg.refresh.as_str(), "elasticsearch sink ready");
         Ok(Self {
             cluster: Cluster {
                 client,
                 bulk_max_actions: cfg.bulk_max_actions,
                 bulk_max_bytes: cfg.bulk_max_bytes,
+                refresh_by_index: cfg.indexes.iter().filter_map(|(name, i)| Some((name.to_string(), i.refresh?))).collect(),
+                refresh_default: cfg.refresh,
                 retry: retry.clone(),
                 shutdown: CancellationToken::new(),
                 metrics,
@@ -231,7 +242,7 @@ impl ElasticsearchSink {
                 }
                 State::Partial { .. } | State::Skip => continue,
             };
-            items.push(Item { kind, bytes: start..arena.len(), entry: i });
+            items.push(Item { kind, bytes: start..arena.len(), entry: i, refresh: self.cluster.refresh_of(&e.index) });
         }
         let rejected = bulk::send_until_done(&self.cluster, &arena, &items, "documents").await?;
         for (item, reason) in rejected {

@@ -17,6 +17,7 @@ mod dashboard;
 mod es_dead_letter;
 mod es_flat;
 mod es_outage;
+mod es_refresh;
 mod es_resync;
 mod es_tls;
 mod es_versions;

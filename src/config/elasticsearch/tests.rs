@@ -139,6 +139,7 @@ fn example_elasticsearch_section_is_valid() {
     let es = c.sinks.elasticsearch.expect("elasticsearch section");
     assert_eq!(es.url, "https://es.example.internal:9200");
     assert!(es.indexes.contains_key(&IndexName::parse("orders").expect("index name")) && es.dead_letter.is_some() && es.tables.len() == 1);
+    assert_eq!((es.refresh, es.refresh_of("orders")), (EsRefresh::False, EsRefresh::WaitFor));
     let rule = &es.tables[0];
     assert_eq!(rule.rename.get("total").map(String::as_str), Some("amount"));
     let doc = es.documents.first().expect("a document rule");
@@ -159,6 +160,7 @@ fn example_elasticsearch_section_is_valid() {
         "bulk_max_bytes",
         "create_indexes",
         "mapping_file",
+        "refresh",
         "table",
         "index",
         "id_columns",
@@ -195,4 +197,43 @@ fn invalid_document_rules_name_their_field() {
         let err = parse(&format!("{ES_ONLY}{extra}")).expect_err(field).to_string();
         assert!(err.contains(field), "{field}: {err}");
     }
+}
+
+#[test]
+fn refresh_default_and_per_index() {
+    let es = parse(ES_ONLY).expect("valid").sinks.elasticsearch.expect("es");
+    assert_eq!((es.refresh, es.refresh_of("orders")), (EsRefresh::False, EsRefresh::False));
+    let text = ES_ONLY.replace(
+        "url = \"http://127.0.0.1:9200\"",
+        "url = \"http://127.0.0.1:9200\"\nrefresh = \"wait_for\"\n[sinks.elasticsearch.indexes.tiny]\nrefresh = true\n[sinks.elasticsearch.indexes.bulk]\nrefresh = \"false\"\nmapping_file = \"bulk.json\"\n",
+    );
+    let es = parse(&text).expect("valid").sinks.elasticsearch.expect("es");
+    assert_eq!(es.refresh, EsRefresh::WaitFor);
+    assert_eq!(es.refresh_of("orders"), EsRefresh::WaitFor, "no own setting: the sink-wide one");
+    assert_eq!(es.refresh_of("tiny"), EsRefresh::True, "a TOML boolean is accepted");
+    assert_eq!(es.refresh_of("bulk"), EsRefresh::False);
+    for (value, want) in
+        [("false", EsRefresh::False), ("\"false\"", EsRefresh::False), ("true", EsRefresh::True), ("\"true\"", EsRefresh::True)]
+    {
+        let text = ES_ONLY.replace("url = \"http://127.0.0.1:9200\"", &format!("url = \"http://127.0.0.1:9200\"\nrefresh = {value}"));
+        assert_eq!(parse(&text).expect("valid").sinks.elasticsearch.expect("es").refresh, want, "{value}");
+    }
+    assert!(EsRefresh::False < EsRefresh::WaitFor && EsRefresh::WaitFor < EsRefresh::True);
+}
+
+#[test]
+fn refresh_errors_name_the_field() {
+    for (extra, field) in [
+        ("refresh = \"wait\"", "refresh"),
+        ("refresh = 1", "refresh"),
+        ("[sinks.elasticsearch.indexes.tiny]\nrefresh = \"immediate\"", "refresh"),
+        ("[sinks.elasticsearch.indexes.tiny]\n", "sinks.elasticsearch.indexes.\"tiny\""),
+    ] {
+        let text = ES_ONLY.replace("url = \"http://127.0.0.1:9200\"", &format!("url = \"http://127.0.0.1:9200\"\n{extra}"));
+        let err = parse(&text).expect_err(extra).to_string();
+        assert!(err.contains(field), "{extra}: {err}");
+    }
+    let text = ES_ONLY.replace("url = \"http://127.0.0.1:9200\"", "url = \"http://127.0.0.1:9200\"\nrefresh = \"wait\"");
+    let err = parse(&text).expect_err("bad value").to_string();
+    assert!(err.contains("wait_for"), "the error lists the values: {err}");
 }

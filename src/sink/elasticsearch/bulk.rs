@@ -10,6 +10,7 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::{auth_failure, client, fatal, Cluster, NAME};
+use crate::config::EsRefresh;
 use crate::decode::write_json_str;
 use crate::retry::Backoff;
 use crate::sink::SinkError;
@@ -171,6 +172,17 @@ pub(super) struct Item {
     pub(super) bytes: Range<usize>,
     /// The caller's entry (document or dead letter) it writes.
     pub(super) entry: usize,
+    /// The `refresh` its index asks for.
+    pub(super) refresh: EsRefresh,
+}
+
+/// The `_bulk` path with its `refresh` parameter (none for `false`, the server's default).
+pub(super) fn bulk_path(refresh: EsRefresh) -> &'static str {
+    match refresh {
+        EsRefresh::False => "/_bulk",
+        EsRefresh::WaitFor => "/_bulk?refresh=wait_for",
+        EsRefresh::True => "/_bulk?refresh=true",
+    }
 }
 
 /// Send `items` (slices of `arena`) with `_bulk` until each is written, stale or rejected.
@@ -196,7 +208,9 @@ pub(super) async fn send_until_done(
             for &i in &chunk {
                 body.extend_from_slice(&arena[items[i].bytes.clone()]);
             }
-            let answer = match cluster.client.send(Method::POST, "/_bulk", Some((&body, "application/x-ndjson"))).await {
+            // Every item of a chunk has the same refresh (see `chunks`).
+            let path = bulk_path(items[chunk[0]].refresh);
+            let answer = match cluster.client.send(Method::POST, path, Some((&body, "application/x-ndjson"))).await {
                 Ok(a) => a,
                 Err(e) => {
                     reason = e.to_string();
@@ -205,7 +219,7 @@ pub(super) async fn send_until_done(
                 }
             };
             if !(200..300).contains(&answer.status) {
-                let e = client::status_error("POST", "/_bulk", &answer);
+                let e = client::status_error("POST", path, &answer);
                 if e.is_auth() {
                     return Err(auth_failure(&e));
                 }
@@ -270,23 +284,33 @@ pub(super) async fn send_until_done(
     Ok(rejected)
 }
 
-/// Cut `pending` into requests of at most `max_actions` items and `max_bytes` bytes (a single
-/// larger item goes alone).
+/// Cut `pending` into requests of one `refresh` value each, of at most `max_actions` items and
+/// `max_bytes` bytes (a single larger item goes alone).
+///
+/// A request carries one `refresh` for all its items, so items of indexes with different
+/// settings go in separate requests rather than all taking the strongest: `true` on a small
+/// index must not force refreshes of a large one written in the same batch, and `wait_for`
+/// must not wait on an index whose refresh is disabled (`refresh_interval: -1`), which could
+/// stall the batch. The cost is at most one extra request per distinct value in a batch. Order
+/// across the groups does not matter: within one call each document appears once (coalesced),
+/// and index-wide deletes fall between calls.
 fn chunks(pending: &[usize], items: &[Item], max_actions: usize, max_bytes: usize) -> Vec<Vec<usize>> {
     let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut bytes = 0;
-    for &i in pending {
-        let len = items[i].bytes.len();
-        if !cur.is_empty() && (cur.len() >= max_actions || bytes + len > max_bytes) {
-            out.push(std::mem::take(&mut cur));
-            bytes = 0;
+    for refresh in [EsRefresh::False, EsRefresh::WaitFor, EsRefresh::True] {
+        let mut cur = Vec::new();
+        let mut bytes = 0;
+        for &i in pending.iter().filter(|&&i| items[i].refresh == refresh) {
+            let len = items[i].bytes.len();
+            if !cur.is_empty() && (cur.len() >= max_actions || bytes + len > max_bytes) {
+                out.push(std::mem::take(&mut cur));
+                bytes = 0;
+            }
+            cur.push(i);
+            bytes += len;
         }
-        cur.push(i);
-        bytes += len;
-    }
-    if !cur.is_empty() {
-        out.push(cur);
+        if !cur.is_empty() {
+            out.push(cur);
+        }
     }
     out
 }
@@ -361,6 +385,28 @@ mod tests {
         assert!(matches!(&outcomes[7], ItemOutcome::Retry(_)));
         assert!(matches!(&outcomes[8], ItemOutcome::Fatal(r) if r.contains("security_exception")));
         assert!(matches!(&outcomes[9], ItemOutcome::Retry(_)));
+    }
+
+    #[test]
+    fn bulk_path_per_refresh() {
+        assert_eq!(bulk_path(EsRefresh::False), "/_bulk");
+        assert_eq!(bulk_path(EsRefresh::WaitFor), "/_bulk?refresh=wait_for");
+        assert_eq!(bulk_path(EsRefresh::True), "/_bulk?refresh=true");
+    }
+
+    #[test]
+    fn chunks_hold_one_refresh_each() {
+        let refresh = [EsRefresh::WaitFor, EsRefresh::False, EsRefresh::WaitFor, EsRefresh::True, EsRefresh::False];
+        let items: Vec<Item> = refresh
+            .iter()
+            .enumerate()
+            .map(|(i, &refresh)| Item { kind: BulkKind::Index, bytes: i * 10..i * 10 + 10, entry: i, refresh })
+            .collect();
+        let pending: Vec<usize> = (0..items.len()).collect();
+        assert_eq!(chunks(&pending, &items, 100, 1 << 20), vec![vec![1, 4], vec![0, 2], vec![3]]);
+        // The limits still apply within a group.
+        assert_eq!(chunks(&pending, &items, 1, 1 << 20), vec![vec![1], vec![4], vec![0], vec![2], vec![3]]);
+        assert_eq!(chunks(&[2, 0], &items, 100, 1 << 20), vec![vec![2, 0]]);
     }
 
     #[test]

@@ -183,12 +183,13 @@ impl DeadLetterDestination {
                 let mut arena = Vec::with_capacity(letters.len() * 512);
                 let mut items = Vec::with_capacity(letters.len());
                 let mut doc = Vec::new();
+                let refresh = cluster.refresh_of(&index);
                 for (i, l) in letters.iter().enumerate() {
                     doc.clear();
                     l.render(&mut doc);
                     let start = arena.len();
                     write_item(&mut arena, BulkKind::Index, &index, None, None, Some(&doc));
-                    items.push(Item { kind: BulkKind::Index, bytes: start..arena.len(), entry: i });
+                    items.push(Item { kind: BulkKind::Index, bytes: start..arena.len(), entry: i, refresh });
                 }
                 let rejected = bulk::send_until_done(cluster, &arena, &items, "dead letters").await?;
                 if let Some((_, reason)) = rejected.first() {

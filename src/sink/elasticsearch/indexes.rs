@@ -26,7 +26,8 @@ pub struct IndexSpec {
 pub fn specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<IndexSpec>, String> {
     let mut out = Vec::new();
     for (name, idx) in &cfg.indexes {
-        let path = &idx.mapping_file;
+        // An entry without a mapping file only sets `refresh`: nothing to create.
+        let Some(path) = &idx.mapping_file else { continue };
         let text = std::fs::read(path)
             .map_err(|e| format!("sinks.elasticsearch.indexes.{name:?}.mapping_file: cannot read {}: {e}", path.display()))?;
         let body: Value = serde_json::from_slice(&text)
@@ -42,7 +43,7 @@ pub fn specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<IndexSpec>, String> {
         out.push(IndexSpec { name: name.to_string(), body, source: path.display().to_string() });
     }
     if let Some(index) = cfg.dead_letter.as_ref().and_then(|d| d.index.clone()) {
-        if !cfg.indexes.contains_key(&index) {
+        if cfg.indexes.get(&index).is_none_or(|i| i.mapping_file.is_none()) {
             let body = serde_json::from_str(dead_letter::INDEX_BODY).map_err(|e| e.to_string())?;
             out.push(IndexSpec { name: index.to_string(), body, source: "walcast's dead-letter mapping".into() });
         }

@@ -262,3 +262,31 @@ async fn shutdown_ends_the_wait_for_an_index() {
     let err = result.expect("the index wait did not end on shutdown").expect("task").expect_err("unfinished");
     assert!(err.is_retryable(), "{err}");
 }
+
+/// Each index's `refresh` reaches the server: one `_bulk` request per distinct value in a
+/// batch, each carrying only the items of the indexes with that value.
+#[tokio::test]
+async fn refresh_per_index_splits_the_bulk_request() {
+    let answer: fake::Answer = Arc::new(|_, req| {
+        let n = bulk_ids(&req.body).len();
+        (200, format!(r#"{{"errors":false,"items":[{}]}}"#, vec![item(201, ""); n].join(",")))
+    });
+    let (url, seen) = fake::serve(answer).await;
+    let mut sink = test_sink(&url, "[indexes.live]\nrefresh = \"wait_for\"\n[indexes.tiny]\nrefresh = true\n");
+    let to = |index: &str, id: &str| Ok(EsAction { index: Arc::from(index), ..act(id, 10, index_op(id)) });
+    fn index_op(id: &str) -> EsOp {
+        index(json!({ "id": id }))
+    }
+    let actions = vec![to("bulk", "b1"), to("live", "l1"), to("tiny", "t1"), to("bulk", "b2"), to("live", "l2")];
+    sink.write_actions(actions, &[]).await.expect("written");
+    let reqs = seen.lock().expect("lock").clone();
+    let sent: Vec<(String, Vec<String>)> = reqs.iter().map(|r| (r.path.clone(), bulk_ids(&r.body))).collect();
+    assert_eq!(
+        sent,
+        vec![
+            ("/_bulk".to_string(), vec!["b1".to_string(), "b2".into()]),
+            ("/_bulk?refresh=wait_for".to_string(), vec!["l1".to_string(), "l2".into()]),
+            ("/_bulk?refresh=true".to_string(), vec!["t1".to_string()]),
+        ]
+    );
+}

@@ -54,10 +54,7 @@ pub async fn monitor_slot(params: ConnParams, slot: String, every: Duration, met
                     metrics.slot_retained_wal_bytes.set(info.retained_wal_bytes.unwrap_or(0));
                     metrics.set_wal_status(info.wal_status.as_deref());
                     metrics.slot_active.set(i64::from(info.active));
-                    match safe_wal_bytes(c, &slot).await {
-                        Ok(bytes) => metrics.slot_safe_wal_bytes.set(bytes),
-                        Err(error) => tracing::debug!(%error, "slot monitor safe_wal_size query failed"),
-                    }
+                    metrics.slot_safe_wal_bytes.set(info.safe_wal_bytes);
                     if let Some(lsn) = info.current_wal_lsn {
                         metrics.server_wal_lsn.set(lsn.0 as i64);
                     }
@@ -80,13 +77,6 @@ pub async fn monitor_slot(params: ConnParams, slot: String, every: Duration, met
         })
     })
     .await;
-}
-
-/// `pg_replication_slots.safe_wal_size` of `slot`: bytes that can still be written before the slot
-/// loses WAL it needs; `None` when unlimited (`max_slot_wal_keep_size = -1`) or the slot is gone.
-async fn safe_wal_bytes(c: &tokio_postgres::Client, slot: &str) -> Result<Option<i64>, tokio_postgres::Error> {
-    let row = c.query_opt("SELECT safe_wal_size FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await?;
-    row.map_or(Ok(None), |r| r.try_get(0))
 }
 
 /// Write a heartbeat into the WAL every `cfg.interval_ms`, so a slot whose tables are quiet still

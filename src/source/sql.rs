@@ -152,6 +152,9 @@ pub struct SlotInfo {
     pub retained_wal_bytes: Option<i64>,
     /// Current WAL write position of the server.
     pub current_wal_lsn: Option<Lsn>,
+    /// `safe_wal_size`: bytes that can still be written before the slot loses WAL it needs;
+    /// `None` when unlimited (`max_slot_wal_keep_size = -1`).
+    pub safe_wal_bytes: Option<i64>,
 }
 
 /// The fix for a slot whose changes are gone (dropped, lost, or never ours): what `walcast
@@ -198,7 +201,7 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         .query_opt(
             "SELECT slot_name::text, plugin::text, slot_type, database::text, active, active_pid, \
                     confirmed_flush_lsn::text, restart_lsn::text, wal_status, \
-                    (pg_current_wal_lsn() - restart_lsn)::int8, pg_current_wal_lsn()::text \
+                    (pg_current_wal_lsn() - restart_lsn)::int8, pg_current_wal_lsn()::text, safe_wal_size \
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -215,6 +218,7 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
         wal_status: r.get(8),
         retained_wal_bytes: r.get(9),
         current_wal_lsn: parse_lsn(r.get(10)),
+        safe_wal_bytes: r.get(11),
     }))
 }
 

@@ -38,11 +38,7 @@ async fn a_million_row_transaction_streams_in_bounded_memory() {
     let mut wc = Walcast::new(&db);
     wc.start();
     // Connected and streaming before the workload starts.
-    let deadline = Instant::now() + WAIT;
-    while !db.slot_state(&db.slot).await.is_some_and(|s| s.active) {
-        assert!(Instant::now() < deadline && wc.is_running(), "walcast did not start streaming\n{}", wc.log_tail(30));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wc.wait_streaming_slot(&db).await;
 
     let t0 = Instant::now();
     exec(&sql, "INSERT INTO bench_rows (a, b, d) SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, 1000000) g").await;

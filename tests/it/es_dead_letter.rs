@@ -91,13 +91,7 @@ async fn rejected_row_goes_to_the_dead_letter_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("dead.jsonl");
     let mut s = setup("es_dlq_file", &format!("[sinks.elasticsearch.dead_letter]\npath = {:?}\n", path.display().to_string())).await;
-    let read = async || {
-        std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("dead letter line is JSON"))
-            .collect::<Vec<_>>()
-    };
+    let read = async || dead_letter_lines(&path);
     rejected_row_is_set_aside(&mut s, read).await;
     s.wc.stop().await;
     s.db.drop().await;
@@ -125,13 +119,7 @@ async fn rejected_row_goes_to_the_dead_letter_index() {
 async fn rejected_row_without_dead_letter_destination_goes_to_the_state_dir() {
     let mut s = setup("es_dlq_none", "").await;
     let path = s.wc.dir.as_ref().expect("dir").path().join("state").join("dead-letters-elasticsearch.jsonl");
-    let read = async || {
-        std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("dead letter line is JSON"))
-            .collect::<Vec<_>>()
-    };
+    let read = async || dead_letter_lines(&path);
     rejected_row_is_set_aside(&mut s, read).await;
     // The warning names where it went.
     let log = std::fs::read_to_string(&s.wc.log_path).expect("log");
@@ -153,4 +141,13 @@ async fn rejected_row_without_dead_letter_destination_goes_to_the_state_dir() {
     s.wc.stop().await;
     s.db.drop().await;
     Es::new(&es_url()).delete_index(&s.index).await;
+}
+
+/// The dead-letter file's records (none while it does not exist).
+fn dead_letter_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("dead letter line is JSON"))
+        .collect()
 }

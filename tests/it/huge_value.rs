@@ -37,11 +37,7 @@ async fn memory_is_given_back_after_a_huge_value() {
     db.create_slot().await;
     let mut wc = Walcast::new(&db);
     wc.start();
-    let deadline = Instant::now() + WAIT;
-    while !db.slot_state(&db.slot).await.is_some_and(|s| s.active) {
-        assert!(Instant::now() < deadline && wc.is_running(), "walcast did not start streaming\n{}", wc.log_tail(30));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wc.wait_streaming_slot(&db).await;
     let idle_kb = wc.vm_rss_kb();
 
     exec(&sql, &format!("INSERT INTO blobs SELECT 1, string_agg(md5(g::text), '') FROM generate_series(1, {DIGESTS}) g")).await;

@@ -125,6 +125,16 @@ impl Walcast {
         self.child.as_ref().expect("walcast is not running").id()
     }
 
+    /// Wait (up to [`WAIT`]) until this walcast streams `db`'s slot; panics with its log if it
+    /// stops or never does.
+    pub async fn wait_streaming_slot(&mut self, db: &TestDb) {
+        let deadline = Instant::now() + WAIT;
+        while !db.slot_state(&db.slot).await.is_some_and(|s| s.active) {
+            assert!(Instant::now() < deadline && self.is_running(), "walcast did not start streaming\n{}", self.log_tail(30));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => c.try_wait().expect("try_wait").is_none(),

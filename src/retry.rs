@@ -1,7 +1,9 @@
 //! The one retry layer: exponential backoff with "equal jitter" (half the ceiling fixed, half
-//! random), and a wait that ends early on shutdown. Every loop that retries forever uses it.
+//! random), and a wait that ends early on shutdown. Every loop that retries forever uses it. Also
+//! `LogThrottle`: one log line per period for the noise a client library makes during an outage.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +58,46 @@ impl Backoff {
     }
 }
 
+/// At most one log line per period for a condition that repeats on its own (a client library
+/// reporting each failed connection attempt during an outage): the first one is written, then
+/// one per period; the lines in between go to debug level and are counted. Used from client
+/// library callbacks on their own threads, hence the lock.
+#[derive(Debug)]
+pub(crate) struct LogThrottle {
+    every: Duration,
+    /// When a line was last admitted, and how many were held back since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogThrottle {
+    /// A throttle admitting one line per `every`.
+    pub(crate) fn new(every: Duration) -> Self {
+        Self { every, state: Mutex::new((None, 0)) }
+    }
+
+    /// `Some(suppressed)`: write this line at its level, with how many were held back since the
+    /// last one; `None`: write it at debug level.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Option<u64> {
+        // A poisoned lock only means a logging call panicked: keep logging.
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, held) = &mut *state;
+        match *last {
+            Some(t) if now.saturating_duration_since(t) < self.every => {
+                *held += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(held))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +115,19 @@ mod tests {
         assert!(b.attempt() > 10);
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn throttle_admits_one_line_per_period_and_counts_the_rest() {
+        let t = LogThrottle::new(Duration::from_secs(60));
+        let start = Instant::now();
+        assert_eq!(t.admit_at(start), Some(0), "the first line is written");
+        for s in 1..=59 {
+            assert_eq!(t.admit_at(start + Duration::from_secs(s)), None, "{s} s");
+        }
+        assert_eq!(t.admit_at(start + Duration::from_secs(60)), Some(59), "the next period's line counts the held-back ones");
+        assert_eq!(t.admit_at(start + Duration::from_secs(61)), None);
+        assert_eq!(t.admit_at(start + Duration::from_secs(200)), Some(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -165,7 +165,10 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                         break Err(e);
                     }
                     drop(stream.take());
-                    if !self.backoff.wait(shutdown, "replication connection lost", &error).await {
+                    // The line an operator reads for a reconnect: the cause is in `error`.
+                    let what = "replication connection lost, resuming from the last confirmed position (fix: nothing when rare; \
+                                if it repeats, the server's log says why the connection ended)";
+                    if !self.backoff.wait(shutdown, what, &error).await {
                         break Ok(());
                     }
                 }

@@ -229,7 +229,18 @@ impl Sink for KafkaSink {
                 f.discard();
             }
         }
-        result
+        result.map_err(|e| name_the_brokers(e, &self.cfg.bootstrap_servers))
+    }
+}
+
+/// A retryable failure names the brokers and what to do: it is the one line per backoff step an
+/// operator reads during an outage (the client's own lines are throttled).
+fn name_the_brokers(error: SinkError, brokers: &str) -> SinkError {
+    match error {
+        SinkError::Transient { sink, source } => {
+            SinkError::Transient { sink, source: format!("{source} (brokers {brokers}); fix: {}", client::UNREACHABLE_FIX).into() }
+        }
+        other => other,
     }
 }
 

@@ -122,7 +122,7 @@ pub(crate) fn wal_level_problem(wal_level: &str) -> Option<SourceError> {
     (wal_level != "logical").then(|| {
         SourceError::setup(
             format!("wal_level is {wal_level:?}: logical replication slots need wal_level = logical"),
-            "set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart Postgres",
+            "as a superuser: ALTER SYSTEM SET wal_level = logical; (or set it in postgresql.conf) and restart Postgres",
         )
     })
 }

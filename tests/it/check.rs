@@ -295,6 +295,17 @@ async fn run_stops_with_exit_3_on_setup_errors() {
         let out = walcast_cmd(&["run", "--config", &cfg.to_string_lossy()]).await;
         assert_eq!(out.code, Some(3), "{name}: {out}");
         assert!(out.stderr.contains(needle) && out.stderr.contains("fix:"), "{name}: the message names the problem and its fix:\n{out}");
+        // Every SQL fix runs when pasted (the replica's ALTER SYSTEM: see
+        // `alter_system_fix_makes_wal_level_logical`); the role's is the 42501 fix.
+        let (ran, skipped) = run_sql_fixes(&out, &db.url).await;
+        let expected = if name == "norepl.toml" {
+            (1, 0)
+        } else if name == "replica.toml" {
+            (0, 1)
+        } else {
+            (0, 0)
+        };
+        assert_eq!((ran, skipped.len()), expected, "{name}: SQL fixes run / skipped {skipped:?}:\n{out}");
     }
     assert!(db.slot_state(&db.slot).await.is_none(), "no slot was created");
     // `run` created its publication on the replica cluster before failing: remove it.
@@ -311,6 +322,32 @@ async fn slot_create_on_a_replica_cluster_explains_wal_level() {
     exec(&connect(&replica_url()).await, "DROP PUBLICATION IF EXISTS wc_check_slot_replica").await;
     assert_eq!(out.code, Some(3), "a setup problem: {out}");
     assert!(out.stderr.contains("wal_level") && out.stderr.contains("fix:"), "the message says wal_level and how to fix it:\n{out}");
+    // The statement is run on a private cluster by `alter_system_fix_makes_wal_level_logical`.
+    assert_eq!(sql_fixes(&out), ["ALTER SYSTEM SET wal_level = logical;"], "{out}");
+}
+
+/// The ALTER SYSTEM fix of a cluster with wal_level = replica (printed by `check`, `run` and
+/// `slot create`) works when pasted: it cannot run in a transaction, nor on the shared replica
+/// cluster, so it runs on a private cluster, which is restarted; `check` then passes the
+/// wal_level line.
+#[tokio::test(flavor = "multi_thread")]
+async fn alter_system_fix_makes_wal_level_logical() {
+    let pg = PrivateCluster::start_with_wal_level("check_walfix", "replica").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(&dir, "replica.toml", &config_for(&pg.url, "wc_walfix", "wc_walfix", ""));
+    let out = check(&cfg).await;
+    assert_eq!(out.code, Some(3), "{out}");
+    let fixes = sql_fixes(&out);
+    assert_eq!(fixes, ["ALTER SYSTEM SET wal_level = logical;"], "{out}");
+    let admin = connect(&pg.url).await;
+    for stmt in &fixes {
+        admin.batch_execute(stmt).await.unwrap_or_else(|e| panic!("the fix `{stmt}` fails when pasted: {e:?}"));
+    }
+    drop(admin);
+    pg.restart().await;
+    let out = check(&cfg).await;
+    assert!(tagged(&out, "ok").iter().any(|l| l.contains("wal_level = logical")), "after the fix and a restart:\n{out}");
+    assert!(!out.stdout.contains("wal_level is replica"), "{out}");
 }
 
 /// Every SQL fix `check` prints for a role that owns nothing and may select nothing works when
@@ -329,8 +366,16 @@ async fn sql_fix_lines_run_when_pasted() {
         out.stdout.contains(r#"GRANT SELECT ON "public"."secrets" TO "walcast_norepl";"#),
         "the GRANT names the real role, quoted:\n{out}"
     );
+    let fixes = sql_fixes(&out);
+    for expected in [
+        r#"ALTER ROLE "walcast_norepl" WITH REPLICATION;"#,
+        r#"GRANT SELECT ON "public"."secrets" TO "walcast_norepl";"#,
+        &format!(r#"GRANT CREATE ON DATABASE "{}" TO "walcast_norepl";"#, db.name),
+    ] {
+        assert!(fixes.iter().any(|f| f == expected), "{expected} among the fixes {fixes:?}:\n{out}");
+    }
     let (ran, skipped) = run_sql_fixes(&out, &db.url).await;
-    assert!(ran >= 3 && skipped.is_empty(), "ran {ran} (ALTER ROLE, GRANT SELECT, the publication's), skipped {skipped:?}:\n{out}");
+    assert!(ran == fixes.len() && skipped.is_empty(), "ran {ran} of {fixes:?}, skipped {skipped:?}:\n{out}");
 
     // A publication publishing another table than source.tables.
     db.create_publication(&["other"]).await;
@@ -356,5 +401,69 @@ async fn run_prints_its_fatal_error_once() {
     assert_eq!(out.code, Some(3), "{out}");
     assert_eq!(out.stderr.matches("does not exist").count(), 1, "the error once:\n{out}");
     assert_eq!(out.stderr.matches("fix:").count(), 1, "its fix once:\n{out}");
+    db.drop().await;
+}
+
+/// `check` warns about an index written with `refresh = "wait_for"` whose refresh_interval is
+/// -1 (each write would wait for a refresh that does not come): read from an existing index's
+/// settings on the shared Elasticsearch-API server, and from the mapping file of one not yet
+/// created. With a refresh interval (or another `refresh`) there is no warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_for_on_an_index_without_refresh_is_a_warning() {
+    use crate::support::es::*;
+    let es = Es::new(&es_url());
+    let (existing, missing) = (index_name("waitfor-existing"), index_name("waitfor-missing"));
+    es.delete_index(&existing).await;
+    es.delete_index(&missing).await;
+    es.create_index(&existing, serde_json::json!({"settings": {"index": {"refresh_interval": "-1"}}})).await;
+    let db = TestDb::create("check_waitfor").await;
+    exec(&db.client().await, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    db.create_publication(&["t"]).await;
+    db.create_slot().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mapping = dir.path().join("m.json");
+    std::fs::write(&mapping, r#"{"settings":{"refresh_interval":"-1"},"mappings":{"properties":{"id":{"type":"integer"}}}}"#)
+        .expect("write");
+    let config = |refresh: &str| {
+        let rule = |index: &str| format!("[[sinks.elasticsearch.tables]]\ntable = \"public.t\"\nindex = \"{index}\"\n");
+        let extra = es_section(
+            &es_url(),
+            &format!(
+                "[sinks.elasticsearch.indexes.{existing:?}]\nrefresh = \"{refresh}\"\n\
+                 [sinks.elasticsearch.indexes.{missing:?}]\nmapping_file = {:?}\nrefresh = \"{refresh}\"\n{}{}",
+                mapping.display().to_string(),
+                rule(&existing),
+                rule(&missing),
+            ),
+        );
+        let opts = Options { extra, ..Options::default() };
+        write_config(
+            &dir,
+            &format!("{refresh}.toml"),
+            &config_toml(&db.url, &db.slot, &db.publication, std::path::Path::new("/dev/null"), &opts),
+        )
+    };
+    let warned = |out: &CmdOutput, index: &str| {
+        tagged(out, "warn")
+            .iter()
+            .any(|l| l.contains(&format!("index {index} is written with refresh = \"wait_for\"")) && l.contains("refresh_interval = -1"))
+    };
+
+    let out = check(&config("wait_for")).await;
+    assert_eq!(out.code, Some(0), "a warning, not a failure:\n{out}");
+    assert!(warned(&out, &existing), "the existing index's settings:\n{out}");
+    assert!(warned(&out, &missing) && out.stdout.contains("the settings of"), "the mapping file's settings:\n{out}");
+    assert!(out.stdout.contains(&format!("fix: give the index a refresh interval (PUT /{existing}/_settings")), "{out}");
+
+    // Another refresh, or an interval: no warning.
+    let out = check(&config("true")).await;
+    assert!(!out.stdout.contains("refresh_interval = -1"), "{out}");
+    let (status, _) = es
+        .request(reqwest::Method::PUT, &format!("/{existing}/_settings"), Some(serde_json::json!({"index": {"refresh_interval": "1s"}})))
+        .await;
+    assert_eq!(status, 200);
+    let out = check(&config("wait_for")).await;
+    assert!(!warned(&out, &existing) && warned(&out, &missing), "{out}");
+    es.delete_index(&existing).await;
     db.drop().await;
 }

@@ -37,6 +37,7 @@ mod metrics_prometheus;
 mod movies_faults;
 mod movies_snapshot;
 mod movies_streaming;
+mod operator_logs;
 mod packaging;
 mod pg_restart;
 mod quiet_slot;

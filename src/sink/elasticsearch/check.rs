@@ -1,12 +1,13 @@
 //! The Elasticsearch part of `walcast check`: the cluster answers, the credentials are accepted,
-//! and every index walcast writes to exists or can be created.
+//! every index walcast writes to exists or can be created, and no index written with
+//! `refresh = "wait_for"` has its periodic refresh turned off.
 
 use reqwest::Method;
 use serde_json::Value;
 
 use super::client::{status_error, EsClient};
 use super::indexes::{self, IndexState};
-use crate::config::Config;
+use crate::config::{Config, EsRefresh};
 use crate::source::Finding;
 
 /// Findings about `[sinks.elasticsearch]` (none when it is not configured).
@@ -69,7 +70,14 @@ pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
             Some(s) => s.clone(),
             None => indexes::IndexSpec { name: name.clone(), body: Value::Null, source: String::new() },
         };
-        match (indexes::state(&client, &probe).await, spec) {
+        let state = indexes::state(&client, &probe).await;
+        if es.refresh_of(&name) == EsRefresh::WaitFor {
+            let exists = matches!(state, Ok(IndexState::Exists(_)));
+            if let Some(finding) = wait_for_without_refresh(&client, &name, spec.filter(|_| !exists), exists).await {
+                out.push(finding);
+            }
+        }
+        match (state, spec) {
             (Err(e), _) => {
                 let fix = if e.is_auth() { e.auth_fix() } else { "check that the cluster is healthy" };
                 out.push(Finding::fail(format!("elasticsearch: cannot look up index {name}: {e}"), fix));
@@ -94,4 +102,44 @@ pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// A warning when `name` is written with `refresh = "wait_for"` but its `refresh_interval` is
+/// `-1` (periodic refresh off): each write would wait for a refresh nobody makes (Elasticsearch
+/// forces one only once `index.max_refresh_listeners` requests wait). The interval is read from
+/// the index when it `exists`, else from the settings of the mapping file `spec` creates it
+/// with. An index whose settings cannot be read is left to the other findings.
+async fn wait_for_without_refresh(client: &EsClient, name: &str, spec: Option<&indexes::IndexSpec>, exists: bool) -> Option<Finding> {
+    let (interval, whence) = if exists {
+        let answer = client.send(Method::GET, &format!("/{name}/_settings?flat_settings=true"), None).await.ok()?;
+        let body: Value = serde_json::from_slice(&answer.body).ok()?;
+        // Keyed by the concrete index name (an alias resolves to it): take the first.
+        let settings = body.as_object()?.values().next()?.get("settings")?.clone();
+        (settings.get("index.refresh_interval").cloned(), "its settings".to_string())
+    } else {
+        let settings = spec?.body.get("settings")?;
+        let interval = settings
+            .get("index.refresh_interval")
+            .or_else(|| settings.get("index").and_then(|i| i.get("refresh_interval")))
+            .or_else(|| settings.get("refresh_interval"))
+            .cloned();
+        (interval, format!("the settings of {}", spec?.source))
+    };
+    let disabled = match interval? {
+        Value::String(s) => s.trim() == "-1",
+        Value::Number(n) => n.as_i64() == Some(-1),
+        _ => false,
+    };
+    disabled.then(|| {
+        Finding::warn(
+            format!(
+                "elasticsearch: index {name} is written with refresh = \"wait_for\" but {whence} set refresh_interval = -1 (no periodic refresh): \
+                 every write would wait for a refresh that does not come"
+            ),
+            format!(
+                "give the index a refresh interval (PUT /{name}/_settings {{\"index\": {{\"refresh_interval\": \"1s\"}}}}), or set refresh = \"true\" \
+                 (or \"false\") for it in [sinks.elasticsearch.indexes.{name}]"
+            ),
+        )
+    })
 }

@@ -23,7 +23,10 @@ const GZIP_BLOCKING_MIN_BYTES: usize = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum EsError {
     /// The request did not get an answer (connection refused or reset, timeout, TLS failure).
-    #[error("request to {url} failed: {reason}")]
+    #[error(
+        "request to {url} failed: {reason}; fix: check that Elasticsearch is up and reachable at this address \
+         (sinks.elasticsearch.url) and, with TLS, that its certificate is trusted (sinks.elasticsearch.ca_file)"
+    )]
     Transport {
         /// The URL (no credentials are ever part of it).
         url: String,

@@ -61,7 +61,7 @@ pub async fn check(kafka: &KafkaSinkConfig, database: &str, tables: &[(String, S
             return out;
         }
     };
-    let (context, _) = Context::new();
+    let (context, _) = Context::new(kafka);
     let producer: FutureProducer<Context> = match config.create_with_context(context) {
         Ok(p) => p,
         Err(e) => {

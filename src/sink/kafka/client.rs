@@ -10,6 +10,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, KafkaSinkConfig};
+use crate::retry::LogThrottle;
 
 /// Build the client configuration shared by the producer and the admin client.
 ///
@@ -76,28 +77,55 @@ pub(crate) fn producer_config(cfg: &KafkaSinkConfig) -> Result<ClientConfig, Con
     Ok(c)
 }
 
-/// The client context: librdkafka's log lines become tracing events; an authentication or
-/// authorization failure reported by the client is published on a watch channel so a waiting
-/// write can stop at once instead of retrying until the records time out.
+/// What to do while the brokers cannot be reached: the fix of every outage line.
+pub(crate) const UNREACHABLE_FIX: &str = "check that the brokers of sinks.kafka.bootstrap_servers are up and reachable from this host \
+     (and, with TLS or SASL, that the handshake passes); walcast keeps the slot where it is and retries, nothing is lost";
+
+/// How often a client writes one of its connection problems as a WARN line; the ones in between
+/// are debug lines, counted in the next WARN (`suppressed`). During an outage librdkafka reports
+/// every failed connection attempt, per broker and per connection, and the sink's own retry line
+/// (one per backoff step, naming the brokers and the fix) is what an operator needs.
+const CLIENT_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The client context: librdkafka's log lines and client errors become tracing events, at most
+/// one WARN per [`CLIENT_WARN_EVERY`] (each naming the brokers and the fix), the rest at debug
+/// level; an authentication or authorization failure reported by the client is published on a
+/// watch channel so a waiting write can stop at once instead of retrying until the records time
+/// out.
 pub(crate) struct Context {
     fatal: watch::Sender<Option<String>>,
+    /// `sinks.kafka.bootstrap_servers`, for the log lines.
+    brokers: String,
+    throttle: LogThrottle,
 }
 
 impl Context {
-    /// A context and the receiver of its fatal-error notices.
-    pub(crate) fn new() -> (Self, watch::Receiver<Option<String>>) {
+    /// A context for a client of `cfg`'s brokers and the receiver of its fatal-error notices.
+    pub(crate) fn new(cfg: &KafkaSinkConfig) -> (Self, watch::Receiver<Option<String>>) {
         let (tx, rx) = watch::channel(None);
-        (Self { fatal: tx }, rx)
+        (Self { fatal: tx, brokers: cfg.bootstrap_servers.clone(), throttle: LogThrottle::new(CLIENT_WARN_EVERY) }, rx)
     }
 }
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility = fac, message = log_message, "kafka client")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, message = log_message, "kafka client"),
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => match self.throttle.admit() {
+                Some(suppressed) => tracing::warn!(
+                    target: "librdkafka",
+                    facility = fac,
+                    message = log_message,
+                    brokers = %self.brokers,
+                    suppressed,
+                    fix = UNREACHABLE_FIX,
+                    "kafka client"
+                ),
+                None => tracing::debug!(target: "librdkafka", facility = fac, message = log_message, "kafka client"),
+            },
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
                 tracing::info!(target: "librdkafka", facility = fac, message = log_message, "kafka client")
             }
@@ -121,8 +149,10 @@ impl ClientContext for Context {
                     false
                 }
             });
+        } else if let Some(suppressed) = self.throttle.admit() {
+            tracing::warn!(error = %error, reason, brokers = %self.brokers, suppressed, fix = UNREACHABLE_FIX, "kafka client error");
         } else {
-            tracing::warn!(error = %error, reason, "kafka client error");
+            tracing::debug!(error = %error, reason, "kafka client error");
         }
     }
 }

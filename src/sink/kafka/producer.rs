@@ -67,7 +67,7 @@ pub(super) async fn wait_fatal(rx: &mut watch::Receiver<Option<String>>) {
 /// A new idempotent producer, and the receiver of its fatal-error notices.
 pub(super) fn new_producer(cfg: &KafkaSinkConfig) -> Result<(KafkaProducer, watch::Receiver<Option<String>>), SinkError> {
     let config: ClientConfig = client::producer_config(cfg).map_err(|e| fatal_err(e.to_string()))?;
-    let (context, fatal) = Context::new();
+    let (context, fatal) = Context::new(cfg);
     let producer = config
         .create_with_context(context)
         .map_err(|e| fatal_err(format!("cannot create the Kafka producer: {e}; check the [sinks.kafka] settings")))?;

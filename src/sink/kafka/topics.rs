@@ -40,7 +40,7 @@ impl KafkaSink {
     fn admin(&mut self) -> Result<&AdminClient<Context>, SinkError> {
         if self.admin.is_none() {
             let config = client::client_config(&self.cfg).map_err(|e| fatal_err(e.to_string()))?;
-            let (context, _) = Context::new();
+            let (context, _) = Context::new(&self.cfg);
             let admin = config.create_with_context(context).map_err(|e| fatal_err(format!("cannot create the Kafka admin client: {e}")))?;
             self.admin = Some(admin);
         }

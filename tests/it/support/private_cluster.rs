@@ -19,12 +19,22 @@ pub struct PrivateCluster {
 impl PrivateCluster {
     /// initdb and start a cluster with wal_level = logical.
     pub async fn start(name: &str) -> Self {
+        Self::start_with_wal_level(name, "logical").await
+    }
+
+    /// initdb and start a cluster with this wal_level (`logical` or `replica`).
+    pub async fn start_with_wal_level(name: &str, wal_level: &str) -> Self {
         let tmp = tempfile::Builder::new().prefix(&format!("walcast-{name}-")).tempdir().expect("tempdir");
         let dir = tmp.path().join("pg");
         let port = free_port();
-        pg_cluster(&["start", &dir.to_string_lossy(), &port.to_string(), "logical"]).await;
+        pg_cluster(&["start", &dir.to_string_lossy(), &port.to_string(), wal_level]).await;
         let url = PgUrl { user: "postgres".into(), host: "127.0.0.1".into(), port, database: "postgres".into() };
         Self { url, dir, _tmp: tmp }
+    }
+
+    /// Stop (fast) and start again: for settings that need a restart (ALTER SYSTEM of wal_level).
+    pub async fn restart(&self) {
+        pg_cluster(&["restart", &self.dir.to_string_lossy(), "fast"]).await;
     }
 
     /// Copy `from` into the data directory as `name`, owned like the directory (the server

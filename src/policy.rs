@@ -7,6 +7,7 @@
 //! route): such a record is set aside and the stream goes on, so no error of the enums below
 //! reaches the process for it.
 
+use crate::changelog::ChangelogError;
 use crate::config::ConfigError;
 use crate::decode::DecodeError;
 use crate::pipeline::PipelineError;
@@ -209,6 +210,23 @@ impl ConfigError {
     }
 
     /// Never: the same file fails the same way.
+    pub fn is_retryable(&self) -> bool {
+        self.action() == Action::Retry
+    }
+}
+
+impl ChangelogError {
+    /// A file operation (a full disk, permissions) may pass: retried, and nothing the log does
+    /// not hold is confirmed meanwhile. Corruption, a second writer and a start the log no
+    /// longer holds need a person (the message says what to do).
+    pub fn action(&self) -> Action {
+        match self {
+            ChangelogError::Io { .. } => Action::Retry,
+            ChangelogError::Corrupt { .. } | ChangelogError::Locked { .. } | ChangelogError::NotInLog { .. } => Action::Stop(EXIT_SETUP),
+        }
+    }
+
+    /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         self.action() == Action::Retry
     }

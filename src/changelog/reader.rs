@@ -179,7 +179,11 @@ impl LogScan {
             let read = segment::read_block(&reading.file, reading.offset, len).map_err(|e| ChangelogError::io("read", &reading.path, e))?;
             let read = match read {
                 BlockRead::Block { .. } => read,
-                BlockRead::Bad { end } if end < len => {
+                BlockRead::Bad { end }
+                    if end < len
+                        && segment::valid_block_at(&reading.file, end, len)
+                            .map_err(|e| ChangelogError::io("read", &reading.path, e))? =>
+                {
                     return Err(ChangelogError::corrupt(&reading.path, reading.offset, "checksum mismatch"))
                 }
                 _ => {

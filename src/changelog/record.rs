@@ -1,6 +1,6 @@
 //! The entries inside a block: a relation description, a change, or a commit marker.
 //!
-//! Layout of one entry: `[tag u8][body length varint][body]`, the length letting a reader skip
+//! Layout of one entry: `[tag u8][body length u32][body]`, the length letting a reader skip
 //! what it does not need. Integers are little-endian (fixed width for LSNs and ids, LEB128
 //! varints for lengths and counts). A change names its relation by OID; the relation's
 //! description is an earlier entry of the same segment (the last one for that OID wins), so
@@ -52,18 +52,21 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Writes `[tag][len][body]` with the body produced by `body` (into a scratch buffer so the
-/// length can precede it).
-fn put_entry(out: &mut Vec<u8>, scratch: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
-    scratch.clear();
-    body(scratch);
+/// Writes `[tag][len u32][body]`, the body written in place by `body` and its length patched
+/// in after (no copy of the values).
+fn put_entry(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
     out.push(tag);
-    put_bytes(out, scratch);
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    body(out);
+    // An entry over 4 GiB cannot come from Postgres (a value is at most 1 GiB).
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 /// Appends a relation description entry.
-pub(super) fn put_relation(out: &mut Vec<u8>, scratch: &mut Vec<u8>, rel: &Relation) {
-    put_entry(out, scratch, TAG_RELATION, |b| {
+pub(super) fn put_relation(out: &mut Vec<u8>, rel: &Relation) {
+    put_entry(out, TAG_RELATION, |b| {
         b.extend_from_slice(&rel.oid.to_le_bytes());
         put_bytes(b, rel.schema.as_bytes());
         put_bytes(b, rel.table.as_bytes());
@@ -102,8 +105,8 @@ fn put_datums(b: &mut Vec<u8>, datums: &[Datum]) {
 }
 
 /// Appends a change entry (its relation must have been described earlier in the segment).
-pub(super) fn put_change(out: &mut Vec<u8>, scratch: &mut Vec<u8>, c: &Change) {
-    put_entry(out, scratch, TAG_CHANGE, |b| {
+pub(super) fn put_change(out: &mut Vec<u8>, c: &Change) {
+    put_entry(out, TAG_CHANGE, |b| {
         // commit_lsn first: a reader skipping what it already has reads only this.
         b.extend_from_slice(&c.commit_lsn.0.to_le_bytes());
         b.extend_from_slice(&c.lsn.0.to_le_bytes());
@@ -141,8 +144,8 @@ pub(super) fn put_change(out: &mut Vec<u8>, scratch: &mut Vec<u8>, c: &Change) {
 }
 
 /// Appends a commit marker.
-pub(super) fn put_commit(out: &mut Vec<u8>, scratch: &mut Vec<u8>, lsn: Lsn) {
-    put_entry(out, scratch, TAG_COMMIT, |b| b.extend_from_slice(&lsn.0.to_le_bytes()));
+pub(super) fn put_commit(out: &mut Vec<u8>, lsn: Lsn) {
+    put_entry(out, TAG_COMMIT, |b| b.extend_from_slice(&lsn.0.to_le_bytes()));
 }
 
 // ---- decoding -------------------------------------------------------------------------------
@@ -202,6 +205,16 @@ impl<'a> Cursor<'a> {
         usize::try_from(n).ok().filter(|&n| n <= self.end - self.pos).ok_or_else(|| bad(format!("length {n} past the entry's end")))
     }
 
+    /// An entry's tag and body length (checked against what is left).
+    fn entry_header(&mut self) -> Result<(u8, usize), RecordError> {
+        let tag = self.u8()?;
+        let len = self.u32()? as usize;
+        if len > self.end - self.pos {
+            return Err(bad(format!("entry length {len} past the block's end")));
+        }
+        Ok((tag, len))
+    }
+
     fn bytes(&mut self) -> Result<Bytes, RecordError> {
         let n = self.len()?;
         Ok(self.buf.slice(self.take(n)?))
@@ -236,8 +249,7 @@ pub(super) fn decode_block(payload: &Bytes, relations: &mut HashMap<u32, Arc<Rel
     let mut out = Vec::new();
     let mut cur = Cursor::new(payload, 0, payload.len());
     while cur.pos < cur.end {
-        let tag = cur.u8()?;
-        let len = cur.len()?;
+        let (tag, len) = cur.entry_header()?;
         let body_end = cur.pos + len;
         let mut body = Cursor::new(payload, cur.pos, body_end);
         match tag {
@@ -270,8 +282,7 @@ pub(super) fn commit_positions(payload: &Bytes) -> Result<Vec<(usize, Option<Lsn
     let mut out = Vec::new();
     let mut cur = Cursor::new(payload, 0, payload.len());
     while cur.pos < cur.end {
-        let tag = cur.u8()?;
-        let len = cur.len()?;
+        let (tag, len) = cur.entry_header()?;
         let body_end = cur.pos + len;
         let mut body = Cursor::new(payload, cur.pos, body_end);
         let commit = match tag {
@@ -291,8 +302,7 @@ pub(super) fn max_commit(payload: &Bytes) -> Result<Option<Lsn>, RecordError> {
     let mut max = None;
     let mut cur = Cursor::new(payload, 0, payload.len());
     while cur.pos < cur.end {
-        let tag = cur.u8()?;
-        let len = cur.len()?;
+        let (tag, len) = cur.entry_header()?;
         let body_end = cur.pos + len;
         if tag == TAG_CHANGE || tag == TAG_COMMIT {
             let lsn = Lsn(Cursor::new(payload, cur.pos, body_end).u64()?);

@@ -105,8 +105,9 @@ fn check_whole(s: &SegmentFile, buf: &mut [u8]) -> Result<(), ChangelogError> {
     }
 }
 
-/// The last segment: a torn last block (incomplete, or a bad checksum ending at the end of the
-/// file) is cut; a bad block anywhere before it is corruption. `false`: the segment was
+/// The last segment: a torn last block (incomplete, or a bad checksum with no valid block
+/// after it: the rest of an append that never finished) is cut; a bad block followed by a
+/// valid one is corruption. `false`: the segment was
 /// removed (created just before a crash, no header yet).
 fn cut_torn_tail(s: &SegmentFile, buf: &mut [u8]) -> Result<bool, ChangelogError> {
     let file = open(&s.path)?;
@@ -125,7 +126,11 @@ fn cut_torn_tail(s: &SegmentFile, buf: &mut [u8]) -> Result<bool, ChangelogError
         match segment::check_block(&file, offset, len, buf).map_err(|e| ChangelogError::io("read", &s.path, e))? {
             BlockRead::Block { end, .. } => offset = end,
             BlockRead::End => return Ok(true),
-            BlockRead::Bad { end } if end < len => return Err(ChangelogError::corrupt(&s.path, offset, "checksum mismatch")),
+            BlockRead::Bad { end }
+                if end < len && segment::valid_block_at(&file, end, len).map_err(|e| ChangelogError::io("read", &s.path, e))? =>
+            {
+                return Err(ChangelogError::corrupt(&s.path, offset, "checksum mismatch"))
+            }
             BlockRead::Incomplete | BlockRead::Bad { .. } => {
                 tracing::warn!(segment = %s.path.display(), offset, bytes = len - offset, "change log: cut a torn last block (a crash during an append that was never acknowledged)");
                 truncate(&s.path, offset)?;

@@ -28,7 +28,7 @@ pub(super) const BLOCK_HEADER_LEN: u64 = 9;
 /// Block flag: the payload is zstd-compressed.
 pub(super) const FLAG_ZSTD: u8 = 1;
 /// zstd level: the library's default, fast enough to compress on every append.
-const ZSTD_LEVEL: i32 = 3;
+const ZSTD_LEVEL: zstd_safe::CompressionLevel = 3;
 
 /// What a segment's file name says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,22 +134,46 @@ pub(super) fn read_header(file: &File) -> io::Result<Header> {
     Ok(Header::Base(Lsn(u64::from_le_bytes(base))))
 }
 
-/// The bytes of one block holding `raw` (compressed first when `zstd`).
-pub(super) fn frame(raw: &[u8], zstd: bool) -> io::Result<Vec<u8>> {
-    let (flags, payload) = if zstd {
-        let mut p = (raw.len() as u32).to_le_bytes().to_vec();
-        p.extend_from_slice(&zstd::bulk::compress(raw, ZSTD_LEVEL)?);
-        (FLAG_ZSTD, p)
+/// Starts a block at the end of `out`: room for its header, the payload to be encoded after it
+/// in place; returns where the block starts (for [`finish_block`]).
+pub(super) fn begin_block(out: &mut Vec<u8>) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0; BLOCK_HEADER_LEN as usize]);
+    at
+}
+
+/// Finishes the block begun at `at` (its payload is the rest of `out`): compressed when `zstd`,
+/// then its header written.
+pub(super) fn finish_block(out: &mut Vec<u8>, at: usize, zstd: bool) -> io::Result<()> {
+    let body = at + BLOCK_HEADER_LEN as usize;
+    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "a block over 4 GiB");
+    let flags = if zstd {
+        let raw_len = u32::try_from(out.len() - body).map_err(|_| too_big())?;
+        let mut p = vec![0u8; 4 + zstd_safe::compress_bound(out.len() - body)];
+        p[..4].copy_from_slice(&raw_len.to_le_bytes());
+        let n = zstd_safe::compress(&mut p[4..], &out[body..], ZSTD_LEVEL)
+            .map_err(|code| io::Error::other(format!("zstd: {}", zstd_safe::get_error_name(code))))?;
+        out.truncate(body);
+        out.extend_from_slice(&p[..4 + n]);
+        FLAG_ZSTD
     } else {
-        (0, raw.to_vec())
+        0
     };
-    let len = u32::try_from(payload.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a block over 4 GiB"))?;
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&[flags]), &payload);
-    let mut out = Vec::with_capacity(payload.len() + BLOCK_HEADER_LEN as usize);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.push(flags);
-    out.extend_from_slice(&payload);
+    let len = u32::try_from(out.len() - body).map_err(|_| too_big())?;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&[flags]), &out[body..]);
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    out[at + 8] = flags;
+    Ok(())
+}
+
+/// The bytes of one block holding `raw`.
+#[cfg(test)]
+pub(super) fn frame(raw: &[u8], zstd: bool) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let at = begin_block(&mut out);
+    out.extend_from_slice(raw);
+    finish_block(&mut out, at, zstd)?;
     Ok(out)
 }
 
@@ -193,10 +217,15 @@ pub(super) fn read_block(file: &File, offset: u64, file_len: u64) -> io::Result<
     if flags & FLAG_ZSTD == 0 {
         return Ok(BlockRead::Block { payload: Bytes::from(payload), end });
     }
-    let raw_len = payload.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    match raw_len.and_then(|n| zstd::bulk::decompress(&payload[4..], n).ok().filter(|raw| raw.len() == n)) {
-        Some(raw) => Ok(BlockRead::Block { payload: Bytes::from(raw), end }),
-        None => Ok(BlockRead::Bad { end }),
+    // The raw length comes from a block whose checksum matched: the allocation is what the
+    // writer had in memory.
+    let Some(raw_len) = payload.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize) else {
+        return Ok(BlockRead::Bad { end });
+    };
+    let mut raw = vec![0u8; raw_len];
+    match zstd_safe::decompress(&mut raw[..], &payload[4..]) {
+        Ok(n) if n == raw_len => Ok(BlockRead::Block { payload: Bytes::from(raw), end }),
+        _ => Ok(BlockRead::Bad { end }),
     }
 }
 
@@ -221,6 +250,13 @@ pub(super) fn check_block(file: &File, offset: u64, file_len: u64, buf: &mut [u8
         at += n as u64;
     }
     Ok(if sum == crc { BlockRead::Block { payload: Bytes::new(), end } } else { BlockRead::Bad { end } })
+}
+
+/// Whether a whole, valid block starts at `offset`: after a bad block, it tells damage in the
+/// middle of the data (corruption) from a torn tail (zeros or garbage after a crash, where no
+/// valid block follows).
+pub(super) fn valid_block_at(file: &File, offset: u64, file_len: u64) -> io::Result<bool> {
+    Ok(matches!(check_block(file, offset, file_len, &mut [0u8; 8192])?, BlockRead::Block { .. }))
 }
 
 fn block_header(file: &File, offset: u64, file_len: u64) -> io::Result<Option<(u32, u32, u8)>> {

@@ -247,7 +247,7 @@ fn a_flipped_byte_in_a_middle_segment_is_corruption_naming_segment_and_offset() 
     assert!(segs.len() >= 3, "{} segments", segs.len());
     let victim = &segs[1].path;
     let offset = blocks(victim)[1];
-    let mut f = OpenOptions::new().read(true).write(true).open(victim).expect("open");
+    let f = OpenOptions::new().read(true).write(true).open(victim).expect("open");
     let mut byte = [0u8];
     use std::os::unix::fs::FileExt as _;
     f.read_exact_at(&mut byte, offset + 20).expect("read");
@@ -271,6 +271,42 @@ fn a_flipped_byte_in_a_middle_segment_is_corruption_naming_segment_and_offset() 
         }
     };
     assert!(matches!(&err, ChangelogError::Corrupt { segment, offset: at, .. } if segment == victim && *at == offset), "{err:?}");
+}
+
+#[test]
+fn a_flipped_byte_before_the_last_block_of_the_last_segment_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rel(1, &["id", "v"]);
+    {
+        let mut log = ChangeLog::open(dir.path(), &ChangelogConfig { segment_bytes: 1 << 20, ..config() }).expect("open");
+        for i in 1..=3 {
+            log.append(&tx(&r, i * 1000, 2), Some(Lsn(i * 1000))).expect("append");
+        }
+    }
+    let seg = segments(dir.path()).remove(0).path;
+    let offset = blocks(&seg)[1];
+    let mut bytes = std::fs::read(&seg).expect("read");
+    bytes[offset as usize + 30] ^= 0x10;
+    std::fs::write(&seg, &bytes).expect("write");
+    let err = ChangeLog::open(dir.path(), &config()).expect_err("corrupt");
+    assert!(matches!(&err, ChangelogError::Corrupt { segment, offset: at, .. } if *segment == seg && *at == offset), "{err:?}");
+}
+
+#[test]
+fn a_zeroed_tail_after_a_power_loss_is_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rel(1, &["id"]);
+    {
+        let mut log = ChangeLog::open(dir.path(), &config()).expect("open");
+        log.append(&tx(&r, 1000, 2), Some(Lsn(1000))).expect("append");
+    }
+    let seg = segments(dir.path()).remove(0);
+    let f = OpenOptions::new().write(true).open(&seg.path).expect("open");
+    f.set_len(seg.bytes + 4096).expect("extend with zeros");
+    drop(f);
+    let log = ChangeLog::open(dir.path(), &config()).expect("open");
+    assert_eq!(log.durable_end(), Some(Lsn(1000)));
+    assert_eq!(segments(dir.path())[0].bytes, seg.bytes);
 }
 
 #[test]

@@ -39,8 +39,8 @@ pub struct ChangeLog {
     /// A failed append left bytes after this offset of the current segment: cut before the
     /// next write.
     torn_at: Option<u64>,
-    raw: Vec<u8>,
-    scratch: Vec<u8>,
+    /// The blocks of an append (kept: its capacity is reused).
+    buf: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -54,6 +54,9 @@ struct Current {
     /// The relation descriptions written in this segment, by OID.
     described: HashMap<u32, Arc<Relation>>,
 }
+
+/// The append buffer keeps its capacity up to this size between appends.
+const KEEP_BUFFER_BYTES: usize = 16 << 20;
 
 /// One entry of an append, in order.
 enum Item<'a> {
@@ -81,8 +84,7 @@ impl ChangeLog {
             start_after: None,
             next_seq: r.next_seq,
             torn_at: None,
-            raw: Vec::new(),
-            scratch: Vec::new(),
+            buf: Vec::new(),
         })
     }
 
@@ -157,9 +159,6 @@ impl ChangeLog {
         }
         let zstd = self.config.compression == Compression::Zstd;
         let Some(cur) = self.current.as_mut() else { return Ok(()) };
-        // Encode; relations described here join `cur.described` only once written.
-        let mut fresh: HashMap<u32, Arc<Relation>> = HashMap::new();
-        let mut bytes = Vec::new();
         let max = committed
             .iter()
             .map(|i| match i {
@@ -168,32 +167,34 @@ impl ChangeLog {
             })
             .chain(partial.iter().map(|c| c.commit_lsn))
             .fold(cur.last, Lsn::max);
-        for part in [Part::Committed(&committed), Part::Partial(&partial)] {
-            self.raw.clear();
-            let mut put_change = |raw: &mut Vec<u8>, scratch: &mut Vec<u8>, c: &Change| {
-                let known = fresh.get(&c.relation.oid).or_else(|| cur.described.get(&c.relation.oid));
-                if !known.is_some_and(|k| Arc::ptr_eq(k, &c.relation) || **k == *c.relation) {
-                    record::put_relation(raw, scratch, &c.relation);
-                    fresh.insert(c.relation.oid, Arc::clone(&c.relation));
-                }
-                record::put_change(raw, scratch, c);
-            };
-            match part {
-                Part::Committed(items) => {
-                    for item in items {
-                        match item {
-                            Item::Change(c) => put_change(&mut self.raw, &mut self.scratch, c),
-                            Item::Commit(k) => record::put_commit(&mut self.raw, &mut self.scratch, *k),
-                        }
-                    }
-                }
-                Part::Partial(changes) => changes.iter().for_each(|c| put_change(&mut self.raw, &mut self.scratch, c)),
+        // Encode in place; relations described here join `cur.described` once written.
+        let mut fresh: HashMap<u32, Arc<Relation>> = HashMap::new();
+        let bytes = &mut self.buf;
+        bytes.clear();
+        let mut put_change = |out: &mut Vec<u8>, c: &Change| {
+            let known = fresh.get(&c.relation.oid).or_else(|| cur.described.get(&c.relation.oid));
+            if !known.is_some_and(|k| Arc::ptr_eq(k, &c.relation) || **k == *c.relation) {
+                record::put_relation(out, &c.relation);
+                fresh.insert(c.relation.oid, Arc::clone(&c.relation));
             }
-            if !self.raw.is_empty() {
-                bytes.extend(segment::frame(&self.raw, zstd).map_err(|e| ChangelogError::io("compress", &cur.path, e))?);
+            record::put_change(out, c);
+        };
+        if !committed.is_empty() {
+            let at = segment::begin_block(bytes);
+            for item in &committed {
+                match item {
+                    Item::Change(c) => put_change(bytes, c),
+                    Item::Commit(k) => record::put_commit(bytes, *k),
+                }
             }
+            segment::finish_block(bytes, at, zstd).map_err(|e| ChangelogError::io("compress", &cur.path, e))?;
         }
-        let written = cur.file.write_all(&bytes).and_then(|()| cur.file.sync_data());
+        if !partial.is_empty() {
+            let at = segment::begin_block(bytes);
+            partial.iter().for_each(|c| put_change(bytes, c));
+            segment::finish_block(bytes, at, zstd).map_err(|e| ChangelogError::io("compress", &cur.path, e))?;
+        }
+        let written = cur.file.write_all(bytes).and_then(|()| cur.file.sync_data());
         if let Err(e) = written {
             // Cut what may have reached the file, now or before the next append.
             self.torn_at = Some(cur.len);
@@ -212,6 +213,9 @@ impl ChangeLog {
         }
         if let Some(c) = partial.last() {
             self.open_tx = Some((c.commit_lsn, c.seq));
+        }
+        if self.buf.capacity() > KEEP_BUFFER_BYTES {
+            self.buf = Vec::new(); // a batch of huge values: do not hold its size for ever
         }
         Ok(())
     }
@@ -324,11 +328,6 @@ impl ChangeLog {
         self.next_seq += 1;
         Ok(Current { file, name, path, len: HEADER_LEN, last: first, described: HashMap::new() })
     }
-}
-
-enum Part<'a, 'b> {
-    Committed(&'b [Item<'a>]),
-    Partial(&'b [&'a Change]),
 }
 
 /// Takes the writer's exclusive lock (flock on `DIR/LOCK`, released by the kernel when the

@@ -87,15 +87,15 @@ pub(crate) fn assert_same(got: &Change, want: &Change) {
 /// Encodes as the writer does: a relation entry before a change whose description differs from
 /// the last one written for its OID, a commit marker after each change.
 fn encode(changes: &[(usize, Change)]) -> Vec<u8> {
-    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     let mut described: HashMap<u32, Arc<Relation>> = HashMap::new();
     for (_, c) in changes {
         if described.get(&c.relation.oid).is_none_or(|d| **d != *c.relation) {
-            put_relation(&mut out, &mut scratch, &c.relation);
+            put_relation(&mut out, &c.relation);
             described.insert(c.relation.oid, Arc::clone(&c.relation));
         }
-        put_change(&mut out, &mut scratch, c);
-        put_commit(&mut out, &mut scratch, c.commit_lsn);
+        put_change(&mut out, c);
+        put_commit(&mut out, c.commit_lsn);
     }
     out
 }
@@ -181,8 +181,8 @@ fn a_change_before_its_relation_is_an_error() {
         new: None,
         truncate: TruncateOptions::default(),
     };
-    let (mut out, mut scratch) = (Vec::new(), Vec::new());
-    put_change(&mut out, &mut scratch, &c);
+    let mut out = Vec::new();
+    put_change(&mut out, &c);
     let err = decode_block(&Bytes::from(out), &mut HashMap::new(), Lsn::ZERO).expect_err("no relation");
     assert!(err.0.contains("before its description"), "{err}");
 }

@@ -406,6 +406,22 @@ mod tests {
     }
 
     #[test]
+    fn the_change_log_retries_io_and_stops_on_corruption_a_second_writer_and_a_lost_start() {
+        let io = ChangelogError::Io { op: "write", path: "/x".into(), source: std::io::Error::from(std::io::ErrorKind::StorageFull) };
+        assert_eq!(io.action(), Action::Retry);
+        assert!(io.is_retryable());
+        for stop in [
+            ChangelogError::Corrupt { segment: "/x".into(), offset: 1, reason: "x".into() },
+            ChangelogError::Locked { dir: "/x".into() },
+            ChangelogError::NotInLog { requested: Lsn(1), oldest: Lsn(2) },
+        ] {
+            assert_eq!(stop.action(), Action::Stop(EXIT_SETUP), "{stop}");
+            assert!(!stop.is_retryable());
+            assert!(stop.to_string().contains("fix:"), "{stop}");
+        }
+    }
+
+    #[test]
     fn a_change_for_an_unknown_relation_reconnects_instead_of_exit_1() {
         let e = PipelineError::from(SourceError::from(DecodeError::UnknownRelation(16384)));
         assert_eq!(e.action(), Action::Retry);

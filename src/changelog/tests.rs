@@ -518,19 +518,3 @@ fn a_second_writer_is_refused() {
     drop(log);
     ChangeLog::open(dir.path(), &config()).expect("the lock went with the first writer");
 }
-
-#[test]
-fn errors_follow_the_policy() {
-    use crate::policy::{Action, EXIT_SETUP};
-    let io = ChangelogError::io("write", Path::new("/x"), std::io::Error::from(std::io::ErrorKind::StorageFull));
-    assert!(io.is_retryable());
-    for stop in [
-        ChangelogError::corrupt(Path::new("/x"), 1, "x"),
-        ChangelogError::Locked { dir: "/x".into() },
-        ChangelogError::NotInLog { requested: Lsn(1), oldest: Lsn(2) },
-    ] {
-        assert_eq!(stop.action(), Action::Stop(EXIT_SETUP), "{stop}");
-        assert!(!stop.is_retryable());
-        assert!(stop.to_string().contains("fix:"), "{stop}");
-    }
-}

@@ -1,6 +1,7 @@
 //! walcast: stream Postgres row changes from a logical replication slot to sinks, confirming the
 //! slot only once every sink made a change durable. See ARCHITECTURE.md for the map.
 
+pub mod changelog;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

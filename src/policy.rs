@@ -7,6 +7,7 @@
 //! route): such a record is set aside and the stream goes on, so no error of the enums below
 //! reaches the process for it.
 
+use crate::changelog::ChangelogError;
 use crate::config::ConfigError;
 use crate::decode::DecodeError;
 use crate::pipeline::PipelineError;
@@ -214,6 +215,23 @@ impl ConfigError {
     }
 }
 
+impl ChangelogError {
+    /// A file operation (a full disk, permissions) may pass: retried, and nothing the log does
+    /// not hold is confirmed meanwhile. Corruption, a second writer and a start the log no
+    /// longer holds need a person (the message says what to do).
+    pub fn action(&self) -> Action {
+        match self {
+            ChangelogError::Io { .. } => Action::Retry,
+            ChangelogError::Corrupt { .. } | ChangelogError::Locked { .. } | ChangelogError::NotInLog { .. } => Action::Stop(EXIT_SETUP),
+        }
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        self.action() == Action::Retry
+    }
+}
+
 impl SnapshotError {
     /// What the process does about this error: a load interrupted by a retryable error resumes
     /// from its last recorded chunk.
@@ -385,6 +403,22 @@ mod tests {
         let state = SnapshotError::State { source: std::io::Error::from(std::io::ErrorKind::PermissionDenied) };
         assert_eq!(state.action(), Action::Stop(EXIT_SETUP));
         assert_eq!(code(state.into()), EXIT_SETUP);
+    }
+
+    #[test]
+    fn the_change_log_retries_io_and_stops_on_corruption_a_second_writer_and_a_lost_start() {
+        let io = ChangelogError::Io { op: "write", path: "/x".into(), source: std::io::Error::from(std::io::ErrorKind::StorageFull) };
+        assert_eq!(io.action(), Action::Retry);
+        assert!(io.is_retryable());
+        for stop in [
+            ChangelogError::Corrupt { segment: "/x".into(), offset: 1, reason: "x".into() },
+            ChangelogError::Locked { dir: "/x".into() },
+            ChangelogError::NotInLog { requested: Lsn(1), oldest: Lsn(2) },
+        ] {
+            assert_eq!(stop.action(), Action::Stop(EXIT_SETUP), "{stop}");
+            assert!(!stop.is_retryable());
+            assert!(stop.to_string().contains("fix:"), "{stop}");
+        }
     }
 
     #[test]

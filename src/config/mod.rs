@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod changelog;
 mod document;
 mod elasticsearch;
 mod kafka;
@@ -17,6 +18,7 @@ mod secret;
 mod source;
 mod topic;
 
+pub use changelog::{AckMode, ChangelogConfig, Compression};
 pub use document::*;
 pub use elasticsearch::*;
 pub use kafka::*;
@@ -93,6 +95,9 @@ pub struct Config {
     /// Loading existing rows before streaming (`[snapshot]`).
     #[serde(default)]
     pub snapshot: SnapshotConfig,
+    /// The durable local change log (`[changelog]`): replay, marks, decoupled sinks.
+    #[serde(default)]
+    pub changelog: ChangelogConfig,
 }
 
 /// The configured sinks.
@@ -232,6 +237,7 @@ impl Config {
             es.validate()?;
         }
         self.snapshot.validate()?;
+        self.changelog.validate()?;
         runtime::validate_observability(&self.metrics, &self.heartbeat, &self.ha, &self.log)
     }
 }

@@ -1,7 +1,9 @@
 //! The one place that decides which LSN is confirmed to Postgres (the ack rule).
 //!
-//! Strict mode: the confirmed LSN is the minimum over all sinks of the highest commit end LSN each
-//! has made durable. When nothing is in flight (no open transaction, every dispatched batch durable
+//! The confirmed LSN is the minimum over the fan-out's sinks of the highest commit end LSN each
+//! has made durable. With the change log on, the log is one of them: in strict mode beside every
+//! sink, in decoupled mode alone (the sinks follow the log, each with a `Checkpoint` of its own
+//! for its lag). When nothing is in flight (no open transaction, every dispatched batch durable
 //! everywhere) the server's reported WAL end may be confirmed too, so an idle slot holds no WAL.
 
 use std::collections::VecDeque;

@@ -15,6 +15,10 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+pub use self::changelog::LogMetrics;
+
+mod changelog;
+
 /// Microseconds between the Unix epoch and Postgres's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
@@ -100,6 +104,10 @@ pub struct Metrics {
     pub slot_safe_wal_bytes: Arc<OptionalGauge>,
     /// `walcast_ha_active`: 1 while this process holds the high-availability lease.
     pub ha_active: Gauge,
+    /// The change log's size, span and appends (`walcast_log_*`).
+    pub log: LogMetrics,
+    /// `walcast_sink_cursor_lsn{sink}`: the sink's saved cursor (its durable position in the log).
+    pub sink_cursor_lsn: Family<SinkLabel, Gauge<i64, AtomicI64>>,
     /// Lag state read at scrape time.
     pub lag: Arc<LagClock>,
     /// Set when a sink reports a write failure, cleared on its next success (for /readyz).
@@ -166,6 +174,13 @@ impl Metrics {
         }));
         let ha_active = Gauge::default();
         registry.register("ha_active", "1 while this process holds the high-availability lease ([ha] enabled)", ha_active.clone());
+        let log = LogMetrics::register(&mut registry);
+        let sink_cursor_lsn = Family::<SinkLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register_collector(Box::new(Declared {
+            name: "sink_cursor_lsn",
+            help: "The sink's cursor: highest commit end LSN it made durable, as recorded for the change log (as a number)",
+            metric: sink_cursor_lsn.clone(),
+        }));
         let lag = Arc::new(LagClock::default());
         registry.register_collector(Box::new(LagCollector {
             lag: Arc::clone(&lag),
@@ -192,6 +207,8 @@ impl Metrics {
             snapshotting,
             slot_safe_wal_bytes,
             ha_active,
+            log,
+            sink_cursor_lsn,
             lag,
             sinks_failing: Arc::default(),
         })
@@ -491,12 +508,19 @@ mod tests {
             "walcast_process_resident_memory_bytes",
             "walcast_process_cpu_seconds_total",
             "walcast_ha_active 0",
+            "walcast_log_bytes 0",
+            "walcast_log_segments 0",
+            "walcast_log_oldest_lsn 0",
+            "walcast_log_durable_lsn 0",
+            "walcast_log_append_seconds_bucket",
+            "walcast_log_dropped_segments_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in:\n{text}");
         }
         // Families without a series yet are still declared.
         let text = Metrics::new().encode();
-        for name in ["# TYPE walcast_dead_letters counter", "# TYPE walcast_snapshot_rows counter"] {
+        for name in ["# TYPE walcast_dead_letters counter", "# TYPE walcast_snapshot_rows counter", "# TYPE walcast_sink_cursor_lsn gauge"]
+        {
             assert!(text.contains(name), "missing {name} in:\n{text}");
         }
     }

@@ -14,6 +14,7 @@
 //! marker is whole blocks: on open, a torn last block and a partial transaction are cut by
 //! truncating the file, never by rewriting a block that holds acknowledged data.
 
+pub mod cursors;
 mod reader;
 mod record;
 mod recover;
@@ -22,6 +23,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use cursors::SinkCursors;
 pub use reader::{LogReader, LogScan};
 pub use writer::ChangeLog;
 

@@ -1,6 +1,8 @@
 //! `walcast run`: the HA lease, then slot preparation, the sinks, the snapshot, and the streaming
 //! loop (source -> decode -> sinks -> checkpoint, with reconnects and a clean drain on shutdown).
 
+mod ack;
+mod follow;
 mod session;
 mod slot;
 mod stream;
@@ -17,7 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::lsn::Lsn;
 use crate::metrics::{self, Metrics};
 use crate::retry::Backoff;
-use crate::sink::fanout::{start_sinks, Sinks};
+use crate::sink::fanout::Sinks;
 use crate::sink::SinkError;
 use crate::snapshot::{self, SnapshotError};
 use crate::source::{self, Catalog, ConnParams, SourceError};
@@ -152,23 +154,33 @@ async fn stream_slot(
     }
     let mut backoff = Backoff::new(&config.retry);
 
-    // Sinks first: a sink that cannot open (a secret missing, a read-only path) must fail before
-    // any slot or state exists, or the slot would hold WAL for a process that never runs.
-    let mut sinks = start_sinks(config, params, metrics, false, shutdown)?;
+    // Sinks first: a sink that cannot open (a secret missing, a read-only path, a damaged change
+    // log) must fail before any slot or state exists, or the slot would hold WAL for a process
+    // that never runs. `run` also ends when a follower of decoupled mode fails.
+    let run = shutdown.child_token();
+    let mut wiring = ack::start(config, params, metrics, &run).await?;
     let Some(SlotStart { lsn: start, snapshot, published }) = prepare_slot(config, params, &mut backoff, shutdown).await? else {
         return Ok(RunSummary { confirmed: Lsn::ZERO });
     };
+    wiring.slot_start(start);
     if let Some(snap) = snapshot {
-        if load_snapshot(config, params, snap, start, &mut sinks, &mut backoff, metrics, shutdown).await? == snapshot::Outcome::Interrupted
-        {
+        let sinks = wiring.snapshot_sinks();
+        if load_snapshot(config, params, snap, start, sinks, &mut backoff, metrics, shutdown).await? == snapshot::Outcome::Interrupted {
             return Ok(RunSummary { confirmed: start });
         }
+        wiring.snapshot_loaded(start).await?;
     }
 
+    let (sinks, beside) = wiring.into_stream(start, config.pipeline.batch_max_changes, metrics, &run);
     let sessions = SlotSessions::new(config, params.clone());
     let catalog = Catalog::new(params.clone());
     let mut stream = Streamer::new(&config.pipeline, sessions, catalog, sinks, start, published, Arc::clone(metrics), backoff);
-    stream.run(shutdown).await
+    let result = stream.run(&run).await;
+    let failure = beside.finish(Duration::from_millis(config.pipeline.shutdown_timeout_ms)).await;
+    match (result, failure) {
+        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+        (Ok(summary), None) => Ok(summary),
+    }
 }
 
 /// Existing rows first, then the stream from the slot's consistent point. Interrupted (by

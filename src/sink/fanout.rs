@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::changelog::{ChangelogSink, CursorBook, Cursored};
 use super::{drive, Batch, ElasticsearchSink, JsonlSink, KafkaSink, Sink, SinkError, SinkReport};
 use crate::config::{Config, PipelineConfig, RetryConfig};
 use crate::metrics::{Metrics, SinkLabel};
@@ -39,19 +40,7 @@ pub(crate) fn start_sinks(
     shutdown: &CancellationToken,
 ) -> Result<Sinks, SinkError> {
     let mut fanout = Fanout::new(&config.pipeline, &config.retry, metrics, shutdown);
-    if let (Some(j), false) = (&config.sinks.jsonl, elasticsearch_only) {
-        fanout.spawn(JsonlSink::open(&j.path)?);
-    }
-    if let (Some(k), false) = (&config.sinks.kafka, elasticsearch_only) {
-        let mut sink = KafkaSink::open(k, &config.source.database)?;
-        sink.count_dead_letters_in(metrics.dead_letters.get_or_create(&SinkLabel { sink: sink.name().to_string() }).clone());
-        fanout.spawn(sink);
-    }
-    if let Some(es) = &config.sinks.elasticsearch {
-        fanout.spawn(
-            ElasticsearchSink::open(es, &config.retry, Arc::clone(metrics))?.with_source(params.clone()).with_shutdown(shutdown.clone()),
-        );
-    }
+    fanout.open_configured(config, params, elasticsearch_only)?;
     Ok(fanout.started())
 }
 
@@ -64,6 +53,8 @@ pub(crate) struct Fanout<'a> {
     metrics: &'a Arc<Metrics>,
     /// Ends the sinks' retry waits.
     shutdown: &'a CancellationToken,
+    /// When set, each sink's durable position is recorded as its cursor.
+    cursors: Option<CursorBook>,
 }
 
 impl<'a> Fanout<'a> {
@@ -77,12 +68,49 @@ impl<'a> Fanout<'a> {
         let (report_tx, reports) = mpsc::unbounded_channel();
         let sinks =
             Sinks { queues: Vec::new(), reports, tasks: JoinSet::new(), in_flight: Arc::new(InFlight::default()), names: Vec::new() };
-        Self { sinks, report_tx, limits, retry, metrics, shutdown }
+        Self { sinks, report_tx, limits, retry, metrics, shutdown, cursors: None }
+    }
+
+    /// Record the durable position of every sink spawned from now on as its cursor in `book`.
+    pub(crate) fn with_cursors(mut self, book: CursorBook) -> Self {
+        self.cursors = Some(book);
+        self
+    }
+
+    /// Open every configured sink (only Elasticsearch with `elasticsearch_only`) and start a task
+    /// driving each.
+    pub(crate) fn open_configured(&mut self, config: &Config, params: &ConnParams, elasticsearch_only: bool) -> Result<(), SinkError> {
+        let metrics = self.metrics;
+        if let (Some(j), false) = (&config.sinks.jsonl, elasticsearch_only) {
+            self.spawn(JsonlSink::open(&j.path)?);
+        }
+        if let (Some(k), false) = (&config.sinks.kafka, elasticsearch_only) {
+            let mut sink = KafkaSink::open(k, &config.source.database)?;
+            sink.count_dead_letters_in(metrics.dead_letters.get_or_create(&SinkLabel { sink: sink.name().to_string() }).clone());
+            self.spawn(sink);
+        }
+        if let Some(es) = &config.sinks.elasticsearch {
+            let sink = ElasticsearchSink::open(es, &config.retry, Arc::clone(metrics))?;
+            self.spawn(sink.with_source(params.clone()).with_shutdown(self.shutdown.clone()));
+        }
+        Ok(())
     }
 
     /// Start a task driving `sink` (the next sink index) behind a queue of
     /// `pipeline.sink_queue_batches`.
     pub(crate) fn spawn<S: Sink>(&mut self, sink: S) {
+        match self.cursors.clone() {
+            Some(book) => self.spawn_tracked(Cursored { inner: sink, book }),
+            None => self.spawn_tracked(sink),
+        }
+    }
+
+    /// Start the change log's task (its position is the log's own durable end, not a cursor).
+    pub(crate) fn spawn_log(&mut self, sink: ChangelogSink) {
+        self.spawn_tracked(sink);
+    }
+
+    fn spawn_tracked<S: Sink>(&mut self, sink: S) {
         let (tx, rx) = mpsc::channel(self.limits.sink_queue_batches);
         let index = self.sinks.queues.len();
         self.sinks.names.push(sink.name());
@@ -148,10 +176,22 @@ impl<S: Sink> Sink for Tracked<S> {
 
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         let result = self.inner.write(batch).await;
+        self.written(&result);
+        result
+    }
+
+    async fn write_shared(&mut self, batch: &Arc<Batch>) -> Result<(), SinkError> {
+        let result = self.inner.write_shared(batch).await;
+        self.written(&result);
+        result
+    }
+}
+
+impl<S> Tracked<S> {
+    fn written(&self, result: &Result<(), SinkError>) {
         // A failed batch is offered again (or the pipeline stops): it stays in flight.
         if result.is_ok() && self.in_flight.batches.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.in_flight.idle.notify_one();
         }
-        result
     }
 }

@@ -1,5 +1,6 @@
 //! Sinks: where batches of changes go, and the task that drives each one with retries.
 
+pub(crate) mod changelog;
 pub mod elasticsearch;
 pub(crate) mod fanout;
 mod jsonl;
@@ -55,6 +56,13 @@ pub trait Sink: Send + 'static {
     /// Make every change of `batch` durable, or fail without having lost anything: after an error
     /// the same batch is offered again (so a sink must tolerate seeing changes twice).
     fn write(&mut self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// [`write`](Self::write) given the batch as shared by the pipeline: a sink that hands it to
+    /// another thread (the change log appends on the blocking pool) keeps a reference instead of
+    /// copying it. Default: `write`.
+    fn write_shared(&mut self, batch: &Arc<Batch>) -> impl Future<Output = Result<(), SinkError>> + Send {
+        self.write(batch)
+    }
 
     /// Get ready before the first batch (create indexes, connect), overlapping the source's own
     /// setup. Retried like `write`. Default: nothing to do.
@@ -164,7 +172,7 @@ pub async fn drive<S: Sink>(
         while let Some(batch) = batches.recv().await {
             loop {
                 let started = std::time::Instant::now();
-                let result = sink.write(&batch).await;
+                let result = sink.write_shared(&batch).await;
                 let outcome = match &result {
                     Ok(()) => "ok",
                     Err(e) if e.is_retryable() => "retry",

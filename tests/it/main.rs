@@ -11,6 +11,10 @@ mod support;
 
 mod auth;
 mod big_tx;
+mod changelog_corrupt;
+mod changelog_crash;
+mod changelog_decoupled;
+mod changelog_strict;
 mod check;
 mod crash;
 mod dashboard;

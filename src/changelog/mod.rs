@@ -14,6 +14,7 @@
 //! marker is whole blocks: on open, a torn last block and a partial transaction are cut by
 //! truncating the file, never by rewriting a block that holds acknowledged data.
 
+pub mod marks;
 mod reader;
 mod record;
 mod recover;

@@ -1,12 +1,16 @@
 //! Command-line interface: the commands and their exit codes.
 
+mod replay;
+mod status;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DeadLetterDestination, LogFormat, SnapshotMode};
+use crate::config::{Config, DeadLetterDestination, LogFormat, SnapshotMode, TableName};
+use crate::lsn::Lsn;
 use crate::pipeline::{self, PipelineError};
 use crate::snapshot::SnapshotState;
 use crate::source::{self, connect_sql, preflight, ConnParams, Severity, SourceError};
@@ -71,8 +75,58 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Where walcast stands: the slot (as `slot status`) and each sink's dead letters (where
-    /// they are, how many).
+    /// Send a range of the change log again through the configured sinks (the same mapping
+    /// rules), beside a running `walcast run`, idempotently; exits once every sink made it
+    /// durable. Refused (exit 3) when the log no longer holds the start: `walcast snapshot`
+    /// reloads tables then.
+    Replay {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Send the transactions that commit after this LSN.
+        #[arg(long, value_parser = replay::parse_lsn, conflicts_with = "from_mark", required_unless_present = "from_mark")]
+        from: Option<Lsn>,
+        /// Send the transactions that commit after this mark (`walcast mark NAME`).
+        #[arg(long, value_name = "NAME")]
+        from_mark: Option<String>,
+        /// Stop after the transaction that commits at this LSN (default: the log's durable end
+        /// when the replay starts).
+        #[arg(long, value_parser = replay::parse_lsn)]
+        to: Option<Lsn>,
+        /// Only this table, `schema.table` (repeat for more).
+        #[arg(long = "table", value_name = "SCHEMA.TABLE")]
+        tables: Vec<TableName>,
+        /// Only this sink: `jsonl`, `kafka` or `elasticsearch` (repeat for more).
+        #[arg(long = "sink", value_name = "NAME")]
+        sinks: Vec<String>,
+        /// Write the JSON lines here instead of `sinks.jsonl.path` (`-`: standard output).
+        /// Needed while `walcast run` appends to that file.
+        #[arg(long, value_name = "PATH")]
+        jsonl_path: Option<String>,
+    },
+    /// Name the change log's durable end (before a deploy or a risky migration), so that
+    /// `walcast replay --from-mark NAME` can send everything after it again; marks keep their
+    /// log segments (within the retention limits).
+    Mark {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The mark to set (an existing mark of that name moves).
+        #[arg(required_unless_present_any = ["list", "delete"], conflicts_with_all = ["list", "delete"])]
+        name: Option<String>,
+        /// List the marks.
+        #[arg(long, conflicts_with = "delete")]
+        list: bool,
+        /// Delete a mark.
+        #[arg(long, value_name = "NAME")]
+        delete: Option<String>,
+        /// With --list: print one JSON array instead of text.
+        #[arg(long, requires = "list")]
+        json: bool,
+    },
+    /// Where walcast stands: the slot (as `slot status`), each sink's dead letters (where they
+    /// are, how many), the change log (LSN range, size), each sink's cursor and lag, the
+    /// snapshot state and the marks. Works with and without a running `walcast run`.
     Status {
         /// Config file.
         #[arg(long, short)]
@@ -180,7 +234,28 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> ExitCode {
                 Err(e) => report_pipeline_error(&e.into()),
             }
         }
-        Command::Status { config, json } => slot(SlotAction::Status { config, json }, cli.log_format).await,
+        Command::Replay { config, from, from_mark, to, tables, sinks, jsonl_path } => {
+            let Some(config) = load(&config, cli.log_format) else { return ExitCode::from(EXIT_CONFIG) };
+            let from = match (from, from_mark) {
+                (Some(lsn), _) => crate::replay::ReplayStart::Lsn(lsn),
+                (None, Some(mark)) => crate::replay::ReplayStart::Mark(mark),
+                (None, None) => return ExitCode::from(EXIT_CONFIG), // clap requires one
+            };
+            replay::replay(&config, crate::replay::ReplayRequest { from, to, tables, sinks, jsonl_path }, shutdown).await
+        }
+        Command::Mark { config, name, list, delete, json } => {
+            let Some(config) = load(&config, cli.log_format) else { return ExitCode::from(EXIT_CONFIG) };
+            let action = match (name, delete) {
+                (_, Some(name)) => replay::MarkAction::Delete(name),
+                (Some(name), None) if !list => replay::MarkAction::Set(name),
+                _ => replay::MarkAction::List { json },
+            };
+            replay::mark(&config, action).await
+        }
+        Command::Status { config, json } => {
+            let Some(config) = load(&config, cli.log_format) else { return ExitCode::from(EXIT_CONFIG) };
+            status::status(&config, json).await
+        }
         Command::Slot { action } => slot(action, cli.log_format).await,
     }
 }
@@ -211,6 +286,20 @@ fn report_pipeline_error(e: &PipelineError) -> ExitCode {
         }
     }
     ExitCode::from(e.action().exit_code())
+}
+
+/// Print why a command stopped, once (as [`report_pipeline_error`] does), with `exit` as its
+/// exit code.
+fn report_error(e: &dyn std::fmt::Display, fix: Option<&str>, exit: u8) -> ExitCode {
+    if crate::telemetry::logs_json() {
+        tracing::error!(error = %e, fix, "stopped");
+    } else {
+        eprintln!("walcast: {e}");
+        if let Some(fix) = fix {
+            eprintln!("  fix: {fix}");
+        }
+    }
+    ExitCode::from(exit)
 }
 
 async fn check(config: &Config) -> ExitCode {
@@ -415,36 +504,42 @@ fn dead_letter_status(config: &Config) -> Vec<DeadLetterStatus> {
         .collect()
 }
 
-fn print_slot_status(name: &str, info: Option<&source::SlotInfo>, dead: &[DeadLetterStatus], json: bool) {
+/// The slot and the dead letters as one JSON object (`slot status --json`; `status --json` adds
+/// its parts to it).
+fn slot_status_json(name: &str, info: Option<&source::SlotInfo>, dead: &[DeadLetterStatus]) -> serde_json::Value {
     let lsn = |l: Option<crate::lsn::Lsn>| l.map(|l| l.to_string());
+    let dead: Vec<_> = dead
+        .iter()
+        .map(|d| match &d.destination {
+            DeadLetterDestination::File(p) => {
+                serde_json::json!({"sink": d.sink, "path": p.display().to_string(), "count": d.count, "error": d.error})
+            }
+            DeadLetterDestination::Named(n) => serde_json::json!({"sink": d.sink, "destination": n}),
+        })
+        .collect();
+    let mut value = match info {
+        None => serde_json::json!({ "slot": name, "exists": false }),
+        Some(i) => serde_json::json!({
+            "slot": name,
+            "exists": true,
+            "plugin": i.plugin,
+            "database": i.database,
+            "active": i.active,
+            "active_pid": i.active_pid,
+            "confirmed_flush_lsn": lsn(i.confirmed_flush_lsn),
+            "restart_lsn": lsn(i.restart_lsn),
+            "current_wal_lsn": lsn(i.current_wal_lsn),
+            "retained_wal_bytes": i.retained_wal_bytes,
+            "wal_status": i.wal_status,
+        }),
+    };
+    value["dead_letters"] = serde_json::Value::Array(dead);
+    value
+}
+
+fn print_slot_status(name: &str, info: Option<&source::SlotInfo>, dead: &[DeadLetterStatus], json: bool) {
     if json {
-        let dead: Vec<_> = dead
-            .iter()
-            .map(|d| match &d.destination {
-                DeadLetterDestination::File(p) => {
-                    serde_json::json!({"sink": d.sink, "path": p.display().to_string(), "count": d.count, "error": d.error})
-                }
-                DeadLetterDestination::Named(n) => serde_json::json!({"sink": d.sink, "destination": n}),
-            })
-            .collect();
-        let mut value = match info {
-            None => serde_json::json!({ "slot": name, "exists": false }),
-            Some(i) => serde_json::json!({
-                "slot": name,
-                "exists": true,
-                "plugin": i.plugin,
-                "database": i.database,
-                "active": i.active,
-                "active_pid": i.active_pid,
-                "confirmed_flush_lsn": lsn(i.confirmed_flush_lsn),
-                "restart_lsn": lsn(i.restart_lsn),
-                "current_wal_lsn": lsn(i.current_wal_lsn),
-                "retained_wal_bytes": i.retained_wal_bytes,
-                "wal_status": i.wal_status,
-            }),
-        };
-        value["dead_letters"] = serde_json::Value::Array(dead);
-        println!("{value}");
+        println!("{}", slot_status_json(name, info, dead));
         return;
     }
     print_slot_info(name, info);

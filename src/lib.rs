@@ -11,6 +11,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod replay;
 pub mod retry;
 pub mod route;
 pub mod sink;

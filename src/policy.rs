@@ -11,6 +11,7 @@ use crate::changelog::ChangelogError;
 use crate::config::ConfigError;
 use crate::decode::DecodeError;
 use crate::pipeline::PipelineError;
+use crate::replay::ReplayError;
 use crate::sink::SinkError;
 use crate::snapshot::SnapshotError;
 use crate::source::{SourceError, Step};
@@ -271,6 +272,38 @@ impl PipelineError {
     pub fn fix(&self) -> Option<&'static str> {
         match self {
             PipelineError::Source(e) => e.fix(),
+            _ => None,
+        }
+    }
+}
+
+impl ReplayError {
+    /// What `walcast replay` does about this error. A range the log no longer holds and an
+    /// unknown mark are walcast's own state (setup, exit 3; the fix names `walcast snapshot`).
+    pub fn action(&self) -> Action {
+        match self {
+            ReplayError::Config(e) => e.action(),
+            ReplayError::Source(e) => e.action(),
+            ReplayError::Sink(e) => e.action(),
+            ReplayError::Log(e) => e.action(),
+            ReplayError::NotInLog { .. } | ReplayError::NoMark { .. } | ReplayError::Marks(_) => Action::Stop(EXIT_SETUP),
+            ReplayError::Task(_) => Action::Stop(EXIT_FAILURE),
+        }
+    }
+
+    /// Errors that reach the caller were already retried where retrying made sense.
+    pub fn is_retryable(&self) -> bool {
+        self.action() == Action::Retry
+    }
+
+    /// The fix printed under the error.
+    pub fn fix(&self) -> Option<&'static str> {
+        match self {
+            ReplayError::NotInLog { .. } => Some(crate::replay::SNAPSHOT_FIX),
+            ReplayError::NoMark { .. } => Some(
+                "`walcast mark --list --config FILE` shows the marks; replay `--from LSN` instead, or reload the tables with `walcast snapshot --config FILE --table SCHEMA.TABLE`",
+            ),
+            ReplayError::Source(e) => e.fix(),
             _ => None,
         }
     }

@@ -15,6 +15,7 @@
 //! truncating the file, never by rewriting a block that holds acknowledged data.
 
 pub mod cursors;
+pub mod marks;
 mod reader;
 mod record;
 mod recover;

@@ -119,6 +119,13 @@ fn cut_torn_tail(s: &SegmentFile, buf: &mut [u8]) -> Result<bool, ChangelogError
             std::fs::remove_file(&s.path).map_err(|e| ChangelogError::io("remove", &s.path, e))?;
             return Ok(false);
         }
+        // The header is fsynced before any block is appended: an unsealed segment no longer than
+        // a header whose header is not valid (zeros after a power loss) was cut while created.
+        Header::Bad if s.name.last.is_none() && len <= HEADER_LEN => {
+            tracing::warn!(segment = %s.path.display(), bytes = len, "change log: removed a segment whose header was never made durable");
+            std::fs::remove_file(&s.path).map_err(|e| ChangelogError::io("remove", &s.path, e))?;
+            return Ok(false);
+        }
         Header::Bad => return Err(ChangelogError::corrupt(&s.path, 0, "no valid segment header")),
     }
     let mut offset = HEADER_LEN;

@@ -518,3 +518,61 @@ fn a_second_writer_is_refused() {
     drop(log);
     ChangeLog::open(dir.path(), &config()).expect("the lock went with the first writer");
 }
+
+#[test]
+fn a_full_disk_fails_the_append_durably_nothing_and_the_log_continues_whole_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rel(1, &["id", "v"]);
+    let mut log = ChangeLog::open(dir.path(), &config()).expect("open");
+    log.append(&tx(&r, 1000, 3), Some(Lsn(1000))).expect("append");
+    let on_disk = || -> u64 { segments(dir.path()).iter().map(|s| std::fs::metadata(&s.path).expect("stat").len()).sum() };
+    let before = on_disk();
+    // Room for part of a block header, then for part of the payload: each append fails.
+    for room in [5, 40] {
+        full_disk::set(dir.path(), Some(room));
+        let err = log.append(&tx(&r, 2000, 3), Some(Lsn(2000))).expect_err("no room");
+        assert!(matches!(err, ChangelogError::Io { op: "write", .. }), "{err:?}");
+        assert!(err.is_retryable(), "a full disk may pass: retried");
+        assert!(err.to_string().contains("fix: free disk space"), "{err}");
+        assert_eq!(log.durable_end(), Some(Lsn(1000)), "nothing of the failed append is durable");
+        assert_eq!((log.stats().bytes, on_disk()), (before, before), "the torn bytes were cut");
+        assert_eq!(read_all(dir.path(), Lsn::ZERO), (ids(&[(1000, 3)]), Some(Lsn(1000))), "readers see no torn bytes");
+    }
+    assert_eq!(full_disk::failures(dir.path()), 2);
+    full_disk::set(dir.path(), None);
+    log.append(&tx(&r, 2000, 3), Some(Lsn(2000))).expect("room again: the same batch is appended");
+    log.append(&tx(&r, 3000, 1), Some(Lsn(3000))).expect("append");
+    assert_eq!(read_all(dir.path(), Lsn::ZERO), (ids(&[(1000, 3), (2000, 3), (3000, 1)]), Some(Lsn(3000))));
+    // A failed append, then a stop: the log reopens at its last durable commit.
+    full_disk::set(dir.path(), Some(30));
+    log.append(&tx(&r, 4000, 2), Some(Lsn(4000))).expect_err("no room");
+    drop(log);
+    let log = ChangeLog::open(dir.path(), &config()).expect("reopen");
+    assert_eq!(log.durable_end(), Some(Lsn(3000)));
+    assert_eq!(read_all(dir.path(), Lsn::ZERO), (ids(&[(1000, 3), (2000, 3), (3000, 1)]), Some(Lsn(3000))));
+}
+
+#[test]
+fn a_new_segment_whose_header_never_became_durable_is_removed_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = rel(1, &["id"]);
+    let mut log = ChangeLog::open(dir.path(), &config()).expect("open");
+    log.append(&tx(&r, 1000, 2), Some(Lsn(1000))).expect("append");
+    drop(log);
+    let next = segments(dir.path()).last().expect("a segment").name.seq + 1;
+    // A power loss after the file's size reached the disk but not its header: zeros.
+    let cut = dir.path().join(format!("{next:010}-{:016X}.open", 2000));
+    std::fs::write(&cut, [0u8; HEADER_LEN as usize]).expect("write");
+    let log = ChangeLog::open(dir.path(), &config()).expect("the log opens");
+    assert_eq!(log.durable_end(), Some(Lsn(1000)));
+    assert!(!cut.exists(), "the cut segment is removed");
+    assert_eq!(read_all(dir.path(), Lsn::ZERO), (ids(&[(1000, 2)]), Some(Lsn(1000))));
+    drop(log);
+    // A sealed segment, or one longer than a header, with a bad header is corruption.
+    let seg = segments(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&seg.path).expect("read");
+    bytes[0] ^= 0xff;
+    std::fs::write(&seg.path, &bytes).expect("write");
+    let err = ChangeLog::open(dir.path(), &config()).expect_err("a damaged header");
+    assert!(matches!(err, ChangelogError::Corrupt { offset: 0, .. }), "{err:?}");
+}

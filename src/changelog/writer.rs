@@ -194,7 +194,7 @@ impl ChangeLog {
             partial.iter().for_each(|c| put_change(bytes, c));
             segment::finish_block(bytes, at, zstd).map_err(|e| ChangelogError::io("compress", &cur.path, e))?;
         }
-        let written = cur.file.write_all(bytes).and_then(|()| cur.file.sync_data());
+        let written = write_synced(&mut cur.file, bytes, &self.dir);
         if let Err(e) = written {
             // Cut what may have reached the file, now or before the next append.
             self.torn_at = Some(cur.len);
@@ -327,6 +327,70 @@ impl ChangeLog {
         segment::sync_dir(&self.dir)?;
         self.next_seq += 1;
         Ok(Current { file, name, path, len: HEADER_LEN, last: first, described: HashMap::new() })
+    }
+}
+
+/// Writes `bytes` at the end of `file` and fdatasyncs it (`dir`: the log's, for the tests'
+/// full disk).
+fn write_synced(file: &mut File, bytes: &[u8], dir: &Path) -> std::io::Result<()> {
+    full_disk_fault(file, bytes, dir)?;
+    file.write_all(bytes).and_then(|()| file.sync_data())
+}
+
+#[cfg(not(test))]
+fn full_disk_fault(_: &mut File, _: &[u8], _: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// What a full disk does to a write: part of it lands, then ENOSPC.
+#[cfg(test)]
+fn full_disk_fault(file: &mut File, bytes: &[u8], dir: &Path) -> std::io::Result<()> {
+    match full_disk::room(dir) {
+        Some(room) => {
+            file.write_all(&bytes[..room.min(bytes.len())])?;
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Fault injection for unit tests: a disk that fills. Appends to a log in a listed directory
+/// write at most `room` bytes, then fail with ENOSPC (as `write(2)` does on a full disk).
+#[cfg(test)]
+pub(crate) mod full_disk {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    /// `(log dir, room, failures so far)`.
+    static FULL: Mutex<Vec<(PathBuf, usize, usize)>> = Mutex::new(Vec::new());
+
+    fn full() -> std::sync::MutexGuard<'static, Vec<(PathBuf, usize, usize)>> {
+        FULL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on the disk of the log in `dir` has `room` bytes left for each append
+    /// (`None`: free again; the failure count is kept).
+    pub(crate) fn set(dir: &Path, room: Option<usize>) {
+        let mut full = full();
+        match (full.iter_mut().find(|(d, ..)| d == dir), room) {
+            (Some(entry), Some(room)) => entry.1 = room,
+            (Some(entry), None) => entry.1 = usize::MAX,
+            (None, Some(room)) => full.push((dir.to_path_buf(), room, 0)),
+            (None, None) => {}
+        }
+    }
+
+    /// Appends that failed for want of room in `dir`.
+    pub(crate) fn failures(dir: &Path) -> usize {
+        full().iter().find(|(d, ..)| d == dir).map_or(0, |e| e.2)
+    }
+
+    /// The room left for this append, counting it as a failure (`None`: not full).
+    pub(super) fn room(dir: &Path) -> Option<usize> {
+        let mut full = full();
+        let entry = full.iter_mut().find(|(d, room, _)| d == dir && *room != usize::MAX)?;
+        entry.2 += 1;
+        Some(entry.1)
     }
 }
 

@@ -317,6 +317,53 @@ mod tests {
         assert_eq!(sink.events().len(), 3, "nothing twice");
     }
 
+    /// The value of `walcast_sink_lag_seconds{sink="memory"}`.
+    fn memory_lag(metrics: &Metrics) -> f64 {
+        let text = metrics.encode();
+        let line = text.lines().find(|l| l.starts_with("walcast_sink_lag_seconds{sink=\"memory\"}")).unwrap_or_else(|| panic!("{text}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    }
+
+    #[tokio::test]
+    async fn a_stuck_sink_shows_its_own_lag_from_the_log_and_none_once_caught_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_dir = dir.path().join("log");
+        let mut log = ChangeLog::open(&log_dir, &ChangelogConfig::default()).expect("open");
+        log.set_start(Lsn(0x50));
+        // Committed a minute ago (microseconds since 2000-01-01, as Postgres sends them).
+        let unix_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros() as i64;
+        let minute_ago = unix_us - 946_684_800_000_000 - 60_000_000;
+        for n in 1..=2 {
+            let t: Vec<Change> = tx(n).into_iter().map(|c| Change { commit_ts: minute_ago, ..c }).collect();
+            log.append(&t, Some(Lsn(n * 0x100))).expect("append");
+        }
+        let metrics = Metrics::new();
+        let book = CursorBook::load(dir.path(), "s", Arc::clone(&metrics)).expect("cursors");
+        let (limits, retry) = (PipelineConfig::default(), RetryConfig { initial_ms: 10, max_ms: 10 });
+        let run = CancellationToken::new();
+        let (sink, gate) = MemorySink::gated();
+        let mut fanout = Fanout::new(&limits, &retry, &metrics, &run).with_cursors(book.clone());
+        fanout.spawn(sink.clone());
+        let (_end_tx, end) = watch::channel(Lsn(0x200));
+        let followers = Followers::start(fanout.started(), log_dir, Lsn(0x50), &end, &book, 1, &metrics, &run);
+        // The sink is stuck (its writes wait): its lag is the age of the oldest change it owes.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while memory_lag(&metrics) < 59.0 {
+            assert!(tokio::time::Instant::now() < deadline, "lag {}", memory_lag(&metrics));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(sink.events().is_empty());
+        gate.add_permits(2);
+        wait_for(&sink, 2).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while memory_lag(&metrics) != 0.0 || book.get("memory") != Some(Lsn(0x200)) {
+            assert!(tokio::time::Instant::now() < deadline, "lag {} cursor {:?}", memory_lag(&metrics), book.get("memory"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        run.cancel();
+        assert!(followers.finish(tokio::time::Instant::now() + Duration::from_secs(5)).await.is_none());
+    }
+
     #[tokio::test]
     async fn a_sink_without_a_cursor_starts_at_the_log_start_and_a_failure_stops_the_run() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -18,6 +18,8 @@ use crate::sink::fanout::Fanout;
 use crate::sink::MemorySink;
 use crate::source::ConnParams;
 
+mod full_log;
+
 const START: Lsn = Lsn(0x1000);
 const TABLE_OID: u32 = 16_384;
 /// Events a scripted session holds before the test's send waits.

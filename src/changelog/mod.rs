@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 
 pub use cursors::SinkCursors;
 pub use reader::{LogReader, LogScan};
-pub use writer::ChangeLog;
 #[cfg(test)]
 pub(crate) use writer::full_disk;
+pub use writer::ChangeLog;
 
 use crate::decode::Change;
 use crate::lsn::Lsn;

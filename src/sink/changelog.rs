@@ -371,6 +371,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retention_forced_past_a_mark_by_the_size_limit_counts_the_dropped_segments() {
+        use crate::decode::fixtures::{change, relation, text};
+        use crate::decode::{Op, ReplicaIdentity};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let segment = crate::config::ChangelogConfig::MIN_SEGMENT_BYTES;
+        let cfg = crate::config::ChangelogConfig { segment_bytes: segment, retention_bytes: 3 * segment, ..Default::default() };
+        let log = ChangeLog::open(&dir.path().join("log"), &cfg).expect("open");
+        let marks = r#"{"slot":"s","marks":{"before-deploy":{"lsn":"0/150","created_unix_s":1}}}"#;
+        std::fs::write(dir.path().join("marks-s.json"), marks).expect("write marks");
+        let metrics = Metrics::new();
+        let pins = Pins { cursors: None, state_dir: dir.path().to_path_buf(), slot: "s".into() };
+        let mut sink = ChangelogSink::new(log, pins, Arc::clone(&metrics));
+        let rel = relation("public", "t", ReplicaIdentity::Default, &[("id", true, 23), ("v", false, 25)]);
+        for n in 1..=40u64 {
+            let row = change(Arc::clone(&rel), Op::Insert, None, Some(vec![text(&n.to_string()), text(&"x".repeat(400))]));
+            let c = crate::decode::Change { commit_lsn: Lsn(n * 0x100), ..row };
+            sink.write_shared(&Arc::new(Batch { changes: vec![c], checkpoint: Some(Lsn(n * 0x100)), snapshot: None }))
+                .await
+                .expect("append");
+        }
+        assert!(metrics.encode().contains("walcast_log_dropped_segments_total 0"), "retention ran at the first append only");
+        sink.last_retention = None; // due now
+        let row = change(rel, Op::Insert, None, Some(vec![text("41"), text("y")]));
+        let c = crate::decode::Change { commit_lsn: Lsn(41 * 0x100), ..row };
+        sink.write_shared(&Arc::new(Batch { changes: vec![c], checkpoint: Some(Lsn(41 * 0x100)), snapshot: None })).await.expect("append");
+        let stats = crate::changelog::LogReader::open(&dir.path().join("log")).expect("reader").stats().expect("stats");
+        assert!(stats.bytes <= 3 * segment, "{stats:?}");
+        let text = metrics.encode();
+        let dropped: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("walcast_log_dropped_segments_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(dropped > 0, "every dropped segment held commits after the mark 0/150: {text}");
+        assert!(text.contains(&format!("walcast_log_bytes {}", stats.bytes)), "{text}");
+    }
+
+    #[tokio::test]
     async fn the_log_sink_appends_stream_batches_skips_snapshot_rows_and_wakes_followers() {
         use crate::decode::fixtures::{change, relation, text};
         use crate::decode::{Op, ReplicaIdentity};

@@ -285,7 +285,7 @@ impl ChangeLog {
 
     /// Seals the current segment once it reached `segment_bytes` (the next block starts a new one).
     fn rotate_if_full(&mut self) -> Result<(), ChangelogError> {
-        if !self.current.as_ref().is_some_and(|c| c.len >= self.config.segment_bytes) {
+        if self.current.as_ref().is_none_or(|c| c.len < self.config.segment_bytes) {
             return Ok(());
         }
         let Some(cur) = self.current.as_ref() else { return Ok(()) };
@@ -354,6 +354,29 @@ fn full_disk_fault(file: &mut File, bytes: &[u8], dir: &Path) -> std::io::Result
     }
 }
 
+/// Takes the writer's exclusive lock (flock on `DIR/LOCK`, released by the kernel when the
+/// process ends, so a crash never leaves it held).
+fn lock(dir: &Path) -> Result<File, ChangelogError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| ChangelogError::io("open", &path, e))?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(ChangelogError::Locked { dir: dir.to_path_buf() });
+        }
+        return Err(ChangelogError::io("lock", &path, e));
+    }
+    Ok(file)
+}
+
 /// Fault injection for unit tests: a disk that fills. Appends to a log in a listed directory
 /// write at most `room` bytes, then fail with ENOSPC (as `write(2)` does on a full disk).
 #[cfg(test)]
@@ -392,27 +415,4 @@ pub(crate) mod full_disk {
         entry.2 += 1;
         Some(entry.1)
     }
-}
-
-/// Takes the writer's exclusive lock (flock on `DIR/LOCK`, released by the kernel when the
-/// process ends, so a crash never leaves it held).
-fn lock(dir: &Path) -> Result<File, ChangelogError> {
-    let path = dir.join("LOCK");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| ChangelogError::io("open", &path, e))?;
-    // SAFETY: flock on a file descriptor this function owns; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::WouldBlock {
-            return Err(ChangelogError::Locked { dir: dir.to_path_buf() });
-        }
-        return Err(ChangelogError::io("lock", &path, e));
-    }
-    Ok(file)
 }

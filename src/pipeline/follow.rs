@@ -154,6 +154,7 @@ impl Followers {
     /// Feed every sink of `sinks` from the log in `dir`, each after its cursor in `book` (see
     /// `start_scan`; `start`: where this run's stream starts); `end` wakes them when the log
     /// grows. A failure is kept and cancels `run`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
         sinks: Sinks,
         dir: PathBuf,

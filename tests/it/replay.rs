@@ -151,7 +151,7 @@ async fn replay_rebuilds_a_deleted_flat_index_and_rolls_nothing_back() {
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("replayed 144 changes"), "{out}");
     // Not a terminal: progress as plain log lines on standard error, the last one at the end.
-    let progress = out.stderr.lines().filter(|l| l.contains("replay progress")).last().unwrap_or_else(|| panic!("no progress line: {out}"));
+    let progress = out.stderr.lines().rfind(|l| l.contains("replay progress")).unwrap_or_else(|| panic!("no progress line: {out}"));
     assert!(progress.contains("rows=144") && progress.contains("percent=100") && progress.contains("rows_per_s="), "{out}");
     let replayed = index_docs(&es, &index).await;
     assert_eq!(sources(&replayed), want, "the replayed index equals Postgres\n{out}");

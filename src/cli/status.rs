@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::replay::{age, marks_json, now_unix_s};
 use super::{dead_letter_status, missing_slot_fix, print_slot_status, report_pipeline_error, slot_status_json};
 use crate::changelog::marks::Marks;
-use crate::changelog::{LogReader, LogStats};
+use crate::changelog::{LogReader, LogStats, SinkCursors};
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::snapshot::SnapshotState;
@@ -26,19 +26,6 @@ struct Local {
     cursors: Result<SinkCursors, String>,
     snapshot: Result<Option<SnapshotState>, String>,
     marks: Result<Marks, String>,
-}
-
-/// The sinks' cursors as far as this build records them: none yet.
-struct SinkCursors;
-
-impl SinkCursors {
-    fn load(_state_dir: &std::path::Path, _slot: &str) -> std::io::Result<Self> {
-        Ok(SinkCursors)
-    }
-
-    fn get(&self, _sink: &str) -> Option<Lsn> {
-        None
-    }
 }
 
 /// Read the local parts. Blocking.

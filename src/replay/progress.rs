@@ -1,6 +1,6 @@
 //! Replay progress a person can read: rows, rows/s, the LSN reached and the percent of the LSN
-//! range. On a terminal (text logs, standard error a TTY) one line rewritten in place every
-//! second; otherwise a `replay progress` log record every few seconds.
+//! range. On a terminal (text logs, standard error a TTY) one line with a bar, rewritten in
+//! place every second; otherwise a `replay progress` log record every few seconds.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
@@ -87,11 +87,21 @@ fn fmt_count(n: f64) -> String {
     }
 }
 
-/// The terminal line.
+/// Width of the terminal bar, in cells.
+const BAR_CELLS: usize = 24;
+
+/// `[#########...............]`: the percent of the range as filled cells.
+fn bar(percent: f64) -> String {
+    let filled = ((percent.clamp(0.0, 100.0) / 100.0) * BAR_CELLS as f64).round() as usize;
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(BAR_CELLS - filled))
+}
+
+/// The terminal line: a bar, then the figures.
 pub(super) fn terminal_line(range: &Range, r: &Reached) -> String {
+    let percent = range.percent(r.lsn);
     format!(
-        "replay {:.1}% ({} rows, {} rows/s, at {} of {}..{})",
-        range.percent(r.lsn),
+        "replay {} {percent:.1}% ({} rows, {} rows/s, at {} of {}..{})",
+        bar(percent),
         fmt_count(r.rows as f64),
         fmt_count(r.rows_per_s().unwrap_or(0.0)),
         r.lsn,
@@ -186,6 +196,11 @@ mod tests {
         assert_eq!(range.percent(Lsn(0x3000)), 100.0, "past the end counts as done");
         assert_eq!(Range { from: Lsn(5), to: Lsn(5) }.percent(Lsn(5)), 100.0);
         let r = Reached { rows: 12_345, read: 20_000, lsn: Lsn(0x1800), elapsed: Duration::from_secs(2) };
-        assert_eq!(terminal_line(&range, &r), "replay 50.0% (12.3k rows, 6.2k rows/s, at 0/1800 of 0/1000..0/2000)");
+        assert_eq!(
+            terminal_line(&range, &r),
+            "replay [############............] 50.0% (12.3k rows, 6.2k rows/s, at 0/1800 of 0/1000..0/2000)"
+        );
+        assert_eq!(bar(0.0), format!("[{}]", ".".repeat(BAR_CELLS)));
+        assert_eq!(bar(100.0), format!("[{}]", "#".repeat(BAR_CELLS)));
     }
 }

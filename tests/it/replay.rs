@@ -9,7 +9,8 @@
 //! - `--from` an LSN older than the log -> exit 3 and a message naming `walcast snapshot`; an
 //!   unknown mark too;
 //! - `mark --list` and `status --json` show the log, the sinks' cursors and the marks, with
-//!   and without a running walcast.
+//!   and without a running walcast;
+//! - progress on standard error (not a terminal: plain log lines with rows, rate and LSN).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -149,6 +150,9 @@ async fn replay_rebuilds_a_deleted_flat_index_and_rolls_nothing_back() {
     let out = walcast_cmd(&["replay", "--from-mark", "before-workload", "--jsonl-path", &jsonl_arg, "--config", &config]).await;
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("replayed 144 changes"), "{out}");
+    // Not a terminal: progress as plain log lines on standard error, the last one at the end.
+    let progress = out.stderr.lines().rfind(|l| l.contains("replay progress")).unwrap_or_else(|| panic!("no progress line: {out}"));
+    assert!(progress.contains("rows=144") && progress.contains("percent=100") && progress.contains("rows_per_s="), "{out}");
     let replayed = index_docs(&es, &index).await;
     assert_eq!(sources(&replayed), want, "the replayed index equals Postgres\n{out}");
     assert_eq!(replayed, streamed, "and carries the versions the stream wrote (commit LSNs)");
@@ -190,6 +194,13 @@ async fn replay_rebuilds_a_deleted_flat_index_and_rolls_nothing_back() {
     assert_eq!(stopped["log"]["durable_lsn"], status["log"]["durable_lsn"], "{stopped}");
     assert_eq!(stopped["active"], json!(false), "{stopped}");
     assert_eq!(stopped["marks"], status["marks"], "{stopped}");
+    // Each sink's cursor (saved by the run as its writes returned, a last time at its stop):
+    // everything the stream wrote, nothing behind the log.
+    for sink in stopped["sinks"].as_array().unwrap_or_else(|| panic!("{stopped}")) {
+        let cursor = parse_lsn(sink["cursor"].as_str().unwrap_or_else(|| panic!("no cursor: {stopped}")));
+        assert!(cursor >= end, "{sink}: {stopped}");
+        assert_eq!(sink["log_lag_bytes"], json!(0), "{stopped}");
+    }
     let out = walcast_cmd(&["mark", "--list", "--config", &config]).await;
     assert!(out.code == Some(0) && out.stdout.contains("before-workload") && out.stdout.contains(&mark.to_string()), "{out}");
     let out = walcast_cmd(&["mark", "--delete", "before-workload", "--config", &config]).await;

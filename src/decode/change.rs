@@ -80,21 +80,19 @@ impl Op {
 impl Change {
     /// Append this change as one JSON object (no trailing newline), in the line format documented
     /// in docs/events.md. Field order is fixed so lines diff and grep well.
+    ///
+    /// What is constant per transaction (commit LSN, xid, commit time) is rendered once per
+    /// transaction and copied for each of its changes (see [`TxText`]); numbers are written
+    /// without `core::fmt`.
     pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
-        use std::io::Write as _;
         let rel = &*self.relation;
-        // Writing into a Vec<u8> cannot fail.
-        // The text of commit_lsn and seq is kept (as ranges of `out`): a streamed change's
-        // change_id repeats it, copied rather than formatted again.
-        let _ = write!(out, "{{\"lsn\":\"{}\",\"commit_lsn\":\"", self.lsn);
-        let commit_lsn_at = out.len();
-        let _ = write!(out, "{}", self.commit_lsn);
-        let commit_lsn = commit_lsn_at..out.len();
-        let _ = write!(out, "\",\"xid\":{},\"commit_ts\":\"", self.xid);
-        write_pg_timestamp(out, self.commit_ts);
-        out.extend_from_slice(b"\",\"seq\":");
+        out.extend_from_slice(b"{\"lsn\":\"");
+        write_lsn(out, self.lsn);
+        // `","commit_lsn":"…","xid":…,"commit_ts":"…","seq":`, and where commit_lsn's text is
+        // in `out` (a streamed change's change_id repeats it).
+        let commit_lsn = TX_TEXT.with_borrow_mut(|tx| tx.append(out, self));
         let seq_at = out.len();
-        let _ = write!(out, "{}", self.seq);
+        write_u64(out, self.seq);
         let seq = seq_at..out.len();
         out.extend_from_slice(b",\"schema\":");
         write_json_str(out, &rel.schema);
@@ -137,13 +135,15 @@ impl Change {
         }
         out.push(b']');
         if self.op == Op::Truncate {
-            let _ = write!(
-                out,
-                ",\"truncate\":{{\"cascade\":{},\"restart_identity\":{}{}}}",
-                self.truncate.cascade,
-                self.truncate.restart_identity,
-                if self.truncate.resync { ",\"resync\":true" } else { "" }
-            );
+            let t = &self.truncate;
+            out.extend_from_slice(b",\"truncate\":{\"cascade\":");
+            out.extend_from_slice(if t.cascade { b"true" } else { b"false" });
+            out.extend_from_slice(b",\"restart_identity\":");
+            out.extend_from_slice(if t.restart_identity { b"true" } else { b"false" });
+            if t.resync {
+                out.extend_from_slice(b",\"resync\":true");
+            }
+            out.push(b'}');
         }
         out.extend_from_slice(b",\"change_id\":");
         if self.op == Op::Read {
@@ -178,7 +178,11 @@ impl Change {
     pub(crate) fn write_change_id(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         use std::io::Write as _;
         if self.op != Op::Read {
-            let _ = write!(out, "\"{}:{}\"", self.commit_lsn, self.seq);
+            out.push(b'"');
+            write_lsn(out, self.commit_lsn);
+            out.push(b':');
+            write_u64(out, self.seq);
+            out.push(b'"');
             return Ok(());
         }
         let rel = &*self.relation;
@@ -277,20 +281,121 @@ pub(crate) fn write_row_object(
 
 /// A JSON string literal.
 pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping is correct and fast; writing into a Vec cannot fail.
+    // Names (schema, table, column) almost never need escaping: copy them as they are. JSON
+    // escapes only control characters, '"' and '\\', exactly what serde_json escapes.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    // serde_json's escaping is correct; writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Microseconds since 2000-01-01 UTC (Postgres's epoch) as ISO 8601 with microseconds and `Z`.
 pub fn write_pg_timestamp(out: &mut Vec<u8>, micros_since_2000: i64) {
-    use std::io::Write as _;
     const UNIX_TO_PG_DAYS: i64 = 10_957;
     let secs = micros_since_2000.div_euclid(1_000_000);
     let micros = micros_since_2000.rem_euclid(1_000_000);
     let days = secs.div_euclid(86_400) + UNIX_TO_PG_DAYS;
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, (sod / 60) % 60, sod % 60);
+    if !(0..=9999).contains(&y) {
+        // Years a commit never has; `{y:04}` pads a negative year to 4 characters, sign included.
+        use std::io::Write as _;
+        let _ = write!(out, "{y:04}");
+    } else {
+        write_digits(out, y as u64, 4);
+    }
+    out.push(b'-');
+    write_digits(out, u64::from(m), 2);
+    out.push(b'-');
+    write_digits(out, u64::from(d), 2);
+    out.push(b'T');
+    write_digits(out, (sod / 3600) as u64, 2);
+    out.push(b':');
+    write_digits(out, ((sod / 60) % 60) as u64, 2);
+    out.push(b':');
+    write_digits(out, (sod % 60) as u64, 2);
+    out.push(b'.');
+    write_digits(out, micros as u64, 6);
+    out.push(b'Z');
+}
+
+/// `v` in exactly `width` decimal digits, zero-padded (`v` must fit).
+fn write_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for slot in out[start..].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// An unsigned integer in decimal, as `Display` writes it.
+pub(crate) fn write_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// An LSN as `Display` writes it (`16/B374D848`: upper-case hex halves, no leading zeros).
+pub(crate) fn write_lsn(out: &mut Vec<u8>, lsn: Lsn) {
+    write_hex(out, (lsn.0 >> 32) as u32);
+    out.push(b'/');
+    write_hex(out, lsn.0 as u32);
+}
+
+/// Upper-case hexadecimal without leading zeros (`0` for zero), as `{:X}` writes it.
+fn write_hex(out: &mut Vec<u8>, v: u32) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let digits = (8 - v.leading_zeros() / 4).max(1) as usize;
+    for i in (0..digits).rev() {
+        out.push(HEX[((v >> (i * 4)) & 0xF) as usize]);
+    }
+}
+
+/// The text of a line that is the same for every change of a transaction, from `"commit_lsn"` up
+/// to the value of `"seq"`, rendered once per transaction. Lines are rendered transaction after
+/// transaction, so one entry per thread hits for all but the first change of each.
+#[derive(Default)]
+struct TxText {
+    /// (commit_lsn, xid, commit_ts) the text was rendered for.
+    key: Option<(Lsn, u32, i64)>,
+    /// `","commit_lsn":"…","xid":…,"commit_ts":"…","seq":`.
+    text: Vec<u8>,
+    /// Where the commit LSN's text is in `text`.
+    commit_lsn: std::ops::Range<usize>,
+}
+
+impl TxText {
+    /// Append the transaction's text for `change` to `out`; returns where its commit LSN text
+    /// landed in `out`.
+    fn append(&mut self, out: &mut Vec<u8>, change: &Change) -> std::ops::Range<usize> {
+        let key = (change.commit_lsn, change.xid, change.commit_ts);
+        if self.key != Some(key) {
+            let text = &mut self.text;
+            text.clear();
+            text.extend_from_slice(b"\",\"commit_lsn\":\"");
+            let at = text.len();
+            write_lsn(text, change.commit_lsn);
+            self.commit_lsn = at..text.len();
+            text.extend_from_slice(b"\",\"xid\":");
+            write_u64(text, u64::from(change.xid));
+            text.extend_from_slice(b",\"commit_ts\":\"");
+            write_pg_timestamp(text, change.commit_ts);
+            text.extend_from_slice(b"\",\"seq\":");
+            self.key = Some(key);
+        }
+        let base = out.len();
+        out.extend_from_slice(&self.text);
+        base + self.commit_lsn.start..base + self.commit_lsn.end
+    }
+}
+
+thread_local! {
+    /// See [`TxText`].
+    static TX_TEXT: std::cell::RefCell<TxText> = std::cell::RefCell::new(TxText::default());
 }
 
 /// Days since 1970-01-01 -> (year, month, day) in the proleptic Gregorian calendar
@@ -421,5 +526,65 @@ mod tests {
         let mut out = Vec::new();
         write_pg_timestamp(&mut out, -1);
         assert_eq!(String::from_utf8(out).expect("ascii"), "1999-12-31T23:59:59.999999Z");
+    }
+
+    /// The old `core::fmt` rendering of a commit time, the reference of the fast one.
+    fn fmt_timestamp(micros_since_2000: i64) -> String {
+        let secs = micros_since_2000.div_euclid(1_000_000);
+        let micros = micros_since_2000.rem_euclid(1_000_000);
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400) + 10_957);
+        let sod = secs.rem_euclid(86_400);
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, (sod / 60) % 60, sod % 60)
+    }
+
+    #[test]
+    fn fast_writers_match_core_fmt_and_serde() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        let mut lsns = vec![0, 1, 0xF, 0x10, 0xFFFF_FFFF, 0x1_0000_0000, u64::MAX];
+        let mut stamps = vec![0, -1, 1, i64::MAX, i64::MIN, -63_000_000_000_000_000, 300_000_000_000_000_000];
+        for _ in 0..2_000 {
+            lsns.push(rng.u64(..) >> rng.u32(0..64));
+            stamps.push(rng.i64(..) >> rng.u32(0..64));
+        }
+        for lsn in lsns {
+            let mut out = Vec::new();
+            write_lsn(&mut out, Lsn(lsn));
+            assert_eq!(String::from_utf8(out).expect("ascii"), Lsn(lsn).to_string());
+        }
+        for ts in stamps {
+            let mut out = Vec::new();
+            write_pg_timestamp(&mut out, ts);
+            assert_eq!(String::from_utf8(out).expect("ascii"), fmt_timestamp(ts), "{ts}");
+        }
+        for s in ["", "plain", "t\"q", "back\\slash", "tab\there", "\u{1}\u{1f}", "\u{7f}ünï ✓", "new\nline"] {
+            let mut out = Vec::new();
+            write_json_str(&mut out, s);
+            assert_eq!(String::from_utf8(out).expect("utf-8"), serde_json::to_string(s).expect("json"));
+        }
+    }
+
+    #[test]
+    fn transaction_text_follows_each_change_across_interleaved_transactions() {
+        let row = || Some(vec![text("1"), text("x"), Datum::Null]);
+        let tx = |commit_lsn: u64, xid: u32, commit_ts: i64, seq: u64| Change {
+            commit_lsn: Lsn(commit_lsn),
+            xid,
+            commit_ts,
+            seq,
+            ..fixtures::change(rel(), Op::Insert, None, row())
+        };
+        // The same commit LSN with another xid or time (snapshot loads share their point).
+        let changes = [tx(0x20, 7, 0, 0), tx(0x20, 7, 0, 1), tx(0x1_0000_0030, 8, 1_000_001, 0), tx(0x20, 7, 0, 2), tx(0x20, 9, 5, 0)];
+        let mut out = Vec::new();
+        for c in &changes {
+            out.clear();
+            c.write_json(&mut out).expect("renders");
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+            assert_eq!(v["commit_lsn"], c.commit_lsn.to_string());
+            assert_eq!(v["xid"], c.xid);
+            assert_eq!(v["commit_ts"], fmt_timestamp(c.commit_ts));
+            assert_eq!(v["seq"], c.seq);
+            assert_eq!(v["change_id"], format!("{}:{}", c.commit_lsn, c.seq));
+        }
     }
 }

@@ -68,7 +68,9 @@ pub struct SourceConfig {
     /// `application_name` of walcast's connections.
     #[serde(default = "default_application_name")]
     pub application_name: String,
-    /// Milliseconds between standby status updates while the confirmed position moves.
+    /// Milliseconds between standby status updates, at least: a confirmed position that moved
+    /// is sent at most this long after the last update (raises in between coalesce into one),
+    /// and while changes stream in an update goes out every this many milliseconds.
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
     /// Milliseconds to wait for a connection before treating the server as unreachable.
@@ -85,8 +87,10 @@ impl SourceConfig {
     pub const DEFAULT_PUBLICATION: &str = "walcast";
     /// Default `application_name` shown in `pg_stat_activity` / `pg_stat_replication`.
     pub const DEFAULT_APPLICATION_NAME: &str = "walcast";
-    /// Default interval between standby status updates while progress is made.
-    pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
+    /// Default interval between standby status updates. Short, so that the slot is confirmed
+    /// within milliseconds of the sinks making a commit durable (a replica catching up, a
+    /// monitor reading `confirmed_flush_lsn`), yet at most 100 small messages a second.
+    pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10;
     /// Default connect timeout for the SQL connection.
     pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 

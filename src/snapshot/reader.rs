@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use tokio_postgres::Client;
 
 use crate::config::TableName;
@@ -253,16 +253,33 @@ impl Reader {
             }
         }
         .map_err(|e| query_error(&what(), &e))?;
-        let mut changes = Vec::with_capacity(rows.len());
+        // Every value of the chunk in one buffer, each a slice of it: one allocation per chunk
+        // instead of one per value.
+        let columns = t.relation.columns.len();
+        let mut text = BytesMut::new();
+        let mut spans = Vec::with_capacity(rows.len() * columns);
         for row in &rows {
-            let mut values = Vec::with_capacity(t.relation.columns.len());
-            for i in 0..t.relation.columns.len() {
+            for i in 0..columns {
                 let v: Option<&str> = row.try_get(i).map_err(|e| query_error(&what(), &e))?;
-                values.push(match v {
-                    Some(s) => Datum::Text(Bytes::copy_from_slice(s.as_bytes())),
-                    None => Datum::Null,
-                });
+                spans.push(v.map(|s| {
+                    let at = text.len();
+                    text.extend_from_slice(s.as_bytes());
+                    at..text.len()
+                }));
             }
+        }
+        let text = text.freeze();
+        let mut spans = spans.into_iter();
+        let mut changes = Vec::with_capacity(rows.len());
+        for _ in &rows {
+            let values = spans
+                .by_ref()
+                .take(columns)
+                .map(|span| match span {
+                    Some(range) => Datum::Text(text.slice(range)),
+                    None => Datum::Null,
+                })
+                .collect();
             changes.push(Change {
                 lsn: point,
                 commit_lsn: point,

@@ -344,7 +344,10 @@ fn spawn_walcast(env: &Env, slot: &str, path: &str, stdout: Stdio, status_interv
     if let Some(ms) = status_interval_ms {
         source.push_str(&format!("status_interval_ms = {ms}\n"));
     }
-    let sink = format!("[sinks.jsonl]\npath = \"{path}\"\n");
+    // The state file in the run's temp dir: slot names repeat from run to run, and a state file
+    // left by an earlier run would make walcast refuse the new slot of the same name.
+    let state_dir = env.tmp.path().join("state");
+    let sink = format!("[sinks.jsonl]\npath = \"{path}\"\n\n[snapshot]\nstate_dir = \"{}\"\n", state_dir.display());
     std::fs::write(&config, env.pg.walcast_config(DB, slot, PUBLICATION, &source, &sink)).context("write walcast config")?;
     env.pg.spawn_walcast(&config, stdout, Stdio::inherit())
 }

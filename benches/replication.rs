@@ -8,7 +8,8 @@
 //!    returning to the client to its JSON line read from walcast's standard output.
 //! 3. CPU per row on 100,000 single-row transactions (`pgbench -c 4`), pg_recvlogical and
 //!    walcast writing to a file (`many_tx.rs`).
-//! 4. Commit -> slot confirmed with walcast's default status interval (`many_tx.rs`).
+//! 4. Commit -> slot confirmed with walcast's default status interval, and the standby status
+//!    updates it sends per second idle, on spaced commits and under load (`many_tx.rs`, `wire.rs`).
 //!
 //! CPU is the consumer's utime + stime (its walsender's is printed beside it): on a shared
 //! machine wall-clock figures are noisy, CPU seconds much less so. The ratios printed are
@@ -26,6 +27,7 @@
 //!   WALCAST_BENCH_SINK_PATH         walcast's JSON-lines path in the throughput runs (/dev/null);
 //!                                   a regular file is fsynced per batch (it is removed after each run)
 //!   WALCAST_BENCH_MANY_TX           single-row transactions of the pgbench part (100000)
+//!   WALCAST_BENCH_CONFIRM_INTERVAL_MS  walcast's status_interval_ms in the confirm part (its default)
 //!   WALCAST_BENCH_ONLY              `throughput`, `latency`, `pgbench` or `confirm` to run one
 //!                                   part, or `walcast` / `pg_recvlogical` for the throughput
 //!                                   and pgbench runs of one consumer
@@ -33,6 +35,8 @@
 #[path = "replication/many_tx.rs"]
 mod many_tx;
 mod setup;
+#[path = "replication/wire.rs"]
+mod wire;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,8 +53,10 @@ use tokio_postgres::Client;
 const DB: &str = "walcast_bench";
 const PUBLICATION: &str = "bench_pub";
 const SLOT_PREFIX: &str = "bench_";
-/// Standby status interval given to walcast in this bench (the default is 1000 ms).
-const STATUS_INTERVAL_MS: u64 = 100;
+/// Standby status interval given to walcast in the throughput, latency and pgbench parts: the
+/// same as pg_recvlogical's `-s 1`, so that CPU is compared at the same status chatter (walcast's
+/// default is measured in the confirm part).
+const STATUS_INTERVAL_MS: u64 = 1000;
 const POLL: Duration = Duration::from_millis(20);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 const LATENCY_SPACING: Duration = Duration::from_millis(50);
@@ -339,6 +345,19 @@ fn spawn_recvlogical(env: &Env, slot: &str, path: &str) -> Result<Child> {
 /// walcast on `slot` writing JSON lines to `path`; `status_interval_ms` as given, or walcast's
 /// default with `None`.
 fn spawn_walcast(env: &Env, slot: &str, path: &str, stdout: Stdio, status_interval_ms: Option<u64>) -> Result<Child> {
+    spawn_walcast_via(env, slot, path, stdout, status_interval_ms, None)
+}
+
+/// [`spawn_walcast`] connecting to Postgres through `port` on the same host when given (the
+/// counting relay of `wire.rs`).
+fn spawn_walcast_via(
+    env: &Env,
+    slot: &str,
+    path: &str,
+    stdout: Stdio,
+    status_interval_ms: Option<u64>,
+    port: Option<u16>,
+) -> Result<Child> {
     let config = env.tmp.path().join(format!("{slot}.toml"));
     let mut source = "tables = [\"public.bench_rows\"]\ncreate_slot = true\ncreate_publication = false\n".to_string();
     if let Some(ms) = status_interval_ms {
@@ -348,8 +367,12 @@ fn spawn_walcast(env: &Env, slot: &str, path: &str, stdout: Stdio, status_interv
     // left by an earlier run would make walcast refuse the new slot of the same name.
     let state_dir = env.tmp.path().join("state");
     let sink = format!("[sinks.jsonl]\npath = \"{path}\"\n\n[snapshot]\nstate_dir = \"{}\"\n", state_dir.display());
-    std::fs::write(&config, env.pg.walcast_config(DB, slot, PUBLICATION, &source, &sink)).context("write walcast config")?;
-    env.pg.spawn_walcast(&config, stdout, Stdio::inherit())
+    let mut target = env.pg.clone();
+    if let Some(port) = port {
+        target.port = port;
+    }
+    std::fs::write(&config, target.walcast_config(DB, slot, PUBLICATION, &source, &sink)).context("write walcast config")?;
+    target.spawn_walcast(&config, stdout, Stdio::inherit())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -739,8 +762,9 @@ fn many_summary(m: &many_tx::ManyTx) {
 fn confirm_summary(c: &many_tx::Confirm) {
     let p50 = percentile(&c.ms, 50.0).unwrap_or(f64::NAN);
     let p99 = percentile(&c.ms, 99.0).unwrap_or(f64::NAN);
+    let settings = c.interval_ms.map_or_else(|| "its defaults".to_string(), |ms| format!("status_interval_ms {ms}"));
     println!(
-        "  commit -> slot confirmed, walcast with its defaults (jsonl -> file): {} single-row commits {} ms apart",
+        "  commit -> slot confirmed, walcast with {settings} (jsonl -> file): {} single-row commits {} ms apart",
         c.ms.len(),
         LATENCY_SPACING.as_millis()
     );
@@ -749,4 +773,11 @@ fn confirm_summary(c: &many_tx::Confirm) {
         percentile(&c.ms, 100.0).unwrap_or(f64::NAN),
         goal(p50 < GOAL_CONFIRM_P50_MS && p99 < GOAL_CONFIRM_P99_MS)
     );
+    println!("    messages per second on walcast's replication connection (counted by a relay on the wire):");
+    let line = |what: &str, (status, keepalives, replies): (f64, f64, f64)| {
+        println!("      {what:<44} status updates {status:6.1}/s, server keepalives {keepalives:6.1}/s ({replies:.1}/s asking a reply)");
+    };
+    line("idle (nothing committed)", c.idle);
+    line(&format!("spaced commits ({} ms apart)", LATENCY_SPACING.as_millis()), c.spaced);
+    line(&format!("pgbench -c 4 load (to confirmed, {:.1} s)", c.load_secs), c.load);
 }

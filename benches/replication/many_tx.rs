@@ -5,7 +5,9 @@
 //!   the consumer's utime + stime from the workload's start to its slot confirming the end.
 //! - Commit -> slot confirmed with walcast's defaults (no `status_interval_ms` in its config):
 //!   single-row commits spaced apart, each timed from the commit returning to the client to
-//!   `confirmed_flush_lsn` reaching its LSN (polled every millisecond).
+//!   `confirmed_flush_lsn` reaching its LSN (polled every millisecond). walcast connects
+//!   through a relay (`wire.rs`) that counts its standby status updates and the server's
+//!   keepalives per second: idle, during the spaced commits, and under `pgbench -c 4` load.
 
 use super::*;
 
@@ -122,23 +124,58 @@ async fn wait_confirmed(admin: &Client, slot: &str, target: &str, child: &mut Ch
     }
 }
 
-/// Commit -> confirmed, milliseconds, one per commit.
+/// Commit -> confirmed, milliseconds, one per commit, and the standby status updates walcast
+/// sent meanwhile (counted on the wire).
 pub(super) struct Confirm {
     pub(super) ms: Vec<f64>,
+    /// `status_interval_ms` given to walcast; `None`: its default.
+    pub(super) interval_ms: Option<u64>,
+    /// Messages per second (status updates, keepalives, keepalives asking a reply), idle.
+    pub(super) idle: (f64, f64, f64),
+    /// The same during the spaced commits.
+    pub(super) spaced: (f64, f64, f64),
+    /// The same under `pgbench -c 4` load, from its start to the slot confirming its end.
+    pub(super) load: (f64, f64, f64),
+    pub(super) load_secs: f64,
 }
 
+/// Seconds of the idle phase and of the pgbench load.
+const IDLE: Duration = Duration::from_secs(10);
+const LOAD_SECS: u32 = 5;
+
 pub(super) async fn confirm(env: &Env, admin: &Client, db: &Client) -> Result<Confirm> {
-    eprintln!("replication bench: commit -> confirmed with the default status interval, {} single-row commits ...", env.latency_commits);
+    let interval_ms = match std::env::var("WALCAST_BENCH_CONFIRM_INTERVAL_MS") {
+        Ok(v) => Some(v.trim().parse().with_context(|| format!("WALCAST_BENCH_CONFIRM_INTERVAL_MS={v:?} is not a number"))?),
+        Err(_) => None,
+    };
+    let label = interval_ms.map_or_else(|| "the default status interval".to_string(), |ms| format!("status_interval_ms {ms}"));
+    eprintln!(
+        "replication bench: commit -> confirmed with {label}, {} s idle, {} single-row commits, {LOAD_SECS} s of pgbench -c 4 ...",
+        IDLE.as_secs(),
+        env.latency_commits
+    );
+    let pgbench = env.pg_bin.join("pgbench");
+    let script = env.tmp.path().join("confirm-load.sql");
+    std::fs::write(&script, "INSERT INTO bench_rows (a, b, d) VALUES (2, md5(random()::text), 1.5);\n")?;
+    let (port, counts) = super::wire::relay(&env.pg.host, env.pg.port).await?;
     let slot = format!("{SLOT_PREFIX}confirm");
     let output = env.tmp.path().join("confirm.jsonl");
     let output = output.to_str().ok_or_else(|| anyhow!("temp path is not UTF-8"))?.to_string();
-    let mut child = spawn_walcast(env, &slot, &output, Stdio::null(), None)?;
+    let mut child = super::spawn_walcast_via(env, &slot, &output, Stdio::null(), interval_ms, Some(port))?;
     let outcome = async {
         wait_active(admin, &slot, &mut child).await?;
+        // Idle: nothing committed, the slot confirmed; the counts are walcast's idle chatter.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (t0, r0) = (Instant::now(), counts.read());
+        tokio::time::sleep(IDLE).await;
+        let (t1, r1) = (Instant::now(), counts.read());
+        let idle = r1.rates_since(&r0, t1.duration_since(t0).as_secs_f64());
+
         let insert = db.prepare("INSERT INTO bench_rows (a, b, d) VALUES (0, 'confirm', 0)").await?;
         let confirmed =
             admin.prepare("SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $1").await?;
         let mut ms = Vec::with_capacity(env.latency_commits);
+        let (t1, r1) = (Instant::now(), counts.read());
         for i in 0..env.latency_commits + 5 {
             let started = Instant::now();
             // A position inside the transaction, after every earlier commit: confirmed reaches
@@ -166,7 +203,28 @@ pub(super) async fn confirm(env: &Env, admin: &Client, db: &Client) -> Result<Co
                 tokio::time::sleep(rest).await;
             }
         }
-        Ok(Confirm { ms })
+        let (t2, r2) = (Instant::now(), counts.read());
+        let spaced = r2.rates_since(&r1, t2.duration_since(t1).as_secs_f64());
+
+        // Under load: single-row transactions as fast as 4 clients go.
+        let status = Command::new(&pgbench)
+            .args(["-n", "-c", "4", "-j", "2", "-T", &LOAD_SECS.to_string(), "-f"])
+            .arg(&script)
+            .args(["-h", &env.pg.host, "-p", &env.pg.port.to_string(), "-U", &env.pg.user, DB])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .context("run pgbench")?;
+        if !status.success() {
+            bail!("pgbench failed ({status})");
+        }
+        let target: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+        wait_confirmed(admin, &slot, &target, &mut child, Kind::Walcast).await?;
+        let (t3, r3) = (Instant::now(), counts.read());
+        let load_secs = t3.duration_since(t2).as_secs_f64();
+        let load = r3.rates_since(&r2, load_secs);
+        Ok(Confirm { ms, interval_ms, idle, spaced, load, load_secs })
     }
     .await;
     stop(&mut child).await;

@@ -1,5 +1,6 @@
-//! Decode throughput on the bench_rows workload: pgoutput parsing alone, and parsing plus
-//! rendering every inserted value to JSON.
+//! Decode throughput on the bench_rows workload: pgoutput parsing alone, parsing plus rendering
+//! every inserted value to JSON, and parsing plus the whole JSON line of each change (what the
+//! JSON-lines sink writes: `Change::write_json`).
 //!
 //! `cargo bench --bench decode` (set `WALCAST_BENCH_MESSAGES` to change the message count).
 //! Payloads are built byte for byte as the walsender sends them for
@@ -11,7 +12,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use walcast::decode::{parse, write_json_value, Datum, Message};
+use std::sync::Arc;
+
+use walcast::decode::{parse, write_json_value, Change, Datum, Message, Op, RelationCache, TruncateOptions};
+use walcast::lsn::Lsn;
 
 /// Messages decoded per measurement, unless `WALCAST_BENCH_MESSAGES` says otherwise.
 const DEFAULT_MESSAGES: usize = 2_000_000;
@@ -163,6 +167,53 @@ fn parse_and_render(stream: &[Bytes], n: usize) -> Result<(Duration, usize), Box
     Ok((start.elapsed(), rows))
 }
 
+/// Parses `n` messages and renders each insert as its whole JSON line, as the streaming loop and
+/// the JSON-lines sink do (transaction context from Begin, one `Change` per row); returns the
+/// time and the row count.
+fn parse_and_line(stream: &[Bytes], n: usize) -> Result<(Duration, usize), Box<dyn Error>> {
+    let mut relations = RelationCache::new();
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let (mut xid, mut commit_lsn, mut commit_ts, mut seq) = (0, Lsn(0), 0, 0);
+    let mut rows = 0;
+    let start = Instant::now();
+    for payload in stream.iter().cycle().take(n) {
+        match parse(payload)? {
+            Message::Relation(body) => {
+                relations.apply_relation(body);
+            }
+            Message::Begin(b) => {
+                (xid, commit_lsn, commit_ts, seq) = (b.xid, b.final_lsn, b.commit_ts, 0);
+            }
+            Message::Insert { relation, new } => {
+                let change = Change {
+                    lsn: Lsn(commit_lsn.0 - 64),
+                    commit_lsn,
+                    xid,
+                    commit_ts,
+                    seq,
+                    relation: Arc::clone(relations.get(relation)?),
+                    op: Op::Insert,
+                    old: None,
+                    new: Some(new),
+                    truncate: TruncateOptions::default(),
+                };
+                seq += 1;
+                change.write_json(&mut out)?;
+                out.push(b'\n');
+                if out.len() > 60 * 1024 {
+                    black_box(&out);
+                    out.clear();
+                }
+                rows += 1;
+            }
+            other => {
+                black_box(other);
+            }
+        }
+    }
+    Ok((start.elapsed(), rows))
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     let n = match std::env::var("WALCAST_BENCH_MESSAGES") {
         Ok(v) => v.parse()?,
@@ -173,13 +224,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     // Warm up caches and the allocator.
     parse_only(&stream, stream.len())?;
     parse_and_render(&stream, stream.len())?;
+    parse_and_line(&stream, stream.len())?;
 
     let parse_time = parse_only(&stream, n)?;
     let (render_time, rows) = parse_and_render(&stream, n)?;
+    let (line_time, line_rows) = parse_and_line(&stream, n)?;
     println!(
-        "decode: parse {:.1}M msgs/s; parse+json {:.1}M rows/s ({} messages, {} inserts; {} distinct payloads, {:.0} bytes avg)",
+        "decode: parse {:.1}M msgs/s; parse+json {:.1}M rows/s; parse+line {:.2}M rows/s ({} messages, {} inserts; {} distinct payloads, {:.0} bytes avg)",
         rate(n, parse_time),
         rate(rows, render_time),
+        rate(line_rows, line_time),
         n,
         rows,
         stream.len(),

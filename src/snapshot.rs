@@ -202,12 +202,12 @@ pub async fn load(
         let estimate = estimates.get(ti).copied().unwrap_or_default();
         progress.start_table(&name, estimate, resume.rows);
         tracing::info!(table = %name, estimated_rows = estimate, resumed_after_rows = resume.rows, "snapshot table started");
+        if shutdown.is_cancelled() {
+            outcome = Outcome::Interrupted;
+            break 'tables;
+        }
+        let mut chunk = reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts).await?;
         loop {
-            if shutdown.is_cancelled() {
-                outcome = Outcome::Interrupted;
-                break 'tables;
-            }
-            let chunk = reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts).await?;
             let rows = chunk.changes.len() as u64;
             let last_of_table = rows < config.snapshot.chunk_rows as u64;
             counter.inc_by(rows);
@@ -215,13 +215,27 @@ pub async fn load(
             total_rows += rows;
             let part = UnwrittenChunk { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
             next_chunk += 1;
-            if !dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown).await? {
+            let handed = dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown);
+            // The next chunk's query runs on the server while this one waits for room in a
+            // sink's queue (and the sinks render and write it).
+            let (handed, next) = if last_of_table {
+                (handed.await, None)
+            } else {
+                let (handed, next) = tokio::join!(handed, reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts));
+                (handed, Some(next))
+            };
+            if !handed? {
                 outcome = Outcome::Interrupted;
                 break 'tables;
             }
             progress.advance(rows, last_of_table);
-            if last_of_table {
-                break;
+            match next {
+                None => break,
+                Some(_) if shutdown.is_cancelled() => {
+                    outcome = Outcome::Interrupted;
+                    break 'tables;
+                }
+                Some(next) => chunk = next?,
             }
         }
     }

@@ -38,6 +38,7 @@ pub fn run<F: Future<Output = Result<()>>>(name: &str, bench: impl FnOnce() -> F
 
 /// The logical cluster of `scripts/test-env` (`WALCAST_TEST_PG`) and the walcast binary under test
 /// (`WALCAST_BIN`, default target/release/walcast).
+#[derive(Clone)]
 pub struct Target {
     /// Admin URL of the cluster.
     pub admin_url: String,

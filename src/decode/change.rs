@@ -80,21 +80,19 @@ impl Op {
 impl Change {
     /// Append this change as one JSON object (no trailing newline), in the line format documented
     /// in docs/events.md. Field order is fixed so lines diff and grep well.
+    ///
+    /// What is constant per transaction (commit LSN, xid, commit time) is rendered once per
+    /// transaction and copied for each of its changes (see [`TxText`]); numbers are written
+    /// without `core::fmt`.
     pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
-        use std::io::Write as _;
         let rel = &*self.relation;
-        // Writing into a Vec<u8> cannot fail.
-        // The text of commit_lsn and seq is kept (as ranges of `out`): a streamed change's
-        // change_id repeats it, copied rather than formatted again.
-        let _ = write!(out, "{{\"lsn\":\"{}\",\"commit_lsn\":\"", self.lsn);
-        let commit_lsn_at = out.len();
-        let _ = write!(out, "{}", self.commit_lsn);
-        let commit_lsn = commit_lsn_at..out.len();
-        let _ = write!(out, "\",\"xid\":{},\"commit_ts\":\"", self.xid);
-        write_pg_timestamp(out, self.commit_ts);
-        out.extend_from_slice(b"\",\"seq\":");
+        out.extend_from_slice(b"{\"lsn\":\"");
+        write_lsn(out, self.lsn);
+        // `","commit_lsn":"…","xid":…,"commit_ts":"…","seq":`, and where commit_lsn's text is
+        // in `out` (a streamed change's change_id repeats it).
+        let commit_lsn = TX_TEXT.with_borrow_mut(|tx| tx.append(out, self));
         let seq_at = out.len();
-        let _ = write!(out, "{}", self.seq);
+        write_u64(out, self.seq);
         let seq = seq_at..out.len();
         out.extend_from_slice(b",\"schema\":");
         write_json_str(out, &rel.schema);
@@ -103,12 +101,14 @@ impl Change {
         out.extend_from_slice(b",\"op\":\"");
         out.extend_from_slice(self.op.as_str().as_bytes());
         out.extend_from_slice(b"\",\"key\":");
+        let key_at = out.len();
         match self.key_source() {
             Some(values) if rel.key_columns().next().is_some() => {
                 write_row_object(out, rel, values, |i| rel.columns[i].key, UnchangedToast::Omit)?
             }
             _ => out.extend_from_slice(b"null"),
         }
+        let key = key_at..out.len();
         out.extend_from_slice(b",\"before\":");
         match &self.old {
             Some(old) => {
@@ -137,17 +137,32 @@ impl Change {
         }
         out.push(b']');
         if self.op == Op::Truncate {
-            let _ = write!(
-                out,
-                ",\"truncate\":{{\"cascade\":{},\"restart_identity\":{}{}}}",
-                self.truncate.cascade,
-                self.truncate.restart_identity,
-                if self.truncate.resync { ",\"resync\":true" } else { "" }
-            );
+            let t = &self.truncate;
+            out.extend_from_slice(b",\"truncate\":{\"cascade\":");
+            out.extend_from_slice(if t.cascade { b"true" } else { b"false" });
+            out.extend_from_slice(b",\"restart_identity\":");
+            out.extend_from_slice(if t.restart_identity { b"true" } else { b"false" });
+            if t.resync {
+                out.extend_from_slice(b",\"resync\":true");
+            }
+            out.push(b'}');
         }
         out.extend_from_slice(b",\"change_id\":");
         if self.op == Op::Read {
-            self.write_change_id(out)?;
+            match &self.new {
+                // `<P>:r<oid>:<key>` with the key as rendered above (`key` renders the new row's
+                // key columns for a read, as write_change_id does).
+                Some(_) if rel.key_columns().next().is_some() => {
+                    out.push(b'"');
+                    write_lsn(out, self.commit_lsn);
+                    out.extend_from_slice(b":r");
+                    write_u64(out, u64::from(rel.oid));
+                    out.push(b':');
+                    escape_within(out, key);
+                    out.push(b'"');
+                }
+                _ => self.write_change_id(out)?,
+            }
         } else {
             // `<commit_lsn>:<seq>`, as write_change_id writes it.
             out.push(b'"');
@@ -178,7 +193,11 @@ impl Change {
     pub(crate) fn write_change_id(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
         use std::io::Write as _;
         if self.op != Op::Read {
-            let _ = write!(out, "\"{}:{}\"", self.commit_lsn, self.seq);
+            out.push(b'"');
+            write_lsn(out, self.commit_lsn);
+            out.push(b':');
+            write_u64(out, self.seq);
+            out.push(b'"');
             return Ok(());
         }
         let rel = &*self.relation;
@@ -277,20 +296,135 @@ pub(crate) fn write_row_object(
 
 /// A JSON string literal.
 pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping is correct and fast; writing into a Vec cannot fail.
+    // Names (schema, table, column) almost never need escaping: copy them as they are. JSON
+    // escapes only control characters, '"' and '\\', exactly what serde_json escapes.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    // serde_json's escaping is correct; writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Append `out[range]`, JSON text written by this module, escaped as the inside of a JSON string:
+/// what `write_json_str` does to it. Such text holds no raw control character (its strings
+/// escape them), so only '"' and '\\' need escaping.
+fn escape_within(out: &mut Vec<u8>, range: std::ops::Range<usize>) {
+    out.reserve(range.len() + 8);
+    for i in range {
+        let b = out[i];
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
 }
 
 /// Microseconds since 2000-01-01 UTC (Postgres's epoch) as ISO 8601 with microseconds and `Z`.
 pub fn write_pg_timestamp(out: &mut Vec<u8>, micros_since_2000: i64) {
-    use std::io::Write as _;
     const UNIX_TO_PG_DAYS: i64 = 10_957;
     let secs = micros_since_2000.div_euclid(1_000_000);
     let micros = micros_since_2000.rem_euclid(1_000_000);
     let days = secs.div_euclid(86_400) + UNIX_TO_PG_DAYS;
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, (sod / 60) % 60, sod % 60);
+    if !(0..=9999).contains(&y) {
+        // Years a commit never has; `{y:04}` pads a negative year to 4 characters, sign included.
+        use std::io::Write as _;
+        let _ = write!(out, "{y:04}");
+    } else {
+        write_digits(out, y as u64, 4);
+    }
+    out.push(b'-');
+    write_digits(out, u64::from(m), 2);
+    out.push(b'-');
+    write_digits(out, u64::from(d), 2);
+    out.push(b'T');
+    write_digits(out, (sod / 3600) as u64, 2);
+    out.push(b':');
+    write_digits(out, ((sod / 60) % 60) as u64, 2);
+    out.push(b':');
+    write_digits(out, (sod % 60) as u64, 2);
+    out.push(b'.');
+    write_digits(out, micros as u64, 6);
+    out.push(b'Z');
+}
+
+/// `v` in exactly `width` decimal digits, zero-padded (`v` must fit).
+fn write_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for slot in out[start..].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// An unsigned integer in decimal, as `Display` writes it.
+pub(crate) fn write_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// An LSN as `Display` writes it (`16/B374D848`: upper-case hex halves, no leading zeros).
+pub(crate) fn write_lsn(out: &mut Vec<u8>, lsn: Lsn) {
+    write_hex(out, (lsn.0 >> 32) as u32);
+    out.push(b'/');
+    write_hex(out, lsn.0 as u32);
+}
+
+/// Upper-case hexadecimal without leading zeros (`0` for zero), as `{:X}` writes it.
+fn write_hex(out: &mut Vec<u8>, v: u32) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let digits = (8 - v.leading_zeros() / 4).max(1) as usize;
+    for i in (0..digits).rev() {
+        out.push(HEX[((v >> (i * 4)) & 0xF) as usize]);
+    }
+}
+
+/// The text of a line that is the same for every change of a transaction, from `"commit_lsn"` up
+/// to the value of `"seq"`, rendered once per transaction. Lines are rendered transaction after
+/// transaction, so one entry per thread hits for all but the first change of each.
+#[derive(Default)]
+struct TxText {
+    /// (commit_lsn, xid, commit_ts) the text was rendered for.
+    key: Option<(Lsn, u32, i64)>,
+    /// `","commit_lsn":"…","xid":…,"commit_ts":"…","seq":`.
+    text: Vec<u8>,
+    /// Where the commit LSN's text is in `text`.
+    commit_lsn: std::ops::Range<usize>,
+}
+
+impl TxText {
+    /// Append the transaction's text for `change` to `out`; returns where its commit LSN text
+    /// landed in `out`.
+    fn append(&mut self, out: &mut Vec<u8>, change: &Change) -> std::ops::Range<usize> {
+        let key = (change.commit_lsn, change.xid, change.commit_ts);
+        if self.key != Some(key) {
+            let text = &mut self.text;
+            text.clear();
+            text.extend_from_slice(b"\",\"commit_lsn\":\"");
+            let at = text.len();
+            write_lsn(text, change.commit_lsn);
+            self.commit_lsn = at..text.len();
+            text.extend_from_slice(b"\",\"xid\":");
+            write_u64(text, u64::from(change.xid));
+            text.extend_from_slice(b",\"commit_ts\":\"");
+            write_pg_timestamp(text, change.commit_ts);
+            text.extend_from_slice(b"\",\"seq\":");
+            self.key = Some(key);
+        }
+        let base = out.len();
+        out.extend_from_slice(&self.text);
+        base + self.commit_lsn.start..base + self.commit_lsn.end
+    }
+}
+
+thread_local! {
+    /// See [`TxText`].
+    static TX_TEXT: std::cell::RefCell<TxText> = std::cell::RefCell::new(TxText::default());
 }
 
 /// Days since 1970-01-01 -> (year, month, day) in the proleptic Gregorian calendar
@@ -309,117 +443,4 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::decode::fixtures::{self, text};
-    use crate::decode::ReplicaIdentity;
-
-    fn rel() -> Arc<Relation> {
-        fixtures::relation("public", "t\"q", ReplicaIdentity::Default, &[("id", true, 23), ("body", false, 25), ("n", false, 23)])
-    }
-
-    fn render(c: &Change) -> serde_json::Value {
-        let mut out = Vec::new();
-        c.write_json(&mut out).expect("renders");
-        serde_json::from_slice(&out).expect("valid json")
-    }
-
-    fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
-        Change { seq: 3, ..fixtures::change(rel(), op, old, new) }
-    }
-
-    #[test]
-    fn update_with_unchanged_toast_lists_it_and_omits_it() {
-        let c = change(Op::Update, None, Some(vec![text("1"), Datum::Unchanged, Datum::Null]));
-        let v = render(&c);
-        assert_eq!(v["lsn"], "0/10");
-        assert_eq!(v["commit_lsn"], "1/20");
-        assert_eq!(v["commit_ts"], "2000-01-01T00:00:00.000000Z");
-        assert_eq!(v["table"], "t\"q");
-        assert_eq!(v["op"], "update");
-        assert_eq!(v["key"], serde_json::json!({"id": 1}));
-        assert_eq!(v["after"], serde_json::json!({"id": 1, "n": null}));
-        assert_eq!(v["unchanged"], serde_json::json!(["body"]));
-        assert!(v.get("truncate").is_none());
-    }
-
-    #[test]
-    fn full_old_row_completes_unchanged_toast_in_key_and_after() {
-        // REPLICA IDENTITY FULL without a primary key: every column is key.
-        let rel = fixtures::relation("public", "t", ReplicaIdentity::Full, &[("big", true, 25), ("n", true, 23)]);
-        let old = OldTuple { kind: OldTupleKind::Full, values: vec![text("long"), text("1")] };
-        let mut c = fixtures::change(rel, Op::Update, Some(old), Some(vec![Datum::Unchanged, text("2")]));
-        c.fill_unchanged_from_old();
-        let v = render(&c);
-        assert_eq!(v["key"], serde_json::json!({"big": "long", "n": 2}));
-        assert_eq!(v["after"], serde_json::json!({"big": "long", "n": 2}));
-        assert_eq!(v["unchanged"], serde_json::json!([]));
-    }
-
-    #[test]
-    fn key_old_tuple_does_not_fill_unchanged() {
-        let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), Datum::Null, Datum::Null] };
-        let mut c = change(Op::Update, Some(old), Some(vec![text("1"), Datum::Unchanged, Datum::Null]));
-        c.fill_unchanged_from_old();
-        assert_eq!(render(&c)["unchanged"], serde_json::json!(["body"]));
-    }
-
-    #[test]
-    fn delete_takes_key_from_old_key_tuple() {
-        let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("5"), Datum::Null, Datum::Null] };
-        let v = render(&change(Op::Delete, Some(old), None));
-        assert_eq!(v["key"], serde_json::json!({"id": 5}));
-        assert_eq!(v["before"], serde_json::json!({"id": 5}));
-        assert_eq!(v["after"], serde_json::Value::Null);
-    }
-
-    #[test]
-    fn column_count_mismatch_is_an_error() {
-        let c = change(Op::Insert, None, Some(vec![text("1")]));
-        assert!(matches!(c.write_json(&mut Vec::new()), Err(DecodeError::ColumnCount { .. })));
-    }
-
-    #[test]
-    fn change_id_is_position_for_streamed_changes_and_key_for_snapshot_rows() {
-        let c = change(Op::Insert, None, Some(vec![text("1"), text("x"), Datum::Null]));
-        let v = render(&c);
-        assert_eq!(v["change_id"], "1/20:3");
-        // write_json copies the text; the Kafka envelope calls write_change_id: the same id.
-        let mut id = Vec::new();
-        c.write_change_id(&mut id).expect("renders");
-        assert_eq!(serde_json::from_slice::<serde_json::Value>(&id).expect("json"), v["change_id"]);
-        // Snapshot rows: the point, the table and the key; not the position (which a resumed load
-        // does not reproduce) nor the row's other values (which it may read newer).
-        let read = |key: &str, body: &str, seq: u64| Change {
-            lsn: Lsn(0x16B_3748),
-            commit_lsn: Lsn(0x16B_3748),
-            seq,
-            ..fixtures::change(rel(), Op::Read, None, Some(vec![text(key), text(body), Datum::Null]))
-        };
-        let a = render(&read("5", "old", 0));
-        assert_eq!(a["change_id"], "0/16B3748:r16384:{\"id\":5}");
-        assert_eq!(render(&read("5", "new", 7))["change_id"], a["change_id"]);
-        assert_ne!(render(&read("6", "old", 0))["change_id"], a["change_id"]);
-        // Without a primary key: the load (its start time) and the position in it.
-        let nokey = fixtures::relation("public", "n", ReplicaIdentity::Full, &[("id", false, 23)]);
-        let keyless = |commit_ts: i64, seq: u64| Change {
-            commit_lsn: Lsn(0x16B_3748),
-            commit_ts,
-            seq,
-            ..fixtures::change(Arc::clone(&nokey), Op::Read, None, Some(vec![text("1")]))
-        };
-        assert_eq!(render(&keyless(42, 3))["change_id"], "0/16B3748:r16384:42:3");
-        assert_ne!(render(&keyless(43, 3))["change_id"], render(&keyless(42, 3))["change_id"]);
-    }
-
-    #[test]
-    fn timestamps_render_in_utc() {
-        let mut out = Vec::new();
-        // 2026-11-22 16:33:20.123456 UTC
-        write_pg_timestamp(&mut out, 848_680_400_123_456);
-        assert_eq!(String::from_utf8(out).expect("ascii"), "2026-11-22T16:33:20.123456Z");
-        let mut out = Vec::new();
-        write_pg_timestamp(&mut out, -1);
-        assert_eq!(String::from_utf8(out).expect("ascii"), "1999-12-31T23:59:59.999999Z");
-    }
-}
+mod tests;

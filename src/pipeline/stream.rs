@@ -220,6 +220,10 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         // A sink is writing, the next batch holds what was ready to read, and nothing more was:
         // sleep until the sink is done instead of waking for every change that trickles in.
         let mut parked = false;
+        // Built once: polling a fresh `cancelled()` every pass would register (and unregister)
+        // a waiter with the token on every event.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let sinks_idle = self.in_flight.is_idle();
             parked &= !sinks_idle;
@@ -227,14 +231,14 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
             tokio::select! {
                 biased;
                 // 1. Shutdown: stop reading; drain() writes out what was read.
-                _ = shutdown.cancelled(), if finish_by.is_none() => {
+                _ = &mut cancelled, if finish_by.is_none() => {
                     if !self.tx.is_some_and(|tx| tx.partly_dispatched) {
                         return Ok(SessionEnd::Shutdown);
                     }
                     tracing::info!("shutdown: finishing the transaction being written first");
                     finish_by = Some(tokio::time::Instant::now() + Duration::from_millis(self.limits.shutdown_timeout_ms));
                 }
-                _ = tokio::time::sleep_until(finish_by.unwrap_or_else(tokio::time::Instant::now)), if finish_by.is_some() => {
+                _ = until(finish_by), if finish_by.is_some() => {
                     tracing::warn!("the open transaction did not finish before the shutdown timeout; its changes will be sent again on restart");
                     return Ok(SessionEnd::Shutdown);
                 }
@@ -280,14 +284,14 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                         tokio::select! {
                             biased;
                             r = &mut flush => break Some(r),
-                            _ = shutdown.cancelled(), if finish_by.is_none() => {
+                            _ = &mut cancelled, if finish_by.is_none() => {
                                 if !spans {
                                     break None;
                                 }
                                 tracing::info!("shutdown: finishing the transaction being written first");
                                 finish_by = Some(tokio::time::Instant::now() + timeout);
                             }
-                            _ = tokio::time::sleep_until(finish_by.unwrap_or_else(tokio::time::Instant::now)), if finish_by.is_some() => break None,
+                            _ = until(finish_by), if finish_by.is_some() => break None,
                         }
                     };
                     match flushed {
@@ -556,5 +560,14 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// Sleep until `deadline`; never with `None`. Lazy, unlike `sleep_until`: `select!` builds every
+/// arm's future on every pass, and a timer entry per event costs more than the event.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

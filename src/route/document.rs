@@ -52,7 +52,7 @@ pub struct DocumentRules {
 }
 
 /// What one batch asks one rule to do.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RuleWork {
     /// Root ids to rebuild (de-duplicated, as text).
     pub roots: BTreeSet<String>,
@@ -80,6 +80,20 @@ impl RuleWork {
             && !self.delete_all
             && !self.rebuild_all
             && self.rejected.is_empty()
+    }
+
+    /// Add `later`'s work (of changes after this work's) to this one.
+    fn absorb(&mut self, later: RuleWork) {
+        self.roots.extend(later.roots);
+        for (mine, theirs) in self.lookups.iter_mut().zip(later.lookups) {
+            mine.extend(theirs);
+        }
+        self.delete_all |= later.delete_all;
+        self.rebuild_all |= later.rebuild_all;
+        self.version = self.version.max(later.version);
+        self.lsn = self.lsn.max(later.lsn);
+        self.rejected.extend(later.rejected);
+        self.xids.extend(later.xids);
     }
 
     /// Where rebuilt documents come from, for dead letters.
@@ -142,6 +156,52 @@ impl DocumentRules {
 
     /// Gather what `changes` ask of each rule (one [`RuleWork`] per rule, by position).
     pub fn collect(&self, changes: &[Change]) -> Vec<RuleWork> {
+        self.collect_at(changes, 0)
+    }
+
+    /// What a batch asks of each rule now, and what waits for a later batch (one [`RuleWork`]
+    /// per rule in each). The changes of a transaction still open at the batch's end (after its
+    /// last commit, `checkpoint`) only join `deferred`, which is rebuilt with the batch holding
+    /// their commit: a transaction spanning batches rebuilds each document once, after all of
+    /// it was read. Rejected changes stay with their batch (they are dead-lettered with it).
+    /// Returns (now, the new deferred work); the caller keeps the old one until `now` is done,
+    /// so a batch written again plans the same.
+    pub fn plan(
+        &self,
+        changes: &[Change],
+        checkpoint: Option<Lsn>,
+        snapshot: bool,
+        deferred: &[RuleWork],
+    ) -> (Vec<RuleWork>, Vec<RuleWork>) {
+        // Commit records follow each other in the WAL: a transaction after the last commit has
+        // its commit LSN at or past that commit's end.
+        let open_from = match (snapshot, checkpoint) {
+            (true, _) => changes.len(),
+            (false, None) => 0,
+            (false, Some(cp)) => changes.iter().position(|c| c.commit_lsn >= cp).unwrap_or(changes.len()),
+        };
+        let mut now = self.collect_at(&changes[..open_from], 0);
+        let mut open = self.collect_at(&changes[open_from..], open_from);
+        for (n, o) in now.iter_mut().zip(&mut open) {
+            n.rejected.append(&mut o.rejected);
+        }
+        let mut held = if deferred.len() == self.rules.len() { deferred.to_vec() } else { self.collect_at(&[], 0) };
+        if snapshot || checkpoint.is_some() {
+            // The deferred transaction committed in this batch (transactions arrive whole, one
+            // after the other): its work comes first.
+            for (h, n) in held.iter_mut().zip(now) {
+                h.absorb(n);
+            }
+            (held, open)
+        } else {
+            for (h, o) in held.iter_mut().zip(open) {
+                h.absorb(o);
+            }
+            (now, held)
+        }
+    }
+
+    fn collect_at(&self, changes: &[Change], offset: usize) -> Vec<RuleWork> {
         let mut work: Vec<RuleWork> =
             self.rules.iter().map(|r| RuleWork { lookups: vec![BTreeSet::new(); r.lookups.len()], ..RuleWork::default() }).collect();
         if self.rules.is_empty() {
@@ -183,7 +243,7 @@ impl DocumentRules {
                                 lsn: change.lsn,
                                 commit_lsn: change.commit_lsn,
                                 table: Arc::from(rel.qualified_name()),
-                                change: Some(pos),
+                                change: Some(offset + pos),
                             },
                             reason: format!("document rule {:?}: {reason}", r.name),
                         });
@@ -340,5 +400,53 @@ root_ids_query = "SELECT film_id FROM content.link WHERE person_id = ANY($1)"
             &r.collect(&[change(film, Op::Read, None, Some(vec![t("f1")]), 3), change(person, Op::Read, None, Some(vec![t("p1")]), 3)])[0];
         assert_eq!(w.roots.len(), 1);
         assert!(w.lookups[1].is_empty());
+    }
+
+    /// 6,000 films and 12,000 links (two per film, the second far from the first) inserted in one
+    /// transaction arrive in batches of 4,096 changes: each film is rebuilt once, with the batch
+    /// holding the commit (batch by batch, most films would be rebuilt two or three times).
+    #[test]
+    fn a_transaction_spanning_batches_rebuilds_each_document_once() {
+        let r = rules();
+        let film = rel("film", &[("id", true)], ReplicaIdentity::Default);
+        let link = rel("link", &[("id", true), ("film_id", false)], ReplicaIdentity::Full);
+        let commit = 1_000;
+        let mut changes: Vec<Change> =
+            (0..6_000).map(|f| change(film.clone(), Op::Insert, None, Some(vec![t(&format!("f{f}"))]), commit)).collect();
+        for l in 0..12_000 {
+            let f = if l < 6_000 { l } else { (l * 7) % 6_000 };
+            changes.push(change(link.clone(), Op::Insert, None, Some(vec![t(&format!("l{l}")), t(&format!("f{f}"))]), commit));
+        }
+        // The commit's end LSN, after the transaction's commit LSN; then a small transaction
+        // that is still open at the end of the last batch.
+        let end = Lsn(commit + 8);
+        changes.push(change(film.clone(), Op::Insert, None, Some(vec![t("next")]), commit + 100));
+        let batches: Vec<&[Change]> = changes.chunks(4_096).collect();
+        let mut rebuilt: HashMap<String, usize> = HashMap::new();
+        let mut old_rebuilt: HashMap<String, usize> = HashMap::new();
+        let mut deferred = Vec::new();
+        for (i, batch) in batches.iter().enumerate() {
+            let checkpoint = (i == batches.len() - 1).then_some(end);
+            let (now, later) = r.plan(batch, checkpoint, false, &deferred);
+            // Planning again (a batch written again after a failure) gives the same.
+            let again = r.plan(batch, checkpoint, false, &deferred);
+            assert!(format!("{again:?}") == format!("{:?}", (&now, &later)), "planned again the same");
+            deferred = later;
+            for id in &now[0].roots {
+                *rebuilt.entry(id.clone()).or_default() += 1;
+            }
+            for id in &r.collect(batch)[0].roots {
+                *old_rebuilt.entry(id.clone()).or_default() += 1;
+            }
+        }
+        assert_eq!(rebuilt.len(), 6_000);
+        assert!(rebuilt.values().all(|&n| n == 1), "every film rebuilt once");
+        assert!(!rebuilt.contains_key("next"));
+        assert_eq!(deferred[0].roots.iter().map(String::as_str).collect::<Vec<_>>(), ["next"]);
+        assert!(old_rebuilt.values().filter(|&&n| n > 1).count() > 3_000, "batch by batch rebuilds most films again");
+        // The next batch, holding that commit, rebuilds it.
+        let (now, later) = r.plan(&[], Some(Lsn(commit + 108)), false, &deferred);
+        assert_eq!(now[0].roots.iter().map(String::as_str).collect::<Vec<_>>(), ["next"]);
+        assert!(later[0].is_empty());
     }
 }

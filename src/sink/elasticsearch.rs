@@ -49,7 +49,7 @@ use crate::decode::Change;
 use crate::metrics::{Metrics, SinkLabel};
 use crate::retry::Backoff;
 use crate::route::index::Routed;
-use crate::route::{DocumentRules, EsAction, EsOp, FlatRules};
+use crate::route::{DocumentRules, EsAction, EsOp, FlatRules, RuleWork};
 use crate::source::ConnParams;
 
 const NAME: &str = "elasticsearch";
@@ -130,6 +130,8 @@ pub struct ElasticsearchSink {
     documents: DocumentRules,
     /// SQL side of the document rules (`None` until [`ElasticsearchSink::with_source`]).
     builder: Option<DocumentBuilder>,
+    /// Document work of a transaction the last batch ended inside, rebuilt with its commit.
+    deferred: Vec<RuleWork>,
     create_indexes: bool,
     specs: Vec<IndexSpec>,
     indexes_ready: bool,
@@ -159,6 +161,7 @@ impl ElasticsearchSink {
             rules: FlatRules::new(&cfg.tables),
             documents: DocumentRules::new(&cfg.documents),
             builder: None,
+            deferred: Vec::new(),
             create_indexes: cfg.create_indexes,
             specs,
             indexes_ready: false,
@@ -261,8 +264,9 @@ impl ElasticsearchSink {
         if self.documents.is_empty() {
             return Ok(());
         }
-        let work = self.documents.collect(&batch.changes);
+        let (work, later) = self.documents.plan(&batch.changes, batch.checkpoint, batch.snapshot.is_some(), &self.deferred);
         if work.iter().all(|w| w.is_empty()) {
+            self.deferred = later;
             return Ok(());
         }
         let Some(mut builder) = self.builder.take() else {
@@ -288,6 +292,9 @@ impl ElasticsearchSink {
             tracing::debug!(rule = %rule.name, documents, version = %work.version, elapsed_ms = started.elapsed().as_millis() as u64, "documents rebuilt");
         }
         self.builder = Some(builder);
+        if result.is_ok() {
+            self.deferred = later;
+        }
         result
     }
 }

@@ -6,8 +6,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use tokio_postgres::Client;
+use std::pin::Pin;
+
+use bytes::BytesMut;
+use futures_core::Stream;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, RowStream};
 
 use crate::config::TableName;
 use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
@@ -60,6 +64,12 @@ pub(super) struct TableReader {
     after: Option<Vec<String>>,
     /// Cursor name, for a table without a primary key.
     cursor: Option<String>,
+    /// The keyset query being read: up to [`READ_AHEAD_CHUNKS`] chunks in one statement whose
+    /// rows the server sends while walcast renders the ones before (no round trip per chunk),
+    /// and the rows it may still send.
+    window: Option<(Pin<Box<RowStream>>, u64)>,
+    /// The last window ended short: the table has no row after `after`.
+    exhausted: bool,
     seq: u64,
     /// Which of a chunk's keys (`$1..$k`: one text array per key column) have no row: the
     /// 1-based positions. `None` without a primary key.
@@ -232,37 +242,102 @@ impl Reader {
         } else {
             None
         };
-        Ok(TableReader { relation, key, first, next, after: if cursor.is_some() { None } else { after }, cursor, seq: 0, missing })
+        Ok(TableReader {
+            relation,
+            key,
+            first,
+            next,
+            after: if cursor.is_some() { None } else { after },
+            cursor,
+            window: None,
+            exhausted: false,
+            seq: 0,
+            missing,
+        })
     }
 
-    /// Read the next chunk of at most `limit` rows as [`Op::Read`] changes at `point`.
+    /// Read the next chunk of at most `limit` rows as [`Op::Read`] changes at `point`. A table
+    /// with a primary key is read in windows of [`READ_AHEAD_CHUNKS`] chunks, each one keyset
+    /// query streamed; a chunk ends at `limit` rows whatever the window, so progress (`after`)
+    /// is recorded per chunk as before.
     pub(super) async fn next_chunk(&mut self, t: &mut TableReader, limit: usize, point: Lsn, commit_ts: i64) -> Result<Chunk, SourceError> {
-        let what = || format!("reading {}.{}", t.relation.schema, t.relation.table);
-        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = if let Some(cursor) = &t.cursor {
-            self.client.query(&format!("FETCH {limit} FROM {cursor}"), &[]).await
+        let rel = Arc::clone(&t.relation);
+        let what = || format!("reading {}.{}", rel.schema, rel.table);
+        // Every value of the chunk in one buffer, each a slice of it: one allocation per chunk
+        // instead of one per value.
+        let columns = t.relation.columns.len();
+        let mut text = BytesMut::new();
+        let mut spans = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS) * columns);
+        let mut take = |row: &tokio_postgres::Row| -> Result<(), SourceError> {
+            for i in 0..columns {
+                let v: Option<&str> = row.try_get(i).map_err(|e| query_error(&what(), &e))?;
+                spans.push(v.map(|s| {
+                    let at = text.len();
+                    text.extend_from_slice(s.as_bytes());
+                    at..text.len()
+                }));
+            }
+            Ok(())
+        };
+        let mut rows = 0usize;
+        let mut last: Option<tokio_postgres::Row> = None;
+        if let Some(cursor) = &t.cursor {
+            let fetched = self.client.query(&format!("FETCH {limit} FROM {cursor}"), &[]).await.map_err(|e| query_error(&what(), &e))?;
+            for row in &fetched {
+                take(row)?;
+            }
+            rows = fetched.len();
         } else {
-            match &t.after {
-                None => self.client.query(&t.first, &[&limit_i64]).await,
-                Some(after) => {
-                    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                        after.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-                    params.push(&limit_i64);
-                    self.client.query(&t.next, &params).await
+            while rows < limit && !t.exhausted {
+                let (stream, left) = match &mut t.window {
+                    Some(w) => w,
+                    None => {
+                        // The next window starts after the last row read.
+                        if let Some(row) = last.take() {
+                            let key: Result<Vec<String>, _> = t.key.iter().map(|&i| row_text(&row, i)).collect();
+                            t.after = Some(key.map_err(|e| query_error(&what(), &e))?);
+                        }
+                        let window = limit.saturating_mul(READ_AHEAD_CHUNKS);
+                        let window_i64 = i64::try_from(window).unwrap_or(i64::MAX);
+                        let stream = match &t.after {
+                            None => self.client.query_raw(t.first.as_str(), [&window_i64 as &(dyn ToSql + Sync)]).await,
+                            Some(after) => {
+                                let mut params: Vec<&(dyn ToSql + Sync)> = after.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                                params.push(&window_i64);
+                                self.client.query_raw(t.next.as_str(), params).await
+                            }
+                        }
+                        .map_err(|e| query_error(&what(), &e))?;
+                        t.window.insert((Box::pin(stream), window as u64))
+                    }
+                };
+                match std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+                    Some(row) => {
+                        let row = row.map_err(|e| query_error(&what(), &e))?;
+                        take(&row)?;
+                        *left = left.saturating_sub(1);
+                        rows += 1;
+                        last = Some(row);
+                    }
+                    None => {
+                        t.exhausted = *left > 0;
+                        t.window = None;
+                    }
                 }
             }
         }
-        .map_err(|e| query_error(&what(), &e))?;
-        let mut changes = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut values = Vec::with_capacity(t.relation.columns.len());
-            for i in 0..t.relation.columns.len() {
-                let v: Option<&str> = row.try_get(i).map_err(|e| query_error(&what(), &e))?;
-                values.push(match v {
-                    Some(s) => Datum::Text(Bytes::copy_from_slice(s.as_bytes())),
+        let text = text.freeze();
+        let mut spans = spans.into_iter();
+        let mut changes = Vec::with_capacity(rows);
+        for _ in 0..rows {
+            let values = spans
+                .by_ref()
+                .take(columns)
+                .map(|span| match span {
+                    Some(range) => Datum::Text(text.slice(range)),
                     None => Datum::Null,
-                });
-            }
+                })
+                .collect();
             changes.push(Change {
                 lsn: point,
                 commit_lsn: point,
@@ -277,11 +352,9 @@ impl Reader {
             });
             t.seq += 1;
         }
-        if t.cursor.is_none() {
-            if let Some(last) = rows.last() {
-                let key: Result<Vec<String>, _> = t.key.iter().map(|&i| row_text(last, i)).collect();
-                t.after = Some(key.map_err(|e| query_error(&what(), &e))?);
-            }
+        if let Some(last) = last {
+            let key: Result<Vec<String>, _> = t.key.iter().map(|&i| row_text(&last, i)).collect();
+            t.after = Some(key.map_err(|e| query_error(&what(), &e))?);
         }
         Ok(Chunk { changes, after: t.after.clone() })
     }
@@ -355,6 +428,13 @@ impl TableReader {
         self.missing.is_some()
     }
 }
+
+/// Chunks one keyset query reads: a round trip per this many chunks, and the server sends the
+/// rows of the next chunk while walcast renders the current one.
+const READ_AHEAD_CHUNKS: usize = 64;
+
+/// Rows a chunk's buffers are sized for up front (`chunk_rows` may be large; buffers grow).
+const MAX_PREALLOCATED_ROWS: usize = 10_000;
 
 /// Tables the planner guesses at this many rows or more are not counted (see
 /// [`Reader::estimate_rows`]).

@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+mod format;
+
+pub use format::*;
+
 use super::topic::validate_topic_name;
 use super::{default_true, read_secret, ConfigError, Secret, TableName, TopicTemplate};
 
@@ -81,6 +85,34 @@ pub struct KafkaSinkConfig {
     /// Topic of each table; placeholders `{prefix}`, `{database}`, `{schema}`, `{table}`.
     #[serde(default = "default_topic_template")]
     pub topic_template: TopicTemplate,
+    /// Record format; only `debezium-json` (docs/kafka.md "Records").
+    #[serde(default)]
+    pub format: KafkaFormat,
+    /// Wrap every key and value in Connect's `{"schema": ..., "payload": ...}` (the JSON
+    /// converter's `schemas.enable=true`). Default false.
+    #[serde(default)]
+    pub schemas: bool,
+    /// `walcast` (default) or `debezium`: the value encodings the `*_mode` fields start from.
+    #[serde(default)]
+    pub encoding: EncodingPreset,
+    /// `precise`, `double` or `string`; unset: from `encoding` (walcast: `string`).
+    #[serde(default)]
+    pub decimal_handling_mode: Option<DecimalHandling>,
+    /// `adaptive`, `adaptive_time_microseconds`, `connect` or `iso`; unset: from `encoding`
+    /// (walcast: `iso`).
+    #[serde(default)]
+    pub time_precision_mode: Option<TimePrecision>,
+    /// `numeric` or `string`; unset: from `encoding` (walcast: `string`).
+    #[serde(default)]
+    pub interval_handling_mode: Option<IntervalHandling>,
+    /// `embedded` or `string`; unset: `string` with `schemas = true` or `encoding = "debezium"`,
+    /// else `embedded`.
+    #[serde(default)]
+    pub json_handling_mode: Option<JsonHandling>,
+    /// Operations not published: any of `"c"`, `"u"`, `"d"`, `"t"` (Debezium's default is
+    /// `["t"]`). Default: none.
+    #[serde(default)]
+    pub skipped_operations: Vec<SkippedOperation>,
     /// Per-table settings, keyed by `schema.table`.
     #[serde(default)]
     pub tables: BTreeMap<TableName, KafkaTableConfig>,
@@ -331,6 +363,7 @@ impl KafkaSinkConfig {
                 _ => {}
             }
         }
+        self.validate_format()?;
         if let Some(dl) = &self.dead_letter {
             match (&dl.topic, &dl.path) {
                 (Some(_), Some(_)) | (None, None) => {

@@ -14,10 +14,14 @@
 mod check;
 mod client;
 mod dead_letter;
+mod decimal;
 mod delivery;
+mod encoding;
 pub mod envelope;
 mod producer;
 mod render;
+mod schema;
+mod temporal;
 mod topics;
 mod tx;
 
@@ -34,13 +38,15 @@ pub use check::kafka_findings;
 
 use self::client::Context;
 use self::dead_letter::DeadLetterDestination;
+use self::encoding::Encoder;
 use self::envelope::SourceStatic;
 use self::producer::new_producer;
 use self::render::BatchWrite;
+use self::schema::{prefix_of, tx_key_schema, tx_value_schema, RelationSchemas, SchemaCache};
 use self::tx::TxTracker;
 use super::line_file::DeadLetterFile;
 use super::{Batch, Sink, SinkError};
-use crate::config::KafkaSinkConfig;
+use crate::config::{KafkaSinkConfig, ValueEncoding};
 use crate::decode::Relation;
 use crate::route::TopicRouter;
 
@@ -74,6 +80,12 @@ pub struct KafkaSink {
     missing_topics: HashMap<Arc<str>, (Instant, String)>,
     tx_topic: Option<Arc<str>>,
     tx: TxTracker,
+    /// Values in the configured encodings; `None`: walcast's own (the JSON-lines values).
+    encoder: Option<Encoder>,
+    /// Connect schemas on: the rendered schemas per relation description.
+    schema_cache: Option<SchemaCache>,
+    /// Connect schemas on: the schema prefixes of transaction-topic records.
+    tx_schemas: Option<RelationSchemas>,
     dead_letter: DeadLetterDestination,
     dead_letters: Arc<AtomicU64>,
     /// `walcast_dead_letters_total{sink="kafka"}`, when the pipeline exports metrics.
@@ -104,8 +116,11 @@ impl KafkaSink {
             },
             None => DeadLetterDestination::None,
         };
+        let enc = cfg.value_encoding();
+        let encoder = (enc != ValueEncoding::WALCAST || cfg.schemas).then_some(Encoder { enc, flat_arrays: cfg.schemas });
         tracing::info!(
             bootstrap_servers = %cfg.bootstrap_servers,
+            schemas = cfg.schemas,
             create_topics = cfg.create_topics,
             transaction_topic = cfg.transaction_topic.as_deref().unwrap_or("-"),
             "kafka sink ready"
@@ -127,6 +142,9 @@ impl KafkaSink {
             missing_topics: HashMap::new(),
             tx_topic: cfg.transaction_topic.as_deref().map(Arc::from),
             tx: TxTracker::default(),
+            encoder,
+            schema_cache: cfg.schemas.then(SchemaCache::default),
+            tx_schemas: cfg.schemas.then(|| RelationSchemas { key: prefix_of(&tx_key_schema()), value: prefix_of(&tx_value_schema()) }),
             dead_letter,
             dead_letters: Arc::new(AtomicU64::new(0)),
             dead_letter_metric: None,

@@ -3,6 +3,7 @@
 
 use std::io::Write as _;
 
+use super::encoding::Encoder;
 use crate::decode::{write_json_str, write_row_object, Change, Datum, DecodeError, Op, Relation, UnchangedToast};
 use crate::lsn::Lsn;
 
@@ -61,8 +62,14 @@ pub enum SnapshotMarker {
     /// `"false"`: a streamed change.
     #[default]
     False,
+    /// `"first"`: the first row of a snapshot.
+    First,
+    /// `"first_in_data_collection"`: the first row of a table in a snapshot.
+    FirstInDataCollection,
     /// `"true"`: a snapshot row.
     True,
+    /// `"last_in_data_collection"`: the last row of a table in a snapshot.
+    LastInDataCollection,
     /// `"last"`: the last row of a snapshot.
     Last,
 }
@@ -72,7 +79,10 @@ impl SnapshotMarker {
     pub fn as_str(self) -> &'static str {
         match self {
             SnapshotMarker::False => "false",
+            SnapshotMarker::First => "first",
+            SnapshotMarker::FirstInDataCollection => "first_in_data_collection",
             SnapshotMarker::True => "true",
+            SnapshotMarker::LastInDataCollection => "last_in_data_collection",
             SnapshotMarker::Last => "last",
         }
     }
@@ -164,11 +174,26 @@ pub fn now_unix_micros() -> i64 {
 /// (and writes nothing) when there is no key (no key columns or no tuple): the record key is
 /// then null.
 pub fn write_key(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>, key_columns: &[usize]) -> Result<bool, DecodeError> {
+    write_key_with(out, rel, values, key_columns, None)
+}
+
+/// [`write_key`] with values in `enc`'s encodings (`None`: walcast's).
+pub(crate) fn write_key_with(
+    out: &mut Vec<u8>,
+    rel: &Relation,
+    values: Option<&[Datum]>,
+    key_columns: &[usize],
+    enc: Option<&Encoder>,
+) -> Result<bool, DecodeError> {
     let Some(values) = values else { return Ok(false) };
     if key_columns.is_empty() {
         return Ok(false);
     }
-    write_row_object(out, rel, values, |i| key_columns.contains(&i), UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER))?;
+    let include = |i| key_columns.contains(&i);
+    match enc {
+        Some(e) => e.write_row(out, rel, values, include, UNAVAILABLE_VALUE_PLACEHOLDER)?,
+        None => write_row_object(out, rel, values, include, UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER))?,
+    }
     Ok(true)
 }
 
@@ -181,12 +206,24 @@ pub fn write_value(
     processed_us: i64,
     tx: Option<TxBlock<'_>>,
 ) -> Result<(), DecodeError> {
+    write_value_with(out, event, source, processed_us, tx, None)
+}
+
+/// [`write_value`] with row values in `enc`'s encodings (`None`: walcast's).
+pub(crate) fn write_value_with(
+    out: &mut Vec<u8>,
+    event: &Event<'_>,
+    source: &SourceStatic,
+    processed_us: i64,
+    tx: Option<TxBlock<'_>>,
+    enc: Option<&Encoder>,
+) -> Result<(), DecodeError> {
     let change = event.change;
     let rel = &*change.relation;
     out.extend_from_slice(b"{\"before\":");
-    write_row(out, rel, event.before)?;
+    write_row(out, rel, event.before, enc)?;
     out.extend_from_slice(b",\"after\":");
-    write_row(out, rel, event.after)?;
+    write_row(out, rel, event.after, enc)?;
     write_source(out, change, event.snapshot, source)?;
     out.extend_from_slice(b",\"transaction\":");
     match tx {
@@ -208,9 +245,12 @@ pub fn write_value(
     Ok(())
 }
 
-fn write_row(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>) -> Result<(), DecodeError> {
+fn write_row(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>, enc: Option<&Encoder>) -> Result<(), DecodeError> {
     match values {
-        Some(values) => write_row_object(out, rel, values, |_| true, UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER)),
+        Some(values) => match enc {
+            Some(e) => e.write_row(out, rel, values, |_| true, UNAVAILABLE_VALUE_PLACEHOLDER),
+            None => write_row_object(out, rel, values, |_| true, UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER)),
+        },
         None => {
             out.extend_from_slice(b"null");
             Ok(())

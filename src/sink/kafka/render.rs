@@ -8,10 +8,12 @@ use std::sync::Arc;
 use rdkafka::producer::DeliveryFuture;
 
 use super::envelope::{
-    now_unix_micros, split_key_change, write_key, write_tx_begin, write_tx_end, write_tx_key, write_value, Event, TxBlock,
+    now_unix_micros, split_key_change, write_key_with, write_tx_begin, write_tx_end, write_tx_key, write_value_with, Event, TxBlock,
 };
+use super::schema::RelationSchemas;
 use super::tx::OpenTx;
 use super::KafkaSink;
+use crate::config::SkippedOperation;
 use crate::decode::{Change, Datum, DecodeError, OldTupleKind, Op, Relation, ReplicaIdentity};
 use crate::lsn::Lsn;
 use crate::sink::{Batch, SinkError};
@@ -112,17 +114,19 @@ impl KafkaSink {
     async fn emit_tx_begin(&mut self, p: &mut BatchWrite, change: &Change) -> Result<(), SinkError> {
         let (Some(topic), Some(open)) = (self.tx_topic.clone(), self.tx.open()) else { return Ok(()) };
         let id = open.id.clone();
-        let key = append(&mut p.arena, |b| write_tx_key(b, &id));
-        let value = append(&mut p.arena, |b| write_tx_begin(b, &id, now_unix_micros()));
+        let wrap = self.tx_schemas.clone();
+        let key = append(&mut p.arena, wrap.as_ref().map(|w| &w.key), |b| write_tx_key(b, &id));
+        let value = append(&mut p.arena, wrap.as_ref().map(|w| &w.value), |b| write_tx_begin(b, &id, now_unix_micros()));
         let rec = Rec { topic, key: Some(key), value: Some(value), lsn: change.commit_lsn, commit_lsn: change.commit_lsn, change: None };
         self.send(p, rec, None).await
     }
 
     async fn emit_tx_end(&mut self, p: &mut BatchWrite, ended: &OpenTx) -> Result<(), SinkError> {
         let Some(topic) = self.tx_topic.clone() else { return Ok(()) };
-        let key = append(&mut p.arena, |b| write_tx_key(b, &ended.id));
+        let wrap = self.tx_schemas.clone();
+        let key = append(&mut p.arena, wrap.as_ref().map(|w| &w.key), |b| write_tx_key(b, &ended.id));
         let collections: Vec<(String, u64)> = ended.collections.iter().map(|(s, t, n)| (format!("{s}.{t}"), *n)).collect();
-        let value = append(&mut p.arena, |b| {
+        let value = append(&mut p.arena, wrap.as_ref().map(|w| &w.value), |b| {
             write_tx_end(b, &ended.id, ended.events, collections.iter().map(|(n, c)| (n.as_str(), *c)), now_unix_micros())
         });
         let rec = Rec { topic, key: Some(key), value: Some(value), lsn: ended.commit_lsn, commit_lsn: ended.commit_lsn, change: None };
@@ -131,9 +135,21 @@ impl KafkaSink {
 
     /// The records of one change: its event (two for a key change), and tombstones after deletes.
     async fn emit_change(&mut self, p: &mut BatchWrite, idx: usize, change: &Change) -> Result<(), SinkError> {
+        let skipped = match change.op {
+            Op::Insert => Some(SkippedOperation::Create),
+            Op::Update => Some(SkippedOperation::Update),
+            Op::Delete => Some(SkippedOperation::Delete),
+            Op::Truncate => Some(SkippedOperation::Truncate),
+            Op::Read => None,
+        };
+        if skipped.is_some_and(|op| self.cfg.skipped_operations.contains(&op)) {
+            return Ok(());
+        }
         let rel = &change.relation;
         let topic = self.router.topic(rel);
         let key_cols = self.key_columns(rel);
+        let schemas = self.schemas_of(rel, &key_cols);
+        let schemas = schemas.as_ref();
         let render_err = |source: DecodeError| SinkError::Render { lsn: change.lsn, table: rel.qualified_name(), source };
         let rec = |key: Option<Range<usize>>, value: Option<Range<usize>>| Rec {
             topic: Arc::clone(&topic),
@@ -146,15 +162,15 @@ impl KafkaSink {
         match change.op {
             Op::Update if key_changed(change, &key_cols) => {
                 let (delete, create) = split_key_change(change);
-                let old_key = render_key(&mut p.arena, rel, delete.before, &key_cols).map_err(render_err)?;
-                let new_key = render_key(&mut p.arena, rel, create.after, &key_cols).map_err(render_err)?;
-                let value = self.render_event(&mut p.arena, &delete).map_err(render_err)?;
+                let old_key = self.render_key(&mut p.arena, rel, delete.before, &key_cols, schemas).map_err(render_err)?;
+                let new_key = self.render_key(&mut p.arena, rel, create.after, &key_cols, schemas).map_err(render_err)?;
+                let value = self.render_event(&mut p.arena, &delete, schemas).map_err(render_err)?;
                 let header = new_key.clone().map(|k| ("__debezium.newkey", k));
                 self.send(p, rec(old_key.clone(), Some(value)), header).await?;
                 if self.cfg.tombstones_on_delete && old_key.is_some() {
                     self.send(p, rec(old_key.clone(), None), None).await?;
                 }
-                let value = self.render_event(&mut p.arena, &create).map_err(render_err)?;
+                let value = self.render_event(&mut p.arena, &create, schemas).map_err(render_err)?;
                 let header = old_key.map(|k| ("__debezium.oldkey", k));
                 self.send(p, rec(new_key, Some(value)), header).await
             }
@@ -162,9 +178,9 @@ impl KafkaSink {
                 let event = Event::streamed(change);
                 let key = match op {
                     Op::Truncate => None,
-                    _ => render_key(&mut p.arena, rel, change.key_source(), &key_cols).map_err(render_err)?,
+                    _ => self.render_key(&mut p.arena, rel, change.key_source(), &key_cols, schemas).map_err(render_err)?,
                 };
-                let value = self.render_event(&mut p.arena, &event).map_err(render_err)?;
+                let value = self.render_event(&mut p.arena, &event, schemas).map_err(render_err)?;
                 self.send(p, rec(key.clone(), Some(value)), None).await?;
                 if op == Op::Delete && self.cfg.tombstones_on_delete && key.is_some() {
                     self.send(p, rec(key, None), None).await?;
@@ -174,8 +190,46 @@ impl KafkaSink {
         }
     }
 
-    fn render_event(&mut self, arena: &mut Vec<u8>, event: &Event<'_>) -> Result<Range<usize>, DecodeError> {
+    /// The rendered schemas of a relation description, when Connect schemas are on.
+    fn schemas_of(&mut self, rel: &Arc<Relation>, key_cols: &Arc<[usize]>) -> Option<RelationSchemas> {
+        let cache = self.schema_cache.as_mut()?;
+        let enc = self.encoder.map(|e| e.enc)?;
+        Some(cache.get(rel, key_cols, self.cfg.server_name(), &enc))
+    }
+
+    /// The record key (`None`: no key), inside `{"schema":...,"payload":...}` with schemas on.
+    fn render_key(
+        &self,
+        arena: &mut Vec<u8>,
+        rel: &Relation,
+        values: Option<&[Datum]>,
+        key_cols: &[usize],
+        schemas: Option<&RelationSchemas>,
+    ) -> Result<Option<Range<usize>>, DecodeError> {
         let start = arena.len();
+        if let Some(s) = schemas {
+            arena.extend_from_slice(&s.key);
+        }
+        if !write_key_with(arena, rel, values, key_cols, self.encoder.as_ref())? {
+            arena.truncate(start);
+            return Ok(None);
+        }
+        if schemas.is_some() {
+            arena.push(b'}');
+        }
+        Ok(Some(start..arena.len()))
+    }
+
+    fn render_event(
+        &mut self,
+        arena: &mut Vec<u8>,
+        event: &Event<'_>,
+        schemas: Option<&RelationSchemas>,
+    ) -> Result<Range<usize>, DecodeError> {
+        let start = arena.len();
+        if let Some(s) = schemas {
+            arena.extend_from_slice(&s.value);
+        }
         let block = if self.tx_topic.is_some() {
             let (total_order, data_collection_order) = self.tx.count_event(&event.change.relation.schema, &event.change.relation.table);
             self.tx.open().map(|o| (o.id.clone(), total_order, data_collection_order))
@@ -187,7 +241,10 @@ impl KafkaSink {
             total_order: *total_order,
             data_collection_order: *data_collection_order,
         });
-        write_value(arena, event, &self.source, now_unix_micros(), tx)?;
+        write_value_with(arena, event, &self.source, now_unix_micros(), tx, self.encoder.as_ref())?;
+        if schemas.is_some() {
+            arena.push(b'}');
+        }
         Ok(start..arena.len())
     }
 }
@@ -207,19 +264,16 @@ fn key_changed(change: &Change, key_cols: &[usize]) -> bool {
     })
 }
 
-fn render_key(
-    arena: &mut Vec<u8>,
-    rel: &Relation,
-    values: Option<&[Datum]>,
-    key_cols: &[usize],
-) -> Result<Option<Range<usize>>, DecodeError> {
+/// Append what `f` writes, inside `{"schema":...,"payload":...}` when `wrap` is the schema prefix.
+fn append(arena: &mut Vec<u8>, wrap: Option<&Arc<[u8]>>, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
     let start = arena.len();
-    Ok(write_key(arena, rel, values, key_cols)?.then_some(start..arena.len()))
-}
-
-fn append(arena: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
-    let start = arena.len();
+    if let Some(w) = wrap {
+        arena.extend_from_slice(w);
+    }
     f(arena);
+    if wrap.is_some() {
+        arena.push(b'}');
+    }
     start..arena.len()
 }
 

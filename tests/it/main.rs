@@ -27,6 +27,8 @@ mod identity_full;
 mod kafka_broker_down;
 mod kafka_check;
 mod kafka_crash;
+mod kafka_debezium;
+mod kafka_debezium_connect;
 mod kafka_envelope_fields;
 mod kafka_errors;
 mod kafka_ops;

@@ -407,3 +407,59 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, k: Kind, text: &[u8]) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(enc: ValueEncoding, flat: bool, type_oid: u32, typmod: i32, text: &str) -> String {
+        let mut out = Vec::new();
+        Encoder { enc, flat_arrays: flat }.write_value(&mut out, type_oid, typmod, text.as_bytes()).expect("renders");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn walcast_encoding_is_the_json_lines_value() {
+        for (oid, text) in
+            [(1700, "12.50"), (1082, "2024-02-29"), (1186, "P1D"), (3802, "{\"a\": 1}"), (1007, "{{1,2},{3,4}}"), (1007, "[0:1]={7,8}")]
+        {
+            let mut want = Vec::new();
+            write_json_value(&mut want, oid, text.as_bytes()).expect("walcast");
+            assert_eq!(render(ValueEncoding::WALCAST, false, oid, -1, text).into_bytes(), want, "{oid} {text}");
+        }
+    }
+
+    #[test]
+    fn debezium_encoding_by_type() {
+        let d = ValueEncoding::DEBEZIUM;
+        assert_eq!(render(d, false, 1700, (10 << 16 | 2) + 4, "12.50"), "\"BOI=\"");
+        assert_eq!(render(d, false, 1700, -1, "-0.001"), "{\"scale\":3,\"value\":\"/w==\"}");
+        assert_eq!(render(d, false, 1700, -1, "NaN"), "null");
+        assert_eq!(render(d, false, 1082, -1, "2024-02-29"), "19782");
+        assert_eq!(render(d, false, 1083, 3, "00:00:01.5"), "1500");
+        assert_eq!(render(d, false, 1083, -1, "00:00:01.5"), "1500000");
+        assert_eq!(render(d, false, 1114, 0, "1970-01-01 00:00:02"), "2000");
+        assert_eq!(render(d, false, 1114, -1, "infinity"), TIMESTAMP_POS_INFINITY.to_string());
+        assert_eq!(render(d, false, 1266, -1, "12:34:56+05:30"), "\"07:04:56Z\"");
+        assert_eq!(render(d, false, 114, -1, "{\"a\": 1}"), "\"{\\\"a\\\": 1}\"");
+        assert_eq!(render(d, false, 790, -1, "-$1.50"), "\"/2o=\"");
+        assert_eq!(render(d, false, 1560, 1, "1"), "true");
+        assert_eq!(render(d, false, 1560, 8, "10101010"), "\"qg==\"");
+        let connect = ValueEncoding { time: TimePrecision::Connect, ..d };
+        assert_eq!(render(connect, false, 1083, -1, "00:00:01.5"), "1500");
+        let double = ValueEncoding { decimal: DecimalHandling::Double, ..d };
+        assert_eq!(render(double, false, 1700, -1, "12.50"), "12.5");
+        assert_eq!(render(double, false, 1700, -1, "NaN"), "\"NaN\"");
+    }
+
+    #[test]
+    fn arrays_nest_or_flatten() {
+        let d = ValueEncoding::DEBEZIUM;
+        assert_eq!(render(d, false, 1182, -1, "{{2024-02-29,NULL},{infinity,1970-01-01}}"), "[[19782,null],[2147483647,0]]");
+        assert_eq!(render(d, true, 1182, -1, "{{2024-02-29,NULL},{infinity,1970-01-01}}"), "[19782,null,2147483647,0]");
+        assert_eq!(render(d, true, 1007, -1, "[0:1]={7,8}"), "[7,8]");
+        assert_eq!(render(d, true, 1009, -1, "{\"a \\\"b\",NULL,\"NULL\",{}}"), "[\"a \\\"b\",null,\"NULL\"]");
+        assert_eq!(render(d, false, 3807, -1, "{\"{\\\"a\\\": 1}\",NULL}"), "[\"{\\\"a\\\": 1}\",null]");
+        assert_eq!(render(d, true, 1020, -1, "{(1,1),(0,0);(3,3),(2,2)}"), "[\"(1,1),(0,0)\",\"(3,3),(2,2)\"]");
+    }
+}

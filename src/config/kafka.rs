@@ -113,6 +113,23 @@ pub struct KafkaSinkConfig {
     /// `["t"]`). Default: none.
     #[serde(default)]
     pub skipped_operations: Vec<SkippedOperation>,
+    /// First LSN of `source.sequence`: `commit` (this transaction's commit LSN) or
+    /// `previous_commit` (Debezium's); unset: from `encoding` (walcast: `commit`).
+    #[serde(default)]
+    pub sequence: Option<SequenceMode>,
+    /// Exactly-once delivery (docs/kafka.md "Exactly-once"): each batch's records and its
+    /// position commit in one Kafka transaction; changes at or below the committed position are
+    /// skipped after a restart. Default: false (at-least-once).
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// With `exactly_once`: the producer's `transactional.id` (one walcast per id; a second one
+    /// fences the first). Default: `walcast-<server_name>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// With `exactly_once`: the compacted topic holding the committed position. Default:
+    /// `<server_name>.walcast_offsets`.
+    #[serde(default)]
+    pub offsets_topic: Option<String>,
     /// Per-table settings, keyed by `schema.table`.
     #[serde(default)]
     pub tables: BTreeMap<TableName, KafkaTableConfig>,
@@ -414,6 +431,9 @@ bootstrap_servers = "127.0.0.1:9092"
         assert_eq!(k.message_timeout_ms, KafkaSinkConfig::DEFAULT_MESSAGE_TIMEOUT_MS);
         assert_eq!(k.compression, KafkaCompression::None);
         assert!(k.transaction_topic.is_none() && k.sasl.is_none() && k.tls.is_none());
+        // Today's records unless asked otherwise: walcast's values, no schemas, every operation.
+        assert_eq!((k.format, k.schemas, k.value_encoding()), (KafkaFormat::DebeziumJson, false, ValueEncoding::WALCAST));
+        assert!(k.skipped_operations.is_empty());
         // No dead-letter section: a file in the state dir, so one poison record never stops the stream.
         let dl = k.dead_letter.as_ref().expect("a default dead-letter destination");
         let file = c.snapshot.state_dir.join(KafkaSinkConfig::DEFAULT_DEAD_LETTER_FILE);
@@ -438,6 +458,7 @@ bootstrap_servers = "127.0.0.1:9092"
             ("[sinks.kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"", "sinks.kafka.sasl.password_env"),
             ("[sinks.kafka.tables.\"orders\"]\ntopic = \"x\"", "sinks.kafka.tables.\"orders\""),
             ("[sinks.kafka.tables.\"public.orders\"]\nkey_columns = []", "sinks.kafka.tables.\"public.orders\".key_columns"),
+            ("schemas = true\njson_handling_mode = \"embedded\"", "sinks.kafka.json_handling_mode"),
         ];
         for (extra, field) in cases {
             let text = if extra.starts_with("bootstrap_servers") {
@@ -450,6 +471,11 @@ bootstrap_servers = "127.0.0.1:9092"
         }
         let err = parse(&format!("{KAFKA_ONLY}compression = \"brotli\"\n")).expect_err("unknown codec").to_string();
         assert!(err.contains("compression"), "{err}");
+        for bad in ["format = \"avro\"", "encoding = \"connect\"", "time_precision_mode = \"nanos\"", "skipped_operations = [\"r\"]"] {
+            let field = bad.split(' ').next().unwrap_or_default();
+            let err = parse(&format!("{KAFKA_ONLY}{bad}\n")).expect_err(bad).to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
         let err = parse(&format!("{KAFKA_ONLY}linger = 5\n")).expect_err("unknown field").to_string();
         assert!(err.contains("linger"), "{err}");
     }
@@ -514,6 +540,18 @@ bootstrap_servers = "127.0.0.1:9092"
             "message_max_bytes",
             "message_timeout_ms",
             "queue_max_kbytes",
+            "format",
+            "schemas",
+            "encoding",
+            "decimal_handling_mode",
+            "time_precision_mode",
+            "interval_handling_mode",
+            "json_handling_mode",
+            "skipped_operations",
+            "sequence",
+            "exactly_once",
+            "transactional_id",
+            "offsets_topic",
         ] {
             assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.kafka.{field}");
         }

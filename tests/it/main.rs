@@ -29,6 +29,7 @@ mod kafka_check;
 mod kafka_crash;
 mod kafka_debezium;
 mod kafka_debezium_connect;
+mod kafka_debezium_eos;
 mod kafka_envelope_fields;
 mod kafka_errors;
 mod kafka_ops;

@@ -76,6 +76,17 @@ pub enum JsonHandling {
     String,
 }
 
+/// The first LSN of `source.sequence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SequenceMode {
+    /// The change's own transaction's commit LSN (walcast's: the same on every resend, no state).
+    Commit,
+    /// The commit LSN of the transaction before (Debezium's `lastCommitLsn`; null for the first
+    /// transaction after walcast starts).
+    PreviousCommit,
+}
+
 /// An operation that can be left out (Debezium's `skipped.operations`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum SkippedOperation {
@@ -145,6 +156,24 @@ impl KafkaSinkConfig {
         }
     }
 
+    /// What `source.sequence` starts with.
+    pub fn sequence_mode(&self) -> SequenceMode {
+        self.sequence.unwrap_or(match self.encoding {
+            EncodingPreset::Walcast => SequenceMode::Commit,
+            EncodingPreset::Debezium => SequenceMode::PreviousCommit,
+        })
+    }
+
+    /// The producer's `transactional.id` with `exactly_once`.
+    pub fn transactional_id(&self) -> String {
+        self.transactional_id.clone().unwrap_or_else(|| format!("walcast-{}", self.server_name()))
+    }
+
+    /// The topic of the committed position with `exactly_once`.
+    pub fn offsets_topic(&self) -> String {
+        self.offsets_topic.clone().unwrap_or_else(|| format!("{}.walcast_offsets", self.server_name()))
+    }
+
     /// Whether `op` is left out.
     pub fn skips(&self, op: SkippedOperation) -> bool {
         self.skipped_operations.contains(&op)
@@ -158,6 +187,43 @@ impl KafkaSinkConfig {
                 "embedded JSON has no Connect schema; with schemas = true set it to \"string\" (or leave it unset)",
             ));
         }
+        if let Some(id) = &self.transactional_id {
+            if id.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "sinks.kafka.transactional_id",
+                    "must not be empty; remove it to use walcast-<server_name>",
+                ));
+            }
+        }
+        if let Some(topic) = &self.offsets_topic {
+            super::validate_topic_name(topic).map_err(|e| ConfigError::invalid("sinks.kafka.offsets_topic", e))?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> KafkaSinkConfig {
+        toml::from_str(&format!("bootstrap_servers = \"a:9092\"\n{extra}")).expect("valid kafka config")
+    }
+
+    #[test]
+    fn preset_then_overrides() {
+        assert_eq!(cfg("encoding = \"debezium\"").value_encoding(), ValueEncoding::DEBEZIUM);
+        assert_eq!(cfg("encoding = \"debezium\"").sequence_mode(), SequenceMode::PreviousCommit);
+        assert_eq!(cfg("").sequence_mode(), SequenceMode::Commit);
+        // Schemas need JSON as a string; the other walcast encodings stay.
+        let e = cfg("schemas = true").value_encoding();
+        assert_eq!(e, ValueEncoding { json: JsonHandling::String, ..ValueEncoding::WALCAST });
+        let e = cfg("encoding = \"debezium\"\ndecimal_handling_mode = \"string\"\ntime_precision_mode = \"connect\"").value_encoding();
+        assert_eq!((e.decimal, e.time, e.interval), (DecimalHandling::String, TimePrecision::Connect, IntervalHandling::Numeric));
+        let c = cfg("exactly_once = true\nserver_name = \"inv\"");
+        assert!(c.exactly_once && !cfg("").exactly_once);
+        assert_eq!((c.transactional_id(), c.offsets_topic()), ("walcast-inv".to_string(), "inv.walcast_offsets".to_string()));
+        let c = cfg("skipped_operations = [\"t\", \"d\"]");
+        assert!(c.skips(SkippedOperation::Truncate) && c.skips(SkippedOperation::Delete) && !c.skips(SkippedOperation::Create));
     }
 }

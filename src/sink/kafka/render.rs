@@ -8,7 +8,8 @@ use std::sync::Arc;
 use rdkafka::producer::DeliveryFuture;
 
 use super::envelope::{
-    now_unix_micros, split_key_change, write_key_with, write_tx_begin, write_tx_end, write_tx_key, write_value_with, Event, TxBlock,
+    now_unix_micros, split_key_change, write_key_with, write_tx_begin, write_tx_end, write_tx_key, write_value_with, Event, SequenceFirst,
+    TxBlock,
 };
 use super::schema::RelationSchemas;
 use super::tx::OpenTx;
@@ -92,6 +93,9 @@ impl KafkaSink {
         // Snapshot rows belong to no transaction: no BEGIN/END records for them.
         let tx_on = self.tx_topic.is_some() && batch.snapshot.is_none();
         for (idx, change) in batch.changes.iter().enumerate() {
+            if self.eos.as_ref().is_some_and(|e| e.skips(batch, change)) {
+                continue;
+            }
             if tx_on {
                 let b = self.tx.on_change(change);
                 if let Some(ended) = b.ended {
@@ -142,7 +146,7 @@ impl KafkaSink {
             Op::Truncate => Some(SkippedOperation::Truncate),
             Op::Read => None,
         };
-        if skipped.is_some_and(|op| self.cfg.skipped_operations.contains(&op)) {
+        if skipped.is_some_and(|op| self.cfg.skips(op)) {
             return Ok(());
         }
         let rel = &change.relation;
@@ -241,7 +245,16 @@ impl KafkaSink {
             total_order: *total_order,
             data_collection_order: *data_collection_order,
         });
-        write_value_with(arena, event, &self.source, now_unix_micros(), tx, self.encoder.as_ref())?;
+        let seq = if self.previous_commit_sequence && event.change.op != Op::Read {
+            let commit = event.change.commit_lsn;
+            if self.commits.1 != Some(commit) {
+                self.commits = (self.commits.1, Some(commit));
+            }
+            SequenceFirst::PreviousCommit(self.commits.0)
+        } else {
+            SequenceFirst::OwnCommit
+        };
+        write_value_with(arena, event, &self.source, now_unix_micros(), tx, self.encoder.as_ref(), seq)?;
         if schemas.is_some() {
             arena.push(b'}');
         }

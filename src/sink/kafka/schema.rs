@@ -228,10 +228,13 @@ pub(super) struct RelationSchemas {
     pub value: Arc<[u8]>,
 }
 
+/// The description and key columns schemas were rendered from, and the schemas.
+type Rendered = (Arc<Relation>, Arc<[usize]>, RelationSchemas);
+
 /// Schemas per relation OID, for the description (and key columns) they were rendered from.
 #[derive(Default)]
 pub(super) struct SchemaCache {
-    by_oid: HashMap<u32, (Arc<Relation>, Arc<[usize]>, RelationSchemas)>,
+    by_oid: HashMap<u32, Rendered>,
 }
 
 impl SchemaCache {

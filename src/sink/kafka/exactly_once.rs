@@ -306,15 +306,14 @@ fn last_position(cfg: &KafkaSinkConfig, topic: &str, id: &str) -> Result<Option<
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) => return Err(format!("reading the offsets topic {topic}: {e}")),
-                Some(Ok(m)) => {
-                    if m.key() == Some(id.as_bytes()) {
-                        let value = m.payload().unwrap_or_default();
-                        let pos: Position = serde_json::from_slice(value).map_err(|e| {
-                            format!("the offsets record at offset {} of {topic} is not walcast's: {e}; fix: point sinks.kafka.offsets_topic at a topic of its own", m.offset())
-                        })?;
-                        last = Some(pos);
-                    }
+                Some(Ok(m)) if m.key() == Some(id.as_bytes()) => {
+                    let value = m.payload().unwrap_or_default();
+                    let pos: Position = serde_json::from_slice(value).map_err(|e| {
+                        format!("the offsets record at offset {} of {topic} is not walcast's: {e}; fix: point sinks.kafka.offsets_topic at a topic of its own", m.offset())
+                    })?;
+                    last = Some(pos);
                 }
+                Some(Ok(_)) => {}
             }
         }
         if last.is_some() || start == low {

@@ -28,7 +28,7 @@ use crate::config::{Config, ConfigError};
 use crate::decode::Change;
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, TableLabel};
-use crate::sink::{Batch, SinkError, SinkReport, SnapshotPart};
+use crate::sink::{Batch, ChunkPlace, SinkError, SinkReport, SnapshotPart};
 use crate::source::{connect_sql, ConnParams, SourceError};
 
 /// First chunk number of the next load (each load takes a range of 2^32).
@@ -106,6 +106,7 @@ struct UnwrittenChunk {
     rows: u64,
     last_of_table: bool,
     acks: usize,
+    place: ChunkPlace,
 }
 
 /// What to load, and where progress goes.
@@ -161,7 +162,15 @@ pub async fn load(
         for table in tables {
             changes.push(reader.table(table, None).await?.resync_truncate(point, commit_ts));
         }
-        let part = UnwrittenChunk { chunk: next_chunk, table: None, after: None, rows: 0, last_of_table: false, acks: 0 };
+        let part = UnwrittenChunk {
+            chunk: next_chunk,
+            table: None,
+            after: None,
+            rows: 0,
+            last_of_table: false,
+            acks: 0,
+            place: ChunkPlace::default(),
+        };
         next_chunk += 1;
         if !dispatch(&mut sinks, changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown).await? {
             return Ok(Outcome::Interrupted);
@@ -202,40 +211,52 @@ pub async fn load(
         let estimate = estimates.get(ti).copied().unwrap_or_default();
         progress.start_table(&name, estimate, resume.rows);
         tracing::info!(table = %name, estimated_rows = estimate, resumed_after_rows = resume.rows, "snapshot table started");
-        if shutdown.is_cancelled() {
-            outcome = Outcome::Interrupted;
-            break 'tables;
-        }
+        let chunk_rows = config.snapshot.chunk_rows as u64;
         let mut chunk = reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts).await?;
+        // One chunk read ahead: a full chunk may still be the table's last, and then its last row
+        // carries the table's last-row marker (source.snapshot in Kafka records).
+        let mut ahead = if chunk.changes.len() as u64 >= chunk_rows {
+            Some(reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts).await?)
+        } else {
+            None
+        };
+        let mut first_of_table = resume.rows == 0 && resume.after.is_none();
         loop {
+            if shutdown.is_cancelled() {
+                outcome = Outcome::Interrupted;
+                break 'tables;
+            }
             let rows = chunk.changes.len() as u64;
-            let last_of_table = rows < config.snapshot.chunk_rows as u64;
+            let last_of_table = ahead.as_ref().is_none_or(|n| n.changes.is_empty());
             counter.inc_by(rows);
             rows_done += rows;
             total_rows += rows;
-            let part = UnwrittenChunk { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
+            let place = ChunkPlace { first_of_table, last_of_table, first_table: ti == 0, last_table: ti + 1 == tables.len() };
+            first_of_table = false;
+            let part =
+                UnwrittenChunk { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0, place };
             next_chunk += 1;
             let handed = dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown);
-            // The next chunk's query runs on the server while this one waits for room in a
-            // sink's queue (and the sinks render and write it).
-            let (handed, next) = if last_of_table {
-                (handed.await, None)
+            // The chunk after the one read ahead is queried on the server while this one waits
+            // for room in a sink's queue (and the sinks render and write it).
+            let read_more = !last_of_table && ahead.as_ref().is_some_and(|n| n.changes.len() as u64 >= chunk_rows);
+            let (handed, further) = if read_more {
+                let (handed, further) = tokio::join!(handed, reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts));
+                (handed, Some(further))
             } else {
-                let (handed, next) = tokio::join!(handed, reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts));
-                (handed, Some(next))
+                (handed.await, None)
             };
             if !handed? {
                 outcome = Outcome::Interrupted;
                 break 'tables;
             }
             progress.advance(rows, last_of_table);
-            match next {
-                None => break,
-                Some(_) if shutdown.is_cancelled() => {
-                    outcome = Outcome::Interrupted;
-                    break 'tables;
+            match ahead.take() {
+                Some(n) if !last_of_table => {
+                    chunk = n;
+                    ahead = further.transpose()?;
                 }
-                Some(next) => chunk = next?,
+                _ => break,
             }
         }
     }
@@ -277,7 +298,8 @@ async fn dispatch(
     state: &mut Option<&mut SnapshotState>,
     shutdown: &CancellationToken,
 ) -> Result<bool, SnapshotError> {
-    let batch = Arc::new(Batch { changes, checkpoint: None, snapshot: Some(SnapshotPart { chunk: part.chunk, exported }) });
+    let batch =
+        Arc::new(Batch { changes, checkpoint: None, snapshot: Some(SnapshotPart { chunk: part.chunk, exported, place: part.place }) });
     pending.push_back(part);
     for queue in sinks.queues {
         (sinks.on_dispatch)();

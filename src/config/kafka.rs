@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+mod format;
+
+pub use format::*;
+
 use super::topic::validate_topic_name;
 use super::{default_true, read_secret, ConfigError, Secret, TableName, TopicTemplate};
 
@@ -81,6 +85,51 @@ pub struct KafkaSinkConfig {
     /// Topic of each table; placeholders `{prefix}`, `{database}`, `{schema}`, `{table}`.
     #[serde(default = "default_topic_template")]
     pub topic_template: TopicTemplate,
+    /// Record format; only `debezium-json` (docs/kafka.md "Records").
+    #[serde(default)]
+    pub format: KafkaFormat,
+    /// Wrap every key and value in Connect's `{"schema": ..., "payload": ...}` (the JSON
+    /// converter's `schemas.enable=true`). Default false.
+    #[serde(default)]
+    pub schemas: bool,
+    /// `walcast` (default) or `debezium`: the value encodings the `*_mode` fields start from.
+    #[serde(default)]
+    pub encoding: EncodingPreset,
+    /// `precise`, `double` or `string`; unset: from `encoding` (walcast: `string`).
+    #[serde(default)]
+    pub decimal_handling_mode: Option<DecimalHandling>,
+    /// `adaptive`, `adaptive_time_microseconds`, `connect` or `iso`; unset: from `encoding`
+    /// (walcast: `iso`).
+    #[serde(default)]
+    pub time_precision_mode: Option<TimePrecision>,
+    /// `numeric` or `string`; unset: from `encoding` (walcast: `string`).
+    #[serde(default)]
+    pub interval_handling_mode: Option<IntervalHandling>,
+    /// `embedded` or `string`; unset: `string` with `schemas = true` or `encoding = "debezium"`,
+    /// else `embedded`.
+    #[serde(default)]
+    pub json_handling_mode: Option<JsonHandling>,
+    /// Operations not published: any of `"c"`, `"u"`, `"d"`, `"t"` (Debezium's default is
+    /// `["t"]`). Default: none.
+    #[serde(default)]
+    pub skipped_operations: Vec<SkippedOperation>,
+    /// First LSN of `source.sequence`: `commit` (this transaction's commit LSN) or
+    /// `previous_commit` (Debezium's); unset: from `encoding` (walcast: `commit`).
+    #[serde(default)]
+    pub sequence: Option<SequenceMode>,
+    /// Exactly-once delivery (docs/kafka.md "Exactly-once"): each batch's records and its
+    /// position commit in one Kafka transaction; changes at or below the committed position are
+    /// skipped after a restart. Default: false (at-least-once).
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// With `exactly_once`: the producer's `transactional.id` (one walcast per id; a second one
+    /// fences the first). Default: `walcast-<server_name>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// With `exactly_once`: the compacted topic holding the committed position. Default:
+    /// `<server_name>.walcast_offsets`.
+    #[serde(default)]
+    pub offsets_topic: Option<String>,
     /// Per-table settings, keyed by `schema.table`.
     #[serde(default)]
     pub tables: BTreeMap<TableName, KafkaTableConfig>,
@@ -331,6 +380,7 @@ impl KafkaSinkConfig {
                 _ => {}
             }
         }
+        self.validate_format()?;
         if let Some(dl) = &self.dead_letter {
             match (&dl.topic, &dl.path) {
                 (Some(_), Some(_)) | (None, None) => {
@@ -381,6 +431,9 @@ bootstrap_servers = "127.0.0.1:9092"
         assert_eq!(k.message_timeout_ms, KafkaSinkConfig::DEFAULT_MESSAGE_TIMEOUT_MS);
         assert_eq!(k.compression, KafkaCompression::None);
         assert!(k.transaction_topic.is_none() && k.sasl.is_none() && k.tls.is_none());
+        // Today's records unless asked otherwise: walcast's values, no schemas, every operation.
+        assert_eq!((k.format, k.schemas, k.value_encoding()), (KafkaFormat::DebeziumJson, false, ValueEncoding::WALCAST));
+        assert!(k.skipped_operations.is_empty());
         // No dead-letter section: a file in the state dir, so one poison record never stops the stream.
         let dl = k.dead_letter.as_ref().expect("a default dead-letter destination");
         let file = c.snapshot.state_dir.join(KafkaSinkConfig::DEFAULT_DEAD_LETTER_FILE);
@@ -405,6 +458,7 @@ bootstrap_servers = "127.0.0.1:9092"
             ("[sinks.kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"", "sinks.kafka.sasl.password_env"),
             ("[sinks.kafka.tables.\"orders\"]\ntopic = \"x\"", "sinks.kafka.tables.\"orders\""),
             ("[sinks.kafka.tables.\"public.orders\"]\nkey_columns = []", "sinks.kafka.tables.\"public.orders\".key_columns"),
+            ("schemas = true\njson_handling_mode = \"embedded\"", "sinks.kafka.json_handling_mode"),
         ];
         for (extra, field) in cases {
             let text = if extra.starts_with("bootstrap_servers") {
@@ -417,6 +471,11 @@ bootstrap_servers = "127.0.0.1:9092"
         }
         let err = parse(&format!("{KAFKA_ONLY}compression = \"brotli\"\n")).expect_err("unknown codec").to_string();
         assert!(err.contains("compression"), "{err}");
+        for bad in ["format = \"avro\"", "encoding = \"connect\"", "time_precision_mode = \"nanos\"", "skipped_operations = [\"r\"]"] {
+            let field = bad.split(' ').next().unwrap_or_default();
+            let err = parse(&format!("{KAFKA_ONLY}{bad}\n")).expect_err(bad).to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
         let err = parse(&format!("{KAFKA_ONLY}linger = 5\n")).expect_err("unknown field").to_string();
         assert!(err.contains("linger"), "{err}");
     }
@@ -481,6 +540,18 @@ bootstrap_servers = "127.0.0.1:9092"
             "message_max_bytes",
             "message_timeout_ms",
             "queue_max_kbytes",
+            "format",
+            "schemas",
+            "encoding",
+            "decimal_handling_mode",
+            "time_precision_mode",
+            "interval_handling_mode",
+            "json_handling_mode",
+            "skipped_operations",
+            "sequence",
+            "exactly_once",
+            "transactional_id",
+            "offsets_topic",
         ] {
             assert!(text.contains(&format!("\n#{field} = ")), "the example does not show sinks.kafka.{field}");
         }

@@ -19,6 +19,7 @@ pub use pgoutput::{
     parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
 };
 pub use relation::{ColumnChanges, Relation, RelationCache};
+pub(crate) use value::array_element;
 pub use value::{to_json_value, value_rule, write_json_value, UserType, FIRST_USER_OID};
 
 /// What can go wrong while decoding. The same bytes decode the same way; only a change for a

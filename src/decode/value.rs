@@ -100,7 +100,7 @@ fn write_scalar(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), Fai
 
 /// Element type and delimiter of every built-in array type in Postgres 15's `pg_type`.
 /// `box` is the only built-in type whose `typdelim` is not ','.
-pub(super) fn array_element(array_oid: u32) -> Option<(u32, u8)> {
+pub(crate) fn array_element(array_oid: u32) -> Option<(u32, u8)> {
     let elem = match array_oid {
         1000 => 16,                       // bool
         1001 => 17,                       // bytea

@@ -14,10 +14,15 @@
 mod check;
 mod client;
 mod dead_letter;
+mod decimal;
 mod delivery;
+mod encoding;
 pub mod envelope;
+mod exactly_once;
 mod producer;
 mod render;
+mod schema;
+mod temporal;
 mod topics;
 mod tx;
 
@@ -34,14 +39,18 @@ pub use check::kafka_findings;
 
 use self::client::Context;
 use self::dead_letter::DeadLetterDestination;
+use self::encoding::Encoder;
 use self::envelope::SourceStatic;
+use self::exactly_once::ExactlyOnce;
 use self::producer::new_producer;
 use self::render::BatchWrite;
+use self::schema::{prefix_of, tx_key_schema, tx_value_schema, RelationSchemas, SchemaCache};
 use self::tx::TxTracker;
 use super::line_file::DeadLetterFile;
 use super::{Batch, Sink, SinkError};
-use crate::config::KafkaSinkConfig;
+use crate::config::{KafkaSinkConfig, SequenceMode, ValueEncoding};
 use crate::decode::Relation;
+use crate::lsn::Lsn;
 use crate::route::TopicRouter;
 
 const NAME: &str = "kafka";
@@ -74,6 +83,18 @@ pub struct KafkaSink {
     missing_topics: HashMap<Arc<str>, (Instant, String)>,
     tx_topic: Option<Arc<str>>,
     tx: TxTracker,
+    /// Values in the configured encodings; `None`: walcast's own (the JSON-lines values).
+    encoder: Option<Encoder>,
+    /// Connect schemas on: the rendered schemas per relation description.
+    schema_cache: Option<SchemaCache>,
+    /// Connect schemas on: the schema prefixes of transaction-topic records.
+    tx_schemas: Option<RelationSchemas>,
+    /// `source.sequence` starts with the previous transaction's commit LSN (Debezium's).
+    previous_commit_sequence: bool,
+    /// (previous, current) transaction commit LSNs seen, for that sequence.
+    commits: (Option<Lsn>, Option<Lsn>),
+    /// `exactly_once = true`: the transactional state.
+    eos: Option<ExactlyOnce>,
     dead_letter: DeadLetterDestination,
     dead_letters: Arc<AtomicU64>,
     /// `walcast_dead_letters_total{sink="kafka"}`, when the pipeline exports metrics.
@@ -104,10 +125,14 @@ impl KafkaSink {
             },
             None => DeadLetterDestination::None,
         };
+        let enc = cfg.value_encoding();
+        let encoder = (enc != ValueEncoding::WALCAST || cfg.schemas).then_some(Encoder { enc, flat_arrays: cfg.schemas });
         tracing::info!(
             bootstrap_servers = %cfg.bootstrap_servers,
+            schemas = cfg.schemas,
             create_topics = cfg.create_topics,
             transaction_topic = cfg.transaction_topic.as_deref().unwrap_or("-"),
+            exactly_once = cfg.exactly_once,
             "kafka sink ready"
         );
         Ok(Self {
@@ -127,6 +152,12 @@ impl KafkaSink {
             missing_topics: HashMap::new(),
             tx_topic: cfg.transaction_topic.as_deref().map(Arc::from),
             tx: TxTracker::default(),
+            encoder,
+            schema_cache: cfg.schemas.then(SchemaCache::default),
+            previous_commit_sequence: cfg.sequence_mode() == SequenceMode::PreviousCommit,
+            commits: (None, None),
+            eos: ExactlyOnce::new(cfg),
+            tx_schemas: cfg.schemas.then(|| RelationSchemas { key: prefix_of(&tx_key_schema()), value: prefix_of(&tx_value_schema()) }),
             dead_letter,
             dead_letters: Arc::new(AtomicU64::new(0)),
             dead_letter_metric: None,
@@ -174,6 +205,8 @@ impl KafkaSink {
             }
         }
         self.ensure_topics(topics).await?;
+        // Exactly-once: every record below goes into one transaction.
+        self.eos_begin().await?;
 
         // 2. Render and enqueue.
         let mut p = BatchWrite { arena: std::mem::take(&mut self.arena), ..BatchWrite::default() };
@@ -187,6 +220,18 @@ impl KafkaSink {
         let outcome = match outcome {
             Ok(()) => self.dead_letter_all(&p, batch).await,
             Err(e) => Err(e),
+        };
+        // Exactly-once: the position goes last, once every record of the batch is acknowledged.
+        let outcome = match outcome {
+            Ok(()) => self.eos_send_position(&mut p, batch).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Ok(position) => self.eos_commit(position).await,
+            Err(e) => {
+                self.eos_abort().await?;
+                Err(e)
+            }
         };
         // Keep the arena for the next batch unless a huge value grew it (see OUTPUT_BUF_KEEP_MAX).
         self.arena = std::mem::take(&mut p.arena);
@@ -220,11 +265,11 @@ impl Sink for KafkaSink {
         if batch.changes.is_empty() && self.tx.open().is_none() {
             return Ok(());
         }
-        let saved = self.tx.clone();
+        let saved = (self.tx.clone(), self.commits);
         let result = self.write_batch(batch).await;
         if result.is_err() {
             // The same batch is offered again: start it from the same transaction state.
-            self.tx = saved;
+            (self.tx, self.commits) = saved;
             if let DeadLetterDestination::File(f) = &mut self.dead_letter {
                 f.discard();
             }

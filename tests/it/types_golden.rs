@@ -19,7 +19,7 @@
 use crate::support::*;
 use serde_json::{json, Map, Value};
 
-const SCHEMA: &str = r#"
+pub(crate) const SCHEMA: &str = r#"
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
 CREATE TYPE pair AS (a int4, b text);
@@ -90,7 +90,7 @@ CREATE TABLE golden (
 "#;
 
 /// Row 1: typical values, plus the hard cases of text, json and bytea.
-const ROW_TYPICAL: &str = r#"
+pub(crate) const ROW_TYPICAL: &str = r#"
 INSERT INTO golden VALUES (
     1,
     true,
@@ -158,7 +158,7 @@ INSERT INTO golden VALUES (
 "#;
 
 /// Row 3: minimums, NaN / -Infinity, empty values, BC dates, negative and odd offsets.
-const ROW_LOW: &str = r#"
+pub(crate) const ROW_LOW: &str = r#"
 INSERT INTO golden (id, c_bool, c_int2, c_int4, c_int8, c_numeric, c_float4, c_float8, c_text, c_varchar,
     c_char, c_name, c_uuid, c_json, c_jsonb, c_bytea, c_date, c_time, c_timetz, c_timestamp, c_timestamptz,
     c_interval, c_int4_arr, c_int4_2d, c_text_arr, c_numeric_arr, c_jsonb_arr, c_bool_arr, c_tstz_arr,
@@ -173,7 +173,7 @@ VALUES (
 "#;
 
 /// Row 4: maximums, Infinity, negative zero, infinity dates, zero interval.
-const ROW_HIGH: &str = r#"
+pub(crate) const ROW_HIGH: &str = r#"
 INSERT INTO golden (id, c_int2, c_int4, c_int8, c_numeric, c_float4, c_float8, c_json, c_jsonb, c_date,
     c_time, c_timetz, c_timestamp, c_timestamptz, c_interval, c_float8_arr, c_date_arr, c_oid, c_numeric_arr, c_int4_arr)
 VALUES (
@@ -185,7 +185,7 @@ VALUES (
 "#;
 
 /// Base64 of the bytes 0..=255, written out.
-const ALL_BYTES_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+P0BBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5fYGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6e3x9fn+AgYKDhIWGh4iJiouMjY6PkJGSk5SVlpeYmZqbnJ2en6ChoqOkpaanqKmqq6ytrq+wsbKztLW2t7i5uru8vb6/wMHCw8TFxsfIycrLzM3Oz9DR0tPU1dbX2Nna29zd3t/g4eLj5OXm5+jp6uvs7e7v8PHy8/T19vf4+fr7/P3+/w==";
+pub(crate) const ALL_BYTES_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+P0BBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5fYGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6e3x9fn+AgYKDhIWGh4iJiouMjY6PkJGSk5SVlpeYmZqbnJ2en6ChoqOkpaanqKmqq6ytrq+wsbKztLW2t7i5uru8vb6/wMHCw8TFxsfIycrLzM3Oz9DR0tPU1dbX2Nna29zd3t/g4eLj5OXm5+jp6uvs7e7v8PHy8/T19vf4+fr7/P3+/w==";
 
 /// The columns in table order (the `after` object must have exactly these keys).
 fn columns() -> Vec<String> {

@@ -74,6 +74,11 @@ pub(crate) fn producer_config(cfg: &KafkaSinkConfig) -> Result<ClientConfig, Con
         .set("request.timeout.ms", cfg.message_timeout_ms.min(30_000).to_string())
         .set("queue.buffering.max.kbytes", cfg.queue_max_kbytes.to_string())
         .set("queue.buffering.max.messages", "100000");
+    if cfg.exactly_once {
+        // A transactional producer (docs/kafka.md "Exactly-once"); a new one with the same id
+        // fences the old and aborts its open transaction.
+        c.set("transactional.id", cfg.transactional_id());
+    }
     Ok(c)
 }
 

@@ -3,6 +3,7 @@
 
 use std::io::Write as _;
 
+use super::encoding::Encoder;
 use crate::decode::{write_json_str, write_row_object, Change, Datum, DecodeError, Op, Relation, UnchangedToast};
 use crate::lsn::Lsn;
 
@@ -61,8 +62,14 @@ pub enum SnapshotMarker {
     /// `"false"`: a streamed change.
     #[default]
     False,
+    /// `"first"`: the first row of a snapshot.
+    First,
+    /// `"first_in_data_collection"`: the first row of a table in a snapshot.
+    FirstInDataCollection,
     /// `"true"`: a snapshot row.
     True,
+    /// `"last_in_data_collection"`: the last row of a table in a snapshot.
+    LastInDataCollection,
     /// `"last"`: the last row of a snapshot.
     Last,
 }
@@ -72,7 +79,10 @@ impl SnapshotMarker {
     pub fn as_str(self) -> &'static str {
         match self {
             SnapshotMarker::False => "false",
+            SnapshotMarker::First => "first",
+            SnapshotMarker::FirstInDataCollection => "first_in_data_collection",
             SnapshotMarker::True => "true",
+            SnapshotMarker::LastInDataCollection => "last_in_data_collection",
             SnapshotMarker::Last => "last",
         }
     }
@@ -150,6 +160,15 @@ pub fn split_key_change(change: &Change) -> (Event<'_>, Event<'_>) {
     )
 }
 
+/// The first LSN of `source.sequence`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SequenceFirst {
+    /// The change's own transaction's commit LSN (walcast's default: needs no state).
+    OwnCommit,
+    /// Debezium's: the commit LSN of the transaction before (null when none was seen since start).
+    PreviousCommit(Option<Lsn>),
+}
+
 /// Milliseconds since 1970 of a Postgres timestamp (microseconds since 2000).
 pub fn pg_micros_to_unix_micros(micros_since_2000: i64) -> i64 {
     micros_since_2000.saturating_add(PG_EPOCH_UNIX_MICROS)
@@ -164,11 +183,26 @@ pub fn now_unix_micros() -> i64 {
 /// (and writes nothing) when there is no key (no key columns or no tuple): the record key is
 /// then null.
 pub fn write_key(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>, key_columns: &[usize]) -> Result<bool, DecodeError> {
+    write_key_with(out, rel, values, key_columns, None)
+}
+
+/// [`write_key`] with values in `enc`'s encodings (`None`: walcast's).
+pub(crate) fn write_key_with(
+    out: &mut Vec<u8>,
+    rel: &Relation,
+    values: Option<&[Datum]>,
+    key_columns: &[usize],
+    enc: Option<&Encoder>,
+) -> Result<bool, DecodeError> {
     let Some(values) = values else { return Ok(false) };
     if key_columns.is_empty() {
         return Ok(false);
     }
-    write_row_object(out, rel, values, |i| key_columns.contains(&i), UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER))?;
+    let include = |i| key_columns.contains(&i);
+    match enc {
+        Some(e) => e.write_row(out, rel, values, include, UNAVAILABLE_VALUE_PLACEHOLDER)?,
+        None => write_row_object(out, rel, values, include, UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER))?,
+    }
     Ok(true)
 }
 
@@ -181,13 +215,26 @@ pub fn write_value(
     processed_us: i64,
     tx: Option<TxBlock<'_>>,
 ) -> Result<(), DecodeError> {
+    write_value_with(out, event, source, processed_us, tx, None, SequenceFirst::OwnCommit)
+}
+
+/// [`write_value`] with row values in `enc`'s encodings (`None`: walcast's).
+pub(crate) fn write_value_with(
+    out: &mut Vec<u8>,
+    event: &Event<'_>,
+    source: &SourceStatic,
+    processed_us: i64,
+    tx: Option<TxBlock<'_>>,
+    enc: Option<&Encoder>,
+    seq: SequenceFirst,
+) -> Result<(), DecodeError> {
     let change = event.change;
     let rel = &*change.relation;
     out.extend_from_slice(b"{\"before\":");
-    write_row(out, rel, event.before)?;
+    write_row(out, rel, event.before, enc)?;
     out.extend_from_slice(b",\"after\":");
-    write_row(out, rel, event.after)?;
-    write_source(out, change, event.snapshot, source)?;
+    write_row(out, rel, event.after, enc)?;
+    write_source(out, change, event.snapshot, source, seq)?;
     out.extend_from_slice(b",\"transaction\":");
     match tx {
         Some(t) => {
@@ -208,9 +255,12 @@ pub fn write_value(
     Ok(())
 }
 
-fn write_row(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>) -> Result<(), DecodeError> {
+fn write_row(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>, enc: Option<&Encoder>) -> Result<(), DecodeError> {
     match values {
-        Some(values) => write_row_object(out, rel, values, |_| true, UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER)),
+        Some(values) => match enc {
+            Some(e) => e.write_row(out, rel, values, |_| true, UNAVAILABLE_VALUE_PLACEHOLDER),
+            None => write_row_object(out, rel, values, |_| true, UnchangedToast::Placeholder(UNAVAILABLE_VALUE_PLACEHOLDER)),
+        },
         None => {
             out.extend_from_slice(b"null");
             Ok(())
@@ -219,7 +269,13 @@ fn write_row(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>) -> Res
 }
 
 /// `,"source":{...}`: Debezium's fields, then walcast's `change_id` (docs/kafka.md "Delivery").
-fn write_source(out: &mut Vec<u8>, change: &Change, snapshot: SnapshotMarker, source: &SourceStatic) -> Result<(), DecodeError> {
+fn write_source(
+    out: &mut Vec<u8>,
+    change: &Change,
+    snapshot: SnapshotMarker,
+    source: &SourceStatic,
+    seq: SequenceFirst,
+) -> Result<(), DecodeError> {
     let commit_us = pg_micros_to_unix_micros(change.commit_ts);
     out.extend_from_slice(b",\"source\":{\"version\":");
     write_json_str(out, &source.version);
@@ -230,14 +286,16 @@ fn write_source(out: &mut Vec<u8>, change: &Change, snapshot: SnapshotMarker, so
     let _ = write!(out, ",\"ts_ms\":{},\"snapshot\":\"{}\",\"db\":", commit_us.div_euclid(1000), snapshot.as_str());
     write_json_str(out, &source.db);
     // Debezium's `sequence` is a string holding a JSON array of two decimal LSN strings.
-    let _ = write!(
-        out,
-        ",\"sequence\":\"[\\\"{}\\\",\\\"{}\\\"]\",\"ts_us\":{},\"ts_ns\":{},\"schema\":",
-        change.commit_lsn.0,
-        change.lsn.0,
-        commit_us,
-        commit_us.saturating_mul(1000)
-    );
+    match seq {
+        SequenceFirst::OwnCommit => {
+            let _ = write!(out, ",\"sequence\":\"[\\\"{}\\\",", change.commit_lsn.0);
+        }
+        SequenceFirst::PreviousCommit(Some(prev)) => {
+            let _ = write!(out, ",\"sequence\":\"[\\\"{}\\\",", prev.0);
+        }
+        SequenceFirst::PreviousCommit(None) => out.extend_from_slice(b",\"sequence\":\"[null,"),
+    }
+    let _ = write!(out, "\\\"{}\\\"]\",\"ts_us\":{},\"ts_ns\":{},\"schema\":", change.lsn.0, commit_us, commit_us.saturating_mul(1000));
     write_json_str(out, &change.relation.schema);
     out.extend_from_slice(b",\"table\":");
     write_json_str(out, &change.relation.table);
@@ -346,6 +404,19 @@ mod tests {
                 "ts_ms": 1_700_000_000_123i64, "ts_us": 1_700_000_000_123_456i64, "ts_ns": 1_700_000_000_123_456_000i64
             })
         );
+    }
+
+    #[test]
+    fn sequence_starts_with_the_previous_commit_in_debeziums_mode() {
+        let c = change(Op::Insert, None, Some(vec![text("1"), text("a"), text("1")]));
+        let seq = |first| {
+            let mut out = Vec::new();
+            write_value_with(&mut out, &Event::streamed(&c), &source(), 0, None, None, first).expect("renders");
+            serde_json::from_slice::<Value>(&out).expect("json")["source"]["sequence"].clone()
+        };
+        assert_eq!(seq(SequenceFirst::PreviousCommit(Some(Lsn(77)))), json!(format!("[\"77\",\"{}\"]", 0x1_0000_0010u64)));
+        assert_eq!(seq(SequenceFirst::PreviousCommit(None)), json!(format!("[null,\"{}\"]", 0x1_0000_0010u64)));
+        assert_eq!(seq(SequenceFirst::OwnCommit), json!(format!("[\"{}\",\"{}\"]", 0x1_0000_0200u64, 0x1_0000_0010u64)));
     }
 
     #[test]

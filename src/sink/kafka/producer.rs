@@ -40,6 +40,11 @@ impl KafkaSink {
         let old = std::mem::replace(&mut self.producer, producer);
         self.fatal = fatal;
         self.replacements += 1;
+        if let Some(eos) = &mut self.eos {
+            // The new producer's init_transactions aborts what the old one left open.
+            eos.ready = false;
+            eos.stale = true;
+        }
         tracing::warn!(
             reason,
             replacements = self.replacements,

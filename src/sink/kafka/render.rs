@@ -8,13 +8,16 @@ use std::sync::Arc;
 use rdkafka::producer::DeliveryFuture;
 
 use super::envelope::{
-    now_unix_micros, split_key_change, write_key, write_tx_begin, write_tx_end, write_tx_key, write_value, Event, TxBlock,
+    now_unix_micros, split_key_change, write_key_with, write_tx_begin, write_tx_end, write_tx_key, write_value_with, Event, EventOp,
+    SequenceFirst, SnapshotMarker, TxBlock,
 };
+use super::schema::RelationSchemas;
 use super::tx::OpenTx;
 use super::KafkaSink;
+use crate::config::SkippedOperation;
 use crate::decode::{Change, Datum, DecodeError, OldTupleKind, Op, Relation, ReplicaIdentity};
 use crate::lsn::Lsn;
-use crate::sink::{Batch, SinkError};
+use crate::sink::{Batch, ChunkPlace, SinkError};
 
 /// What a record of the batch is, for the dead-letter destination and for logs.
 #[derive(Debug, Clone)]
@@ -90,6 +93,9 @@ impl KafkaSink {
         // Snapshot rows belong to no transaction: no BEGIN/END records for them.
         let tx_on = self.tx_topic.is_some() && batch.snapshot.is_none();
         for (idx, change) in batch.changes.iter().enumerate() {
+            if self.eos.as_ref().is_some_and(|e| e.skips(batch, change)) {
+                continue;
+            }
             if tx_on {
                 let b = self.tx.on_change(change);
                 if let Some(ended) = b.ended {
@@ -99,7 +105,8 @@ impl KafkaSink {
                     self.emit_tx_begin(p, change).await?;
                 }
             }
-            self.emit_change(p, idx, change).await?;
+            let marker = batch.snapshot.as_ref().map_or(SnapshotMarker::True, |s| snapshot_marker(s.place, idx, batch.changes.len()));
+            self.emit_change(p, idx, change, marker).await?;
         }
         if tx_on {
             if let Some(ended) = self.tx.on_batch_end(batch.checkpoint) {
@@ -112,17 +119,19 @@ impl KafkaSink {
     async fn emit_tx_begin(&mut self, p: &mut BatchWrite, change: &Change) -> Result<(), SinkError> {
         let (Some(topic), Some(open)) = (self.tx_topic.clone(), self.tx.open()) else { return Ok(()) };
         let id = open.id.clone();
-        let key = append(&mut p.arena, |b| write_tx_key(b, &id));
-        let value = append(&mut p.arena, |b| write_tx_begin(b, &id, now_unix_micros()));
+        let wrap = self.tx_schemas.clone();
+        let key = append(&mut p.arena, wrap.as_ref().map(|w| &w.key), |b| write_tx_key(b, &id));
+        let value = append(&mut p.arena, wrap.as_ref().map(|w| &w.value), |b| write_tx_begin(b, &id, now_unix_micros()));
         let rec = Rec { topic, key: Some(key), value: Some(value), lsn: change.commit_lsn, commit_lsn: change.commit_lsn, change: None };
         self.send(p, rec, None).await
     }
 
     async fn emit_tx_end(&mut self, p: &mut BatchWrite, ended: &OpenTx) -> Result<(), SinkError> {
         let Some(topic) = self.tx_topic.clone() else { return Ok(()) };
-        let key = append(&mut p.arena, |b| write_tx_key(b, &ended.id));
+        let wrap = self.tx_schemas.clone();
+        let key = append(&mut p.arena, wrap.as_ref().map(|w| &w.key), |b| write_tx_key(b, &ended.id));
         let collections: Vec<(String, u64)> = ended.collections.iter().map(|(s, t, n)| (format!("{s}.{t}"), *n)).collect();
-        let value = append(&mut p.arena, |b| {
+        let value = append(&mut p.arena, wrap.as_ref().map(|w| &w.value), |b| {
             write_tx_end(b, &ended.id, ended.events, collections.iter().map(|(n, c)| (n.as_str(), *c)), now_unix_micros())
         });
         let rec = Rec { topic, key: Some(key), value: Some(value), lsn: ended.commit_lsn, commit_lsn: ended.commit_lsn, change: None };
@@ -130,10 +139,22 @@ impl KafkaSink {
     }
 
     /// The records of one change: its event (two for a key change), and tombstones after deletes.
-    async fn emit_change(&mut self, p: &mut BatchWrite, idx: usize, change: &Change) -> Result<(), SinkError> {
+    async fn emit_change(&mut self, p: &mut BatchWrite, idx: usize, change: &Change, marker: SnapshotMarker) -> Result<(), SinkError> {
+        let skipped = match change.op {
+            Op::Insert => Some(SkippedOperation::Create),
+            Op::Update => Some(SkippedOperation::Update),
+            Op::Delete => Some(SkippedOperation::Delete),
+            Op::Truncate => Some(SkippedOperation::Truncate),
+            Op::Read => None,
+        };
+        if skipped.is_some_and(|op| self.cfg.skips(op)) {
+            return Ok(());
+        }
         let rel = &change.relation;
         let topic = self.router.topic(rel);
         let key_cols = self.key_columns(rel);
+        let schemas = self.schemas_of(rel, &key_cols);
+        let schemas = schemas.as_ref();
         let render_err = |source: DecodeError| SinkError::Render { lsn: change.lsn, table: rel.qualified_name(), source };
         let rec = |key: Option<Range<usize>>, value: Option<Range<usize>>| Rec {
             topic: Arc::clone(&topic),
@@ -146,25 +167,28 @@ impl KafkaSink {
         match change.op {
             Op::Update if key_changed(change, &key_cols) => {
                 let (delete, create) = split_key_change(change);
-                let old_key = render_key(&mut p.arena, rel, delete.before, &key_cols).map_err(render_err)?;
-                let new_key = render_key(&mut p.arena, rel, create.after, &key_cols).map_err(render_err)?;
-                let value = self.render_event(&mut p.arena, &delete).map_err(render_err)?;
+                let old_key = self.render_key(&mut p.arena, rel, delete.before, &key_cols, schemas).map_err(render_err)?;
+                let new_key = self.render_key(&mut p.arena, rel, create.after, &key_cols, schemas).map_err(render_err)?;
+                let value = self.render_event(&mut p.arena, &delete, schemas).map_err(render_err)?;
                 let header = new_key.clone().map(|k| ("__debezium.newkey", k));
                 self.send(p, rec(old_key.clone(), Some(value)), header).await?;
                 if self.cfg.tombstones_on_delete && old_key.is_some() {
                     self.send(p, rec(old_key.clone(), None), None).await?;
                 }
-                let value = self.render_event(&mut p.arena, &create).map_err(render_err)?;
+                let value = self.render_event(&mut p.arena, &create, schemas).map_err(render_err)?;
                 let header = old_key.map(|k| ("__debezium.oldkey", k));
                 self.send(p, rec(new_key, Some(value)), header).await
             }
             op => {
-                let event = Event::streamed(change);
+                let event = match op {
+                    Op::Read => Event::with_op(change, EventOp::Read, marker),
+                    _ => Event::streamed(change),
+                };
                 let key = match op {
                     Op::Truncate => None,
-                    _ => render_key(&mut p.arena, rel, change.key_source(), &key_cols).map_err(render_err)?,
+                    _ => self.render_key(&mut p.arena, rel, change.key_source(), &key_cols, schemas).map_err(render_err)?,
                 };
-                let value = self.render_event(&mut p.arena, &event).map_err(render_err)?;
+                let value = self.render_event(&mut p.arena, &event, schemas).map_err(render_err)?;
                 self.send(p, rec(key.clone(), Some(value)), None).await?;
                 if op == Op::Delete && self.cfg.tombstones_on_delete && key.is_some() {
                     self.send(p, rec(key, None), None).await?;
@@ -174,8 +198,46 @@ impl KafkaSink {
         }
     }
 
-    fn render_event(&mut self, arena: &mut Vec<u8>, event: &Event<'_>) -> Result<Range<usize>, DecodeError> {
+    /// The rendered schemas of a relation description, when Connect schemas are on.
+    fn schemas_of(&mut self, rel: &Arc<Relation>, key_cols: &Arc<[usize]>) -> Option<RelationSchemas> {
+        let cache = self.schema_cache.as_mut()?;
+        let enc = self.encoder.map(|e| e.enc)?;
+        Some(cache.get(rel, key_cols, self.cfg.server_name(), &enc))
+    }
+
+    /// The record key (`None`: no key), inside `{"schema":...,"payload":...}` with schemas on.
+    fn render_key(
+        &self,
+        arena: &mut Vec<u8>,
+        rel: &Relation,
+        values: Option<&[Datum]>,
+        key_cols: &[usize],
+        schemas: Option<&RelationSchemas>,
+    ) -> Result<Option<Range<usize>>, DecodeError> {
         let start = arena.len();
+        if let Some(s) = schemas {
+            arena.extend_from_slice(&s.key);
+        }
+        if !write_key_with(arena, rel, values, key_cols, self.encoder.as_ref())? {
+            arena.truncate(start);
+            return Ok(None);
+        }
+        if schemas.is_some() {
+            arena.push(b'}');
+        }
+        Ok(Some(start..arena.len()))
+    }
+
+    fn render_event(
+        &mut self,
+        arena: &mut Vec<u8>,
+        event: &Event<'_>,
+        schemas: Option<&RelationSchemas>,
+    ) -> Result<Range<usize>, DecodeError> {
+        let start = arena.len();
+        if let Some(s) = schemas {
+            arena.extend_from_slice(&s.value);
+        }
         let block = if self.tx_topic.is_some() {
             let (total_order, data_collection_order) = self.tx.count_event(&event.change.relation.schema, &event.change.relation.table);
             self.tx.open().map(|o| (o.id.clone(), total_order, data_collection_order))
@@ -187,7 +249,19 @@ impl KafkaSink {
             total_order: *total_order,
             data_collection_order: *data_collection_order,
         });
-        write_value(arena, event, &self.source, now_unix_micros(), tx)?;
+        let seq = if self.previous_commit_sequence && event.change.op != Op::Read {
+            let commit = event.change.commit_lsn;
+            if self.commits.1 != Some(commit) {
+                self.commits = (self.commits.1, Some(commit));
+            }
+            SequenceFirst::PreviousCommit(self.commits.0)
+        } else {
+            SequenceFirst::OwnCommit
+        };
+        write_value_with(arena, event, &self.source, now_unix_micros(), tx, self.encoder.as_ref(), seq)?;
+        if schemas.is_some() {
+            arena.push(b'}');
+        }
         Ok(start..arena.len())
     }
 }
@@ -207,20 +281,33 @@ fn key_changed(change: &Change, key_cols: &[usize]) -> bool {
     })
 }
 
-fn render_key(
-    arena: &mut Vec<u8>,
-    rel: &Relation,
-    values: Option<&[Datum]>,
-    key_cols: &[usize],
-) -> Result<Option<Range<usize>>, DecodeError> {
+/// Append what `f` writes, inside `{"schema":...,"payload":...}` when `wrap` is the schema prefix.
+fn append(arena: &mut Vec<u8>, wrap: Option<&Arc<[u8]>>, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
     let start = arena.len();
-    Ok(write_key(arena, rel, values, key_cols)?.then_some(start..arena.len()))
+    if let Some(w) = wrap {
+        arena.extend_from_slice(w);
+    }
+    f(arena);
+    if wrap.is_some() {
+        arena.push(b'}');
+    }
+    start..arena.len()
 }
 
-fn append(arena: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
-    let start = arena.len();
-    f(arena);
-    start..arena.len()
+/// Debezium's `source.snapshot` of row `idx` of a snapshot chunk of `len` rows, by precedence:
+/// the snapshot's last row `last`, its first row `first`, a table's last row
+/// `last_in_data_collection`, a table's first row `first_in_data_collection`, else `true`. An
+/// empty last table leaves the snapshot without a `last` row (as in Debezium).
+fn snapshot_marker(place: ChunkPlace, idx: usize, len: usize) -> SnapshotMarker {
+    let last_row = place.last_of_table && idx + 1 == len;
+    let first_row = place.first_of_table && idx == 0;
+    match (last_row, first_row) {
+        (true, _) if place.last_table => SnapshotMarker::Last,
+        (_, true) if place.first_table => SnapshotMarker::First,
+        (true, _) => SnapshotMarker::LastInDataCollection,
+        (_, true) => SnapshotMarker::FirstInDataCollection,
+        _ => SnapshotMarker::True,
+    }
 }
 
 #[cfg(test)]
@@ -245,5 +332,22 @@ mod tests {
         assert!(!key_changed(&update(None, vec![text("1"), text("x")]), &[0]));
         // A key-only old tuple says nothing about a non-identity column used as key.
         assert!(!key_changed(&update(old("1", OldTupleKind::Key), vec![text("1"), text("x")]), &[1]));
+    }
+
+    #[test]
+    fn snapshot_markers_follow_debeziums_precedence() {
+        let place =
+            |first_of_table, last_of_table, first_table, last_table| ChunkPlace { first_of_table, last_of_table, first_table, last_table };
+        let marks = |p: ChunkPlace, len: usize| (0..len).map(|i| snapshot_marker(p, i, len).as_str()).collect::<Vec<_>>();
+        // Two tables of three rows, one chunk each.
+        assert_eq!(marks(place(true, true, true, false), 3), ["first", "true", "last_in_data_collection"]);
+        assert_eq!(marks(place(true, true, false, true), 3), ["first_in_data_collection", "true", "last"]);
+        // A table over two chunks: first in the first, last in the second.
+        assert_eq!(marks(place(true, false, false, false), 2), ["first_in_data_collection", "true"]);
+        assert_eq!(marks(place(false, true, false, false), 2), ["true", "last_in_data_collection"]);
+        // One-row tables: first beats last-in-table; last beats first.
+        assert_eq!(marks(place(true, true, true, false), 1), ["first"]);
+        assert_eq!(marks(place(true, true, true, true), 1), ["last"]);
+        assert_eq!(marks(place(true, true, false, false), 1), ["last_in_data_collection"]);
     }
 }

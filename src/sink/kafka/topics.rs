@@ -37,7 +37,7 @@ impl KafkaSink {
     }
 
     /// The admin client (creating topics), created on first use.
-    fn admin(&mut self) -> Result<&AdminClient<Context>, SinkError> {
+    pub(super) fn admin(&mut self) -> Result<&AdminClient<Context>, SinkError> {
         if self.admin.is_none() {
             let config = client::client_config(&self.cfg).map_err(|e| fatal_err(e.to_string()))?;
             let (context, _) = Context::new(&self.cfg);

@@ -41,6 +41,11 @@ impl TxTracker {
         self.open.as_ref()
     }
 
+    /// Continue from a state read back (exactly-once restart).
+    pub fn restore(&mut self, open: Option<OpenTx>) {
+        self.open = open;
+    }
+
     /// Called for each change before its events are emitted.
     pub fn on_change(&mut self, change: &Change) -> Boundary {
         match &mut self.open {

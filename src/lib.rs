@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lsn;
 pub mod metrics;
 pub mod pipeline;

@@ -1,6 +1,7 @@
-//! Entry points for the fuzz targets in `fuzz/`: what walcast does with bytes from outside,
-//! reachable from that separate crate where the code itself is private. Not an API: hidden from
-//! the docs, no stability promise.
+//! The fuzz targets' properties (`targets`, called by the binaries in `fuzz/`) and what they
+//! drive: what walcast does with bytes from outside, reachable where the code itself is private.
+//! Only with the `fuzzing` feature (fuzz/Cargo.toml enables it) or in unit tests, which replay
+//! the committed corpus. Not an API: hidden from the docs, no stability promise.
 
 use bytes::Bytes;
 
@@ -8,6 +9,11 @@ use crate::decode::{self, Change, Message, Op, RelationCache, TruncateOptions};
 use crate::lsn::Lsn;
 
 pub use crate::sink::elasticsearch::fuzzing::{bulk_answer, mget_answer};
+pub use targets::*;
+
+mod targets;
+#[cfg(test)]
+mod tests;
 
 /// The transaction a change belongs to (what the streaming loop keeps from Begin).
 struct Tx {
@@ -78,9 +84,4 @@ pub fn decode_stream(messages: impl IntoIterator<Item = Bytes>) -> Vec<Change> {
         }
     }
     changes
-}
-
-/// A change's identity (`change_id`) as a JSON string, as the sinks write it.
-pub fn change_id(change: &Change, out: &mut Vec<u8>) -> Result<(), decode::DecodeError> {
-    change.write_change_id(out)
 }

@@ -18,6 +18,7 @@ mod client;
 mod coalesce;
 mod dead_letter;
 mod document;
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzzing;
 mod indexes;
 mod partial;

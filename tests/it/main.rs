@@ -51,3 +51,4 @@ mod stream_ops;
 mod tls;
 mod toast;
 mod types_golden;
+mod value_roundtrip;

@@ -11,8 +11,11 @@ use crate::config::Config;
 use crate::decode::{parse, to_json_value, write_json_value, Change, Datum, Message, Op};
 use crate::sink::kafka::envelope::{split_key_change, write_key, write_value, Event, SourceStatic, TxBlock};
 
+/// A target: its name and its property.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name, as `fuzz/Cargo.toml` names its binaries.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("pgoutput_parse", pgoutput_parse),
     ("stream_decode", stream_decode),
     ("value_json", value_json),

@@ -45,7 +45,7 @@ fn cases() -> Vec<(u32, String, Vec<&'static str>)> {
             "round(((random() - 0.5) * power(10, floor(random() * 40) - 10))::numeric, floor(random() * 20)::int)".into(),
             vec!["'NaN'::numeric", "'Infinity'::numeric", "'-Infinity'::numeric", "'1234567890123456789012345678901234567890.0123456789'::numeric", "'-0.000'::numeric"],
         ),
-        (25, format!("{t}"), vec!["''", "E'quote \" backslash \\\\ nl \\n tab \\t \\x01'"]),
+        (25, t.to_string(), vec!["''", "E'quote \" backslash \\\\ nl \\n tab \\t \\x01'"]),
         (1043, format!("{t}::varchar"), vec![]),
         (1042, format!("{t}::char(30)"), vec![]),
         (19, format!("left({t}, 20)::name"), vec![]),

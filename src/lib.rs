@@ -7,6 +7,9 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod demo;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lsn;
 pub mod metrics;
 pub mod pipeline;

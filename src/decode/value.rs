@@ -388,10 +388,23 @@ fn json_number_len(text: &[u8]) -> usize {
 fn write_float(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     match text {
         b"NaN" | b"Infinity" | b"-Infinity" => write_plain_string(out, text),
-        _ if !text.is_empty() && json_number_len(text) == text.len() => out.extend_from_slice(text),
+        _ if !text.is_empty() && json_number_len(text) == text.len() => {
+            // A number past a double's range is no float8 (the server never prints one) and
+            // readers refuse it. Only an exponent or a long run of digits can get there.
+            if (text.len() > 24 || text.iter().any(|&b| b == b'e' || b == b'E')) && !parses_finite(text) {
+                return Err("floating-point number out of range");
+            }
+            out.extend_from_slice(text)
+        }
         _ => return Err("not a floating-point number"),
     }
     Ok(())
+}
+
+/// Whether a JSON number's text is within a double's range.
+#[cold]
+fn parses_finite(text: &[u8]) -> bool {
+    std::str::from_utf8(text).ok().and_then(|s| s.parse::<f64>().ok()).is_some_and(f64::is_finite)
 }
 
 /// numeric: a string, so no consumer rounds it through a double.
@@ -1027,6 +1040,14 @@ mod tests {
         for bad in [&b""[..], b"nan", b"inf", b"1.", b".5", b"1e", b"01", b"1,5", b"+1"] {
             err(701, bad);
         }
+        // Past a double's range (found by the fuzz target value_json): readers refuse such a
+        // number, so it is an error, not a line they cannot read; underflow is fine.
+        assert_eq!(raw(701, b"1e-99999"), "1e-99999");
+        assert_eq!(raw(701, b"1.7976931348623157e+308"), "1.7976931348623157e+308");
+        err(701, b"1e+79908");
+        err(700, b"-2e308");
+        err(701, "1".repeat(400).as_bytes());
+        err(1022, b"{1e+79908,5e-324,-0}");
     }
 
     #[test]

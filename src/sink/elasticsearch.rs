@@ -18,6 +18,8 @@ mod client;
 mod coalesce;
 mod dead_letter;
 mod document;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzzing;
 mod indexes;
 mod partial;
 mod truncate;

@@ -62,3 +62,4 @@ mod stream_ops;
 mod tls;
 mod toast;
 mod types_golden;
+mod value_roundtrip;

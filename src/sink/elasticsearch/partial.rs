@@ -20,14 +20,25 @@ struct MgetAnswer {
     docs: Vec<MgetDoc>,
 }
 
+/// One document of an `_mget` answer.
 #[derive(Debug, Deserialize)]
-struct MgetDoc {
+pub(super) struct MgetDoc {
     #[serde(default)]
-    found: Option<bool>,
+    pub(super) found: Option<bool>,
     #[serde(default, rename = "_version")]
-    version: Option<u64>,
+    pub(super) version: Option<u64>,
     #[serde(default, rename = "_source")]
-    source: Option<Box<RawValue>>,
+    pub(super) source: Option<Box<RawValue>>,
+}
+
+/// The documents of a 2xx `_mget` answer, one per document asked for, in order.
+pub(super) fn parse_answer(body: &[u8], asked: usize) -> Result<Vec<MgetDoc>, EsError> {
+    let bad = |reason: String| EsError::BadResponse { path: "/_mget".into(), reason };
+    let answer: MgetAnswer = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if answer.docs.len() != asked {
+        return Err(bad(format!("{} docs for {} asked", answer.docs.len(), asked)));
+    }
+    Ok(answer.docs)
 }
 
 /// Turn each partial update into a full document: the stored document (realtime `_mget`)
@@ -97,18 +108,7 @@ async fn fetch(cluster: &Cluster, entries: &[Entry], todo: &[usize]) -> Result<V
     loop {
         let started = Instant::now();
         let result = match cluster.client.send(Method::POST, "/_mget", Some((&body, "application/json"))).await {
-            Ok(a) if (200..300).contains(&a.status) => serde_json::from_slice::<MgetAnswer>(&a.body)
-                .map_err(|e| EsError::BadResponse { path: "/_mget".into(), reason: e.to_string() })
-                .and_then(|m| {
-                    if m.docs.len() == todo.len() {
-                        Ok(m.docs)
-                    } else {
-                        Err(EsError::BadResponse {
-                            path: "/_mget".into(),
-                            reason: format!("{} docs for {} asked", m.docs.len(), todo.len()),
-                        })
-                    }
-                }),
+            Ok(a) if (200..300).contains(&a.status) => parse_answer(&a.body, todo.len()),
             Ok(a) => Err(client::status_error("POST", "/_mget", &a)),
             Err(e) => Err(e),
         };

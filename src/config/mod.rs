@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 mod document;
 mod elasticsearch;
+mod index_pattern;
 mod kafka;
 mod names;
 mod runtime;
@@ -19,6 +20,7 @@ mod topic;
 
 pub use document::*;
 pub use elasticsearch::*;
+pub use index_pattern::{DateParts, IndexPattern, TimeSource};
 pub use kafka::*;
 pub use names::{IndexName, TableName, TableSelector};
 pub use runtime::*;

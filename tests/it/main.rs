@@ -19,6 +19,7 @@ mod es_flat;
 mod es_outage;
 mod es_refresh;
 mod es_resync;
+mod es_telemetry;
 mod es_tls;
 mod es_versions;
 mod ha;

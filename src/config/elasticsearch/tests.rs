@@ -271,3 +271,16 @@ fn time_based_indexes_are_checked_at_load() {
         .to_string();
     assert!(e.contains("sinks.elasticsearch.dead_letter.index"), "{e}");
 }
+
+#[test]
+fn the_telemetry_example_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/telemetry.toml");
+    let c = Config::parse(&std::fs::read_to_string(&path).expect("config/telemetry.toml"), &path).expect("valid");
+    let es = c.sinks.elasticsearch.expect("es");
+    assert_eq!(es.index_patterns().iter().map(|p| p.as_str()).collect::<Vec<_>>(), ["telemetry-{column:ts:%Y.%m.%d}"]);
+    assert_eq!(es.all_indexes(), ["devices", "walcast-telemetry-dead-letters"]);
+    for file in ["sql/telemetry/readings-index.json", "sql/telemetry/devices-index.json"] {
+        let text = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).expect(file);
+        serde_json::from_slice::<serde_json::Value>(&text).expect(file);
+    }
+}

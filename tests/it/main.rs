@@ -43,6 +43,7 @@ mod pg_restart;
 mod quiet_slot;
 mod resume;
 mod schema_change;
+mod shards;
 mod shutdown_stuck_sink;
 mod slot_lifecycle;
 mod snapshot;

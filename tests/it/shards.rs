@@ -52,11 +52,7 @@ fn shard_options(tables: &[&str], routed: &[&str]) -> Options {
     let list = tables.iter().map(|t| format!("\"public.{t}\"")).collect::<Vec<_>>().join(", ");
     let rules: String =
         routed.iter().map(|t| format!("[[sinks.elasticsearch.tables]]\ntable = \"public.{t}\"\nindex = \"{}\"\n\n", es_index(t))).collect();
-    Options {
-        source: format!("tables = [{list}]\ncreate_publication = false"),
-        extra: es_section(&es_url(), &format!("\n{rules}")),
-        ..Options::default()
-    }
+    Options { source: format!("tables = [{list}]\ncreate_publication = false"), extra: es_section(&es_url(), &format!("\n{rules}")) }
 }
 
 fn write_shard_config(db: &TestDb, w: &Walcast, n: u8, tables: &[&str], routed: &[&str]) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{default_true, read_secret, ConfigError, EsDocumentRule, IndexName, Secret, TableName};
+use super::{default_true, read_secret, ConfigError, EsDocumentRule, IndexName, IndexPattern, Secret, TableName, TimeSource};
 
 /// Elasticsearch sink settings (`[sinks.elasticsearch]`). `Debug` shows where secrets come
 /// from; the secrets themselves are read only by [`ElasticsearchSinkConfig::auth`].
@@ -60,10 +60,11 @@ pub struct ElasticsearchSinkConfig {
     /// refresh (`refresh_interval`, 1 s by default).
     #[serde(default)]
     pub refresh: EsRefresh,
-    /// Index settings, keyed by index name: the mapping/settings file each is created from and
+    /// Index settings, keyed by index name or by a rule's time-based pattern (then they apply
+    /// to every index the pattern makes): the mapping/settings file each is created from and
     /// its `refresh`.
     #[serde(default)]
-    pub indexes: BTreeMap<IndexName, EsIndexConfig>,
+    pub indexes: BTreeMap<IndexPattern, EsIndexConfig>,
     /// Flat mapping rules: one table to one index (`[[sinks.elasticsearch.tables]]`). Changes of
     /// tables no rule names are ignored by this sink.
     #[serde(default)]
@@ -179,8 +180,10 @@ pub enum EsTruncate {
 pub struct EsTableRule {
     /// The table, `schema.table`.
     pub table: TableName,
-    /// The index its rows go to.
-    pub index: IndexName,
+    /// The index its rows go to: a name, or a time-based pattern with one placeholder,
+    /// `{commit_date:FMT}` (append-only rules) or `{column:NAME:FMT}` (docs/elasticsearch.md
+    /// "Time-based indexes").
+    pub index: IndexPattern,
     /// Columns whose values form the document id instead of the replica identity key (needed
     /// for tables without a primary key or with REPLICA IDENTITY FULL). One column: its value;
     /// several: a JSON array of the values (docs/elasticsearch.md "Document ids").
@@ -287,20 +290,32 @@ impl ElasticsearchSinkConfig {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    /// The `refresh` of writes to `index`: its own setting, else the sink-wide one.
+    /// The `refresh` of writes to `index`: its own setting (or its pattern's), else the
+    /// sink-wide one.
     pub fn refresh_of(&self, index: &str) -> EsRefresh {
-        self.indexes.iter().find(|(name, _)| name.as_str() == index).and_then(|(_, i)| i.refresh).unwrap_or(self.refresh)
+        let own = |fixed: bool| self.indexes.iter().find(|(p, _)| p.fixed().is_some() == fixed && p.matches(index));
+        own(true).or_else(|| own(false)).and_then(|(_, i)| i.refresh).unwrap_or(self.refresh)
     }
 
-    /// Every index walcast writes to or creates: the rules' indexes, the configured ones and the
-    /// dead-letter index, sorted and without duplicates.
+    /// Every index with a fixed name walcast writes to or creates: the rules' indexes, the
+    /// configured ones and the dead-letter index, sorted and without duplicates (time-based
+    /// patterns: [`Self::index_patterns`]).
     pub fn all_indexes(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.tables.iter().map(|t| t.index.to_string()).collect();
+        let mut out: Vec<String> = self.tables.iter().filter_map(|t| t.index.fixed().map(str::to_string)).collect();
         out.extend(self.documents.iter().map(|d| d.index.to_string()));
-        out.extend(self.indexes.keys().map(IndexName::to_string));
+        out.extend(self.indexes.keys().filter_map(|p| p.fixed().map(str::to_string)));
         if let Some(i) = self.dead_letter.as_ref().and_then(|d| d.index.as_ref()) {
             out.push(i.to_string());
         }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The time-based patterns of the rules and of `indexes`, sorted and without duplicates.
+    pub fn index_patterns(&self) -> Vec<&IndexPattern> {
+        let mut out: Vec<&IndexPattern> =
+            self.tables.iter().map(|t| &t.index).chain(self.indexes.keys()).filter(|p| p.fixed().is_none()).collect();
         out.sort();
         out.dedup();
         out
@@ -401,6 +416,19 @@ impl ElasticsearchSinkConfig {
             if rule.ops.is_empty() {
                 return Err(ConfigError::invalid(&field("ops"), "list at least one of insert, update, delete, truncate"));
             }
+            // An update or delete commits after the insert, often on another day: its commit
+            // date would name an index the document is not in.
+            if rule.index.time_source() == Some(&TimeSource::CommitDate)
+                && rule.ops.iter().any(|o| matches!(o, EsOpName::Update | EsOpName::Delete))
+            {
+                return Err(ConfigError::invalid(
+                    &field("ops"),
+                    format!(
+                        "index {} is named by the commit date, which is only stable for append-only tables; set ops = [\"insert\"] (or [\"insert\", \"truncate\"]), or name the index by a timestamp column that never changes: {{column:NAME:FORMAT}}",
+                        rule.index
+                    ),
+                ));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, rule) in self.documents.iter().enumerate() {
@@ -411,7 +439,7 @@ impl ElasticsearchSinkConfig {
                     "another document rule has this name",
                 ));
             }
-            if self.tables.iter().any(|t| t.index == rule.index) {
+            if self.tables.iter().any(|t| t.index.matches(rule.index.as_str())) {
                 return Err(ConfigError::invalid(
                     &format!("sinks.elasticsearch.documents[{i}].index"),
                     "a table rule writes to this index too; give each rule its own index",
@@ -424,7 +452,7 @@ impl ElasticsearchSinkConfig {
                     return Err(ConfigError::invalid(&f("dead_letter"), "set exactly one of `index` and `path`"))
                 }
                 (Some(index), None)
-                    if self.tables.iter().any(|t| &t.index == index) || self.documents.iter().any(|d| &d.index == index) =>
+                    if self.tables.iter().any(|t| t.index.matches(index.as_str())) || self.documents.iter().any(|d| &d.index == index) =>
                 {
                     return Err(ConfigError::invalid(&f("dead_letter.index"), "must not be an index a table rule writes to"));
                 }

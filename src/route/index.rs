@@ -1,7 +1,8 @@
 //! Flat mapping rules: one table's rows become one index's documents (`[[sinks.elasticsearch.tables]]`,
 //! docs/elasticsearch.md). A rule picks the columns (include / exclude), renames fields, builds
 //! the document id, and says which operations apply. Changes of tables no rule names produce
-//! nothing.
+//! nothing. A time-based index (`telemetry-{column:ts:%Y.%m.%d}`) is named per row; a delete
+//! goes to the index of its old row's time, an update that changes the day moves the document.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use super::action::{ChangeOrigin, EsAction, EsOp, Rejected};
-use crate::config::{EsOpName, EsTableRule, EsTruncate};
+use super::index_time;
+use crate::config::{DateParts, EsOpName, EsTableRule, EsTruncate, IndexPattern, TimeSource};
 use crate::decode::{write_json_str, write_json_value, Change, Datum, OldTupleKind, Op, Relation, ReplicaIdentity};
 
 /// What one change turned into.
@@ -19,7 +21,11 @@ pub type Routed = Result<EsAction, Rejected>;
 /// A rule as configured, keyed by table.
 #[derive(Debug, Clone)]
 struct Rule {
+    /// Position among the rules (keys the cache of rendered names).
+    n: usize,
+    /// The index as configured (the name itself when it has no placeholder).
     index: Arc<str>,
+    pattern: IndexPattern,
     id_columns: Option<Vec<String>>,
     include: Option<Vec<String>>,
     exclude: Vec<String>,
@@ -39,7 +45,26 @@ struct Plan {
     fields: Vec<(usize, Vec<u8>)>,
     /// Columns of the document id, or why there is no usable id.
     id: Result<Vec<usize>, String>,
+    /// Every index of the rule: its name, or its pattern as a wildcard (`telemetry-*`).
+    all: Arc<str>,
+    /// Where the index name's time comes from, or why it cannot be had.
+    time: Result<IndexTime, String>,
 }
+
+/// The time a plan's index name is made from.
+#[derive(Debug, Clone, Copy)]
+enum IndexTime {
+    /// A fixed index name.
+    Fixed,
+    /// The commit timestamp.
+    Commit,
+    /// The column at this position.
+    Column(usize),
+}
+
+/// Rendered time-based index names are cached; past this many (rules x hours or days) the
+/// cache starts over.
+const RENDERED_MAX: usize = 4096;
 
 /// The flat rules of the Elasticsearch sink, with per-relation plans cached.
 #[derive(Debug, Default)]
@@ -49,16 +74,21 @@ pub struct FlatRules {
     rules: HashMap<String, HashMap<String, Vec<Arc<Rule>>>>,
     /// Plans per relation OID, for the relation description they were made from.
     plans: HashMap<u32, (Arc<Relation>, Arc<[Plan]>)>,
+    /// Index names rendered from time-based patterns, by rule and date (one allocation per
+    /// index, not per change).
+    rendered: HashMap<(usize, DateParts), Arc<str>>,
 }
 
 impl FlatRules {
     /// Rules from the config (already validated).
     pub fn new(rules: &[EsTableRule]) -> Self {
         let mut map: HashMap<String, HashMap<String, Vec<Arc<Rule>>>> = HashMap::new();
-        for r in rules {
+        for (n, r) in rules.iter().enumerate() {
             let (schema, table) = (r.table.schema(), r.table.table());
             let rule = Rule {
+                n,
                 index: Arc::from(r.index.as_str()),
+                pattern: r.index.clone(),
                 id_columns: r.id_columns.clone(),
                 include: r.include.clone(),
                 exclude: r.exclude.clone(),
@@ -70,7 +100,37 @@ impl FlatRules {
             };
             map.entry(schema.to_string()).or_default().entry(table.to_string()).or_default().push(Arc::new(rule));
         }
-        Self { rules: map, plans: HashMap::new() }
+        Self { rules: map, plans: HashMap::new(), rendered: HashMap::new() }
+    }
+
+    /// The index of a row under `plan`: `values` is the new row, or the old one (`old_kind` set).
+    fn index_of(&mut self, plan: &Plan, change: &Change, values: &[Datum], old_kind: Option<OldTupleKind>) -> Result<Arc<str>, String> {
+        let date = match plan.time.as_ref().map_err(Clone::clone)? {
+            IndexTime::Fixed => return Ok(Arc::clone(&plan.rule.index)),
+            IndexTime::Commit => index_time::from_pg_micros(change.commit_ts),
+            IndexTime::Column(i) => {
+                let col = &change.relation.columns[*i];
+                if old_kind == Some(OldTupleKind::Key) && !col.key {
+                    return Err(format!(
+                        "column {:?} names the index {} but is not part of the replica identity, so deletes and key changes do not carry it; \
+                         add it to the primary key or set REPLICA IDENTITY FULL",
+                        col.name, plan.rule.index
+                    ));
+                }
+                match values.get(*i) {
+                    Some(Datum::Text(text)) => {
+                        let text = std::str::from_utf8(text).map_err(|e| format!("column {:?}: {e}", col.name))?;
+                        index_time::from_text(text).map_err(|e| format!("column {:?} names the index: {e}", col.name))?
+                    }
+                    _ => return Err(format!("column {:?} names the index {} but the row has no value for it", col.name, plan.rule.index)),
+                }
+            }
+        };
+        if self.rendered.len() >= RENDERED_MAX {
+            self.rendered.clear();
+        }
+        let rendered = self.rendered.entry((plan.rule.n, date)).or_insert_with(|| Arc::from(plan.rule.pattern.render(date)));
+        Ok(Arc::clone(rendered))
     }
 
     fn plans(&mut self, rel: &Arc<Relation>) -> Option<Arc<[Plan]>> {
@@ -92,8 +152,8 @@ impl FlatRules {
         for plan in plans.iter() {
             let origin = ChangeOrigin { lsn: change.lsn, commit_lsn: change.commit_lsn, table: Arc::clone(&plan.table), change: Some(pos) };
             let reject = |reason: String| Rejected { index: Arc::clone(&plan.rule.index), origin: origin.clone(), reason };
-            let action = |id: String, op: EsOp| EsAction {
-                index: Arc::clone(&plan.rule.index),
+            let action = |index: &Arc<str>, id: String, op: EsOp| EsAction {
+                index: Arc::clone(index),
                 id,
                 version: change.commit_lsn.0,
                 op,
@@ -108,19 +168,27 @@ impl FlatRules {
                         out.push(Err(reject("the change carries no new row".into())));
                         continue;
                     };
-                    let id = match document_id(&change.relation, &plan.id, new, None) {
-                        Ok(id) => id,
+                    let (id, index) = match document_id(&change.relation, &plan.id, new, None)
+                        .and_then(|id| Ok((id, self.index_of(plan, change, new, None)?)))
+                    {
+                        Ok(found) => found,
                         Err(e) => {
                             out.push(Err(reject(e)));
                             continue;
                         }
                     };
-                    // A key change: the document moves to a new id, the old one is deleted.
-                    let old_id = match &change.old {
+                    // A key change (or, in a time-based index, a change of the day): the
+                    // document moves to a new id or index, the old one is deleted.
+                    let old_doc = match &change.old {
                         Some(old) if change.op == Op::Update => {
                             match document_id(&change.relation, &plan.id, &old.values, Some(old.kind)) {
-                                Ok(old_id) if old_id != id => Some(old_id),
-                                Ok(_) => None,
+                                Ok(old_id) => {
+                                    // An old key without the time column: the time did not change (the
+                                    // documented rule for time-based indexes), so neither did the index.
+                                    let old_index =
+                                        self.index_of(plan, change, &old.values, Some(old.kind)).unwrap_or_else(|_| Arc::clone(&index));
+                                    (old_id != id || old_index != index).then_some((old_index, old_id))
+                                }
                                 Err(e) => {
                                     out.push(Err(reject(format!("cannot build the old document id of a key change: {e}"))));
                                     continue;
@@ -137,10 +205,23 @@ impl FlatRules {
                             continue;
                         }
                     };
-                    let op = if partial { EsOp::Update { fields: doc, base_id: old_id.clone() } } else { EsOp::Index(doc) };
-                    out.push(Ok(action(id, op)));
-                    if let Some(old_id) = old_id {
-                        out.push(Ok(action(old_id, EsOp::Delete)));
+                    let op = match (&old_doc, partial) {
+                        (_, false) => EsOp::Index(doc),
+                        (None, true) => EsOp::Update { fields: doc, base_id: None },
+                        (Some((old_index, old_id)), true) if *old_index == index => {
+                            EsOp::Update { fields: doc, base_id: Some(old_id.clone()) }
+                        }
+                        (Some(_), true) => {
+                            out.push(Err(reject(format!(
+                                "the update moves the document to index {index} but leaves TOASTed values out, and the stored document is in another index; set REPLICA IDENTITY FULL on {}",
+                                plan.table
+                            ))));
+                            continue;
+                        }
+                    };
+                    out.push(Ok(action(&index, id, op)));
+                    if let Some((old_index, old_id)) = old_doc {
+                        out.push(Ok(action(&old_index, old_id, EsOp::Delete)));
                     }
                 }
                 Op::Delete => {
@@ -153,14 +234,17 @@ impl FlatRules {
                         )));
                         continue;
                     };
-                    match document_id(&change.relation, &plan.id, &old.values, Some(old.kind)) {
-                        Ok(id) => out.push(Ok(action(id, EsOp::Delete))),
+                    match document_id(&change.relation, &plan.id, &old.values, Some(old.kind))
+                        .and_then(|id| Ok((id, self.index_of(plan, change, &old.values, Some(old.kind))?)))
+                    {
+                        Ok((id, index)) => out.push(Ok(action(&index, id, EsOp::Delete))),
                         Err(e) => out.push(Err(reject(e))),
                     }
                 }
                 // A re-sync empties the index whatever the rule says about truncates: the rows
                 // loaded next are all that may remain.
-                Op::Truncate if change.truncate.resync => out.push(Ok(action(String::new(), EsOp::DeleteAll))),
+                // A time-based rule empties every index its pattern makes.
+                Op::Truncate if change.truncate.resync => out.push(Ok(action(&plan.all, String::new(), EsOp::DeleteAll))),
                 Op::Truncate => match plan.rule.truncate {
                     None => {}
                     Some(EsTruncate::Ignore) => tracing::warn!(
@@ -169,7 +253,7 @@ impl FlatRules {
                         lsn = %change.lsn,
                         "truncate ignored: the index keeps its documents (set truncate = \"delete_all\" to empty it, or leave truncate out of ops to silence this)"
                     ),
-                    Some(EsTruncate::DeleteAll) => out.push(Ok(action(String::new(), EsOp::DeleteAll))),
+                    Some(EsTruncate::DeleteAll) => out.push(Ok(action(&plan.all, String::new(), EsOp::DeleteAll))),
                 },
             }
         }
@@ -213,7 +297,20 @@ fn plan(rule: &Arc<Rule>, rel: &Relation) -> Plan {
             }
         }
     };
-    Plan { rule: Arc::clone(rule), table, fields, id }
+    let time = match rule.pattern.time_source() {
+        None => Ok(IndexTime::Fixed),
+        Some(TimeSource::CommitDate) => Ok(IndexTime::Commit),
+        Some(TimeSource::Column(name)) => match position(name) {
+            Some(i) if index_time::is_time_type(rel.columns[i].type_oid) => Ok(IndexTime::Column(i)),
+            Some(_) => Err(format!("column {name:?} names index {} but is not a timestamptz, timestamp or date column", rule.index)),
+            None => Err(format!("column {name:?} names index {} but is not a column of {table}", rule.index)),
+        },
+    };
+    if let Err(problem) = &time {
+        tracing::warn!(table = %table, index = %rule.index, problem = %problem, "a time-based index cannot be named; every change of the table is set aside");
+    }
+    let all = Arc::from(rule.pattern.wildcard());
+    Plan { rule: Arc::clone(rule), table, fields, id, all, time }
 }
 
 /// The document id from `values`. One column: its JSON value, unquoted when it is a string
@@ -306,198 +403,4 @@ fn render_document(rel: &Relation, fields: &[(usize, Vec<u8>)], values: &[Datum]
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::decode::fixtures::{self, text};
-    use crate::decode::OldTuple;
-    use serde_json::{json, Value};
-
-    fn rel(identity: ReplicaIdentity) -> Arc<Relation> {
-        let columns = [("id", true, 23), ("region", true, 25), ("body", false, 25), ("n", false, 23), ("secret", false, 25)];
-        fixtures::relation("public", "orders", identity, &columns)
-    }
-
-    fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
-        fixtures::change(rel(ReplicaIdentity::Default), op, old, new)
-    }
-
-    fn rule(extra: &str) -> EsTableRule {
-        let text = format!("table = \"public.orders\"\nindex = \"orders\"\n{extra}");
-        toml::from_str(&text).expect("rule")
-    }
-
-    fn route(rules: &[EsTableRule], c: &Change) -> Vec<Routed> {
-        let mut r = FlatRules::new(rules);
-        let mut out = Vec::new();
-        r.route(c, 3, &mut out);
-        out
-    }
-
-    fn doc(a: &EsAction) -> Value {
-        match &a.op {
-            EsOp::Index(d) | EsOp::Update { fields: d, .. } => serde_json::from_slice(d).expect("json"),
-            _ => Value::Null,
-        }
-    }
-
-    fn row(id: &str) -> Vec<Datum> {
-        vec![text(id), text("eu"), text("hello"), text("5"), text("pw")]
-    }
-
-    #[test]
-    fn insert_renders_every_column_and_a_composite_id() {
-        let out = route(&[rule("")], &change(Op::Insert, None, Some(row("1"))));
-        assert_eq!(out.len(), 1);
-        let a = out[0].as_ref().expect("action");
-        assert_eq!(&*a.index, "orders");
-        assert_eq!(a.id, r#"[1,"eu"]"#);
-        assert_eq!(a.version, 0x1_0000_0020);
-        assert_eq!(a.origin.change, Some(3));
-        assert_eq!(&*a.origin.table, "public.orders");
-        assert!(matches!(a.op, EsOp::Index(_)));
-        assert_eq!(doc(a), json!({"id": 1, "region": "eu", "body": "hello", "n": 5, "secret": "pw"}));
-    }
-
-    #[test]
-    fn include_exclude_rename_and_id_columns() {
-        let r = rule("id_columns = [\"region\"]\ninclude = [\"id\", \"region\", \"n\", \"secret\"]\nexclude = [\"secret\"]\nrename = { n = \"count\" }");
-        let out = route(&[r], &change(Op::Insert, None, Some(row("1"))));
-        let a = out[0].as_ref().expect("action");
-        assert_eq!(a.id, "eu", "a single string id column is used unquoted");
-        assert_eq!(doc(a), json!({"id": 1, "region": "eu", "count": 5}));
-    }
-
-    #[test]
-    fn single_column_ids() {
-        let r = rule("id_columns = [\"id\"]");
-        let out = route(std::slice::from_ref(&r), &change(Op::Insert, None, Some(row("42"))));
-        assert_eq!(out[0].as_ref().expect("action").id, "42");
-        // Strings with JSON specials come out unescaped.
-        let r2 = rule("id_columns = [\"body\"]");
-        let mut new = row("1");
-        new[2] = text("a\"b/é");
-        let out = route(&[r2], &change(Op::Insert, None, Some(new)));
-        assert_eq!(out[0].as_ref().expect("action").id, "a\"b/é");
-        // A null single id is rejected.
-        let r3 = rule("id_columns = [\"body\"]");
-        let mut new = row("1");
-        new[2] = Datum::Null;
-        let out = route(&[r3], &change(Op::Insert, None, Some(new)));
-        let rej = out[0].as_ref().expect_err("rejected");
-        assert!(rej.reason.contains("is null"), "{}", rej.reason);
-        assert_eq!(&*rej.index, "orders");
-    }
-
-    #[test]
-    fn unchanged_toast_makes_a_partial_update() {
-        let mut new = row("1");
-        new[2] = Datum::Unchanged;
-        let out = route(&[rule("")], &change(Op::Update, None, Some(new)));
-        let a = out[0].as_ref().expect("action");
-        match &a.op {
-            EsOp::Update { base_id, .. } => assert_eq!(base_id, &None),
-            other => panic!("expected a partial update, got {other:?}"),
-        }
-        assert_eq!(doc(a), json!({"id": 1, "region": "eu", "n": 5, "secret": "pw"}));
-        // Excluded unchanged columns do not make the update partial.
-        let out = route(
-            &[rule("exclude = [\"body\"]")],
-            &change(
-                Op::Update,
-                None,
-                Some({
-                    let mut n = row("1");
-                    n[2] = Datum::Unchanged;
-                    n
-                }),
-            ),
-        );
-        assert!(matches!(out[0].as_ref().expect("action").op, EsOp::Index(_)));
-    }
-
-    #[test]
-    fn delete_uses_the_old_key_and_key_change_moves_the_document() {
-        let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), text("eu"), Datum::Null, Datum::Null, Datum::Null] };
-        let out = route(&[rule("")], &change(Op::Delete, Some(old.clone()), None));
-        let a = out[0].as_ref().expect("action");
-        assert_eq!((a.id.as_str(), &a.op), (r#"[1,"eu"]"#, &EsOp::Delete));
-
-        // Key change with an unchanged TOAST column: partial update based on the old id, then delete the old id.
-        let mut new = row("2");
-        new[2] = Datum::Unchanged;
-        let out = route(&[rule("")], &change(Op::Update, Some(old.clone()), Some(new)));
-        assert_eq!(out.len(), 2);
-        let (w, d) = (out[0].as_ref().expect("write"), out[1].as_ref().expect("delete"));
-        assert_eq!(w.id, r#"[2,"eu"]"#);
-        assert!(matches!(&w.op, EsOp::Update { base_id: Some(b), .. } if b == r#"[1,"eu"]"#));
-        assert_eq!((d.id.as_str(), &d.op), (r#"[1,"eu"]"#, &EsOp::Delete));
-
-        // A non-key id column cannot be read from a key-only old tuple.
-        let out = route(&[rule("id_columns = [\"n\"]")], &change(Op::Delete, Some(old), None));
-        let rej = out[0].as_ref().expect_err("rejected");
-        assert!(rej.reason.contains("replica identity"), "{}", rej.reason);
-    }
-
-    #[test]
-    fn resync_truncate_empties_the_index_whatever_the_rule() {
-        let mut c = change(Op::Truncate, None, None);
-        c.truncate.resync = true;
-        for r in [rule(""), rule("ops = [\"insert\"]")] {
-            let out = route(&[r], &c);
-            assert_eq!(out.len(), 1);
-            assert_eq!(out[0].as_ref().expect("action").op, EsOp::DeleteAll);
-        }
-    }
-
-    #[test]
-    fn ops_filter_and_truncate() {
-        let r = rule("ops = [\"insert\", \"delete\"]");
-        assert!(route(std::slice::from_ref(&r), &change(Op::Update, None, Some(row("1")))).is_empty());
-        assert_eq!(route(std::slice::from_ref(&r), &change(Op::Insert, None, Some(row("1")))).len(), 1);
-        assert!(route(&[r], &change(Op::Truncate, None, None)).is_empty());
-        assert!(route(&[rule("")], &change(Op::Truncate, None, None)).is_empty(), "ignore by default");
-        let out = route(&[rule("truncate = \"delete_all\"")], &change(Op::Truncate, None, None));
-        assert_eq!(out[0].as_ref().expect("action").op, EsOp::DeleteAll);
-    }
-
-    #[test]
-    fn unmapped_tables_produce_nothing_and_two_rules_both_apply() {
-        let mut other = rule("");
-        other.table = "public.other".parse().expect("table name");
-        assert!(route(&[other], &change(Op::Insert, None, Some(row("1")))).is_empty());
-        let mut second = rule("include = [\"id\"]");
-        second.index = "orders_ids".parse().expect("index name");
-        let out = route(&[rule(""), second], &change(Op::Insert, None, Some(row("1"))));
-        assert_eq!(out.len(), 2);
-        assert_eq!(doc(out[1].as_ref().expect("second")), json!({"id": 1}));
-    }
-
-    #[test]
-    fn table_without_key_needs_id_columns() {
-        let mut c = change(Op::Insert, None, Some(row("1")));
-        let mut r = (*c.relation).clone_for_test();
-        for col in &mut r.columns {
-            col.key = false;
-        }
-        c.relation = Arc::new(r);
-        let out = route(&[rule("")], &c);
-        assert!(out[0].as_ref().expect_err("rejected").reason.contains("id_columns"));
-        let out = route(&[rule("id_columns = [\"id\"]")], &c);
-        assert_eq!(out[0].as_ref().expect("action").id, "1");
-    }
-
-    trait CloneForTest {
-        fn clone_for_test(&self) -> Relation;
-    }
-    impl CloneForTest for Relation {
-        fn clone_for_test(&self) -> Relation {
-            Relation {
-                oid: self.oid + 1,
-                schema: self.schema.clone(),
-                table: self.table.clone(),
-                replica_identity: self.replica_identity,
-                columns: self.columns.clone(),
-            }
-        }
-    }
-}
+mod tests;

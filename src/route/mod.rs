@@ -5,6 +5,7 @@
 pub mod action;
 pub mod document;
 pub mod index;
+mod index_time;
 pub mod topic;
 
 pub use action::{ChangeOrigin, EsAction, EsOp, Rejected};

@@ -44,9 +44,9 @@ use self::bulk::{write_item, BulkKind, Item};
 use self::coalesce::{coalesce, State};
 use self::dead_letter::{DeadLetterDestination, DeadLetterRecord};
 use self::document::{DocumentBuilder, WriteActions};
-use self::indexes::IndexSpec;
+use self::indexes::{IndexSpec, PatternIndexes};
 use super::{Batch, Sink, SinkError};
-use crate::config::{ElasticsearchSinkConfig, EsRefresh, RetryConfig};
+use crate::config::{ElasticsearchSinkConfig, EsRefresh, IndexPattern, RetryConfig};
 use crate::decode::Change;
 use crate::metrics::{Metrics, SinkLabel};
 use crate::retry::Backoff;
@@ -79,6 +79,8 @@ struct Cluster {
     bulk_max_bytes: usize,
     /// `refresh` of the indexes that set their own; the others use `refresh_default`.
     refresh_by_index: HashMap<String, EsRefresh>,
+    /// `refresh` of the time-based patterns that set their own, for the names they make.
+    refresh_by_pattern: Vec<(IndexPattern, EsRefresh)>,
     refresh_default: EsRefresh,
     retry: RetryConfig,
     shutdown: CancellationToken,
@@ -88,7 +90,10 @@ struct Cluster {
 impl Cluster {
     /// The `refresh` of bulk writes to `index`.
     fn refresh_of(&self, index: &str) -> EsRefresh {
-        self.refresh_by_index.get(index).copied().unwrap_or(self.refresh_default)
+        match self.refresh_by_index.get(index) {
+            Some(r) => *r,
+            None => self.refresh_by_pattern.iter().find(|(p, _)| p.matches(index)).map_or(self.refresh_default, |(_, r)| *r),
+        }
     }
 
     /// Wait the backoff before another attempt at `what`, which failed with `error`. On shutdown
@@ -137,6 +142,7 @@ pub struct ElasticsearchSink {
     create_indexes: bool,
     specs: Vec<IndexSpec>,
     indexes_ready: bool,
+    patterns: PatternIndexes,
     dead_letters: DeadLetterDestination,
 }
 
@@ -146,6 +152,7 @@ impl ElasticsearchSink {
     pub fn open(cfg: &ElasticsearchSinkConfig, retry: &RetryConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
         let client = EsClient::new(cfg).map_err(|e| fatal(e.to_string()))?;
         let specs = indexes::specs(cfg).map_err(fatal)?;
+        let patterns = PatternIndexes::new(indexes::pattern_specs(cfg).map_err(fatal)?);
         let dead_letters = DeadLetterDestination::open(cfg)?;
         metrics.dead_letters.get_or_create(&SinkLabel { sink: NAME.into() }).inc_by(0);
         tracing::info!(url = %client.base(), rules = cfg.tables.len(), document_rules = cfg.documents.len(), gzip = cfg.gzip, refresh = cfg.refresh.as_str(), "elasticsearch sink ready");
@@ -154,7 +161,13 @@ impl ElasticsearchSink {
                 client,
                 bulk_max_actions: cfg.bulk_max_actions,
                 bulk_max_bytes: cfg.bulk_max_bytes,
-                refresh_by_index: cfg.indexes.iter().filter_map(|(name, i)| Some((name.to_string(), i.refresh?))).collect(),
+                refresh_by_index: cfg.indexes.iter().filter_map(|(p, i)| Some((p.fixed()?.to_string(), i.refresh?))).collect(),
+                refresh_by_pattern: cfg
+                    .indexes
+                    .iter()
+                    .filter(|(p, _)| p.fixed().is_none())
+                    .filter_map(|(p, i)| Some((p.clone(), i.refresh?)))
+                    .collect(),
                 refresh_default: cfg.refresh,
                 retry: retry.clone(),
                 shutdown: CancellationToken::new(),
@@ -167,6 +180,7 @@ impl ElasticsearchSink {
             create_indexes: cfg.create_indexes,
             specs,
             indexes_ready: false,
+            patterns,
             dead_letters,
         })
     }
@@ -193,6 +207,7 @@ impl ElasticsearchSink {
             return Ok(());
         }
         self.ensure_indexes().await?;
+        self.patterns.ensure_new(&self.cluster, &routed, self.create_indexes).await?;
         let mut letters = Vec::new();
         let mut segment = Vec::new();
         for r in routed {

@@ -6,6 +6,7 @@ mod lease;
 mod monitor;
 mod preflight;
 mod replication;
+mod shards;
 mod sql;
 mod tls;
 mod types;

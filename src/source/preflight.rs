@@ -187,6 +187,7 @@ async fn run_checks(
     }
 
     check_publication(client, config, params, superuser, out).await?;
+    super::shards::check_shards(client, config, out).await?;
     check_tables(client, config, params, out).await?;
     Ok(())
 }

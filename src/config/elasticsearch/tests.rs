@@ -138,7 +138,11 @@ fn example_elasticsearch_section_is_valid() {
     let c = Config::parse(&out, &path).expect("uncommented example is valid");
     let es = c.sinks.elasticsearch.expect("elasticsearch section");
     assert_eq!(es.url, "https://es.example.internal:9200");
-    assert!(es.indexes.contains_key(&IndexName::parse("orders").expect("index name")) && es.dead_letter.is_some() && es.tables.len() == 1);
+    assert!(
+        es.indexes.contains_key(&IndexPattern::from(IndexName::parse("orders").expect("index name")))
+            && es.dead_letter.is_some()
+            && es.tables.len() == 1
+    );
     assert_eq!((es.refresh, es.refresh_of("orders")), (EsRefresh::False, EsRefresh::WaitFor));
     let rule = &es.tables[0];
     assert_eq!(rule.rename.get("total").map(String::as_str), Some("amount"));
@@ -236,4 +240,47 @@ fn refresh_errors_name_the_field() {
     let text = ES_ONLY.replace("url = \"http://127.0.0.1:9200\"", "url = \"http://127.0.0.1:9200\"\nrefresh = \"wait\"");
     let err = parse(&text).expect_err("bad value").to_string();
     assert!(err.contains("wait_for"), "the error lists the values: {err}");
+}
+
+#[test]
+fn time_based_indexes_are_checked_at_load() {
+    let with =
+        |rule: &str, more: &str| parse(&format!("{ES_ONLY}\n[[sinks.elasticsearch.tables]]\ntable = \"public.readings\"\n{rule}\n{more}"));
+    let c = with(
+        "index = \"telemetry-{column:ts:%Y.%m.%d}\"",
+        "[sinks.elasticsearch.indexes.\"telemetry-{column:ts:%Y.%m.%d}\"]\nmapping_file = \"m.json\"\nrefresh = \"wait_for\"",
+    )
+    .expect("valid");
+    let es = c.sinks.elasticsearch.expect("es");
+    assert_eq!(es.all_indexes(), ["orders"], "patterns are not index names");
+    assert_eq!(es.index_patterns().iter().map(|p| p.as_str()).collect::<Vec<_>>(), ["telemetry-{column:ts:%Y.%m.%d}"]);
+    assert_eq!(es.refresh_of("telemetry-2026.03.07"), EsRefresh::WaitFor, "a pattern's refresh applies to its indexes");
+    assert_eq!(es.refresh_of("orders"), EsRefresh::False);
+
+    let err = |rule: &str| with(rule, "").expect_err(rule).to_string();
+    let e = err("index = \"telemetry-{commit_date:%Y.%m.%d}\"");
+    assert!(e.contains("sinks.elasticsearch.tables[1].ops") && e.contains("append-only"), "{e}");
+    with("index = \"telemetry-{commit_date:%Y.%m.%d}\"\nops = [\"insert\", \"truncate\"]", "").expect("append-only");
+    let e = err("index = \"telemetry-{commit_date:%Y.%b}\"");
+    assert!(e.contains("sinks.elasticsearch.tables[1].index") && e.contains("%b is not supported"), "{e}");
+    let e = err("index = \"Telemetry-{column:ts:%Y}\"");
+    assert!(e.contains("sinks.elasticsearch.tables[1].index"), "{e}");
+    // A document rule or the dead-letter index must not be one of a pattern's names.
+    let e = with("index = \"orders-{column:ts:%Y}\"", "[sinks.elasticsearch.dead_letter]\nindex = \"orders-2026\"")
+        .expect_err("dlq")
+        .to_string();
+    assert!(e.contains("sinks.elasticsearch.dead_letter.index"), "{e}");
+}
+
+#[test]
+fn the_telemetry_example_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/telemetry.toml");
+    let c = Config::parse(&std::fs::read_to_string(&path).expect("config/telemetry.toml"), &path).expect("valid");
+    let es = c.sinks.elasticsearch.expect("es");
+    assert_eq!(es.index_patterns().iter().map(|p| p.as_str()).collect::<Vec<_>>(), ["telemetry-{column:ts:%Y.%m.%d}"]);
+    assert_eq!(es.all_indexes(), ["devices", "walcast-telemetry-dead-letters"]);
+    for file in ["sql/telemetry/readings-index.json", "sql/telemetry/devices-index.json"] {
+        let text = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).expect(file);
+        serde_json::from_slice::<serde_json::Value>(&text).expect(file);
+    }
 }

@@ -64,6 +64,21 @@ pub async fn elasticsearch_findings(config: &Config) -> Vec<Finding> {
             "add a rule: table = \"schema.table\", index = \"name\"",
         ));
     }
+    for pattern in es.index_patterns() {
+        let file = es.indexes.get(pattern).and_then(|i| i.mapping_file.as_ref());
+        out.push(match file {
+            Some(f) => Finding::ok(format!(
+                "elasticsearch: indexes {} ({}) are created from {} when a write first names one",
+                pattern,
+                pattern.wildcard(),
+                f.display()
+            )),
+            None => Finding::warn(
+                format!("elasticsearch: indexes {pattern} have no mapping_file; the cluster creates each with dynamic mappings (or an index template of yours)"),
+                format!("add [sinks.elasticsearch.indexes.\"{pattern}\"] mapping_file = \"...\", or install an index template for {}", pattern.wildcard()),
+            ),
+        });
+    }
     for name in es.all_indexes() {
         let spec = specs.iter().find(|s| s.name == name);
         let probe = match spec {

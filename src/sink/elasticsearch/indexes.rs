@@ -1,13 +1,20 @@
 //! Indexes: created from their mapping/settings file when missing; an existing index is never
-//! changed, only compared with its file (a difference is reported, not applied).
+//! changed, only compared with its file (a difference is reported, not applied). An index of a
+//! time-based pattern is created from the pattern's file when a write first names it
+//! ([`PatternIndexes`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use reqwest::Method;
 use serde_json::Value;
 
 use super::client::{status_error, EsClient, EsError};
 use super::{dead_letter, fatal, Cluster};
-use crate::config::ElasticsearchSinkConfig;
+use crate::config::{ElasticsearchSinkConfig, IndexPattern};
 use crate::retry::Backoff;
+use crate::route::index::Routed;
+use crate::route::EsOp;
 use crate::sink::SinkError;
 
 /// An index walcast may create, with the body to create it from.
@@ -21,9 +28,26 @@ pub struct IndexSpec {
     pub source: String,
 }
 
-/// The specs of every index with a mapping file, and of the dead-letter index. Errors name the
-/// field and file.
+/// The specs of every fixed-name index with a mapping file, and of the dead-letter index.
+/// Errors name the field and file.
 pub fn specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<IndexSpec>, String> {
+    let mut out: Vec<IndexSpec> = all_specs(cfg)?.into_iter().filter(|(p, _)| p.fixed().is_some()).map(|(_, s)| s).collect();
+    if let Some(index) = cfg.dead_letter.as_ref().and_then(|d| d.index.clone()) {
+        if cfg.indexes.get(&IndexPattern::from(index.clone())).is_none_or(|i| i.mapping_file.is_none()) {
+            let body = serde_json::from_str(dead_letter::INDEX_BODY).map_err(|e| e.to_string())?;
+            out.push(IndexSpec { name: index.to_string(), body, source: "walcast's dead-letter mapping".into() });
+        }
+    }
+    Ok(out)
+}
+
+/// The time-based patterns with a mapping file, each with the spec its indexes are created
+/// from (named by the pattern).
+pub fn pattern_specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<(IndexPattern, IndexSpec)>, String> {
+    Ok(all_specs(cfg)?.into_iter().filter(|(p, _)| p.fixed().is_none()).collect())
+}
+
+fn all_specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<(IndexPattern, IndexSpec)>, String> {
     let mut out = Vec::new();
     for (name, idx) in &cfg.indexes {
         // An entry without a mapping file only sets `refresh`: nothing to create.
@@ -40,15 +64,43 @@ pub fn specs(cfg: &ElasticsearchSinkConfig) -> Result<Vec<IndexSpec>, String> {
                 path.display()
             ));
         }
-        out.push(IndexSpec { name: name.to_string(), body, source: path.display().to_string() });
-    }
-    if let Some(index) = cfg.dead_letter.as_ref().and_then(|d| d.index.clone()) {
-        if cfg.indexes.get(&index).is_none_or(|i| i.mapping_file.is_none()) {
-            let body = serde_json::from_str(dead_letter::INDEX_BODY).map_err(|e| e.to_string())?;
-            out.push(IndexSpec { name: index.to_string(), body, source: "walcast's dead-letter mapping".into() });
-        }
+        out.push((name.clone(), IndexSpec { name: name.to_string(), body, source: path.display().to_string() }));
     }
     Ok(out)
+}
+
+/// The indexes of time-based patterns: each new name a write brings is created from its
+/// pattern's file (or checked against it) before the write, once per process.
+#[derive(Debug, Default)]
+pub(super) struct PatternIndexes {
+    specs: Vec<(IndexPattern, IndexSpec)>,
+    /// Names already ensured, or seen without a pattern to create them from.
+    seen: HashSet<Arc<str>>,
+}
+
+impl PatternIndexes {
+    /// For the patterns of `specs` ([`pattern_specs`]).
+    pub(super) fn new(specs: Vec<(IndexPattern, IndexSpec)>) -> Self {
+        Self { specs, seen: HashSet::new() }
+    }
+
+    /// Create (or check) the indexes `routed` writes to that no write named before.
+    pub(super) async fn ensure_new(&mut self, cluster: &Cluster, routed: &[Routed], create: bool) -> Result<(), SinkError> {
+        if self.specs.is_empty() {
+            return Ok(());
+        }
+        for action in routed.iter().flatten() {
+            if action.op == EsOp::DeleteAll || self.seen.contains(&action.index) {
+                continue;
+            }
+            if let Some((_, spec)) = self.specs.iter().find(|(p, _)| p.matches(&action.index)) {
+                let spec = IndexSpec { name: action.index.to_string(), ..spec.clone() };
+                ensure(cluster, std::slice::from_ref(&spec), create).await?;
+            }
+            self.seen.insert(Arc::clone(&action.index));
+        }
+        Ok(())
+    }
 }
 
 /// What the cluster has for an index.

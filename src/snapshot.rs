@@ -28,7 +28,7 @@ use crate::config::{Config, ConfigError};
 use crate::decode::Change;
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, TableLabel};
-use crate::sink::{Batch, SinkError, SinkReport, SnapshotPart};
+use crate::sink::{Batch, ChunkPlace, SinkError, SinkReport, SnapshotPart};
 use crate::source::{connect_sql, ConnParams, SourceError};
 
 /// First chunk number of the next load (each load takes a range of 2^32).
@@ -106,6 +106,7 @@ struct UnwrittenChunk {
     rows: u64,
     last_of_table: bool,
     acks: usize,
+    place: ChunkPlace,
 }
 
 /// What to load, and where progress goes.
@@ -161,7 +162,15 @@ pub async fn load(
         for table in tables {
             changes.push(reader.table(table, None).await?.resync_truncate(point, commit_ts));
         }
-        let part = UnwrittenChunk { chunk: next_chunk, table: None, after: None, rows: 0, last_of_table: false, acks: 0 };
+        let part = UnwrittenChunk {
+            chunk: next_chunk,
+            table: None,
+            after: None,
+            rows: 0,
+            last_of_table: false,
+            acks: 0,
+            place: ChunkPlace::default(),
+        };
         next_chunk += 1;
         if !dispatch(&mut sinks, changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown).await? {
             return Ok(Outcome::Interrupted);
@@ -202,26 +211,38 @@ pub async fn load(
         let estimate = estimates.get(ti).copied().unwrap_or_default();
         progress.start_table(&name, estimate, resume.rows);
         tracing::info!(table = %name, estimated_rows = estimate, resumed_after_rows = resume.rows, "snapshot table started");
+        let mut chunk = reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts).await?;
+        let mut first_of_table = resume.rows == 0 && resume.after.is_none();
         loop {
             if shutdown.is_cancelled() {
                 outcome = Outcome::Interrupted;
                 break 'tables;
             }
-            let chunk = reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts).await?;
             let rows = chunk.changes.len() as u64;
-            let last_of_table = rows < config.snapshot.chunk_rows as u64;
+            // A full chunk may still be the table's last: read one ahead so its last row can
+            // carry the table's last-row marker (source.snapshot in Kafka records).
+            let next = if rows < config.snapshot.chunk_rows as u64 {
+                None
+            } else {
+                Some(reader.next_chunk(&mut tr, config.snapshot.chunk_rows, point, commit_ts).await?)
+            };
+            let last_of_table = next.as_ref().is_none_or(|n| n.changes.is_empty());
             counter.inc_by(rows);
             rows_done += rows;
             total_rows += rows;
-            let part = UnwrittenChunk { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0 };
+            let place = ChunkPlace { first_of_table, last_of_table, first_table: ti == 0, last_table: ti + 1 == tables.len() };
+            first_of_table = false;
+            let part =
+                UnwrittenChunk { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0, place };
             next_chunk += 1;
             if !dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown).await? {
                 outcome = Outcome::Interrupted;
                 break 'tables;
             }
             progress.advance(rows, last_of_table);
-            if last_of_table {
-                break;
+            match next {
+                Some(n) if !last_of_table => chunk = n,
+                _ => break,
             }
         }
     }
@@ -263,7 +284,8 @@ async fn dispatch(
     state: &mut Option<&mut SnapshotState>,
     shutdown: &CancellationToken,
 ) -> Result<bool, SnapshotError> {
-    let batch = Arc::new(Batch { changes, checkpoint: None, snapshot: Some(SnapshotPart { chunk: part.chunk, exported }) });
+    let batch =
+        Arc::new(Batch { changes, checkpoint: None, snapshot: Some(SnapshotPart { chunk: part.chunk, exported, place: part.place }) });
     pending.push_back(part);
     for queue in sinks.queues {
         (sinks.on_dispatch)();

@@ -45,6 +45,21 @@ pub struct SnapshotPart {
     /// The exported snapshot the rows were read in, while it can still be imported: document
     /// rules build their documents inside it. `None` when resuming (a fresh snapshot is read).
     pub exported: Option<Arc<str>>,
+    /// Where the chunk sits in the snapshot (Debezium's `source.snapshot` markers).
+    pub place: ChunkPlace,
+}
+
+/// Where a snapshot chunk sits: its table's first or last rows, the snapshot's first or last.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkPlace {
+    /// The chunk starts its table (a resumed table has no first chunk).
+    pub first_of_table: bool,
+    /// The chunk ends its table.
+    pub last_of_table: bool,
+    /// The chunk starts with the snapshot's first row (its first table's first chunk).
+    pub first_table: bool,
+    /// The chunk's table is the snapshot's last.
+    pub last_table: bool,
 }
 
 /// A destination for changes.
@@ -327,7 +342,10 @@ mod tests {
         let mut d = start(&[Step::Retry], &[Step::Retry, Step::Retry], 100);
         d.batches.send(batch(0x10)).await.expect("queue");
         d.batches
-            .send(Arc::new(Batch { snapshot: Some(SnapshotPart { chunk: 7, exported: None }), ..Batch::default() }))
+            .send(Arc::new(Batch {
+                snapshot: Some(SnapshotPart { chunk: 7, exported: None, place: ChunkPlace::default() }),
+                ..Batch::default()
+            }))
             .await
             .expect("queue");
         drop(d.batches);

@@ -26,6 +26,7 @@ use super::{dispatch, pg_now_micros, wait_written, Outcome, SinkHandles, Snapsho
 use crate::config::Config;
 use crate::decode::{Change, OldTuple, OldTupleKind, Op};
 use crate::lsn::Lsn;
+use crate::sink::ChunkPlace;
 use crate::source::{connect_sql, ConnParams};
 
 /// The load's snapshot, kept in an open transaction so that the slot that exported it can be
@@ -115,7 +116,16 @@ pub async fn recheck(
                     .collect();
                 deleted += deletes.len() as u64;
                 tracing::debug!(table = %table, rows = deletes.len(), "rows gone since the snapshot: deleting");
-                let part = UnwrittenChunk { chunk: next_chunk, table: Some(ti), after: None, rows: 0, last_of_table, acks: 0 };
+                // Deletes, not reads: no snapshot markers.
+                let part = UnwrittenChunk {
+                    chunk: next_chunk,
+                    table: Some(ti),
+                    after: None,
+                    rows: 0,
+                    last_of_table,
+                    acks: 0,
+                    place: ChunkPlace::default(),
+                };
                 next_chunk += 1;
                 if !dispatch(&mut sinks, deletes, part, exported.clone(), &mut pending, tables, &mut None, shutdown).await? {
                     outcome = Outcome::Interrupted;

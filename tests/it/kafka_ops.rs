@@ -338,26 +338,50 @@ async fn snapshot_rows_are_read_events() {
     let sql = db.client().await;
     exec(
         &sql,
-        "CREATE TABLE acct (id int PRIMARY KEY, balance int8 NOT NULL); INSERT INTO acct SELECT g, g * 10 FROM generate_series(1, 50) g",
+        "CREATE TABLE acct (id int PRIMARY KEY, balance int8 NOT NULL); INSERT INTO acct SELECT g, g * 10 FROM generate_series(1, 50) g;
+         CREATE TABLE item (id int PRIMARY KEY); INSERT INTO item SELECT generate_series(1, 7)",
     )
     .await;
-    db.create_publication(&["acct"]).await;
+    db.create_publication(&["acct", "item"]).await;
     let prefix = db.name.clone();
-    let (topic, tx_topic) = (format!("{prefix}.public.acct"), format!("{prefix}.transaction"));
-    let extra = kafka_section(&bootstrap, &prefix, &format!("transaction_topic = \"{tx_topic}\"\n"));
+    let (topic, tx_topic, item_topic) = (format!("{prefix}.public.acct"), format!("{prefix}.transaction"), format!("{prefix}.public.item"));
+    // 50 rows in chunks of 25: the table ends exactly at a chunk's end.
+    let state = tempfile::tempdir().expect("state dir");
+    let extra = format!(
+        "[snapshot]\nchunk_rows = 25\nstate_dir = {}\n\n{}",
+        toml_str(&state.path().to_string_lossy()),
+        kafka_section(&bootstrap, &prefix, &format!("transaction_topic = \"{tx_topic}\"\n"))
+    );
     let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });
     wc.start(); // no slot yet: walcast creates it and snapshots
-    wc.wait_lines(50, WAIT).await;
+    wc.wait_lines(57, WAIT).await;
     exec(&sql, "UPDATE acct SET balance = 0 WHERE id = 7").await;
-    wc.wait_lines(51, WAIT).await;
+    wc.wait_lines(58, WAIT).await;
 
-    let mut c = Collector::group(&bootstrap, &[&topic, &tx_topic]);
-    c.wait_until("50 snapshot records and the update", WAIT, |r| r.iter().filter(|r| r.topic == topic).count() >= 51);
+    let mut c = Collector::group(&bootstrap, &[&topic, &tx_topic, &item_topic]);
+    c.wait_until("57 snapshot records and the update", WAIT, |r| {
+        r.iter().filter(|r| r.topic == topic).count() >= 51 && r.iter().filter(|r| r.topic == item_topic).count() >= 7
+    });
+    // Debezium's markers: the snapshot's first and last rows, each other table's first and last.
+    let markers =
+        |t: &str| c.topic(t).iter().take_while(|r| r.op() == Some("r")).map(|r| r.source("snapshot").cloned()).collect::<Vec<_>>();
+    let (acct, item) = (markers(&topic), markers(&item_topic));
+    assert_eq!((acct.len(), item.len()), (50, 7));
+    let ends = |m: &[Option<Value>]| (m[0].clone(), m[m.len() - 1].clone());
+    let (first, last_in, first_in, last) =
+        (Some(json!("first")), Some(json!("last_in_data_collection")), Some(json!("first_in_data_collection")), Some(json!("last")));
+    assert!(
+        (ends(&acct), ends(&item)) == ((first.clone(), last_in.clone()), (first_in.clone(), last.clone()))
+            || (ends(&item), ends(&acct)) == ((first, last_in), (first_in, last)),
+        "acct {:?}, item {:?}",
+        ends(&acct),
+        ends(&item)
+    );
+    assert!(acct[1..49].iter().chain(&item[1..6]).all(|m| m == &Some(json!("true"))), "{acct:?} {item:?}");
     let records = c.topic(&topic);
     let (reads, rest) = records.split_at(50);
     for r in reads {
         assert_eq!(r.op(), Some("r"), "{r:?}");
-        assert_eq!(r.source("snapshot"), Some(&json!("true")));
         let v = r.value.as_ref().expect("value");
         assert!(v["before"].is_null() && v["after"]["balance"].as_i64() == v["after"]["id"].as_i64().map(|i| i * 10));
         assert_eq!(r.key, Some(json!({"id": v["after"]["id"]})));

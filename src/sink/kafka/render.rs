@@ -8,8 +8,8 @@ use std::sync::Arc;
 use rdkafka::producer::DeliveryFuture;
 
 use super::envelope::{
-    now_unix_micros, split_key_change, write_key_with, write_tx_begin, write_tx_end, write_tx_key, write_value_with, Event, SequenceFirst,
-    TxBlock,
+    now_unix_micros, split_key_change, write_key_with, write_tx_begin, write_tx_end, write_tx_key, write_value_with, Event, EventOp,
+    SequenceFirst, SnapshotMarker, TxBlock,
 };
 use super::schema::RelationSchemas;
 use super::tx::OpenTx;
@@ -17,7 +17,7 @@ use super::KafkaSink;
 use crate::config::SkippedOperation;
 use crate::decode::{Change, Datum, DecodeError, OldTupleKind, Op, Relation, ReplicaIdentity};
 use crate::lsn::Lsn;
-use crate::sink::{Batch, SinkError};
+use crate::sink::{Batch, ChunkPlace, SinkError};
 
 /// What a record of the batch is, for the dead-letter destination and for logs.
 #[derive(Debug, Clone)]
@@ -105,7 +105,8 @@ impl KafkaSink {
                     self.emit_tx_begin(p, change).await?;
                 }
             }
-            self.emit_change(p, idx, change).await?;
+            let marker = batch.snapshot.as_ref().map_or(SnapshotMarker::True, |s| snapshot_marker(s.place, idx, batch.changes.len()));
+            self.emit_change(p, idx, change, marker).await?;
         }
         if tx_on {
             if let Some(ended) = self.tx.on_batch_end(batch.checkpoint) {
@@ -138,7 +139,7 @@ impl KafkaSink {
     }
 
     /// The records of one change: its event (two for a key change), and tombstones after deletes.
-    async fn emit_change(&mut self, p: &mut BatchWrite, idx: usize, change: &Change) -> Result<(), SinkError> {
+    async fn emit_change(&mut self, p: &mut BatchWrite, idx: usize, change: &Change, marker: SnapshotMarker) -> Result<(), SinkError> {
         let skipped = match change.op {
             Op::Insert => Some(SkippedOperation::Create),
             Op::Update => Some(SkippedOperation::Update),
@@ -179,7 +180,10 @@ impl KafkaSink {
                 self.send(p, rec(new_key, Some(value)), header).await
             }
             op => {
-                let event = Event::streamed(change);
+                let event = match op {
+                    Op::Read => Event::with_op(change, EventOp::Read, marker),
+                    _ => Event::streamed(change),
+                };
                 let key = match op {
                     Op::Truncate => None,
                     _ => self.render_key(&mut p.arena, rel, change.key_source(), &key_cols, schemas).map_err(render_err)?,
@@ -290,6 +294,22 @@ fn append(arena: &mut Vec<u8>, wrap: Option<&Arc<[u8]>>, f: impl FnOnce(&mut Vec
     start..arena.len()
 }
 
+/// Debezium's `source.snapshot` of row `idx` of a snapshot chunk of `len` rows, by precedence:
+/// the snapshot's last row `last`, its first row `first`, a table's last row
+/// `last_in_data_collection`, a table's first row `first_in_data_collection`, else `true`. An
+/// empty last table leaves the snapshot without a `last` row (as in Debezium).
+fn snapshot_marker(place: ChunkPlace, idx: usize, len: usize) -> SnapshotMarker {
+    let last_row = place.last_of_table && idx + 1 == len;
+    let first_row = place.first_of_table && idx == 0;
+    match (last_row, first_row) {
+        (true, _) if place.last_table => SnapshotMarker::Last,
+        (_, true) if place.first_table => SnapshotMarker::First,
+        (true, _) => SnapshotMarker::LastInDataCollection,
+        (_, true) => SnapshotMarker::FirstInDataCollection,
+        _ => SnapshotMarker::True,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +332,22 @@ mod tests {
         assert!(!key_changed(&update(None, vec![text("1"), text("x")]), &[0]));
         // A key-only old tuple says nothing about a non-identity column used as key.
         assert!(!key_changed(&update(old("1", OldTupleKind::Key), vec![text("1"), text("x")]), &[1]));
+    }
+
+    #[test]
+    fn snapshot_markers_follow_debeziums_precedence() {
+        let place =
+            |first_of_table, last_of_table, first_table, last_table| ChunkPlace { first_of_table, last_of_table, first_table, last_table };
+        let marks = |p: ChunkPlace, len: usize| (0..len).map(|i| snapshot_marker(p, i, len).as_str()).collect::<Vec<_>>();
+        // Two tables of three rows, one chunk each.
+        assert_eq!(marks(place(true, true, true, false), 3), ["first", "true", "last_in_data_collection"]);
+        assert_eq!(marks(place(true, true, false, true), 3), ["first_in_data_collection", "true", "last"]);
+        // A table over two chunks: first in the first, last in the second.
+        assert_eq!(marks(place(true, false, false, false), 2), ["first_in_data_collection", "true"]);
+        assert_eq!(marks(place(false, true, false, false), 2), ["true", "last_in_data_collection"]);
+        // One-row tables: first beats last-in-table; last beats first.
+        assert_eq!(marks(place(true, true, true, false), 1), ["first"]);
+        assert_eq!(marks(place(true, true, true, true), 1), ["last"]);
+        assert_eq!(marks(place(true, true, false, false), 1), ["last_in_data_collection"]);
     }
 }

@@ -159,7 +159,9 @@ async fn two_shards_and_a_table_moved_under_load() {
 
     // Move b from shard 1 to shard 2 (docs/scaling.md "Moving a table"), the workload running.
     two.stop().await; // 2. the receiving shard stops (its slot keeps every change)
+    let before_move = current_wal_lsn(&sql).await;
     exec(&sql, &format!("BEGIN; ALTER PUBLICATION {p1} DROP TABLE b; ALTER PUBLICATION {p2} ADD TABLE b; COMMIT")).await; // 3.
+                                                                                                                          // The move commits at X between these two positions (the workload commits around it).
     let moved_at = current_wal_lsn(&sql).await;
     wait_confirmed(&db, &s1, moved_at).await; // 4. the giving shard has written b's changes up to the move
     write_shard_config(&db, &one, 1, &["a"], &["a"]); // 5. configs follow the publications
@@ -182,13 +184,17 @@ async fn two_shards_and_a_table_moved_under_load() {
     assert!(both.is_empty(), "a change streamed by both shards: {:?}", both.first());
     for l in &l1 {
         let t = table_of(l);
-        // (b's changes written before the move: a transaction may commit after it.)
-        assert!(t == "public.a" || t == "public.b", "shard 1 streamed {t}: {l}");
+        assert!(t == "public.a" || (t == "public.b" && commit_lsn(l) < moved_at), "shard 1 streamed {t} at {}: {l}", commit_lsn(l));
     }
     for l in &l2 {
         let t = table_of(l);
-        assert!(t == "public.c" || (t == "public.b" && commit_lsn(l) > moved_at), "shard 2 streamed {t} at {}: {l}", commit_lsn(l));
+        assert!(t == "public.c" || (t == "public.b" && commit_lsn(l) > before_move), "shard 2 streamed {t} at {}: {l}", commit_lsn(l));
     }
+    // b's changes split at one point X: every one shard 1 streamed commits before every one
+    // shard 2 streamed.
+    let b_commits = |lines: &[Value]| lines.iter().filter(|l| l["table"] == "b").map(commit_lsn).collect::<Vec<_>>();
+    let (last_in_1, first_in_2) = (b_commits(&l1).into_iter().max(), b_commits(&l2).into_iter().min());
+    assert!(last_in_1 < first_in_2, "b's changes overlap around the move: shard 1 up to {last_in_1:?}, shard 2 from {first_in_2:?}");
     for lines in [&l1, &l2] {
         transactions(lines); // each file keeps the ordering contract
     }

@@ -426,7 +426,11 @@ mod tests {
         let row = change(rel, Op::Insert, None, Some(vec![text("1")]));
         let c = crate::decode::Change { commit_lsn: Lsn(0x100), ..row.clone() };
         let snapshot_row = crate::decode::Change { op: Op::Read, ..row };
-        let snapshot = Batch { changes: vec![snapshot_row], checkpoint: None, snapshot: Some(SnapshotPart { chunk: 1, exported: None, place: Default::default() }) };
+        let snapshot = Batch {
+            changes: vec![snapshot_row],
+            checkpoint: None,
+            snapshot: Some(SnapshotPart { chunk: 1, exported: None, place: Default::default() }),
+        };
         sink.write_shared(&Arc::new(snapshot)).await.expect("a snapshot chunk is reported written");
         assert!(!end.has_changed().expect("open"), "nothing appended");
         sink.write_shared(&Arc::new(Batch { changes: vec![c], checkpoint: Some(Lsn(0x100)), snapshot: None })).await.expect("append");

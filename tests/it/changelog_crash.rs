@@ -39,7 +39,12 @@ async fn sigkill_during_appends_loses_nothing_and_the_log_always_opens() {
     let dir = log_dir(&wc, &db);
     let mut torn = 0;
     for k in 0..kills {
+        let before = wc.lines().len();
         wc.start();
+        // Kill while changes stream: under a loaded server the walsender may take seconds to
+        // send its first change (it decodes every database's WAL), and a kill before that
+        // would test nothing (and leave no segment to tear).
+        wc.wait_lines(before + 1, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(rng.u64(300..=1200))).await;
         assert!(wc.is_running(), "walcast stopped by itself after kill {k} (the log must open)\n{}", wc.log_tail(40));
         wc.kill().await;

@@ -245,7 +245,8 @@ async fn a_replayed_truncate_keeps_the_documents_written_after_it() {
     for i in 1..=20 {
         exec(&sql, &format!("INSERT INTO items VALUES ({i}, 'v{i}', {i})")).await;
     }
-    exec(&sql, "BEGIN; INSERT INTO items VALUES (50, 'before', 0); TRUNCATE items; INSERT INTO items VALUES (51, 'after', 1); COMMIT").await;
+    exec(&sql, "BEGIN; INSERT INTO items VALUES (50, 'before', 0); TRUNCATE items; INSERT INTO items VALUES (51, 'after', 1); COMMIT")
+        .await;
     exec(&sql, "INSERT INTO items VALUES (52, 'next', 2)").await;
     exec(&sql, "TRUNCATE items").await;
     for i in 100..=130 {

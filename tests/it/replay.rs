@@ -10,7 +10,10 @@
 //!   unknown mark too;
 //! - `mark --list` and `status --json` show the log, the sinks' cursors and the marks, with
 //!   and without a running walcast;
-//! - progress on standard error (not a terminal: plain log lines with rows, rate and LSN).
+//! - progress on standard error (not a terminal: plain log lines with rows, rate and LSN);
+//! - a range holding a TRUNCATE (`truncate = "delete_all"`) replayed twice over the complete
+//!   index: the replayed TRUNCATE deletes only the documents older than it, the index stays
+//!   equal to Postgres.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -208,6 +211,68 @@ async fn replay_rebuilds_a_deleted_flat_index_and_rolls_nothing_back() {
     let out = walcast_cmd(&["mark", "--list", "--json", "--config", &config]).await;
     assert_eq!(out.stdout.trim(), "[]", "{out}");
 
+    db.drop().await;
+    es.delete_index(&index).await;
+}
+
+/// A TRUNCATE inside the range, replayed over the index the stream wrote: the documents the
+/// stream wrote after it (higher versions) stay. Before versioned truncates, the replayed
+/// TRUNCATE deleted them and their tombstones made the index refuse the replayed inserts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_truncate_keeps_the_documents_written_after_it() {
+    let es = Es::new(&es_url());
+    let index = index_name("replay-truncate");
+    es.delete_index(&index).await;
+    let db = TestDb::create("replay_truncate").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE items (id int PRIMARY KEY, v text, n int); CREATE TABLE warmup (id int PRIMARY KEY)").await;
+    db.create_publication(&["items", "warmup"]).await;
+    db.create_slot().await;
+    let rule = format!("[[sinks.elasticsearch.tables]]\ntable = \"public.items\"\nindex = \"{index}\"\ntruncate = \"delete_all\"\n");
+    let extra = es_section(&es_url(), &rule);
+    let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });
+    let config = wc.config_path.to_string_lossy().into_owned();
+    wc.start();
+    wc.wait_streaming_slot(&db).await;
+    exec(&sql, "INSERT INTO warmup VALUES (1)").await;
+    let warm = commit_lsn(&wc.wait_lines(1, WAIT).await[0]);
+    db.wait_confirmed_at_least(warm, WAIT).await;
+    let out = walcast_cmd(&["mark", "before-truncate", "--config", &config]).await;
+    assert_eq!(out.code, Some(0), "{out}");
+
+    // Rows before the TRUNCATE, one transaction with rows on both sides of a TRUNCATE (the same
+    // commit LSN), then a TRUNCATE followed by the rows that remain and edits of them.
+    for i in 1..=20 {
+        exec(&sql, &format!("INSERT INTO items VALUES ({i}, 'v{i}', {i})")).await;
+    }
+    exec(&sql, "BEGIN; INSERT INTO items VALUES (50, 'before', 0); TRUNCATE items; INSERT INTO items VALUES (51, 'after', 1); COMMIT")
+        .await;
+    exec(&sql, "INSERT INTO items VALUES (52, 'next', 2)").await;
+    exec(&sql, "TRUNCATE items").await;
+    for i in 100..=130 {
+        exec(&sql, &format!("INSERT INTO items VALUES ({i}, 'v{i}', {i})")).await;
+    }
+    exec(&sql, "UPDATE items SET n = -n WHERE id % 3 = 0").await;
+    exec(&sql, "DELETE FROM items WHERE id BETWEEN 110 AND 114").await;
+    let end = current_wal_lsn(&sql).await;
+    db.wait_confirmed_at_least(end, WAIT).await;
+    let want = expected(&sql).await;
+    assert_eq!(want.len(), 26);
+    wait_index(&es, &index, &want, &wc, "streamed").await;
+    let streamed = index_docs(&es, &index).await;
+    assert_eq!(sources(&streamed), want);
+
+    for round in ["first", "second"] {
+        let out = walcast_cmd(&["replay", "--from-mark", "before-truncate", "--sink", "elasticsearch", "--config", &config]).await;
+        assert_eq!(out.code, Some(0), "{out}");
+        let replayed = index_docs(&es, &index).await;
+        assert_eq!(sources(&replayed), want, "{round} replay: the index equals Postgres\n{out}\n{}", wc.log_tail(20));
+        assert_eq!(replayed, streamed, "{round} replay: with the versions the stream wrote");
+    }
+
+    let log = std::fs::read_to_string(&wc.log_path).expect("log");
+    assert!(!log.contains("dead letter"), "no document may be rejected\n{}", wc.log_tail(40));
+    wc.stop().await;
     db.drop().await;
     es.delete_index(&index).await;
 }

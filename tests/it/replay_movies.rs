@@ -6,7 +6,7 @@
 //! (beside the running `walcast run`) -> every document equals Postgres again; the same replay
 //! again changes nothing.
 //! And the index deleted outright: walcast starts on the empty movies tables, mark M, the whole
-//! dataset is loaded (one transaction) and edited while streaming; the index is deleted, then
+//! dataset is loaded (one transaction, after a TRUNCATE of the tables) and edited while streaming; the index is deleted, then
 //! `walcast replay --from-mark M` recreates it from its mapping and every document (nested
 //! genres and people) equals Postgres again; the same replay again: the same documents and
 //! versions.
@@ -163,10 +163,11 @@ async fn a_deleted_movies_index_is_rebuilt_by_a_replay_from_a_mark_before_the_lo
     let out = walcast_cmd(&["mark", "before-load", "--config", &config]).await;
     assert_eq!(out.code, Some(0), "{out}");
 
-    // The workload: the whole dataset in one transaction (no TRUNCATE: see docs/replay.md,
-    // "Limits"), then edits.
+    // The workload: the tables emptied and the whole dataset loaded in one transaction, then
+    // edits. The second replay sends the TRUNCATE over the complete index: it must delete only
+    // the documents older than it.
     let load: String = TABLES.iter().map(|t| format!("INSERT INTO content.{t} SELECT * FROM staging.{t}; ")).collect();
-    exec(&sql, &format!("BEGIN; {load} COMMIT")).await;
+    exec(&sql, &format!("BEGIN; TRUNCATE content.person_film_work, content.genre_film_work, content.person, content.genre, content.film_work; {load} COMMIT")).await;
     let person = sql_text(&sql, "SELECT person_id::text FROM content.person_film_work ORDER BY person_id LIMIT 1").await;
     exec(&sql, &format!("UPDATE content.person SET full_name = full_name || ' Renamed' WHERE id = '{person}'")).await;
     let gone = sql_text(&sql, "SELECT film_work_id::text FROM content.genre_film_work ORDER BY film_work_id LIMIT 1").await;
@@ -186,6 +187,12 @@ async fn a_deleted_movies_index_is_rebuilt_by_a_replay_from_a_mark_before_the_lo
 
     let out = walcast_cmd(&["replay", "--from-mark", "before-load", "--config", &config]).await;
     assert_eq!(out.code, Some(0), "{out}");
+    let d = diff(&expected, &fetch_all(&es_url, &index).await);
+    assert!(
+        d.is_empty(),
+        "after the second replay (its TRUNCATE over the complete index) the index equals Postgres:\n{}\n{out}",
+        d.join("\n")
+    );
     let again = backup(&es, &index).await;
     assert_eq!(again, replayed, "replaying twice gives the same index");
     assert_eq!(again.keys().collect::<Vec<_>>(), streamed.keys().collect::<Vec<_>>());

@@ -1,5 +1,6 @@
 //! The sink against a scripted server (`test_server`): retries, authentication, gzip,
-//! splitting a refused request, partial updates of missing documents, shutdown.
+//! splitting a refused request, partial updates of missing documents, shutdown, versioned
+//! truncates.
 
 use std::sync::Arc;
 
@@ -289,4 +290,55 @@ async fn refresh_per_index_splits_the_bulk_request() {
             ("/_bulk?refresh=true".to_string(), vec!["t1".to_string()]),
         ]
     );
+}
+
+/// A truncate at version 10: the listed documents are deleted page by page with version 10; one
+/// listed with a higher version is not sent, one answering 409 stays, the scroll is freed.
+#[tokio::test]
+async fn truncate_deletes_with_its_version_and_keeps_newer_documents() {
+    let hits = |docs: &[(&str, u64)], scroll: &str| {
+        let hits: Vec<Value> = docs.iter().map(|(id, v)| json!({"_index": "t-1", "_id": id, "_version": v})).collect();
+        json!({"_scroll_id": scroll, "hits": {"hits": hits}}).to_string()
+    };
+    let answer: fake::Answer = Arc::new(move |_, r| {
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/t/_refresh") => (200, "{}".into()),
+            ("POST", "/t/_search?scroll=2m") => (200, hits(&[("a", 5), ("b", 20)], "s1")),
+            ("POST", "/_search/scroll") if body.contains("s1") => (200, hits(&[("c", 10), ("d", 3)], "s2")),
+            ("POST", "/_search/scroll") => (200, hits(&[], "s2")),
+            ("DELETE", "/_search/scroll") => (200, r#"{"succeeded":true}"#.into()),
+            ("POST", "/_bulk") => {
+                let items: Vec<String> = body
+                    .lines()
+                    .map(|l| {
+                        if l.contains(r#""_id":"d""#) {
+                            r#"{"delete":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"newer"}}}"#.into()
+                        } else {
+                            r#"{"delete":{"status":200,"result":"deleted"}}"#.into()
+                        }
+                    })
+                    .collect();
+                (200, format!(r#"{{"errors":true,"items":[{}]}}"#, items.join(",")))
+            }
+            _ => (400, r#"{"error":{"type":"unexpected","reason":"not scripted"},"status":400}"#.into()),
+        }
+    });
+    let (url, seen) = fake::serve(answer).await;
+    let mut sink = test_sink(&url, "");
+    sink.write_actions(vec![Ok(EsAction { op: EsOp::DeleteAll, ..act("", 10, EsOp::Delete) })], &[]).await.expect("truncated");
+    let reqs = seen.lock().expect("lock").clone();
+    let deletes: Vec<Value> = reqs
+        .iter()
+        .filter(|r| r.path == "/_bulk")
+        .flat_map(|r| String::from_utf8_lossy(&r.body).lines().map(|l| serde_json::from_str::<Value>(l).expect("json")).collect::<Vec<_>>())
+        .collect();
+    let want: Vec<Value> = ["a", "c", "d"]
+        .iter()
+        .map(|id| json!({"delete": {"_index": "t-1", "_id": id, "version": 10, "version_type": "external_gte"}}))
+        .collect();
+    assert_eq!(deletes, want, "b (version 20) was written after the truncate: not sent");
+    let last = reqs.last().expect("requests");
+    assert!(last.method == "POST" && last.path == "/t/_refresh", "refreshed after the deletes: {reqs:?}");
+    assert!(reqs.iter().any(|r| r.method == "DELETE" && r.path == "/_search/scroll"), "the scroll is freed");
 }

@@ -20,4 +20,5 @@ pub mod route;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
+mod state_file;
 pub mod telemetry;

@@ -5,10 +5,7 @@
 //! the log's segments against retention.
 
 use std::collections::BTreeMap;
-use std::fs::{DirBuilder, OpenOptions};
 use std::future::Future;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -102,7 +99,7 @@ impl SinkCursors {
         async move {
             let content = content?;
             let shown = path.display().to_string();
-            tokio::task::spawn_blocking(move || replace_file(&path, &content))
+            tokio::task::spawn_blocking(move || crate::state_file::replace(&path, &path.with_extension("json.tmp"), &content))
                 .await
                 .map_err(|e| std::io::Error::other(format!("the task saving {shown} failed: {e}")))?
         }
@@ -110,7 +107,7 @@ impl SinkCursors {
 
     /// [`save`](Self::save) for a caller already on the blocking pool (or a one-shot command).
     pub fn save_blocking(&self) -> std::io::Result<()> {
-        replace_file(&self.path, &self.content()?)
+        crate::state_file::replace(&self.path, &self.path.with_extension("json.tmp"), &self.content()?)
     }
 
     fn content(&self) -> std::io::Result<Vec<u8>> {
@@ -119,30 +116,10 @@ impl SinkCursors {
     }
 }
 
-/// Write `content` to `path` through a temporary file renamed over it, durable once this
-/// returns (file 0600, directory created 0700). Blocking.
-fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    // A temporary file left by a killed run keeps its mode when reopened.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = dir {
-        // The rename is durable once the directory is.
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[tokio::test]
     async fn cursors_round_trip_never_move_back_and_are_private() {

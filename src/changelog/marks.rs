@@ -7,9 +7,6 @@
 //! blocking: async callers run it with `spawn_blocking`.
 
 use std::collections::BTreeMap;
-use std::fs::{DirBuilder, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -165,7 +162,8 @@ impl Marks {
         };
         let content =
             serde_json::to_vec_pretty(&file).map_err(|e| MarksError::Io { path: self.path.clone(), source: std::io::Error::other(e) })?;
-        replace_file(&self.path, &content).map_err(|source| MarksError::Io { path: self.path.clone(), source })
+        crate::state_file::replace(&self.path, &self.path.with_extension(format!("json.{}.tmp", std::process::id())), &content)
+            .map_err(|source| MarksError::Io { path: self.path.clone(), source })
     }
 }
 
@@ -184,31 +182,10 @@ fn validate_name(name: &str) -> Result<(), MarksError> {
     Ok(())
 }
 
-/// Write `content` to `path` through a temporary file renamed over it, durable once this
-/// returns. The temporary name carries the process id: two `walcast mark` at once do not write
-/// the same temporary file (the last rename wins).
-fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    // A temporary file left by a killed run keeps its mode when reopened.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = dir {
-        // The rename is durable once the directory is.
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn marks_round_trip_through_a_private_file() {

@@ -6,10 +6,7 @@
 //! 0700.
 
 use std::collections::BTreeMap;
-use std::fs::{DirBuilder, OpenOptions};
 use std::future::Future;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -171,7 +168,7 @@ impl SnapshotState {
         async move {
             let content = content?;
             let shown = path.display().to_string();
-            tokio::task::spawn_blocking(move || replace_file(&path, &content))
+            tokio::task::spawn_blocking(move || crate::state_file::replace(&path, &path.with_extension("json.tmp"), &content))
                 .await
                 .map_err(|e| std::io::Error::other(format!("the task saving {shown} failed: {e}")))?
         }
@@ -186,30 +183,10 @@ impl SnapshotState {
     }
 }
 
-/// Write `content` to `path` through a temporary file renamed over it, durable once this
-/// returns. Blocking.
-fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    // A temporary file left by a killed run of an older walcast keeps its mode when reopened.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = dir {
-        // The rename is durable once the directory is.
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[tokio::test]
     async fn round_trip_and_resume_point() {

@@ -15,10 +15,15 @@ async fn a_flipped_byte_in_a_middle_segment_stops_walcast_naming_segment_and_off
     db.create_slot().await;
     let mut wc = Walcast::with_options(&db, &Options { extra: "[changelog]\nsegment_bytes = 4096\n".into(), ..Options::default() });
     wc.start();
-    for i in 1..=80 {
-        exec(&sql, &format!("INSERT INTO t VALUES ({i}, repeat(md5('{i}'), 3))")).await;
+    // Rounds, each streamed before the next: a slow walsender start (a loaded server) would
+    // otherwise hand all the rows over in one batch, one append, one segment.
+    for round in 0..12 {
+        for i in round * 10 + 1..=round * 10 + 10 {
+            exec(&sql, &format!("INSERT INTO t VALUES ({i}, repeat(md5('{i}'), 3))")).await;
+        }
+        let last = round * 10 + 10;
+        wc.wait_for("the round's last row", WAIT, move |l| l["after"]["id"] == last).await;
     }
-    wc.wait_for("the last row", WAIT, |l| l["after"]["id"] == 80).await;
     wc.stop().await;
 
     let dir = log_dir(&wc, &db);

@@ -118,17 +118,30 @@ impl Es {
     /// Every document of the index as (id, source), after `_refresh`.
     pub async fn all(&self, index: &str) -> Vec<(String, Value)> {
         self.refresh(index).await;
-        let (s, v) = self
-            .request(reqwest::Method::POST, &format!("/{index}/_search"), Some(json!({"size": 10000, "query": {"match_all": {}}})))
+        // Scrolled: one search returns at most 10,000 hits, and load tests write more rows.
+        let (s, mut v) = self
+            .request(reqwest::Method::POST, &format!("/{index}/_search?scroll=1m"), Some(json!({"size": 5000, "query": {"match_all": {}}})))
             .await;
         if s == 404 {
             return Vec::new();
         }
         assert_eq!(s, 200, "search {index}: {v}");
-        let mut out: Vec<(String, Value)> = v["hits"]["hits"]
-            .as_array()
-            .map(|hits| hits.iter().map(|h| (h["_id"].as_str().unwrap_or("").to_string(), h["_source"].clone())).collect())
-            .unwrap_or_default();
+        let mut out: Vec<(String, Value)> = Vec::new();
+        loop {
+            let hits = v["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                break;
+            }
+            out.extend(hits.iter().map(|h| (h["_id"].as_str().unwrap_or("").to_string(), h["_source"].clone())));
+            let Some(scroll_id) = v["_scroll_id"].as_str().map(str::to_string) else { break };
+            let (s, next) =
+                self.request(reqwest::Method::POST, "/_search/scroll", Some(json!({"scroll": "1m", "scroll_id": scroll_id}))).await;
+            assert_eq!(s, 200, "scroll {index}: {next}");
+            v = next;
+        }
+        if let Some(scroll_id) = v["_scroll_id"].as_str() {
+            self.request(reqwest::Method::DELETE, "/_search/scroll", Some(json!({"scroll_id": scroll_id}))).await;
+        }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }

@@ -64,8 +64,14 @@ async fn the_log_holds_every_streamed_transaction_and_cursors_are_saved() {
     // Small segments: the transactions span several, each readable on its own.
     let mut wc = Walcast::with_options(&db, &Options { extra: "[changelog]\nsegment_bytes = 4096\n".into(), ..Options::default() });
     wc.start();
-    for i in 1..=60 {
-        exec(&sql, &format!("BEGIN; INSERT INTO t VALUES ({i}, md5('{i}')); INSERT INTO u VALUES ('k{i}', {i}); COMMIT")).await;
+    // Rounds, each streamed before the next: on a loaded server all 60 transactions could
+    // otherwise arrive in one batch, one append, one segment.
+    for round in 0..6 {
+        for i in round * 10 + 1..=round * 10 + 10 {
+            exec(&sql, &format!("BEGIN; INSERT INTO t VALUES ({i}, md5('{i}')); INSERT INTO u VALUES ('k{i}', {i}); COMMIT")).await;
+        }
+        let last = round * 10 + 10;
+        wc.wait_for("the round's last row", WAIT, move |l| l["table"] == "u" && l["after"]["n"] == last).await;
     }
     exec(&sql, "UPDATE t SET v = 'x' WHERE id % 3 = 0; DELETE FROM u WHERE n % 4 = 0; TRUNCATE u").await;
     exec(&sql, "INSERT INTO t VALUES (1000, 'marker')").await;

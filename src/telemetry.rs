@@ -8,6 +8,7 @@
 
 use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::filter::filter_fn;
@@ -45,6 +46,35 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Text => builder.finish().with(third_party).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).finish().with(third_party).try_init(),
     };
+}
+
+/// How a long command (a snapshot load, a replay) shows its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProgressMode {
+    /// A line on standard error rewritten with `\r`.
+    Terminal,
+    /// Log records with fields.
+    Log,
+}
+
+impl ProgressMode {
+    /// A rewritten line only where a person watches it: text logs to a TTY. JSON logs and
+    /// files get log records (a `\r` line would corrupt them).
+    pub(crate) fn detect(format: LogFormat) -> Self {
+        if format == LogFormat::Text && std::io::stderr().is_terminal() {
+            ProgressMode::Terminal
+        } else {
+            ProgressMode::Log
+        }
+    }
+
+    /// How often progress is shown: every second on a terminal, `log_every` as log records.
+    pub(crate) fn every(self, log_every: Duration) -> Duration {
+        match self {
+            ProgressMode::Terminal => Duration::from_secs(1),
+            ProgressMode::Log => log_every,
+        }
+    }
 }
 
 #[cfg(test)]

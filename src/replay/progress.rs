@@ -2,39 +2,16 @@
 //! range. On a terminal (text logs, standard error a TTY) one line with a bar, rewritten in
 //! place every second; otherwise a `replay progress` log record every few seconds.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::config::LogFormat;
 use crate::lsn::Lsn;
 
-/// How progress is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
-    /// A line on standard error rewritten with `\r`.
-    Terminal,
-    /// `replay progress` log records.
-    Log,
-}
+/// How progress is shown (`replay progress` log records when not on a terminal).
+pub(super) use crate::telemetry::ProgressMode as Mode;
 
-impl Mode {
-    /// A rewritten line only where a person watches it: text logs to a TTY. JSON logs and
-    /// files get log records (a `\r` line would corrupt them).
-    pub(super) fn detect(format: LogFormat) -> Self {
-        if format == LogFormat::Text && std::io::stderr().is_terminal() {
-            Mode::Terminal
-        } else {
-            Mode::Log
-        }
-    }
-
-    fn every(self) -> Duration {
-        match self {
-            Mode::Terminal => Duration::from_secs(1),
-            Mode::Log => Duration::from_secs(3),
-        }
-    }
-}
+/// Log records every this often (a terminal line every second).
+const LOG_EVERY: Duration = Duration::from_secs(3);
 
 /// Where a replay stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,7 +119,7 @@ impl Progress {
         if let Some(lsn) = lsn {
             self.lsn = self.lsn.max(lsn);
         }
-        if self.last_shown.elapsed() >= self.mode.every() {
+        if self.last_shown.elapsed() >= self.mode.every(LOG_EVERY) {
             self.show(false);
         }
     }

@@ -2,38 +2,14 @@
 //! On a terminal (text logs, standard error a TTY) one line rewritten in place at most every
 //! second; otherwise a `snapshot progress` log line with fields every few seconds.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::config::LogFormat;
+/// How progress is shown (`snapshot progress` log records when not on a terminal).
+pub(super) use crate::telemetry::ProgressMode as Mode;
 
-/// How progress is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
-    /// A line on standard error rewritten with `\r`.
-    Terminal,
-    /// `snapshot progress` log lines with fields.
-    Log,
-}
-
-impl Mode {
-    /// A rewritten line only where a person watches it: text logs to a TTY. JSON logs and
-    /// files get plain log lines (a `\r` line would corrupt them).
-    pub(super) fn detect(format: LogFormat) -> Self {
-        if format == LogFormat::Text && std::io::stderr().is_terminal() {
-            Mode::Terminal
-        } else {
-            Mode::Log
-        }
-    }
-
-    fn every(self) -> Duration {
-        match self {
-            Mode::Terminal => Duration::from_secs(1),
-            Mode::Log => Duration::from_secs(2),
-        }
-    }
-}
+/// Log records every this often (a terminal line every second).
+const LOG_EVERY: Duration = Duration::from_secs(2);
 
 /// Rows done out of an estimated total, and the rate of this run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -167,7 +143,7 @@ impl Progress {
             count.total = count.done;
         }
         let now = Instant::now();
-        if !table_done && now.duration_since(self.last_shown) < self.mode.every() {
+        if !table_done && now.duration_since(self.last_shown) < self.mode.every(LOG_EVERY) {
             return;
         }
         self.last_shown = now;

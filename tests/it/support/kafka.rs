@@ -1,5 +1,5 @@
-//! Kafka: the broker from `scripts/test-env` (`WALCAST_TEST_KAFKA`, tansu), a private tansu for
-//! tests that stall the broker, a consumer that collects records, the `[sinks.kafka]` config
+//! Kafka: the broker from `scripts/test-env` (`WALCAST_TEST_KAFKA`, tansu), a private tansu or
+//! noida-db broker for tests that stall the broker, a consumer that collects records, the `[sinks.kafka]` config
 //! section, and the Debezium field list every envelope is checked against.
 
 use std::collections::BTreeMap;
@@ -21,11 +21,38 @@ pub fn bootstrap() -> String {
     }
 }
 
-/// A private tansu broker on a free port with in-memory storage, for tests that stop or pause
-/// the broker: the shared one of `scripts/test-env` is used by other tests at the same time and
-/// is never paused. The binary comes from `scripts/kafka-broker bin`. Killed when dropped.
+/// Which broker a [`PrivateBroker`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// tansu 0.6 (`scripts/kafka-broker bin`), in-memory: the broker of every other Kafka test.
+    /// Its Fetch carries no aborted-transaction list, so `read_committed` consumers read aborted
+    /// records too.
+    Tansu,
+    /// noida-db's Kafka service (`scripts/es-server bin noida`, the pinned wheel that also serves
+    /// the ES-API tests), state in a data dir: transactional producers are fenced by epoch,
+    /// `init_transactions` aborts what an earlier instance left open, and `read_committed`
+    /// fetches stop at the last stable offset and skip aborted transactions.
+    Noida,
+}
+
+impl BrokerKind {
+    /// The broker of the exactly-once crash test: `WALCAST_TEST_KAFKA_EOS_BROKER` (`noida`, the
+    /// default, or `tansu`).
+    pub fn eos() -> Self {
+        match std::env::var("WALCAST_TEST_KAFKA_EOS_BROKER").as_deref() {
+            Ok("tansu") => Self::Tansu,
+            Ok("noida") | Ok("") | Err(_) => Self::Noida,
+            Ok(other) => panic!("WALCAST_TEST_KAFKA_EOS_BROKER={other}: use noida or tansu"),
+        }
+    }
+}
+
+/// A private broker on a free port, for tests that stop or pause the broker: the shared one of
+/// `scripts/test-env` is used by other tests at the same time and is never paused. Killed when
+/// dropped.
 pub struct PrivateBroker {
     pub port: u16,
+    pub kind: BrokerKind,
     child: Child,
     pub log: PathBuf,
 }
@@ -33,26 +60,53 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Start tansu on a free port, its log in `dir`; returns once it accepts connections.
     pub fn start(dir: &Path) -> Self {
+        Self::start_kind(dir, BrokerKind::Tansu)
+    }
+
+    /// Start a broker of `kind` on a free port, its log (and noida-db's data) in `dir`; returns
+    /// once it accepts connections.
+    pub fn start_kind(dir: &Path, kind: BrokerKind) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash").arg(root.join("scripts/kafka-broker")).arg("bin").output().expect("run scripts/kafka-broker bin");
-        assert!(out.status.success(), "scripts/kafka-broker bin failed: {}", String::from_utf8_lossy(&out.stderr));
+        let (script, arg) = match kind {
+            BrokerKind::Tansu => ("scripts/kafka-broker", vec!["bin"]),
+            BrokerKind::Noida => ("scripts/es-server", vec!["bin", "noida"]),
+        };
+        let out = Command::new("bash").arg(root.join(script)).args(&arg).output().unwrap_or_else(|e| panic!("run {script}: {e}"));
+        assert!(out.status.success(), "{script} {arg:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let log = dir.join("tansu.log");
-        let file = std::fs::File::create(&log).expect("tansu log");
+        let log = dir.join(format!("{kind:?}.log").to_lowercase());
+        let file = std::fs::File::create(&log).expect("broker log");
         let url = format!("tcp://127.0.0.1:{port}");
+        let data = dir.join("noida-kafka");
+        let args: Vec<String> = match kind {
+            BrokerKind::Tansu => ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]
+                .map(String::from)
+                .to_vec(),
+            BrokerKind::Noida => vec![
+                "start".into(),
+                "--only".into(),
+                "kafka".into(),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--kafka-port".into(),
+                port.to_string(),
+                "--data-dir".into(),
+                data.display().to_string(),
+            ],
+        };
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-        let mut this = Self { port, child, log };
+        let mut this = Self { port, kind, child, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(matches!(this.child.try_wait(), Ok(None)), "private tansu exited at start: {}", this.log_text());
-            assert!(Instant::now() < deadline, "private tansu did not listen on {port} within 20 s: {}", this.log_text());
+            assert!(matches!(this.child.try_wait(), Ok(None)), "private {kind:?} broker exited at start: {}", this.log_text());
+            assert!(Instant::now() < deadline, "private {kind:?} broker did not listen on {port} within 20 s: {}", this.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
         this

@@ -292,6 +292,16 @@ async fn sigkill_twenty_times_and_a_broker_stall_lose_nothing_and_duplicate_noth
         }
     }
     let duplicates: usize = events_of.values().flat_map(HashMap::values).map(|n| n - 1).sum();
+    // What the kills and the stall made walcast do (from its log over all runs): restarts that
+    // found a committed position, failed batches retried, producers replaced.
+    let log = std::fs::read_to_string(&wc.log_path).unwrap_or_default();
+    let count = |pat: &str| log.lines().filter(|l| l.contains(pat)).count();
+    let read_back = log.lines().filter(|l| l.contains("position read back") && !l.contains("commit_lsn=0/0")).count();
+    eprintln!(
+        "kafka_eos_crash: walcast log: {read_back} positions read back, {} failed batches retried, {} producers replaced",
+        count("sink write failed"),
+        count("replacing the kafka producer")
+    );
     eprintln!(
         "kafka_eos_crash: {KILLS} kills and a 6 s stall of the {:?} broker in {killing:?}; {committed} workload transactions, {} \
          published with {total} changes; {} records read, {} transactions incomplete, {duplicates} duplicates; broker hides aborted transactions: \

@@ -33,16 +33,20 @@ pub enum BrokerKind {
     /// `init_transactions` aborts what an earlier instance left open, and `read_committed`
     /// fetches stop at the last stable offset and skip aborted transactions.
     Noida,
+    /// A broker this test did not start (e.g. Apache Kafka): `WALCAST_TEST_KAFKA_EOS_BOOTSTRAP`
+    /// (`host:port`) and `WALCAST_TEST_KAFKA_EOS_PID`, the process the stall pauses.
+    External,
 }
 
 impl BrokerKind {
     /// The broker of the exactly-once crash test: `WALCAST_TEST_KAFKA_EOS_BROKER` (`noida`, the
-    /// default, or `tansu`).
+    /// default, `tansu` or `external`).
     pub fn eos() -> Self {
         match std::env::var("WALCAST_TEST_KAFKA_EOS_BROKER").as_deref() {
             Ok("tansu") => Self::Tansu,
+            Ok("external") => Self::External,
             Ok("noida") | Ok("") | Err(_) => Self::Noida,
-            Ok(other) => panic!("WALCAST_TEST_KAFKA_EOS_BROKER={other}: use noida or tansu"),
+            Ok(other) => panic!("WALCAST_TEST_KAFKA_EOS_BROKER={other}: use noida, tansu or external"),
         }
     }
 }
@@ -53,7 +57,10 @@ impl BrokerKind {
 pub struct PrivateBroker {
     pub port: u16,
     pub kind: BrokerKind,
-    child: Child,
+    /// The broker process (`None`: external).
+    child: Option<Child>,
+    /// The process `pause` and `resume` signal.
+    pid: u32,
     pub log: PathBuf,
 }
 
@@ -70,6 +77,7 @@ impl PrivateBroker {
         let (script, arg) = match kind {
             BrokerKind::Tansu => ("scripts/kafka-broker", vec!["bin"]),
             BrokerKind::Noida => ("scripts/es-server", vec!["bin", "noida"]),
+            BrokerKind::External => return Self::external(dir),
         };
         let out = Command::new("bash").arg(root.join(script)).args(&arg).output().unwrap_or_else(|e| panic!("run {script}: {e}"));
         assert!(out.status.success(), "{script} {arg:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -80,9 +88,12 @@ impl PrivateBroker {
         let url = format!("tcp://127.0.0.1:{port}");
         let data = dir.join("noida-kafka");
         let args: Vec<String> = match kind {
-            BrokerKind::Tansu => ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]
-                .map(String::from)
-                .to_vec(),
+            BrokerKind::Tansu => {
+                ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]
+                    .map(String::from)
+                    .to_vec()
+            }
+            BrokerKind::External => unreachable!("returned above"),
             BrokerKind::Noida => vec![
                 "start".into(),
                 "--only".into(),
@@ -102,14 +113,25 @@ impl PrivateBroker {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-        let mut this = Self { port, kind, child, log };
+        let pid = child.id();
+        let mut this = Self { port, kind, child: Some(child), pid, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(matches!(this.child.try_wait(), Ok(None)), "private {kind:?} broker exited at start: {}", this.log_text());
+            let running = this.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            assert!(running, "private {kind:?} broker exited at start: {}", this.log_text());
             assert!(Instant::now() < deadline, "private {kind:?} broker did not listen on {port} within 20 s: {}", this.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
         this
+    }
+
+    fn external(dir: &Path) -> Self {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("WALCAST_TEST_KAFKA_EOS_BROKER=external needs {name}"));
+        let bootstrap = var("WALCAST_TEST_KAFKA_EOS_BOOTSTRAP");
+        let port =
+            bootstrap.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("WALCAST_TEST_KAFKA_EOS_BOOTSTRAP is 127.0.0.1:PORT");
+        let pid = var("WALCAST_TEST_KAFKA_EOS_PID").parse().expect("WALCAST_TEST_KAFKA_EOS_PID is a process id");
+        Self { port, kind: BrokerKind::External, child: None, pid, log: dir.join("external-broker.log") }
     }
 
     /// `127.0.0.1:PORT`.
@@ -128,7 +150,7 @@ impl PrivateBroker {
     }
 
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().expect("run kill");
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid.to_string()).status().expect("run kill");
         assert!(status.success(), "kill -{sig} of the private broker failed");
     }
 
@@ -140,8 +162,10 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         // A paused process dies of SIGKILL all the same.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

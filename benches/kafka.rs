@@ -1,4 +1,5 @@
-//! Kafka sink benchmark against the real Postgres and broker of `scripts/test-env` (tansu):
+//! Kafka sink benchmark against the real Postgres and broker of `scripts/test-env` (tansu, or
+//! noida-db's Kafka service with `WALCAST_BENCH_KAFKA_BROKER=noida`, scripts/bench-kafka):
 //!
 //! 1. Throughput: one INSERT transaction of WALCAST_BENCH_KAFKA_ROWS rows (200,000) on
 //!    `bench_rows`, drained by the release `walcast run` with the Kafka sink, then the same with
@@ -132,8 +133,9 @@ async fn bench() -> Result<()> {
     let mark = |ok: bool| if ok { "ok" } else { "MISSED" };
     println!();
     println!(
-        "kafka bench (one run; {} cores; Postgres, tansu and walcast on this machine)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        "kafka bench (one run; {} cores; Postgres, the broker at {} and walcast on this machine)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        env.kafka
     );
     println!("  throughput, one {}-row transaction, commit -> slot confirmed:", env.rows);
     println!("    kafka sink             {:>7.2} s  {:>9.0} rows/s", rates[0].1, kafka);
@@ -175,6 +177,9 @@ fn spawn_walcast(env: &Env, slot: &str, kind: SinkKind, prefix: &str) -> Result<
             format!("[sinks.kafka]\nbootstrap_servers = \"{}\"\nprefix = \"{prefix}\"\nexactly_once = true\n", env.kafka)
         }
     };
+    // The state dir in the run's temp dir: one left in the working directory by an earlier run
+    // remembers the publication this run drops and creates again, and walcast refuses to start.
+    let sink = format!("{sink}\n[snapshot]\nstate_dir = \"{}\"\n", env.tmp.path().join("state").display());
     let source = format!("create_slot = false\ncreate_publication = false\nstatus_interval_ms = {STATUS_INTERVAL_MS}\n");
     let path = env.tmp.path().join(format!("{slot}.toml"));
     std::fs::write(&path, env.pg.walcast_config(DB, slot, PUBLICATION, &source, &sink)).context("write config")?;

@@ -1,8 +1,10 @@
 //! Snapshot: load the rows that exist before streaming starts (docs/snapshot.md). Rows are read chunk by chunk in primary-key order inside the slot's
 //! exported snapshot, turned into [`Op::Read`] changes with `commit_lsn` = the consistent point,
-//! and handed to the sinks like streamed batches. Progress is saved after each chunk every sink
-//! has written, so an interrupted snapshot resumes from the last finished chunk.
+//! and handed to the sinks like streamed batches. Progress records the chunks every sink made
+//! durable (saved in the background), so an interrupted snapshot resumes from the last of them.
 
+mod copy_text;
+mod ledger;
 mod on_demand;
 mod progress;
 mod reader;
@@ -10,13 +12,13 @@ mod recheck;
 mod resync;
 mod state;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use self::ledger::{Ledger, UnwrittenChunk};
 pub use self::on_demand::{load_on_demand, SnapshotTarget};
 use self::progress::{Mode, Progress};
 pub use self::reader::TableRef;
@@ -30,6 +32,13 @@ use crate::lsn::Lsn;
 use crate::metrics::{Metrics, TableLabel};
 use crate::sink::{Batch, ChunkPlace, SinkError, SinkReport, SnapshotPart};
 use crate::source::{connect_sql, ConnParams, SourceError};
+
+/// How often the sinks sync a snapshot's chunks (and every table's last chunk): what a crash
+/// can make the next start read again. At most this long apart...
+const SYNC_EVERY: Duration = Duration::from_millis(250);
+
+/// ...and at most this many chunks apart (small chunks record progress as often as before).
+const SYNC_EVERY_CHUNKS: u32 = 8;
 
 /// First chunk number of the next load (each load takes a range of 2^32).
 static NEXT_CHUNK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -96,19 +105,6 @@ pub async fn tables_to_load(config: &Config, client: &tokio_postgres::Client) ->
     Ok(out)
 }
 
-/// One chunk handed to the sinks and not yet written by all of them.
-struct UnwrittenChunk {
-    chunk: u64,
-    /// The table the chunk belongs to (`None`: the re-sync's truncates).
-    table: Option<usize>,
-    /// Key of the chunk's last row (resume after it), `None` for a table without a primary key.
-    after: Option<Vec<String>>,
-    rows: u64,
-    last_of_table: bool,
-    acks: usize,
-    place: ChunkPlace,
-}
-
 /// What to load, and where progress goes.
 pub struct LoadPlan<'a> {
     /// The tables, in order.
@@ -133,22 +129,19 @@ pub async fn load(
     shutdown: &CancellationToken,
 ) -> Result<Outcome, SnapshotError> {
     let mut sinks = sinks;
-    let LoadPlan { tables, point, exported, mut state } = plan;
+    let LoadPlan { tables, point, exported, state } = plan;
     let started = Instant::now();
     let client = connect_sql(params).await?;
     let mut reader = Reader::begin(client, exported).await?;
     let exported: Option<Arc<str>> = exported.map(Arc::from);
     let mut commit_ts = pg_now_micros();
-    if let Some(s) = state.as_deref_mut() {
-        // Every load of one snapshot gets its own time, even if the clock went back: the rows of
-        // a table without a primary key are identified by it (`Change::write_change_id`).
-        if let Some(previous) = s.load_ts {
-            commit_ts = commit_ts.max(previous.saturating_add(1));
-        }
-        s.load_ts = Some(commit_ts);
-        s.save().await.map_err(snapshot_state_error)?;
+    let mut ledger = Ledger::new(state, sinks.queues.len());
+    // Every load of one snapshot gets its own time, even if the clock went back: the rows of a
+    // table without a primary key are identified by it (`Change::write_change_id`).
+    if let Some(previous) = ledger.state().and_then(|s| s.load_ts) {
+        commit_ts = commit_ts.max(previous.saturating_add(1));
     }
-    let mut pending: VecDeque<UnwrittenChunk> = VecDeque::new();
+    ledger.update(|s| s.load_ts = Some(commit_ts)).await?;
     // Unique across attempts: reports of an abandoned attempt's chunks may still arrive.
     let mut next_chunk = NEXT_CHUNK.fetch_add(1 << 32, std::sync::atomic::Ordering::Relaxed);
     let mut total_rows = 0u64;
@@ -157,7 +150,7 @@ pub async fn load(
 
     // A re-sync first empties what the sinks hold of every table (all before any load: tables
     // may share an index), once: the state records it before the first chunk is read.
-    if state.as_deref().is_some_and(|s| s.resync && !s.cleared) {
+    if ledger.state().is_some_and(|s| s.resync && !s.cleared) {
         let mut changes = Vec::with_capacity(tables.len());
         for table in tables {
             changes.push(reader.table(table, None).await?.resync_truncate(point, commit_ts));
@@ -170,18 +163,16 @@ pub async fn load(
             last_of_table: false,
             acks: 0,
             place: ChunkPlace::default(),
+            sync: true,
         };
         next_chunk += 1;
-        if !dispatch(&mut sinks, changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown).await? {
+        if !dispatch(&mut sinks, changes, part, exported.clone(), &mut ledger, tables, shutdown).await? {
             return Ok(Outcome::Interrupted);
         }
-        if wait_written(config, &mut sinks, Outcome::Done, &mut pending, tables, &mut state, shutdown).await? == Outcome::Interrupted {
+        if wait_written(config, &mut sinks, Outcome::Done, &mut ledger, tables, shutdown).await? == Outcome::Interrupted {
             return Ok(Outcome::Interrupted);
         }
-        if let Some(s) = state.as_deref_mut() {
-            s.cleared = true;
-            s.save().await.map_err(snapshot_state_error)?;
-        }
+        ledger.update(|s| s.cleared = true).await?;
         tracing::info!(tables = tables.len(), "re-sync: removed the tables' data from the sinks before reloading them");
     }
 
@@ -190,17 +181,18 @@ pub async fn load(
     let mut resumed_rows = 0u64;
     for table in tables {
         let name = table.to_string();
-        let resume = state.as_deref().and_then(|s| s.table(&name).cloned()).unwrap_or_default();
+        let resume = ledger.state().and_then(|s| s.table(&name).cloned()).unwrap_or_default();
         let estimate = if resume.done { resume.rows } else { reader.estimate_rows(table).await? };
         metrics.snapshot_rows_estimated.get_or_create(&TableLabel { table: name }).set(i64::try_from(estimate).unwrap_or(i64::MAX));
         resumed_rows += resume.rows;
         estimates.push(estimate);
     }
     let mut progress = Progress::new(Mode::detect(config.log.format), estimates.iter().sum(), resumed_rows);
+    let (mut last_sync, mut unsynced) = (Instant::now(), 0u32);
 
     'tables: for (ti, table) in tables.iter().enumerate() {
         let name = table.to_string();
-        let resume = state.as_deref().and_then(|s| s.table(&name).cloned()).unwrap_or_default();
+        let resume = ledger.state().and_then(|s| s.table(&name).cloned()).unwrap_or_default();
         if resume.done {
             tracing::info!(table = %name, rows = resume.rows, "snapshot table already loaded");
             continue;
@@ -233,10 +225,24 @@ pub async fn load(
             total_rows += rows;
             let place = ChunkPlace { first_of_table, last_of_table, first_table: ti == 0, last_table: ti + 1 == tables.len() };
             first_of_table = false;
-            let part =
-                UnwrittenChunk { chunk: next_chunk, table: Some(ti), after: chunk.after, rows: rows_done, last_of_table, acks: 0, place };
+            // The sinks sync now and then and at each table's end, not after every chunk.
+            unsynced += 1;
+            let sync = last_of_table || unsynced >= SYNC_EVERY_CHUNKS || last_sync.elapsed() >= SYNC_EVERY;
+            if sync {
+                (last_sync, unsynced) = (Instant::now(), 0);
+            }
+            let part = UnwrittenChunk {
+                chunk: next_chunk,
+                table: Some(ti),
+                after: chunk.after,
+                rows: rows_done,
+                last_of_table,
+                acks: 0,
+                place,
+                sync,
+            };
             next_chunk += 1;
-            let handed = dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut pending, tables, &mut state, shutdown);
+            let handed = dispatch(&mut sinks, chunk.changes, part, exported.clone(), &mut ledger, tables, shutdown);
             // The chunk after the one read ahead is queried on the server while this one waits
             // for room in a sink's queue (and the sinks render and write it).
             let read_more = !last_of_table && ahead.as_ref().is_some_and(|n| n.changes.len() as u64 >= chunk_rows);
@@ -262,13 +268,11 @@ pub async fn load(
     }
     drop(reader);
     drop(progress);
-    let outcome = wait_written(config, &mut sinks, outcome, &mut pending, tables, &mut state, shutdown).await?;
+    let outcome = wait_written(config, &mut sinks, outcome, &mut ledger, tables, shutdown).await?;
+    ledger.flush().await?;
     match outcome {
         Outcome::Done => {
-            if let Some(s) = state {
-                s.status = Status::Done;
-                s.save().await.map_err(snapshot_state_error)?;
-            }
+            ledger.update(|s| s.status = Status::Done).await?;
             tracing::info!(
                 rows = total_rows,
                 tables = tables.len(),
@@ -293,14 +297,13 @@ async fn dispatch(
     changes: Vec<Change>,
     part: UnwrittenChunk,
     exported: Option<Arc<str>>,
-    pending: &mut VecDeque<UnwrittenChunk>,
+    ledger: &mut Ledger<'_>,
     tables: &[TableRef],
-    state: &mut Option<&mut SnapshotState>,
     shutdown: &CancellationToken,
 ) -> Result<bool, SnapshotError> {
-    let batch =
-        Arc::new(Batch { changes, checkpoint: None, snapshot: Some(SnapshotPart { chunk: part.chunk, exported, place: part.place }) });
-    pending.push_back(part);
+    let snapshot = SnapshotPart { chunk: part.chunk, exported, place: part.place, sync: part.sync };
+    let batch = Arc::new(Batch { changes, checkpoint: None, snapshot: Some(snapshot) });
+    ledger.push(part);
     for queue in sinks.queues {
         (sinks.on_dispatch)();
         // A sink that stopped has dropped its queue: the send fails, its report says why.
@@ -314,7 +317,7 @@ async fn dispatch(
         }
     }
     while let Ok(report) = sinks.reports.try_recv() {
-        absorb(Some(report), pending, sinks.queues.len(), tables, state).await?;
+        ledger.absorb(Some(report), tables).await?;
     }
     Ok(true)
 }
@@ -325,13 +328,12 @@ async fn wait_written(
     config: &Config,
     sinks: &mut SinkHandles<'_>,
     mut outcome: Outcome,
-    pending: &mut VecDeque<UnwrittenChunk>,
+    ledger: &mut Ledger<'_>,
     tables: &[TableRef],
-    state: &mut Option<&mut SnapshotState>,
     shutdown: &CancellationToken,
 ) -> Result<Outcome, SnapshotError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.pipeline.shutdown_timeout_ms);
-    while !pending.is_empty() {
+    while !ledger.all_written() {
         let report = if outcome == Outcome::Interrupted {
             tokio::select! {
                 r = sinks.reports.recv() => r,
@@ -347,37 +349,9 @@ async fn wait_written(
         if report.is_none() {
             return Err(stopped_sink(sinks.reports));
         }
-        absorb(report, pending, sinks.queues.len(), tables, state).await?;
+        ledger.absorb(report, tables).await?;
     }
     Ok(outcome)
-}
-
-/// Count one sink report against the pending chunks; record every chunk all sinks wrote.
-async fn absorb(
-    report: Option<SinkReport>,
-    pending: &mut VecDeque<UnwrittenChunk>,
-    sinks: usize,
-    tables: &[TableRef],
-    state: &mut Option<&mut SnapshotState>,
-) -> Result<(), SnapshotError> {
-    match report {
-        Some(SinkReport::SnapshotChunk { chunk, .. }) => {
-            if let Some(p) = pending.iter_mut().find(|p| p.chunk == chunk) {
-                p.acks += 1;
-            }
-        }
-        Some(SinkReport::Failed { error, .. }) => return Err(error.into()),
-        Some(SinkReport::Durable { .. }) | None => {}
-    }
-    // Sinks write in order, so finished chunks are at the front.
-    while pending.front().is_some_and(|p| p.acks >= sinks) {
-        let Some(p) = pending.pop_front() else { break };
-        if let (Some(s), Some(table)) = (state.as_deref_mut(), p.table.and_then(|t| tables.get(t))) {
-            s.record(&table.to_string(), p.after, p.rows, p.last_of_table);
-            s.save().await.map_err(snapshot_state_error)?;
-        }
-    }
-    Ok(())
 }
 
 fn stopped_sink(reports: &mut mpsc::UnboundedReceiver<SinkReport>) -> SnapshotError {

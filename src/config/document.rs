@@ -65,7 +65,8 @@ pub struct SnapshotConfig {
     /// exported snapshot before streaming. `never`: stream only.
     #[serde(default)]
     pub mode: SnapshotMode,
-    /// Rows per chunk (keyset pagination by primary key); progress is saved after each chunk.
+    /// Rows per chunk (keyset pagination by primary key); progress records the last chunk every
+    /// sink made durable (synced every 250 ms or 8 chunks).
     #[serde(default = "default_snapshot_chunk_rows")]
     pub chunk_rows: usize,
     /// Directory for the progress file `snapshot-SLOT.json` (a restart resumes from the last

@@ -429,7 +429,7 @@ mod tests {
         let snapshot = Batch {
             changes: vec![snapshot_row],
             checkpoint: None,
-            snapshot: Some(SnapshotPart { chunk: 1, exported: None, place: Default::default() }),
+            snapshot: Some(SnapshotPart { chunk: 1, exported: None, place: Default::default(), sync: true }),
         };
         sink.write_shared(&Arc::new(snapshot)).await.expect("a snapshot chunk is reported written");
         assert!(!end.has_changed().expect("open"), "nothing appended");

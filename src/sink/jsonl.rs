@@ -62,8 +62,10 @@ impl Sink for JsonlSink {
         for change in &batch.changes {
             render_line(change, &mut self.buf)?;
         }
+        // A snapshot chunk may leave its fsync to a later chunk (`SnapshotPart::sync`).
+        let sync = batch.snapshot.as_ref().is_none_or(|part| part.sync);
         let result = match &mut self.target {
-            Target::File(file) => file.append(&mut self.buf).await.map_err(|e| e.into_sink_error(NAME)),
+            Target::File(file) => file.append_with(&mut self.buf, sync).await.map_err(|e| e.into_sink_error(NAME)),
             Target::Stdout => {
                 // Pipe writes block; keep them off the async workers.
                 let buf = std::mem::take(&mut self.buf);

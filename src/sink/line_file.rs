@@ -165,20 +165,26 @@ impl LineFile {
     /// lines are durable. `buf` is handed back unchanged (the caller reuses it). A torn end is
     /// cut off first if that was not done yet.
     pub(crate) async fn append(&mut self, buf: &mut Vec<u8>) -> Result<(), LineFileError> {
+        self.append_with(buf, true).await
+    }
+
+    /// [`LineFile::append`], without the fsync when `sync` is `false`: the lines are written
+    /// (a kill keeps them, a power loss may not) and the next synced append makes them durable.
+    pub(crate) async fn append_with(&mut self, buf: &mut Vec<u8>, sync: bool) -> Result<(), LineFileError> {
         if self.repaired && buf.is_empty() {
             return Ok(());
         }
         let lost = |reason: String| LineFileError::Lost { path: Arc::clone(&self.path), reason };
         let file = self.file.take().ok_or_else(|| lost("lost after an earlier failure".into()))?;
         let data = std::mem::take(buf);
-        let (path, repair, sync) = (Arc::clone(&self.path), !self.repaired, self.regular);
+        let (path, repair, regular) = (Arc::clone(&self.path), !self.repaired, self.regular);
         let joined = tokio::task::spawn_blocking(move || {
             let repaired = if repair {
                 cut_torn_line(&file, &path).map_err(|source| LineFileError::Repair { path: Arc::clone(&path), source })
             } else {
                 Ok(())
             };
-            let result = repaired.and_then(|()| append_blocking(&file, &path, &data, sync));
+            let result = repaired.and_then(|()| append_blocking(&file, &path, &data, regular, sync));
             (file, data, result)
         })
         .await;
@@ -221,23 +227,23 @@ fn cut_torn_line(file: &File, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Write all of `data`, flush, and fsync when `sync`. A failed write to a regular file is rolled
-/// back to the previous length. Blocking.
-fn append_blocking(file: &File, path: &Arc<Path>, data: &[u8], sync: bool) -> Result<(), LineFileError> {
+/// Write all of `data`, flush, and fsync a `regular` file when `sync`. A failed write to a
+/// regular file is rolled back to the previous length. Blocking.
+fn append_blocking(file: &File, path: &Arc<Path>, data: &[u8], regular: bool, sync: bool) -> Result<(), LineFileError> {
     if data.is_empty() {
         return Ok(());
     }
     let before = file.metadata().map(|m| m.len()).ok();
     let mut f = file;
     if let Err(source) = f.write_all(data).and_then(|()| f.flush()) {
-        if let Some(len) = before.filter(|_| sync) {
+        if let Some(len) = before.filter(|_| regular) {
             if let Err(rollback) = file.set_len(len) {
                 return Err(LineFileError::Rollback { path: Arc::clone(path), source, rollback });
             }
         }
         return Err(LineFileError::Write { path: Arc::clone(path), source });
     }
-    if sync {
+    if regular && sync {
         file.sync_data().map_err(|source| LineFileError::Sync { path: Arc::clone(path), source })?;
     }
     Ok(())

@@ -48,6 +48,10 @@ pub struct SnapshotPart {
     pub exported: Option<Arc<str>>,
     /// Where the chunk sits in the snapshot (Debezium's `source.snapshot` markers).
     pub place: ChunkPlace,
+    /// Make this chunk and every batch before it durable before reporting it. When `false` a
+    /// sink that syncs (the JSON-lines file) may only write it: the snapshot records no chunk
+    /// until a later synced one is reported, so fsyncs are not paid per chunk.
+    pub sync: bool,
 }
 
 /// Where a snapshot chunk sits: its table's first or last rows, the snapshot's first or last.
@@ -351,7 +355,7 @@ mod tests {
         d.batches.send(batch(0x10)).await.expect("queue");
         d.batches
             .send(Arc::new(Batch {
-                snapshot: Some(SnapshotPart { chunk: 7, exported: None, place: ChunkPlace::default() }),
+                snapshot: Some(SnapshotPart { chunk: 7, exported: None, place: ChunkPlace::default(), sync: true }),
                 ..Batch::default()
             }))
             .await

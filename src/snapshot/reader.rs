@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use std::pin::Pin;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, RowStream};
+use tokio_postgres::{Client, CopyOutStream};
+
+use super::copy_text;
 
 use crate::config::TableName;
 use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
@@ -58,22 +59,49 @@ pub(super) struct TableReader {
     relation: Arc<Relation>,
     /// Positions of the primary-key columns in key order (empty: no primary key).
     key: Vec<usize>,
-    /// First chunk (no lower bound) and next chunks (`$1..$k` = the previous chunk's last key).
-    first: String,
-    next: String,
+    /// `SELECT <columns> FROM <table>` read by COPY, which writes every value as its type's
+    /// output function's text (what pgoutput streams) without the cast to `text` a query needs
+    /// for text results.
+    copy_select: String,
+    /// The key columns, `k1, k2`, and their types (`format_type`): the order and the bound.
+    order: String,
+    key_types: Vec<String>,
     after: Option<Vec<String>>,
     /// Cursor name, for a table without a primary key.
     cursor: Option<String>,
-    /// The keyset query being read: up to [`READ_AHEAD_CHUNKS`] chunks in one statement whose
-    /// rows the server sends while walcast renders the ones before (no round trip per chunk),
-    /// and the rows it may still send.
-    window: Option<(Pin<Box<RowStream>>, u64)>,
+    /// The keyset query being read.
+    window: Option<Window>,
     /// The last window ended short: the table has no row after `after`.
     exhausted: bool,
     seq: u64,
     /// Which of a chunk's keys (`$1..$k`: one text array per key column) have no row: the
     /// 1-based positions. `None` without a primary key.
     missing: Option<String>,
+}
+
+/// One keyset query: up to [`READ_AHEAD_CHUNKS`] chunks in one `COPY (SELECT ...) TO STDOUT`
+/// whose rows the server sends while walcast renders the ones before (no round trip per chunk).
+struct Window {
+    stream: Pin<Box<CopyOutStream>>,
+    /// Rows it may still send.
+    left: u64,
+    /// Data received and not read yet (whole rows, but for a row split across messages).
+    rest: Bytes,
+}
+
+impl TableReader {
+    /// The COPY of the next `window` rows after `after` (all from the start without it).
+    fn copy_query(&self, window: usize) -> String {
+        let bound = match &self.after {
+            None => String::new(),
+            Some(after) => {
+                let values: Vec<String> =
+                    after.iter().zip(&self.key_types).map(|(v, ty)| format!("{}::text::{ty}", copy_text::literal(v))).collect();
+                format!(" WHERE ({}) > ({})", self.order, values.join(", "))
+            }
+        };
+        format!("COPY ({}{bound} ORDER BY {} LIMIT {window}) TO STDOUT", self.copy_select, self.order)
+    }
 }
 
 /// Rows of one chunk as changes, and the key to resume after.
@@ -192,16 +220,10 @@ impl Reader {
         let key: Vec<usize> = keyed.iter().map(|(_, i, _)| *i).collect();
         let key_cols: Vec<String> = key.iter().map(|&i| quote_ident(&columns[i].name)).collect();
         let select = format!("SELECT {} FROM {name}", outputs.join(", "));
+        let plain: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let copy_select = format!("SELECT {} FROM {name}", plain.join(", "));
         let order = key_cols.join(", ");
-        let bounds: Vec<String> = keyed.iter().enumerate().map(|(n, (_, _, ty))| format!("${}::text::{ty}", n + 1)).collect();
-        let (first, next) = if key.is_empty() {
-            (select.clone(), select)
-        } else {
-            (
-                format!("{select} ORDER BY {order} LIMIT $1"),
-                format!("{select} WHERE ({order}) > ({}) ORDER BY {order} LIMIT ${}", bounds.join(", "), key.len() + 1),
-            )
-        };
+        let key_types: Vec<String> = keyed.iter().map(|(_, _, ty)| ty.clone()).collect();
         // The chunk's first and last keys bound the lookup (`$k+1..$2k`, `$2k+1..$3k`), so the
         // planner can read that key range once (hash anti join) instead of probing every key.
         let missing = (!key.is_empty()).then(|| {
@@ -235,7 +257,7 @@ impl Reader {
             self.cursors += 1;
             let cursor = format!("walcast_snapshot_{}", self.cursors);
             self.client
-                .batch_execute(&format!("DECLARE {cursor} NO SCROLL CURSOR FOR {first}"))
+                .batch_execute(&format!("DECLARE {cursor} NO SCROLL CURSOR FOR {select}"))
                 .await
                 .map_err(|e| query_error(&format!("reading {table}"), &e))?;
             Some(cursor)
@@ -245,8 +267,9 @@ impl Reader {
         Ok(TableReader {
             relation,
             key,
-            first,
-            next,
+            copy_select,
+            order,
+            key_types,
             after: if cursor.is_some() { None } else { after },
             cursor,
             window: None,
@@ -280,7 +303,6 @@ impl Reader {
             Ok(())
         };
         let mut rows = 0usize;
-        let mut last: Option<tokio_postgres::Row> = None;
         if let Some(cursor) = &t.cursor {
             let fetched = self.client.query(&format!("FETCH {limit} FROM {cursor}"), &[]).await.map_err(|e| query_error(&what(), &e))?;
             for row in &fetched {
@@ -288,42 +310,51 @@ impl Reader {
             }
             rows = fetched.len();
         } else {
+            let bad = |e: String| SourceError::Query(format!("snapshot: {}: {e}", what()));
             while rows < limit && !t.exhausted {
-                let (stream, left) = match &mut t.window {
-                    Some(w) => w,
-                    None => {
-                        // The next window starts after the last row read.
-                        if let Some(row) = last.take() {
-                            let key: Result<Vec<String>, _> = t.key.iter().map(|&i| row_text(&row, i)).collect();
-                            t.after = Some(key.map_err(|e| query_error(&what(), &e))?);
-                        }
-                        let window = limit.saturating_mul(READ_AHEAD_CHUNKS);
-                        let window_i64 = i64::try_from(window).unwrap_or(i64::MAX);
-                        let stream = match &t.after {
-                            None => self.client.query_raw(t.first.as_str(), [&window_i64 as &(dyn ToSql + Sync)]).await,
-                            Some(after) => {
-                                let mut params: Vec<&(dyn ToSql + Sync)> = after.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                                params.push(&window_i64);
-                                self.client.query_raw(t.next.as_str(), params).await
-                            }
-                        }
-                        .map_err(|e| query_error(&what(), &e))?;
-                        t.window.insert((Box::pin(stream), window as u64))
+                if t.window.is_none() {
+                    // The next window starts after the last row read.
+                    if rows > 0 {
+                        t.after = Some(last_key(&text, &spans, rows, columns, &t.key).map_err(bad)?);
                     }
-                };
-                match std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
-                    Some(row) => {
-                        let row = row.map_err(|e| query_error(&what(), &e))?;
-                        take(&row)?;
-                        *left = left.saturating_sub(1);
-                        rows += 1;
-                        last = Some(row);
+                    let window = limit.saturating_mul(READ_AHEAD_CHUNKS);
+                    let stream = self.client.copy_out(t.copy_query(window).as_str()).await.map_err(|e| query_error(&what(), &e))?;
+                    t.window = Some(Window { stream: Box::pin(stream), left: window as u64, rest: Bytes::new() });
+                }
+                let Some(w) = t.window.as_mut() else { continue };
+                if let Some(end) = w.rest.iter().position(|&b| b == b'\n') {
+                    let line = w.rest.split_to(end + 1);
+                    copy_text::split_row(&line[..end], columns, &mut text, &mut spans).map_err(bad)?;
+                    w.left = w.left.saturating_sub(1);
+                    rows += 1;
+                    continue;
+                }
+                match std::future::poll_fn(|cx| w.stream.as_mut().poll_next(cx)).await {
+                    Some(data) => {
+                        let data = data.map_err(|e| query_error(&what(), &e))?;
+                        w.rest = if w.rest.is_empty() {
+                            data
+                        } else {
+                            // A row split across messages (the server sends one per row).
+                            let mut joined = BytesMut::from(&w.rest[..]);
+                            joined.extend_from_slice(&data);
+                            joined.freeze()
+                        };
                     }
+                    None if !w.rest.is_empty() => return Err(bad("COPY ended inside a row".into())),
                     None => {
-                        t.exhausted = *left > 0;
+                        t.exhausted = w.left > 0;
                         t.window = None;
                     }
                 }
+            }
+            // The server sends the client encoding, UTF-8; COPY's escapes and delimiters are
+            // ASCII, so a whole valid buffer has valid values.
+            if std::str::from_utf8(&text).is_err() {
+                return Err(bad("a value is not valid UTF-8".into()));
+            }
+            if rows > 0 {
+                t.after = Some(last_key(&text, &spans, rows, columns, &t.key).map_err(bad)?);
             }
         }
         let text = text.freeze();
@@ -351,10 +382,6 @@ impl Reader {
                 truncate: TruncateOptions::default(),
             });
             t.seq += 1;
-        }
-        if let Some(last) = last {
-            let key: Result<Vec<String>, _> = t.key.iter().map(|&i| row_text(&last, i)).collect();
-            t.after = Some(key.map_err(|e| query_error(&what(), &e))?);
         }
         Ok(Chunk { changes, after: t.after.clone() })
     }
@@ -446,10 +473,22 @@ fn plan_rows(line: &str) -> Option<u64> {
     rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
 }
 
-/// (int2vector subscripts start at 0, hence the position arithmetic in the column query.)
-fn row_text(row: &tokio_postgres::Row, i: usize) -> Result<String, tokio_postgres::Error> {
-    // Primary-key columns are never NULL.
-    row.try_get::<_, Option<String>>(i).map(Option::unwrap_or_default)
+/// The primary-key values (text) of the last of `rows` rows whose values are `spans` of `text`.
+fn last_key(
+    text: &[u8],
+    spans: &[Option<std::ops::Range<usize>>],
+    rows: usize,
+    columns: usize,
+    key: &[usize],
+) -> Result<Vec<String>, String> {
+    let row = spans.get((rows - 1) * columns..rows * columns).ok_or("a row without its values")?;
+    key.iter()
+        .map(|&i| {
+            // Primary-key columns are never NULL.
+            let span = row.get(i).cloned().flatten().unwrap_or_default();
+            String::from_utf8(text.get(span).unwrap_or_default().to_vec()).map_err(|_| "a key value is not valid UTF-8".to_string())
+        })
+        .collect()
 }
 
 #[cfg(test)]

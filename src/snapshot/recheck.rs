@@ -15,14 +15,14 @@
 //! Memory stays bounded: the load's rows are read again chunk by chunk, in the load's own
 //! snapshot (held open in a transaction), and checked against the newer one a chunk at a time.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::ledger::{Ledger, UnwrittenChunk};
 use super::reader::Reader;
-use super::{dispatch, pg_now_micros, wait_written, Outcome, SinkHandles, SnapshotError, TableRef, UnwrittenChunk, NEXT_CHUNK};
+use super::{dispatch, pg_now_micros, wait_written, Outcome, SinkHandles, SnapshotError, TableRef, NEXT_CHUNK};
 use crate::config::Config;
 use crate::decode::{Change, OldTuple, OldTupleKind, Op};
 use crate::lsn::Lsn;
@@ -77,7 +77,7 @@ pub async fn recheck(
     let mut current = Reader::begin(connect_sql(params).await?, Some(newer)).await?;
     let exported: Option<Arc<str>> = Some(Arc::from(newer));
     let commit_ts = pg_now_micros();
-    let mut pending: VecDeque<UnwrittenChunk> = VecDeque::new();
+    let mut ledger = Ledger::new(None, sinks.queues.len());
     let mut next_chunk = NEXT_CHUNK.fetch_add(1 << 32, std::sync::atomic::Ordering::Relaxed);
     let (mut checked, mut deleted) = (0u64, 0u64);
     let mut outcome = Outcome::Done;
@@ -125,9 +125,10 @@ pub async fn recheck(
                     last_of_table,
                     acks: 0,
                     place: ChunkPlace::default(),
+                    sync: true,
                 };
                 next_chunk += 1;
-                if !dispatch(&mut sinks, deletes, part, exported.clone(), &mut pending, tables, &mut None, shutdown).await? {
+                if !dispatch(&mut sinks, deletes, part, exported.clone(), &mut ledger, tables, shutdown).await? {
                     outcome = Outcome::Interrupted;
                     break 'tables;
                 }
@@ -138,7 +139,7 @@ pub async fn recheck(
         }
     }
     drop(loaded);
-    let outcome = wait_written(config, &mut sinks, outcome, &mut pending, tables, &mut None, shutdown).await?;
+    let outcome = wait_written(config, &mut sinks, outcome, &mut ledger, tables, shutdown).await?;
     drop(current);
     match outcome {
         Outcome::Done => {

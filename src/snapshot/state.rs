@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::lsn::Lsn;
 
+/// Held while a progress file is replaced.
+static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Where a snapshot stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,9 +171,14 @@ impl SnapshotState {
         async move {
             let content = content?;
             let shown = path.display().to_string();
-            tokio::task::spawn_blocking(move || crate::state_file::replace(&path, &path.with_extension("json.tmp"), &content))
-                .await
-                .map_err(|e| std::io::Error::other(format!("the task saving {shown} failed: {e}")))?
+            tokio::task::spawn_blocking(move || {
+                // One save at a time: saves share the temporary file (a save left running by a
+                // failed load may meet the next attempt's).
+                let _one = SAVING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                crate::state_file::replace(&path, &path.with_extension("json.tmp"), &content)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(format!("the task saving {shown} failed: {e}")))?
         }
     }
 

@@ -74,7 +74,7 @@ async fn interrupted_snapshot_resumes_and_ends_equal_to_the_tables() {
     exec(
         &sql,
         "CREATE TABLE big (id int PRIMARY KEY, v text); \
-         INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+         INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 60000) g; \
          CREATE TABLE nopk (id int, v text); \
          INSERT INTO nopk SELECT g, 'n' || g FROM generate_series(1, 300) g",
     )
@@ -90,7 +90,7 @@ async fn interrupted_snapshot_resumes_and_ends_equal_to_the_tables() {
     loop {
         let rows = state_file(state.path(), &db.slot).and_then(|s| s["tables"]["public.big"]["rows"].as_u64()).unwrap_or(0);
         if rows >= 500 {
-            assert!(rows < 20000, "the snapshot finished before it could be interrupted; make it slower");
+            assert!(rows < 60000, "the snapshot finished before it could be interrupted; make it slower");
             break;
         }
         assert!(Instant::now() < deadline, "no snapshot progress\n{}", wc.log_tail(40));
@@ -103,13 +103,13 @@ async fn interrupted_snapshot_resumes_and_ends_equal_to_the_tables() {
     exec(
         &sql,
         "UPDATE big SET v = 'changed' WHERE id % 1000 = 0; DELETE FROM big WHERE id % 997 = 0; \
-         INSERT INTO big VALUES (20001, 'new'); UPDATE nopk SET v = 'changed' WHERE id = 7",
+         INSERT INTO big VALUES (60001, 'new'); UPDATE nopk SET v = 'changed' WHERE id = 7",
     )
     .await;
     wc.start();
-    wc.wait_for("the insert made while down", WAIT, |l| l["op"] == "insert" && l["after"]["id"] == 20001).await;
-    exec(&sql, "INSERT INTO big VALUES (20002, 'marker')").await;
-    let lines = wc.wait_for("the marker", WAIT, |l| l["after"]["id"] == 20002).await;
+    wc.wait_for("the insert made while down", WAIT, |l| l["op"] == "insert" && l["after"]["id"] == 60001).await;
+    exec(&sql, "INSERT INTO big VALUES (60002, 'marker')").await;
+    let lines = wc.wait_for("the marker", WAIT, |l| l["after"]["id"] == 60002).await;
     wc.stop().await;
 
     // Apply the lines in order: the result must be the table.

@@ -395,12 +395,23 @@ fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Resu
         return Err("integer has a leading zero");
     }
     let mut v: u64 = 0;
-    for &d in digits {
-        let d = d.wrapping_sub(b'0');
-        if d > 9 {
-            return Err("integer has a non-digit");
+    if digits.len() <= 19 {
+        // Nineteen digits stay below u64::MAX: no overflow check per digit.
+        for &d in digits {
+            let d = d.wrapping_sub(b'0');
+            if d > 9 {
+                return Err("integer has a non-digit");
+            }
+            v = v * 10 + u64::from(d);
         }
-        v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))).ok_or("integer out of range")?;
+    } else {
+        for &d in digits {
+            let d = d.wrapping_sub(b'0');
+            if d > 9 {
+                return Err("integer has a non-digit");
+            }
+            v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))).ok_or("integer out of range")?;
+        }
     }
     if v > if neg { max_neg } else { max_pos } {
         return Err("integer out of range for its type");

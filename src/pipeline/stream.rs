@@ -589,7 +589,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
 /// faster than a sink syncs would otherwise go out one batch each, and the per-batch cost would
 /// dominate the CPU per row. A change that arrives after a quiet spell still goes out at once;
 /// under load a batch waits at most this long, well inside the status interval that confirms it.
-const HANDOVER_GAP: Duration = Duration::from_millis(10);
+const HANDOVER_GAP: Duration = Duration::from_millis(20);
 
 /// Sleep until `deadline`; never with `None`. Lazy, unlike `sleep_until`: `select!` builds every
 /// arm's future on every pass, and a timer entry per event costs more than the event.

@@ -584,11 +584,10 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
     }
 }
 
-/// Least time between two hand-overs to idle sinks. Every batch costs each sink a write, an
-/// fsync and a round of thread hand-offs, whatever its size; single-row transactions committed
-/// faster than a sink syncs would otherwise go out one batch each, and the per-batch cost would
-/// dominate the CPU per row. A change that arrives after a quiet spell still goes out at once;
-/// under load a batch waits at most this long, well inside the status interval that confirms it.
+/// Least time between two hand-overs to idle sinks. A batch costs each sink a write, an fsync and
+/// thread hand-offs whatever its size: single-row transactions would otherwise go out one batch
+/// each, and that cost would dominate the CPU per row. After a quiet spell a change goes out at
+/// once; under load a batch waits at most this long, well inside the status interval.
 const HANDOVER_GAP: Duration = Duration::from_millis(20);
 
 /// Sleep until `deadline`; never with `None`. Lazy, unlike `sleep_until`: `select!` builds every

@@ -2,8 +2,10 @@
 //!
 //! 1. Throughput: one 1,000,000-row INSERT transaction on `bench_rows`, drained by
 //!    `pg_recvlogical` (the baseline) and by the release `walcast run` with the JSON-lines sink
-//!    writing to /dev/null, each connected before the workload, alternating, on fresh slots.
-//!    Time = commit returned to the client -> the consumer's slot confirmed the commit end LSN.
+//!    writing to a file (its default config otherwise: the change log is on), each connected
+//!    before the workload, alternating, on fresh slots. Times from the commit returned to the
+//!    client: to the consumer's last bulk write of its output (wall time to the last row) and to
+//!    the slot confirming the commit end LSN.
 //! 2. Quiet-stream latency: single-row commits ~50 ms apart, each timed from the commit
 //!    returning to the client to its JSON line read from walcast's standard output.
 //! 3. CPU per row on 100,000 single-row transactions (`pgbench -c 4`), pg_recvlogical and
@@ -24,8 +26,10 @@
 //!   WALCAST_BENCH_ROWS              rows in the throughput transaction (1000000)
 //!   WALCAST_BENCH_RUNS              runs per consumer (2, at least 1)
 //!   WALCAST_BENCH_LATENCY_COMMITS   single-row commits in the latency test (200)
-//!   WALCAST_BENCH_SINK_PATH         walcast's JSON-lines path in the throughput runs (/dev/null);
-//!                                   a regular file is fsynced per batch (it is removed after each run)
+//!   WALCAST_BENCH_SINK_PATH         walcast's JSON-lines path in the throughput runs (a file in a
+//!                                   temp dir; pg_recvlogical writes PATH.recv beside it); a regular
+//!                                   file is fsynced per batch (removed after each run), /dev/null
+//!                                   leaves the file system out
 //!   WALCAST_BENCH_MANY_TX           single-row transactions of the pgbench part (100000)
 //!   WALCAST_BENCH_CONFIRM_INTERVAL_MS  walcast's status_interval_ms in the confirm part (its default)
 //!   WALCAST_BENCH_ONLY              `throughput`, `latency`, `pgbench` or `confirm` to run one
@@ -105,6 +109,7 @@ impl Env {
             bail!("{} not found: set WALCAST_TEST_PG_BIN", pg_bin.join("pg_recvlogical").display());
         }
         let only = std::env::var("WALCAST_BENCH_ONLY").unwrap_or_default();
+        let tmp = tempfile::Builder::new().prefix("walcast-bench").tempdir().context("temp dir")?;
         let clk_tck = std::process::Command::new("getconf")
             .arg("CLK_TCK")
             .output()
@@ -128,9 +133,12 @@ impl Env {
                 "pg_recvlogical" => vec![Kind::Recvlogical],
                 _ => vec![Kind::Recvlogical, Kind::Walcast],
             },
-            sink_path: std::env::var("WALCAST_BENCH_SINK_PATH").unwrap_or_else(|_| "/dev/null".into()),
+            sink_path: match std::env::var("WALCAST_BENCH_SINK_PATH") {
+                Ok(path) => path,
+                Err(_) => tmp.path().join("throughput.jsonl").to_str().ok_or_else(|| anyhow!("temp path is not UTF-8"))?.to_string(),
+            },
             clk_tck,
-            tmp: tempfile::Builder::new().prefix("walcast-bench").tempdir().context("temp dir")?,
+            tmp,
         })
     }
 }
@@ -313,7 +321,7 @@ async fn measure_drain(env: &Env, admin: &Client, db: &Client, slot: &str, child
     let busy = machine_busy_secs(env.clk_tck).zip(busy0).map(|(b, a)| b - a);
     let consumer_switches = proc_switches(pid).zip(switches0).map(|(b, a)| b.saturating_sub(a));
     let background_cpu = busy.map(|b| (b - consumer_cpu.unwrap_or(0.0) - walsender_cpu.unwrap_or(0.0)).max(0.0));
-    let peak_rss_kb = if kind == Kind::Walcast { proc_status_kb(pid, "VmHWM") } else { None };
+    let peak_rss_kb = proc_status_kb(pid, "VmHWM");
     Ok(RunResult {
         kind,
         insert_secs,
@@ -581,6 +589,15 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// `/dev/null`, or `file` for a path in the temp dir.
+fn short_path(path: &str) -> &str {
+    if path.starts_with("/dev/") {
+        path
+    } else {
+        "file"
+    }
+}
+
 fn opt_secs(v: Option<f64>) -> String {
     v.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "-".into())
 }
@@ -652,24 +669,33 @@ fn throughput_summary(env: &Env, cores: usize, t: &Throughput) {
     );
     println!("  time = commit returned to the client -> the consumer's slot confirmed_flush_lsn >= the commit's end LSN");
     if let Some(r) = &recv {
-        println!("{}", r.line("pg_recvlogical (-F 0 -s 1 -f /dev/null)", t.rows));
+        println!("{}", r.line(&format!("pg_recvlogical (-F 0 -s 1 -f {})", short_path(&env.sink_path)), t.rows));
     }
     if let Some(w) = &wal {
-        println!("{}", w.line(&format!("walcast (jsonl -> {}, status_interval_ms {STATUS_INTERVAL_MS})", env.sink_path), t.rows));
+        println!(
+            "{}",
+            w.line(&format!("walcast (jsonl -> {}, status_interval_ms {STATUS_INTERVAL_MS})", short_path(&env.sink_path)), t.rows)
+        );
     }
     println!("    (the confirmed time includes up to two status intervals of each consumer: compare the drained time and CPU)");
     if let Some(w) = &wal {
         match w.peak_rss_kb {
             Some(kb) => {
                 let mb = kb as f64 / 1024.0;
-                println!("    walcast peak RSS {mb:.1} MB (VmHWM; goal < {GOAL_RSS_MB} MB) {}", goal(mb < GOAL_RSS_MB));
+                let recv = recv.as_ref().and_then(|r| r.peak_rss_kb).map(|r| r as f64 / 1024.0);
+                println!(
+                    "    peak RSS (VmHWM): pg_recvlogical {}, walcast {mb:.1} MB{} (goal < {GOAL_RSS_MB} MB) {}",
+                    recv.map(|r| format!("{r:.1} MB")).unwrap_or_else(|| "?".into()),
+                    recv.map(|r| format!(": walcast/pg_recvlogical {:.1}x", mb / r)).unwrap_or_default(),
+                    goal(mb < GOAL_RSS_MB)
+                );
             }
             None => println!("    walcast peak RSS unknown (/proc/PID/status unreadable)"),
         }
     }
     if let (Some(rd), Some(wd)) = (recv.as_ref().and_then(|r| r.drained), wal.as_ref().and_then(|w| w.drained)) {
         let ratio = wd / rd;
-        println!("    drained (commit -> last bulk write of the output, free of status-report lag; pg_recvlogical reports every 1-2 s):");
+        println!("    wall time to the last row (commit -> last bulk write of the output, free of status-report lag):");
         println!(
             "      pg_recvlogical {rd:.2} s, walcast {wd:.2} s: walcast/pg_recvlogical {ratio:.2}x (goal <= {GOAL_DRAINED}x) {}",
             goal(ratio <= GOAL_DRAINED)
@@ -742,20 +768,31 @@ fn many_summary(m: &many_tx::ManyTx) {
     );
     let med =
         |kind: Kind, f: &dyn Fn(&many_tx::ManyRun) -> Option<f64>| median(m.runs.iter().filter(|r| r.kind == kind).filter_map(f).collect());
-    let per_100k = |cpu: f64| cpu / m.transactions as f64 * 100_000.0;
+    let per_m = |cpu: f64| cpu / m.transactions as f64 * 1e6;
     for kind in [Kind::Recvlogical, Kind::Walcast] {
         if let Some(secs) = med(kind, &|r| Some(r.secs)) {
             println!(
-                "    {:<15} workload start -> confirmed {secs:.2} s, CPU per 100k rows {} (+ its walsender {})",
+                "    {:<15} workload start -> last row {}, -> confirmed {secs:.2} s; CPU per 1M rows {} (+ its walsender {}); peak RSS {}",
                 kind.label(),
-                opt_secs(med(kind, &|r| r.cpu_secs).map(per_100k)),
-                opt_secs(med(kind, &|r| r.walsender_cpu_secs).map(per_100k))
+                opt_secs(med(kind, &|r| r.drained_secs)),
+                opt_secs(med(kind, &|r| r.cpu_secs).map(per_m)),
+                opt_secs(med(kind, &|r| r.walsender_cpu_secs).map(per_m)),
+                m.runs
+                    .iter()
+                    .filter(|r| r.kind == kind)
+                    .filter_map(|r| r.peak_rss_kb)
+                    .max()
+                    .map(|kb| format!("{:.1} MB", kb as f64 / 1024.0))
+                    .unwrap_or_else(|| "?".into())
             );
         }
     }
+    if let (Some(rd), Some(wd)) = (med(Kind::Recvlogical, &|r| r.drained_secs), med(Kind::Walcast, &|r| r.drained_secs)) {
+        println!("    wall time to the last row walcast/pg_recvlogical {:.2}x", wd / rd);
+    }
     if let (Some(rc), Some(wc)) = (med(Kind::Recvlogical, &|r| r.cpu_secs), med(Kind::Walcast, &|r| r.cpu_secs)) {
         let ratio = wc / rc;
-        println!("    CPU walcast/pg_recvlogical {ratio:.2}x (goal <= {GOAL_CPU_MANY_TX}x) {}", goal(ratio <= GOAL_CPU_MANY_TX));
+        println!("    CPU per row walcast/pg_recvlogical {ratio:.2}x (goal <= {GOAL_CPU_MANY_TX}x) {}", goal(ratio <= GOAL_CPU_MANY_TX));
     }
 }
 

@@ -19,6 +19,9 @@ pub(super) struct ManyRun {
     pub(super) secs: f64,
     pub(super) cpu_secs: Option<f64>,
     pub(super) walsender_cpu_secs: Option<f64>,
+    /// Workload start -> the consumer's output file stopped growing (its last row), seconds.
+    pub(super) drained_secs: Option<f64>,
+    pub(super) peak_rss_kb: Option<u64>,
 }
 
 /// Every run of the pgbench part.
@@ -88,12 +91,14 @@ async fn many_run(env: &Env, admin: &Client, db: &Client, kind: Kind, round: usi
             bail!("pgbench failed ({status})");
         }
         let target: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
-        wait_confirmed(admin, &slot, &target, &mut child, kind).await?;
+        let last_row = wait_confirmed(admin, &slot, &target, &mut child, kind, Some(Path::new(output))).await?;
         Ok(ManyRun {
             kind,
             secs: start.elapsed().as_secs_f64(),
             cpu_secs: proc_cpu_secs(pid, env.clk_tck).zip(cpu0).map(|(b, a)| b - a),
             walsender_cpu_secs: walsender.and_then(|p| proc_cpu_secs(p, env.clk_tck)).zip(ws_cpu0).map(|(b, a)| b - a),
+            drained_secs: last_row.map(|t| t.duration_since(start).as_secs_f64()),
+            peak_rss_kb: proc_status_kb(pid, "VmHWM"),
         })
     }
     .await;
@@ -103,10 +108,26 @@ async fn many_run(env: &Env, admin: &Client, db: &Client, kind: Kind, round: usi
     outcome
 }
 
-/// Poll until the slot's confirmed_flush_lsn reaches `target`.
-async fn wait_confirmed(admin: &Client, slot: &str, target: &str, child: &mut Child, kind: Kind) -> Result<()> {
+/// Poll until the slot's confirmed_flush_lsn reaches `target`; returns when `output` (if given)
+/// last grew, ±1 poll: the consumer's last row.
+async fn wait_confirmed(
+    admin: &Client,
+    slot: &str,
+    target: &str,
+    child: &mut Child,
+    kind: Kind,
+    output: Option<&Path>,
+) -> Result<Option<Instant>> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let mut last_len: Option<u64> = None;
+    let mut last_growth: Option<Instant> = None;
     loop {
+        if let Some(len) = output.and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
+            if last_len.is_none_or(|l| len > l) {
+                last_growth = Some(Instant::now());
+            }
+            last_len = Some(len);
+        }
         if let Some(status) = child.try_wait()? {
             bail!("{} exited early ({status}) before confirming {target}", kind.label());
         }
@@ -115,7 +136,7 @@ async fn wait_confirmed(admin: &Client, slot: &str, target: &str, child: &mut Ch
             .await?
             .ok_or_else(|| anyhow!("slot {slot} disappeared"))?;
         if row.get::<_, Option<bool>>(0) == Some(true) {
-            return Ok(());
+            return Ok(last_growth);
         }
         if Instant::now() > deadline {
             bail!("{} did not confirm {target} within {} s", kind.label(), DRAIN_TIMEOUT.as_secs());
@@ -220,7 +241,7 @@ pub(super) async fn confirm(env: &Env, admin: &Client, db: &Client) -> Result<Co
             bail!("pgbench failed ({status})");
         }
         let target: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
-        wait_confirmed(admin, &slot, &target, &mut child, Kind::Walcast).await?;
+        wait_confirmed(admin, &slot, &target, &mut child, Kind::Walcast, None).await?;
         let (t3, r3) = (Instant::now(), counts.read());
         let load_secs = t3.duration_since(t2).as_secs_f64();
         let load = r3.rates_since(&r2, load_secs);

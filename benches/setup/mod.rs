@@ -176,11 +176,12 @@ pub async fn wait_active(admin: &Client, slot: &str, child: &mut Child) -> Resul
         if let Some(status) = child.try_wait()? {
             bail!("consumer exited ({status}) before streaming slot {slot}");
         }
-        // A walsender, not the SQL backend that creates the slot (it holds the slot briefly).
+        // A walsender that streams, not the SQL backend or the replication session that creates
+        // the slot (each holds it briefly, walcast's in state `startup`).
         let row = admin
             .query_opt(
                 "SELECT s.active_pid FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                 WHERE s.slot_name = $1",
+                 WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming')",
                 &[&slot],
             )
             .await?;

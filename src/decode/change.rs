@@ -85,27 +85,28 @@ impl Change {
     /// transaction and copied for each of its changes (see [`TxText`]); numbers are written
     /// without `core::fmt`.
     pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        LINE_TEXT.with_borrow_mut(|cache| self.write_json_with(out, cache))
+    }
+
+    /// [`Change::write_json`] with the thread's cached text.
+    fn write_json_with(&self, out: &mut Vec<u8>, cache: &mut LineText) -> Result<(), DecodeError> {
         let rel = &*self.relation;
         out.extend_from_slice(b"{\"lsn\":\"");
         write_lsn(out, self.lsn);
         // `","commit_lsn":"…","xid":…,"commit_ts":"…","seq":`, and where commit_lsn's text is
         // in `out` (a streamed change's change_id repeats it).
-        let commit_lsn = TX_TEXT.with_borrow_mut(|tx| tx.append(out, self));
+        let commit_lsn = cache.tx.append(out, self);
         let seq_at = out.len();
         write_u64(out, self.seq);
         let seq = seq_at..out.len();
-        out.extend_from_slice(b",\"schema\":");
-        write_json_str(out, &rel.schema);
-        out.extend_from_slice(b",\"table\":");
-        write_json_str(out, &rel.table);
-        out.extend_from_slice(b",\"op\":\"");
+        // `,"schema":…,"table":…,"op":"` and the column names, rendered once per relation.
+        let names = cache.relation(&self.relation);
+        out.extend_from_slice(&names.head);
         out.extend_from_slice(self.op.as_str().as_bytes());
         out.extend_from_slice(b"\",\"key\":");
         let key_at = out.len();
         match self.key_source() {
-            Some(values) if rel.key_columns().next().is_some() => {
-                write_row_object(out, rel, values, |i| rel.columns[i].key, UnchangedToast::Omit)?
-            }
+            Some(values) if names.has_key => write_row(out, rel, values, |i| rel.columns[i].key, UnchangedToast::Omit, Some(names))?,
             _ => out.extend_from_slice(b"null"),
         }
         let key = key_at..out.len();
@@ -113,13 +114,13 @@ impl Change {
         match &self.old {
             Some(old) => {
                 let key_only = old.kind == OldTupleKind::Key;
-                write_row_object(out, rel, &old.values, |i| !key_only || rel.columns[i].key, UnchangedToast::Omit)?
+                write_row(out, rel, &old.values, |i| !key_only || rel.columns[i].key, UnchangedToast::Omit, Some(names))?
             }
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"after\":");
         match &self.new {
-            Some(new) => write_row_object(out, rel, new, |_| true, UnchangedToast::Omit)?,
+            Some(new) => write_row(out, rel, new, |_| true, UnchangedToast::Omit, Some(names))?,
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"unchanged\":[");
@@ -260,6 +261,18 @@ pub(crate) fn write_row_object(
     include: impl Fn(usize) -> bool,
     unchanged: UnchangedToast<'_>,
 ) -> Result<(), DecodeError> {
+    write_row(out, rel, values, include, unchanged, None)
+}
+
+/// [`write_row_object`], copying the column names from `names` (rendered for `rel`) if given.
+fn write_row(
+    out: &mut Vec<u8>,
+    rel: &Relation,
+    values: &[Datum],
+    include: impl Fn(usize) -> bool,
+    unchanged: UnchangedToast<'_>,
+    names: Option<&RelationText>,
+) -> Result<(), DecodeError> {
     if values.len() != rel.columns.len() {
         return Err(DecodeError::ColumnCount { relation: rel.qualified_name(), expected: rel.columns.len(), got: values.len() });
     }
@@ -273,8 +286,13 @@ pub(crate) fn write_row_object(
             out.push(b',');
         }
         first = false;
-        write_json_str(out, &col.name);
-        out.push(b':');
+        match names {
+            Some(names) => out.extend_from_slice(names.column(i)),
+            None => {
+                write_json_str(out, &col.name);
+                out.push(b':');
+            }
+        }
         match datum {
             Datum::Unchanged => match unchanged {
                 UnchangedToast::Placeholder(text) => write_json_str(out, text),
@@ -422,9 +440,82 @@ impl TxText {
     }
 }
 
+/// The text of a line that is the same for every change of a relation: `,"schema":…,"table":…,
+/// "op":"` and each column's `"name":`.
+struct RelationText {
+    /// The relation it was rendered for, held so that no other relation can take its address.
+    relation: Arc<Relation>,
+    /// `,"schema":…,"table":…,"op":"`.
+    head: Vec<u8>,
+    /// `"name":` of every column, back to back; column `i`'s ends at `ends[i]`.
+    names: Vec<u8>,
+    ends: Vec<usize>,
+    /// The relation has replica identity key columns.
+    has_key: bool,
+}
+
+impl RelationText {
+    fn new(relation: &Arc<Relation>) -> Self {
+        let mut head = Vec::with_capacity(relation.schema.len() + relation.table.len() + 32);
+        head.extend_from_slice(b",\"schema\":");
+        write_json_str(&mut head, &relation.schema);
+        head.extend_from_slice(b",\"table\":");
+        write_json_str(&mut head, &relation.table);
+        head.extend_from_slice(b",\"op\":\"");
+        let mut names = Vec::new();
+        let mut ends = Vec::with_capacity(relation.columns.len());
+        for col in &relation.columns {
+            write_json_str(&mut names, &col.name);
+            names.push(b':');
+            ends.push(names.len());
+        }
+        let has_key = relation.key_columns().next().is_some();
+        Self { relation: Arc::clone(relation), head, names, ends, has_key }
+    }
+
+    /// `"name":` of column `i`.
+    fn column(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.names[start..self.ends[i]]
+    }
+}
+
+/// Relations whose text a thread keeps: a transaction's changes usually touch a few tables.
+const RELATION_TEXTS: usize = 4;
+
+/// What [`Change::write_json`] renders once and copies: the open transaction's text and the text
+/// of the last relations seen (replaced oldest first).
+#[derive(Default)]
+struct LineText {
+    tx: TxText,
+    relations: Vec<RelationText>,
+    /// The entry of `relations` the next new relation replaces.
+    next: usize,
+}
+
+impl LineText {
+    /// The text of `relation` (the same `Arc`: a relation described again is a new one).
+    fn relation(&mut self, relation: &Arc<Relation>) -> &RelationText {
+        let at = match self.relations.iter().position(|r| Arc::ptr_eq(&r.relation, relation)) {
+            Some(at) => at,
+            None if self.relations.len() < RELATION_TEXTS => {
+                self.relations.push(RelationText::new(relation));
+                self.relations.len() - 1
+            }
+            None => {
+                let at = self.next;
+                self.next = (at + 1) % RELATION_TEXTS;
+                self.relations[at] = RelationText::new(relation);
+                at
+            }
+        };
+        &self.relations[at]
+    }
+}
+
 thread_local! {
-    /// See [`TxText`].
-    static TX_TEXT: std::cell::RefCell<TxText> = std::cell::RefCell::new(TxText::default());
+    /// See [`LineText`].
+    static LINE_TEXT: std::cell::RefCell<LineText> = std::cell::RefCell::new(LineText::default());
 }
 
 /// Days since 1970-01-01 -> (year, month, day) in the proleptic Gregorian calendar

@@ -14,13 +14,17 @@ use super::DecodeError;
 mod oid {
     pub const BOOL: u32 = 16;
     pub const BYTEA: u32 = 17;
+    pub const NAME: u32 = 19;
     pub const INT8: u32 = 20;
     pub const INT2: u32 = 21;
     pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
     pub const OID: u32 = 26;
     pub const JSON: u32 = 114;
     pub const FLOAT4: u32 = 700;
     pub const FLOAT8: u32 = 701;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
     pub const DATE: u32 = 1082;
     pub const TIME: u32 = 1083;
     pub const TIMESTAMP: u32 = 1114;
@@ -53,9 +57,30 @@ type Fail = &'static str;
 /// On error `out` is left as it was.
 pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), DecodeError> {
     let start = out.len();
-    let result = match array_element(type_oid) {
-        Some((elem, delim)) => write_array(out, elem, delim, text),
-        None => write_scalar(out, type_oid, text),
+    // The scalar types first: most values are, and the array table is a long match.
+    let result = match type_oid {
+        oid::BOOL
+        | oid::BYTEA
+        | oid::INT8
+        | oid::INT2
+        | oid::INT4
+        | oid::OID
+        | oid::JSON
+        | oid::FLOAT4
+        | oid::FLOAT8
+        | oid::DATE
+        | oid::TIME
+        | oid::TIMESTAMP
+        | oid::TIMESTAMPTZ
+        | oid::TIMETZ
+        | oid::NUMERIC
+        | oid::UUID
+        | oid::JSONB => write_scalar(out, type_oid, text),
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => write_string(out, text),
+        _ => match array_element(type_oid) {
+            Some((elem, delim)) => write_array(out, elem, delim, text),
+            None => write_scalar(out, type_oid, text),
+        },
     };
     result.map_err(|reason| {
         out.truncate(start);
@@ -279,9 +304,44 @@ static ESCAPE: [u8; 256] = {
     t
 };
 
+/// Whether a byte of the eight in `w` is a control character, '"', '\\' or not ASCII: one that
+/// needs escaping or UTF-8 validation. Exact as a whole-word test (the borrows of the usual
+/// "has a byte less than n" trick only mark bytes above one that matches).
+#[inline]
+fn word_needs_care(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let is_quote = quote.wrapping_sub(ONES) & !quote;
+    let is_backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (below_space | is_quote | is_backslash | w) & HIGH != 0
+}
+
+/// Whether `text` is ASCII without control characters, '"' or '\\': its JSON string is the
+/// text between quotes. Eight bytes at a time.
+#[inline]
+fn is_plain_ascii(text: &[u8]) -> bool {
+    let mut words = text.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        if word_needs_care(u64::from_le_bytes(bytes)) {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
+}
+
 /// A JSON string of `text`, which must be UTF-8.
 #[inline]
 fn write_string(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
+    // Most text is plain ASCII: one pass, one copy.
+    if is_plain_ascii(text) {
+        write_plain_string(out, text);
+        return Ok(());
+    }
     if std::str::from_utf8(text).is_err() {
         return Err("not valid UTF-8");
     }
@@ -335,12 +395,23 @@ fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Resu
         return Err("integer has a leading zero");
     }
     let mut v: u64 = 0;
-    for &d in digits {
-        let d = d.wrapping_sub(b'0');
-        if d > 9 {
-            return Err("integer has a non-digit");
+    if digits.len() <= 19 {
+        // Nineteen digits stay below u64::MAX: no overflow check per digit.
+        for &d in digits {
+            let d = d.wrapping_sub(b'0');
+            if d > 9 {
+                return Err("integer has a non-digit");
+            }
+            v = v * 10 + u64::from(d);
         }
-        v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))).ok_or("integer out of range")?;
+    } else {
+        for &d in digits {
+            let d = d.wrapping_sub(b'0');
+            if d > 9 {
+                return Err("integer has a non-digit");
+            }
+            v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))).ok_or("integer out of range")?;
+        }
     }
     if v > if neg { max_neg } else { max_pos } {
         return Err("integer out of range for its type");
@@ -1424,5 +1495,23 @@ mod tests {
         assert_eq!(js(rule(16_405), r#"{"(1,\"a b\")","(2,)"}"#), json!(["(1,\"a b\")", "(2,)"]));
         assert_eq!(js(rule(16_402), "42"), json!(42));
         assert_eq!(js(rule(16_400), "happy"), json!("happy"));
+    }
+
+    #[test]
+    fn the_word_at_a_time_plain_test_agrees_with_the_byte_rule() {
+        let plain = |b: u8| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\';
+        // Every pair of bytes, in one word and across the tail, so a borrow from one byte into
+        // the next cannot hide or invent a match.
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let word = [b'x', a, b, b'x', b'x', b'x', b'x', b'x', b'x', a, b];
+                assert_eq!(is_plain_ascii(&word), plain(a) && plain(b), "{a:#04x} {b:#04x}");
+                let mut out = Vec::new();
+                if write_string(&mut out, &word).is_ok() {
+                    let text = std::str::from_utf8(&word).expect("accepted text is UTF-8");
+                    assert_eq!(out, serde_json::to_vec(text).expect("serde_json"), "{a:#04x} {b:#04x}");
+                }
+            }
+        }
     }
 }

@@ -224,10 +224,25 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         // a waiter with the token on every event.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        // Until when a batch for idle sinks waits after the last hand-over (see HANDOVER_GAP);
+        // `None` once that time has passed.
+        let mut gap_until: Option<tokio::time::Instant> = None;
+        let gap = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(gap);
         loop {
             let sinks_idle = self.in_flight.is_idle();
             parked &= !sinks_idle;
             let room = self.batch.changes.len() < max;
+            let waits_for_gap = sinks_idle
+                && room
+                && self.has_batch()
+                && match gap_until {
+                    Some(t) if tokio::time::Instant::now() < t => true,
+                    _ => {
+                        gap_until = None;
+                        false
+                    }
+                };
             tokio::select! {
                 biased;
                 // 1. Shutdown: stop reading; drain() writes out what was read.
@@ -268,8 +283,11 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                 // 4. Nothing more is ready to read (or the batch is full) and every sink is idle:
                 //    hand the batch over now rather than wait for a timer, so a quiet stream has
                 //    no batching delay. A full batch is handed over regardless (backpressure).
-                _ = std::future::ready(()), if self.has_batch() && (sinks_idle || !room) => {
+                _ = std::future::ready(()), if self.has_batch() && ((sinks_idle && !waits_for_gap) || !room) => {
                     parked = false;
+                    let next = tokio::time::Instant::now() + HANDOVER_GAP;
+                    gap_until = Some(next);
+                    gap.as_mut().reset(next);
                     // A stuck sink keeps its queue full: the hand-over must not outlast shutdown
                     // (what was not handed to every sink is not confirmed, and is sent again).
                     // But a transaction the sinks hold part of (or get part of now) is finished
@@ -302,9 +320,12 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                         }
                     }
                 }
+                // 4b. The sinks are idle but took the last batch less than HANDOVER_GAP ago: read
+                //     what arrives into this batch until then.
+                _ = &mut gap, if waits_for_gap => gap_until = None,
                 // 5. Nothing more is ready but a sink is still writing: park (see `InFlight`).
                 //    What arrives meanwhile waits in the source buffer and joins this batch.
-                _ = std::future::ready(()), if self.has_batch() && !parked => parked = true,
+                _ = std::future::ready(()), if self.has_batch() && !parked && !sinks_idle => parked = true,
                 // 6. The sinks finished: read what accumulated, then hand it over (3, 4).
                 _ = self.in_flight.idle(), if parked => parked = false,
             }
@@ -562,6 +583,12 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         }
     }
 }
+
+/// Least time between two hand-overs to idle sinks. A batch costs each sink a write, an fsync and
+/// thread hand-offs whatever its size: single-row transactions would otherwise go out one batch
+/// each, and that cost would dominate the CPU per row. After a quiet spell a change goes out at
+/// once; under load a batch waits at most this long, well inside the status interval.
+const HANDOVER_GAP: Duration = Duration::from_millis(20);
 
 /// Sleep until `deadline`; never with `None`. Lazy, unlike `sleep_until`: `select!` builds every
 /// arm's future on every pass, and a timer entry per event costs more than the event.

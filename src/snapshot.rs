@@ -298,8 +298,12 @@ async fn dispatch(
     state: &mut Option<&mut SnapshotState>,
     shutdown: &CancellationToken,
 ) -> Result<bool, SnapshotError> {
-    let batch =
-        Arc::new(Batch { changes, checkpoint: None, snapshot: Some(SnapshotPart { chunk: part.chunk, exported, place: part.place }) });
+    let batch = Arc::new(Batch {
+        changes,
+        checkpoint: None,
+        snapshot: Some(SnapshotPart { chunk: part.chunk, exported, place: part.place }),
+        messages: Vec::new(),
+    });
     pending.push_back(part);
     for queue in sinks.queues {
         (sinks.on_dispatch)();

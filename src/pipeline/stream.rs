@@ -24,6 +24,7 @@ use crate::sink::fanout::{InFlight, Sinks};
 use crate::sink::{Batch, SinkError, SinkReport};
 use crate::source::{self, Catalog, SourceError, SourceEvent};
 
+mod messages;
 #[cfg(test)]
 mod tests;
 
@@ -71,6 +72,10 @@ pub(super) struct Streamer<'a, S: SessionSource> {
     batch: Batch,
     /// Changes of `batch` that belong to committed transactions.
     committed_len: usize,
+    /// Messages of `batch` that belong to committed transactions (or to none).
+    committed_msgs: usize,
+    /// Logical decoding messages go into batches (a sink publishes them); else they are dropped.
+    messages: bool,
     backoff: Backoff,
     metrics: Arc<Metrics>,
     /// Per-sink metric handles, by sink index (looked up once, not per batch).
@@ -121,6 +126,8 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
             tx: None,
             batch: Batch::default(),
             committed_len: 0,
+            committed_msgs: 0,
+            messages: false,
             backoff,
             metrics,
             sink_gauges,
@@ -128,6 +135,13 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
             change_counters: HashMap::new(),
             published,
         }
+    }
+
+    /// Hand logical decoding messages to the sinks (`true`: a sink publishes them) instead of
+    /// dropping them.
+    pub(super) fn with_messages(mut self, on: bool) -> Self {
+        self.messages = on;
+        self
     }
 
     /// Stream until shutdown (then drain) or a permanent error.
@@ -152,7 +166,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                     self.metrics.reconnects.inc();
                     // The server resends every transaction after the confirmed LSN, so the
                     // unfinished one is dropped here and read again in full.
-                    self.batch.changes.truncate(self.committed_len);
+                    self.drop_uncommitted();
                     self.tx = None;
                     self.relations.clear();
                     self.catalog.forget_types();
@@ -227,7 +241,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         loop {
             let sinks_idle = self.in_flight.is_idle();
             parked &= !sinks_idle;
-            let room = self.batch.changes.len() < max;
+            let room = self.batch.changes.len() + self.batch.messages.len() < max;
             tokio::select! {
                 biased;
                 // 1. Shutdown: stop reading; drain() writes out what was read.
@@ -276,7 +290,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                     // first, by the deadline, as in arm 1: stopping here would leave that part
                     // written and unconfirmed, sent twice after a clean stop.
                     let spans = self.tx.is_some_and(|tx| tx.partly_dispatched)
-                        || (self.tx.is_some() && self.batch.changes.len() > self.committed_len);
+                        || (self.tx.is_some() && self.has_uncommitted());
                     let timeout = Duration::from_millis(self.limits.shutdown_timeout_ms);
                     let flush = self.flush();
                     tokio::pin!(flush);
@@ -333,10 +347,9 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                 self.tx = None;
                 self.batch.checkpoint = Some(c.end_lsn);
                 self.committed_len = self.batch.changes.len();
+                self.committed_msgs = self.batch.messages.len();
             }
-            SourceEvent::Message(m) => {
-                tracing::debug!(prefix = %m.prefix, lsn = %m.lsn, transactional = m.transactional, "logical message");
-            }
+            SourceEvent::Message(m) => self.on_logical_message(m),
             SourceEvent::KeepAlive { wal_end } => {
                 if (wal_end.0 as i64) > self.metrics.server_wal_lsn.get() {
                     self.metrics.server_wal_lsn.set(wal_end.0 as i64);
@@ -479,7 +492,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         if !self.has_batch() {
             return Ok(());
         }
-        if self.batch.changes.len() > self.committed_len {
+        if self.has_uncommitted() {
             if let Some(tx) = self.tx.as_mut() {
                 tx.partly_dispatched = true;
             }
@@ -487,6 +500,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         let capacity = self.limits.batch_max_changes.min(1024);
         let batch = Arc::new(std::mem::replace(&mut self.batch, Batch { changes: Vec::with_capacity(capacity), ..Batch::default() }));
         self.committed_len = 0;
+        self.committed_msgs = 0;
         self.checkpoint.on_dispatched(batch.checkpoint, self.batch_oldest_ts.take());
         self.update_lag();
         for queue in &self.queues {
@@ -511,7 +525,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
     /// Write out what was read, wait (bounded) for the sinks, confirm the final position.
     async fn drain(&mut self, stream: Option<S::Session>) -> Result<(), PipelineError> {
         // An unfinished transaction is resent after restart anyway; keep whole ones only.
-        self.batch.changes.truncate(self.committed_len);
+        self.drop_uncommitted();
         // One deadline for the whole drain: handing the last batch to a sink whose queue is full
         // counts against it too, then the sink tasks are aborted wherever they are (a request,
         // a retry sleep, index creation).

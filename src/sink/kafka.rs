@@ -272,7 +272,7 @@ impl Sink for KafkaSink {
 
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         self.check_producer().await?;
-        if batch.changes.is_empty() && self.tx.open().is_none() {
+        if batch.changes.is_empty() && self.tx.open().is_none() && self.message_topics(batch).is_empty() {
             return Ok(());
         }
         let saved = (self.tx.clone(), self.commits);

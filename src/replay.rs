@@ -263,7 +263,7 @@ fn cut(batch: LogBatch, to: Lsn, tables: &[TableName]) -> (Batch, bool) {
     if !tables.is_empty() {
         changes.retain(|c| tables.iter().any(|t| t.schema() == c.relation.schema && t.table() == c.relation.table));
     }
-    (Batch { changes, checkpoint, snapshot: None }, done)
+    (Batch { changes, checkpoint, ..Batch::default() }, done)
 }
 
 /// Open the configured sinks (only those named in `only`, when given) behind the fan-out.

@@ -302,7 +302,7 @@ async fn dispatch(
     shutdown: &CancellationToken,
 ) -> Result<bool, SnapshotError> {
     let snapshot = SnapshotPart { chunk: part.chunk, exported, place: part.place, sync: part.sync };
-    let batch = Arc::new(Batch { changes, checkpoint: None, snapshot: Some(snapshot) });
+    let batch = Arc::new(Batch { changes, checkpoint: None, snapshot: Some(snapshot), messages: Vec::new() });
     ledger.push(part);
     for queue in sinks.queues {
         (sinks.on_dispatch)();

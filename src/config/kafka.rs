@@ -130,6 +130,24 @@ pub struct KafkaSinkConfig {
     /// `<server_name>.walcast_offsets`.
     #[serde(default)]
     pub offsets_topic: Option<String>,
+    /// Publish `pg_logical_emit_message` messages as `op: "m"` events on `<prefix>.message`
+    /// (docs/kafka.md "Messages"). Default: false.
+    #[serde(default)]
+    pub messages: bool,
+    /// With `messages`: only these prefixes (exact, or ending in `*` for a prefix match). Empty
+    /// (default): every prefix. Exclusive with `message_prefix_exclude`.
+    #[serde(default)]
+    pub message_prefix_include: Vec<String>,
+    /// With `messages`: not these prefixes (exact, or ending in `*`). Default: none.
+    #[serde(default)]
+    pub message_prefix_exclude: Vec<String>,
+    /// A record on `<heartbeat_topic_prefix>.<prefix>` for each heartbeat walcast writes
+    /// (`[heartbeat]` in message mode). Default: true.
+    #[serde(default = "default_true")]
+    pub heartbeat_records: bool,
+    /// Start of the heartbeat topic's name (Debezium's `topic.heartbeat.prefix`).
+    #[serde(default = "default_heartbeat_topic_prefix")]
+    pub heartbeat_topic_prefix: String,
     /// Per-table settings, keyed by `schema.table`.
     #[serde(default)]
     pub tables: BTreeMap<TableName, KafkaTableConfig>,
@@ -257,6 +275,9 @@ fn default_prefix() -> String {
 fn default_topic_template() -> TopicTemplate {
     TopicTemplate::parse(KafkaSinkConfig::DEFAULT_TOPIC_TEMPLATE).expect("the default topic template is valid")
 }
+fn default_heartbeat_topic_prefix() -> String {
+    KafkaSinkConfig::DEFAULT_HEARTBEAT_TOPIC_PREFIX.to_string()
+}
 fn default_topic_partitions() -> i32 {
     KafkaSinkConfig::DEFAULT_TOPIC_PARTITIONS
 }
@@ -289,6 +310,8 @@ impl KafkaSinkConfig {
     pub const DEFAULT_DEAD_LETTER_FILE: &str = "dead-letters-kafka.jsonl";
     /// Default topic template: Debezium's naming, `<prefix>.<schema>.<table>`.
     pub const DEFAULT_TOPIC_TEMPLATE: &str = "{prefix}.{schema}.{table}";
+    /// Default start of the heartbeat topic's name (Debezium's).
+    pub const DEFAULT_HEARTBEAT_TOPIC_PREFIX: &str = "__debezium-heartbeat";
     /// Default Kafka `client.id`.
     pub const DEFAULT_CLIENT_ID: &str = "walcast";
     /// Default partition count of topics walcast creates.

@@ -206,6 +206,20 @@ impl Config {
         out
     }
 
+    /// Whether logical decoding messages go to the sinks: the Kafka sink publishes messages or
+    /// heartbeat records (walcast's own heartbeat messages). Other sinks ignore them.
+    pub fn carries_messages(&self) -> bool {
+        self.sinks.kafka.as_ref().is_some_and(|k| k.messages) || self.kafka_heartbeat_records()
+    }
+
+    /// Whether the Kafka sink writes heartbeat records: `[heartbeat]` on in message mode and
+    /// `sinks.kafka.heartbeat_records`.
+    pub fn kafka_heartbeat_records(&self) -> bool {
+        self.heartbeat.interval_ms > 0
+            && self.heartbeat.mode == HeartbeatMode::Message
+            && self.sinks.kafka.as_ref().is_some_and(|k| k.heartbeat_records)
+    }
+
     /// Read every secret the config names (environment variables, files), so a missing one
     /// stops `run` and `check` as a config error before any slot or state exists. The values
     /// are dropped; each sink reads its own again when it opens.
@@ -240,6 +254,12 @@ impl Config {
         }
         self.snapshot.validate()?;
         self.changelog.validate()?;
+        if self.sinks.kafka.as_ref().is_some_and(|k| k.messages) && self.changelog.enabled && self.changelog.ack == AckMode::Decoupled {
+            return Err(ConfigError::invalid(
+                "sinks.kafka.messages",
+                "messages are not kept in the change log, so a decoupled sink never sees them; use changelog.ack = \"strict\"",
+            ));
+        }
         runtime::validate_observability(&self.metrics, &self.heartbeat, &self.ha, &self.log)
     }
 }

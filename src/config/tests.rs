@@ -94,3 +94,23 @@ fn example_config_parses() {
     assert_eq!(c.source.tables.len(), 3);
     assert!(c.sinks.jsonl.is_some());
 }
+
+#[test]
+fn messages_and_heartbeat_records_follow_the_sinks_and_the_log() {
+    let kafka = "[sinks.kafka]\nbootstrap_servers = \"a:9092\"\n";
+    let c = parse(MINIMAL).expect("valid");
+    assert!(!c.carries_messages(), "no Kafka sink: messages are dropped");
+    let c = parse(&format!("{MINIMAL}{kafka}")).expect("valid");
+    assert!(!c.carries_messages() && !c.kafka_heartbeat_records());
+    let c = parse(&format!("{MINIMAL}{kafka}[heartbeat]\ninterval_ms = 500\n")).expect("valid");
+    assert!(c.carries_messages() && c.kafka_heartbeat_records(), "heartbeat records need the heartbeat messages");
+    let c = parse(&format!("{MINIMAL}{kafka}heartbeat_records = false\n[heartbeat]\ninterval_ms = 500\n")).expect("valid");
+    assert!(!c.carries_messages());
+    let c = parse(&format!("{MINIMAL}{kafka}[heartbeat]\ninterval_ms = 500\nmode = \"table\"\n")).expect("valid");
+    assert!(!c.kafka_heartbeat_records(), "a table heartbeat is a row, not a message");
+    assert!(parse(&format!("{MINIMAL}{kafka}messages = true\n")).expect("valid").carries_messages());
+    match parse(&format!("{MINIMAL}{kafka}messages = true\n[changelog]\nack = \"decoupled\"\n")) {
+        Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "sinks.kafka.messages"),
+        other => panic!("decoupled sinks never see messages: {other:?}"),
+    }
+}

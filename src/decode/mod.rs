@@ -7,6 +7,7 @@
 mod change;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod message;
 mod pgoutput;
 #[cfg(test)]
 mod proptests;
@@ -15,6 +16,7 @@ mod value;
 
 pub(crate) use change::{write_json_str, write_row_object, UnchangedToast};
 pub use change::{Change, Op, TruncateOptions};
+pub use message::{now_pg_micros, MessageEvent, HEARTBEAT_PREFIX};
 pub use pgoutput::{
     parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
 };

@@ -116,7 +116,7 @@ impl Reader {
                     self.owed.update_lag(&c);
                 }
                 self.in_flight.add();
-                let batch = Arc::new(Batch { changes: b.changes, checkpoint: b.checkpoint, snapshot: None });
+                let batch = Arc::new(Batch { changes: b.changes, checkpoint: b.checkpoint, ..Batch::default() });
                 let (queue, stop) = (&self.queue, &self.stop);
                 // Waits while the sink's queue is full (the sink is slow or down): backpressure
                 // on this follower only, never on the stream.

@@ -174,7 +174,8 @@ async fn stream_slot(
     let (sinks, beside) = wiring.into_stream(start, config.pipeline.batch_max_changes, metrics, &run);
     let sessions = SlotSessions::new(config, params.clone());
     let catalog = Catalog::new(params.clone());
-    let mut stream = Streamer::new(&config.pipeline, sessions, catalog, sinks, start, published, Arc::clone(metrics), backoff);
+    let mut stream = Streamer::new(&config.pipeline, sessions, catalog, sinks, start, published, Arc::clone(metrics), backoff)
+        .with_messages(config.carries_messages());
     let result = stream.run(&run).await;
     let failure = beside.finish(Duration::from_millis(config.pipeline.shutdown_timeout_ms)).await;
     match (result, failure) {

@@ -23,7 +23,10 @@ use crate::retry::Backoff;
 use crate::sink::fanout::{InFlight, Sinks};
 use crate::sink::{Batch, SinkError, SinkReport};
 use crate::source::{self, Catalog, SourceError, SourceEvent};
+use pacing::Pacing;
 
+mod messages;
+mod pacing;
 #[cfg(test)]
 mod tests;
 
@@ -71,6 +74,10 @@ pub(super) struct Streamer<'a, S: SessionSource> {
     batch: Batch,
     /// Changes of `batch` that belong to committed transactions.
     committed_len: usize,
+    /// Messages of `batch` that belong to committed transactions (or to none).
+    committed_msgs: usize,
+    /// Logical decoding messages go into batches (a sink publishes them); else they are dropped.
+    messages: bool,
     backoff: Backoff,
     metrics: Arc<Metrics>,
     /// Per-sink metric handles, by sink index (looked up once, not per batch).
@@ -121,6 +128,8 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
             tx: None,
             batch: Batch::default(),
             committed_len: 0,
+            committed_msgs: 0,
+            messages: false,
             backoff,
             metrics,
             sink_gauges,
@@ -128,6 +137,13 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
             change_counters: HashMap::new(),
             published,
         }
+    }
+
+    /// Hand logical decoding messages to the sinks (`true`: a sink publishes them) instead of
+    /// dropping them.
+    pub(super) fn with_messages(mut self, on: bool) -> Self {
+        self.messages = on;
+        self
     }
 
     /// Stream until shutdown (then drain) or a permanent error.
@@ -152,7 +168,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                     self.metrics.reconnects.inc();
                     // The server resends every transaction after the confirmed LSN, so the
                     // unfinished one is dropped here and read again in full.
-                    self.batch.changes.truncate(self.committed_len);
+                    self.drop_uncommitted();
                     self.tx = None;
                     self.relations.clear();
                     self.catalog.forget_types();
@@ -224,25 +240,14 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         // a waiter with the token on every event.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
-        // Until when a batch for idle sinks waits after the last hand-over (see HANDOVER_GAP);
-        // `None` once that time has passed.
-        let mut gap_until: Option<tokio::time::Instant> = None;
+        let mut pace = Pacing::default();
         let gap = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(gap);
         loop {
             let sinks_idle = self.in_flight.is_idle();
             parked &= !sinks_idle;
-            let room = self.batch.changes.len() < max;
-            let waits_for_gap = sinks_idle
-                && room
-                && self.has_batch()
-                && match gap_until {
-                    Some(t) if tokio::time::Instant::now() < t => true,
-                    _ => {
-                        gap_until = None;
-                        false
-                    }
-                };
+            let room = self.batch.changes.len() + self.batch.messages.len() < max;
+            let waits_for_gap = sinks_idle && room && self.has_batch() && pace.waits();
             tokio::select! {
                 biased;
                 // 1. Shutdown: stop reading; drain() writes out what was read.
@@ -285,16 +290,14 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                 //    no batching delay. A full batch is handed over regardless (backpressure).
                 _ = std::future::ready(()), if self.has_batch() && ((sinks_idle && !waits_for_gap) || !room) => {
                     parked = false;
-                    let next = tokio::time::Instant::now() + HANDOVER_GAP;
-                    gap_until = Some(next);
-                    gap.as_mut().reset(next);
+                    gap.as_mut().reset(pace.handed_over());
                     // A stuck sink keeps its queue full: the hand-over must not outlast shutdown
                     // (what was not handed to every sink is not confirmed, and is sent again).
                     // But a transaction the sinks hold part of (or get part of now) is finished
                     // first, by the deadline, as in arm 1: stopping here would leave that part
                     // written and unconfirmed, sent twice after a clean stop.
                     let spans = self.tx.is_some_and(|tx| tx.partly_dispatched)
-                        || (self.tx.is_some() && self.batch.changes.len() > self.committed_len);
+                        || (self.tx.is_some() && self.has_uncommitted());
                     let timeout = Duration::from_millis(self.limits.shutdown_timeout_ms);
                     let flush = self.flush();
                     tokio::pin!(flush);
@@ -322,7 +325,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                 }
                 // 4b. The sinks are idle but took the last batch less than HANDOVER_GAP ago: read
                 //     what arrives into this batch until then.
-                _ = &mut gap, if waits_for_gap => gap_until = None,
+                _ = &mut gap, if waits_for_gap => pace.passed(),
                 // 5. Nothing more is ready but a sink is still writing: park (see `InFlight`).
                 //    What arrives meanwhile waits in the source buffer and joins this batch.
                 _ = std::future::ready(()), if self.has_batch() && !parked && !sinks_idle => parked = true,
@@ -354,10 +357,9 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
                 self.tx = None;
                 self.batch.checkpoint = Some(c.end_lsn);
                 self.committed_len = self.batch.changes.len();
+                self.committed_msgs = self.batch.messages.len();
             }
-            SourceEvent::Message(m) => {
-                tracing::debug!(prefix = %m.prefix, lsn = %m.lsn, transactional = m.transactional, "logical message");
-            }
+            SourceEvent::Message(m) => self.on_logical_message(m),
             SourceEvent::KeepAlive { wal_end } => {
                 if (wal_end.0 as i64) > self.metrics.server_wal_lsn.get() {
                     self.metrics.server_wal_lsn.set(wal_end.0 as i64);
@@ -500,7 +502,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         if !self.has_batch() {
             return Ok(());
         }
-        if self.batch.changes.len() > self.committed_len {
+        if self.has_uncommitted() {
             if let Some(tx) = self.tx.as_mut() {
                 tx.partly_dispatched = true;
             }
@@ -508,6 +510,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         let capacity = self.limits.batch_max_changes.min(1024);
         let batch = Arc::new(std::mem::replace(&mut self.batch, Batch { changes: Vec::with_capacity(capacity), ..Batch::default() }));
         self.committed_len = 0;
+        self.committed_msgs = 0;
         self.checkpoint.on_dispatched(batch.checkpoint, self.batch_oldest_ts.take());
         self.update_lag();
         for queue in &self.queues {
@@ -532,7 +535,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
     /// Write out what was read, wait (bounded) for the sinks, confirm the final position.
     async fn drain(&mut self, stream: Option<S::Session>) -> Result<(), PipelineError> {
         // An unfinished transaction is resent after restart anyway; keep whole ones only.
-        self.batch.changes.truncate(self.committed_len);
+        self.drop_uncommitted();
         // One deadline for the whole drain: handing the last batch to a sink whose queue is full
         // counts against it too, then the sink tasks are aborted wherever they are (a request,
         // a retry sleep, index creation).
@@ -583,12 +586,6 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         }
     }
 }
-
-/// Least time between two hand-overs to idle sinks. A batch costs each sink a write, an fsync and
-/// thread hand-offs whatever its size: single-row transactions would otherwise go out one batch
-/// each, and that cost would dominate the CPU per row. After a quiet spell a change goes out at
-/// once; under load a batch waits at most this long, well inside the status interval.
-const HANDOVER_GAP: Duration = Duration::from_millis(20);
 
 /// Sleep until `deadline`; never with `None`. Lazy, unlike `sleep_until`: `select!` builds every
 /// arm's future on every pass, and a timer entry per event costs more than the event.

@@ -187,7 +187,8 @@ impl Sink for ChangelogSink {
 
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         // Only reached without the shared batch (the pipeline always shares it): copy.
-        let copy = Batch { changes: batch.changes.clone(), checkpoint: batch.checkpoint, snapshot: batch.snapshot.clone() };
+        let copy =
+            Batch { changes: batch.changes.clone(), checkpoint: batch.checkpoint, snapshot: batch.snapshot.clone(), messages: Vec::new() };
         self.append(Arc::new(copy)).await
     }
 
@@ -388,15 +389,22 @@ mod tests {
         for n in 1..=40u64 {
             let row = change(Arc::clone(&rel), Op::Insert, None, Some(vec![text(&n.to_string()), text(&"x".repeat(400))]));
             let c = crate::decode::Change { commit_lsn: Lsn(n * 0x100), ..row };
-            sink.write_shared(&Arc::new(Batch { changes: vec![c], checkpoint: Some(Lsn(n * 0x100)), snapshot: None }))
-                .await
-                .expect("append");
+            sink.write_shared(&Arc::new(Batch {
+                changes: vec![c],
+                checkpoint: Some(Lsn(n * 0x100)),
+                snapshot: None,
+                messages: Vec::new(),
+            }))
+            .await
+            .expect("append");
         }
         assert!(metrics.encode().contains("walcast_log_dropped_segments_total 0"), "retention ran at the first append only");
         sink.last_retention = None; // due now
         let row = change(rel, Op::Insert, None, Some(vec![text("41"), text("y")]));
         let c = crate::decode::Change { commit_lsn: Lsn(41 * 0x100), ..row };
-        sink.write_shared(&Arc::new(Batch { changes: vec![c], checkpoint: Some(Lsn(41 * 0x100)), snapshot: None })).await.expect("append");
+        sink.write_shared(&Arc::new(Batch { changes: vec![c], checkpoint: Some(Lsn(41 * 0x100)), snapshot: None, messages: Vec::new() }))
+            .await
+            .expect("append");
         let stats = crate::changelog::LogReader::open(&dir.path().join("log")).expect("reader").stats().expect("stats");
         assert!(stats.bytes <= 3 * segment, "{stats:?}");
         let text = metrics.encode();
@@ -430,10 +438,13 @@ mod tests {
             changes: vec![snapshot_row],
             checkpoint: None,
             snapshot: Some(SnapshotPart { chunk: 1, exported: None, place: Default::default(), sync: true }),
+            messages: Vec::new(),
         };
         sink.write_shared(&Arc::new(snapshot)).await.expect("a snapshot chunk is reported written");
         assert!(!end.has_changed().expect("open"), "nothing appended");
-        sink.write_shared(&Arc::new(Batch { changes: vec![c], checkpoint: Some(Lsn(0x100)), snapshot: None })).await.expect("append");
+        sink.write_shared(&Arc::new(Batch { changes: vec![c], checkpoint: Some(Lsn(0x100)), snapshot: None, messages: Vec::new() }))
+            .await
+            .expect("append");
         assert!(end.has_changed().expect("open"));
         assert_eq!(*end.borrow_and_update(), Lsn(0x100));
         let text = metrics.encode();

@@ -87,7 +87,7 @@ impl<'a> Fanout<'a> {
         if let (Some(k), false) = (&config.sinks.kafka, elasticsearch_only) {
             let mut sink = KafkaSink::open(k, &config.source.database)?;
             sink.count_dead_letters_in(metrics.dead_letters.get_or_create(&SinkLabel { sink: sink.name().to_string() }).clone());
-            self.spawn(sink);
+            self.spawn(sink.with_heartbeats(config.kafka_heartbeat_records()));
         }
         if let Some(es) = &config.sinks.elasticsearch {
             let sink = ElasticsearchSink::open(es, &config.retry, Arc::clone(metrics))?;

@@ -19,6 +19,7 @@ mod delivery;
 mod encoding;
 pub mod envelope;
 mod exactly_once;
+mod message;
 mod producer;
 mod render;
 mod schema;
@@ -42,6 +43,7 @@ use self::dead_letter::DeadLetterDestination;
 use self::encoding::Encoder;
 use self::envelope::SourceStatic;
 use self::exactly_once::ExactlyOnce;
+use self::message::MessageRecords;
 use self::producer::new_producer;
 use self::render::BatchWrite;
 use self::schema::{prefix_of, tx_key_schema, tx_value_schema, RelationSchemas, SchemaCache};
@@ -95,6 +97,8 @@ pub struct KafkaSink {
     commits: (Option<Lsn>, Option<Lsn>),
     /// `exactly_once = true`: the transactional state.
     eos: Option<ExactlyOnce>,
+    /// Topics and schemas of message events and heartbeat records.
+    messages: MessageRecords,
     dead_letter: DeadLetterDestination,
     dead_letters: Arc<AtomicU64>,
     /// `walcast_dead_letters_total{sink="kafka"}`, when the pipeline exports metrics.
@@ -157,6 +161,7 @@ impl KafkaSink {
             previous_commit_sequence: cfg.sequence_mode() == SequenceMode::PreviousCommit,
             commits: (None, None),
             eos: ExactlyOnce::new(cfg),
+            messages: MessageRecords::new(cfg),
             tx_schemas: cfg.schemas.then(|| RelationSchemas { key: prefix_of(&tx_key_schema()), value: prefix_of(&tx_value_schema()) }),
             dead_letter,
             dead_letters: Arc::new(AtomicU64::new(0)),
@@ -195,6 +200,11 @@ impl KafkaSink {
             }
             last_oid = Some(change.relation.oid);
             let t = self.router.topic(&change.relation);
+            if !self.known_topics.contains(&t) && !topics.contains(&t) {
+                topics.push(t);
+            }
+        }
+        for t in self.message_topics(batch) {
             if !self.known_topics.contains(&t) && !topics.contains(&t) {
                 topics.push(t);
             }
@@ -262,7 +272,7 @@ impl Sink for KafkaSink {
 
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
         self.check_producer().await?;
-        if batch.changes.is_empty() && self.tx.open().is_none() {
+        if batch.changes.is_empty() && self.tx.open().is_none() && self.message_topics(batch).is_empty() {
             return Ok(());
         }
         let saved = (self.tx.clone(), self.commits);

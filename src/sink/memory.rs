@@ -13,6 +13,8 @@ pub struct MemorySink {
     events: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Changes per successful write, in order.
     writes: Arc<Mutex<Vec<usize>>>,
+    /// Logical decoding messages written, in order.
+    messages: Arc<Mutex<Vec<crate::decode::MessageEvent>>>,
     /// When set, each write takes one permit first (the test adds permits to let writes through).
     gate: Option<Arc<Semaphore>>,
     /// When set, every write fails with this reason (not retryable).
@@ -39,6 +41,11 @@ impl MemorySink {
     /// Everything written so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// The logical decoding messages written so far.
+    pub fn messages(&self) -> Vec<crate::decode::MessageEvent> {
+        self.messages.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// The number of changes of each write so far (a batch without changes counts as 0).
@@ -74,6 +81,9 @@ impl Sink for MemorySink {
         drop(events);
         let mut writes = self.writes.lock().map_err(|_| SinkError::Fatal { sink: "memory", reason: "storage lock poisoned".into() })?;
         writes.push(batch.changes.len());
+        drop(writes);
+        let mut messages = self.messages.lock().map_err(|_| SinkError::Fatal { sink: "memory", reason: "storage lock poisoned".into() })?;
+        messages.extend(batch.messages.iter().cloned());
         Ok(())
     }
 }

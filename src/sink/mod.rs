@@ -36,6 +36,9 @@ pub struct Batch {
     pub checkpoint: Option<Lsn>,
     /// Set when the batch holds rows read by a snapshot (then `checkpoint` is `None`).
     pub snapshot: Option<SnapshotPart>,
+    /// Logical decoding messages read with the changes, in stream order; only carried when a
+    /// sink publishes them (`sinks.kafka.messages`, Kafka heartbeat records), else empty.
+    pub messages: Vec<crate::decode::MessageEvent>,
 }
 
 /// Which snapshot chunk a batch is.

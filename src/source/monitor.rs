@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::sql::{connect_sql, slot_info};
 use super::{quote_ident, ConnParams};
 use crate::config::{HeartbeatConfig, HeartbeatMode, TableSelector};
+use crate::decode::HEARTBEAT_PREFIX;
 use crate::metrics::Metrics;
 
 /// Run `work` every `every` on a side connection until `stop`, reconnecting whenever the
@@ -102,7 +103,7 @@ pub async fn heartbeat(params: ConnParams, cfg: HeartbeatConfig, stop: Cancellat
 /// what walcast confirms.
 fn heartbeat_sql(cfg: &HeartbeatConfig) -> Option<String> {
     match cfg.mode {
-        HeartbeatMode::Message => Some("SELECT pg_logical_emit_message(true, 'walcast.heartbeat', now()::text)".to_string()),
+        HeartbeatMode::Message => Some(format!("SELECT pg_logical_emit_message(true, '{HEARTBEAT_PREFIX}', now()::text)")),
         HeartbeatMode::Table => {
             let TableSelector::Table { schema, table } = TableSelector::parse(&cfg.table).ok()? else { return None };
             let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));

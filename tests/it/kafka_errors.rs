@@ -44,7 +44,7 @@ fn insert(rel: &Arc<Relation>, id: u32, body: &str) -> Change {
 }
 
 fn batch(changes: Vec<Change>) -> Batch {
-    Batch { changes, checkpoint: Some(Lsn(0x10_0100)), snapshot: None }
+    Batch { changes, checkpoint: Some(Lsn(0x10_0100)), ..Batch::default() }
 }
 
 fn sink_config(bootstrap: &str, extra: &str) -> KafkaSinkConfig {

@@ -37,6 +37,7 @@ mod kafka_debezium_connect;
 mod kafka_debezium_eos;
 mod kafka_envelope_fields;
 mod kafka_errors;
+mod kafka_messages;
 mod kafka_ops;
 mod kafka_order;
 mod kafka_snapshot;

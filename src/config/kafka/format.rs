@@ -174,6 +174,27 @@ impl KafkaSinkConfig {
         self.offsets_topic.clone().unwrap_or_else(|| format!("{}.walcast_offsets", self.server_name()))
     }
 
+    /// The topic of message events: `<prefix>.message`.
+    pub fn message_topic(&self) -> String {
+        format!("{}.message", self.prefix)
+    }
+
+    /// The topic of heartbeat records: `<heartbeat_topic_prefix>.<prefix>`.
+    pub fn heartbeat_topic(&self) -> String {
+        format!("{}.{}", self.heartbeat_topic_prefix, self.prefix)
+    }
+
+    /// Whether a message with `prefix` is published (`messages` on, and the prefix lists).
+    pub fn publishes_message(&self, prefix: &str) -> bool {
+        let matches = |pattern: &String| match pattern.strip_suffix('*') {
+            Some(start) => prefix.starts_with(start),
+            None => prefix == pattern,
+        };
+        self.messages
+            && (self.message_prefix_include.is_empty() || self.message_prefix_include.iter().any(matches))
+            && !self.message_prefix_exclude.iter().any(matches)
+    }
+
     /// Whether `op` is left out.
     pub fn skips(&self, op: SkippedOperation) -> bool {
         self.skipped_operations.contains(&op)
@@ -198,6 +219,27 @@ impl KafkaSinkConfig {
         if let Some(topic) = &self.offsets_topic {
             super::validate_topic_name(topic).map_err(|e| ConfigError::invalid("sinks.kafka.offsets_topic", e))?;
         }
+        for (field, list) in
+            [("message_prefix_include", &self.message_prefix_include), ("message_prefix_exclude", &self.message_prefix_exclude)]
+        {
+            let field = format!("sinks.kafka.{field}");
+            if !list.is_empty() && !self.messages {
+                return Err(ConfigError::invalid(
+                    &field,
+                    "only applies with messages = true; set sinks.kafka.messages = true or remove it",
+                ));
+            }
+            if list.iter().any(|p| p.is_empty() || p == "*") {
+                return Err(ConfigError::invalid(&field, "list message prefixes (exact, or ending in `*`); leave it out for every prefix"));
+            }
+        }
+        if !self.message_prefix_include.is_empty() && !self.message_prefix_exclude.is_empty() {
+            return Err(ConfigError::invalid(
+                "sinks.kafka.message_prefix_exclude",
+                "set either message_prefix_include or message_prefix_exclude, not both",
+            ));
+        }
+        super::validate_topic_name(&self.heartbeat_topic()).map_err(|e| ConfigError::invalid("sinks.kafka.heartbeat_topic_prefix", e))?;
         Ok(())
     }
 }
@@ -225,5 +267,34 @@ mod tests {
         assert_eq!((c.transactional_id(), c.offsets_topic()), ("walcast-inv".to_string(), "inv.walcast_offsets".to_string()));
         let c = cfg("skipped_operations = [\"t\", \"d\"]");
         assert!(c.skips(SkippedOperation::Truncate) && c.skips(SkippedOperation::Delete) && !c.skips(SkippedOperation::Create));
+    }
+
+    #[test]
+    fn message_prefixes_and_topics() {
+        assert!(!cfg("").publishes_message("a"), "messages are opt-in");
+        assert!(cfg("messages = true").publishes_message("anything"));
+        let c = cfg(r#"messages = true
+message_prefix_include = ["audit", "app.*"]"#);
+        assert!(c.publishes_message("audit") && c.publishes_message("app.x") && c.publishes_message("app."));
+        assert!(!c.publishes_message("audit2") && !c.publishes_message("ap"));
+        let c = cfg(r#"messages = true
+message_prefix_exclude = ["noise*"]"#);
+        assert!(!c.publishes_message("noise.1") && c.publishes_message("audit"));
+        let c = cfg(r#"prefix = "inv"
+heartbeat_topic_prefix = "hb""#);
+        assert_eq!((c.message_topic(), c.heartbeat_topic()), ("inv.message".to_string(), "hb.inv".to_string()));
+        assert_eq!(cfg("").heartbeat_topic(), "__debezium-heartbeat.walcast");
+
+        let field = |extra: &str| match cfg(extra).validate_format() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{extra}: expected an invalid field, got {other:?}"),
+        };
+        assert_eq!(field(r#"message_prefix_include = ["a"]"#), "sinks.kafka.message_prefix_include");
+        assert_eq!(field("messages = true\nmessage_prefix_exclude = [\"\"]"), "sinks.kafka.message_prefix_exclude");
+        assert_eq!(
+            field("messages = true\nmessage_prefix_include = [\"a\"]\nmessage_prefix_exclude = [\"b\"]"),
+            "sinks.kafka.message_prefix_exclude"
+        );
+        assert_eq!(field(r#"heartbeat_topic_prefix = "bad name""#), "sinks.kafka.heartbeat_topic_prefix");
     }
 }

@@ -233,6 +233,17 @@ fn logical_message() {
     assert!(matches!(e, DecodeError::Malformed { tag: 'M', .. }), "{e}");
     let e = fails(W::new(b'M').u8(0).i64(1).s("p").i32(10).raw(b"short"));
     assert!(matches!(e, DecodeError::Truncated { tag: 'M', needed: 5, .. }), "{e}");
+    // Each field cut short: flags, LSN, the prefix's terminator, the content length.
+    let e = fails(W::new(b'M'));
+    assert!(matches!(e, DecodeError::Truncated { tag: 'M', offset: 1, needed: 1 }), "{e}");
+    let e = fails(W::new(b'M').u8(1).raw(&[0, 0, 0]));
+    assert!(matches!(e, DecodeError::Truncated { tag: 'M', offset: 2, needed: 5 }), "{e}");
+    let e = fails(W::new(b'M').u8(1).i64(1).raw(b"no-terminator"));
+    assert!(matches!(e, DecodeError::Truncated { tag: 'M', offset: 10, needed: 1 }), "{e}");
+    let e = fails(W::new(b'M').u8(1).i64(1).s("p").raw(&[0, 0]));
+    assert!(matches!(e, DecodeError::Truncated { tag: 'M', offset: 12, needed: 2 }), "{e}");
+    let e = fails(W::new(b'M').u8(1).i64(1).raw(b"\xff\0").i32(0));
+    assert!(matches!(e, DecodeError::Malformed { tag: 'M', .. }), "a prefix that is not UTF-8: {e}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use crate::sink::MemorySink;
 use crate::source::ConnParams;
 
 mod full_log;
+mod messages;
 
 const START: Lsn = Lsn(0x1000);
 const TABLE_OID: u32 = 16_384;

@@ -22,7 +22,7 @@ use super::render::{BatchWrite, Rec};
 use super::tx::OpenTx;
 use super::{fatal_err, transient, KafkaSink};
 use crate::config::KafkaSinkConfig;
-use crate::decode::Change;
+use crate::decode::{Change, MessageEvent};
 use crate::lsn::Lsn;
 use crate::sink::{Batch, SinkError};
 
@@ -98,6 +98,11 @@ impl ExactlyOnce {
         })
     }
 
+    /// Whether a message was committed before.
+    pub(super) fn skips_message(&self, m: &MessageEvent) -> bool {
+        self.committed.as_ref().is_some_and(|p| m.position() <= (p.commit_lsn, p.seq))
+    }
+
     /// Whether a change of a streamed batch was committed before.
     pub(super) fn skips(&self, batch: &Batch, change: &Change) -> bool {
         batch.snapshot.is_none() && self.committed.as_ref().is_some_and(|p| p.covers(change))
@@ -142,10 +147,12 @@ impl KafkaSink {
     /// After the batch's records are acknowledged: the position record, last in the transaction.
     pub(super) async fn eos_send_position(&mut self, p: &mut BatchWrite, batch: &Batch) -> Result<Option<Position>, SinkError> {
         let Some(eos) = &self.eos else { return Ok(None) };
-        let last = batch.changes.last().filter(|_| batch.snapshot.is_none());
+        // The last change or message of the batch, whichever is later in the stream.
+        let last_change = batch.changes.last().filter(|_| batch.snapshot.is_none()).map(|c| (c.commit_lsn.0, c.seq));
+        let last = last_change.max(batch.messages.last().map(MessageEvent::position));
         let (commit_lsn, seq) = match (last, &eos.committed) {
-            (Some(c), Some(p)) if p.covers(c) => (p.commit_lsn, p.seq),
-            (Some(c), _) => (c.commit_lsn.0, c.seq),
+            (Some(l), Some(p)) if l <= (p.commit_lsn, p.seq) => (p.commit_lsn, p.seq),
+            (Some(l), _) => l,
             (None, Some(p)) => (p.commit_lsn, p.seq),
             (None, None) => (0, 0),
         };

@@ -113,7 +113,7 @@ impl KafkaSink {
                 self.emit_tx_end(p, &ended).await?;
             }
         }
-        Ok(())
+        self.enqueue_messages(batch, p).await
     }
 
     async fn emit_tx_begin(&mut self, p: &mut BatchWrite, change: &Change) -> Result<(), SinkError> {

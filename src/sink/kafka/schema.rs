@@ -130,7 +130,8 @@ pub(super) fn key_schema(rel: &Relation, key_cols: &[usize], prefix: &str, enc: 
     Value::Object(m)
 }
 
-fn source_schema() -> Value {
+/// The `source` field of envelopes (also of message events).
+pub(super) fn source_schema() -> Value {
     let f = |ty: &str, optional: bool, field: &str| json!({"type": ty, "optional": optional, "field": field});
     json!({
         "type": "struct",

@@ -87,3 +87,15 @@ fn the_json_checks_read_the_grammar() {
         assert!(refused(strict, bad) && refused(stored, bad), "{}", String::from_utf8_lossy(bad));
     }
 }
+
+/// The property es_bulk_answer gained with the fix of bulk::tests::a_reason_with_a_lone_surrogate_escape_is_read:
+/// an unpaired surrogate escape in a reason is text Elasticsearch writes, not a reason to refuse
+/// the answer; in a name (none of Elasticsearch's) the answer may be refused.
+#[test]
+fn a_bulk_answer_is_refused_for_its_syntax_only_when_it_is_not_json() {
+    let reason = br#"{"items":[{"index":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"'x\udbbbrm'","caused_by":{"type":"\udc00"}}}}]}"#;
+    super::targets::es_bulk_answer(&[b"\x01", &reason[..]].concat());
+    let name = br#"{"items":[{"\udbbb":{"status":200}}]}"#;
+    assert!(super::bulk_answer(name, 1).is_err_and(|r| r.syntax));
+    super::targets::es_bulk_answer(&[b"\x01", &name[..]].concat());
+}

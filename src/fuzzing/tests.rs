@@ -10,7 +10,7 @@ use super::targets::TARGETS;
 
 /// An input slower than this is a hang (libFuzzer's `-timeout` in scripts/fuzz is 10 s on an
 /// optimized build; an unoptimized test build is far slower, hence the margin).
-const HANG: Duration = Duration::from_secs(60);
+pub(super) const HANG: Duration = Duration::from_secs(60);
 
 fn replay(dir: &str) -> usize {
     let mut replayed = 0;

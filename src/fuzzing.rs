@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::decode::{self, Change, Message, Op, RelationCache, TruncateOptions};
 use crate::lsn::Lsn;
 
-pub use crate::sink::elasticsearch::fuzzing::{bulk_answer, mget_answer, Refused};
+pub use crate::sink::elasticsearch::fuzzing::{bulk_answer, mget_answer};
 pub use targets::*;
 
 #[cfg(test)]

@@ -92,10 +92,15 @@ fn the_json_checks_read_the_grammar() {
 /// an unpaired surrogate escape in a reason is text Elasticsearch writes, not a reason to refuse
 /// the answer; in a name (none of Elasticsearch's) the answer may be refused.
 #[test]
-fn a_bulk_answer_is_refused_for_its_syntax_only_when_it_is_not_json() {
+fn a_bulk_answer_is_not_refused_for_its_unpaired_surrogate_escapes() {
     let reason = br#"{"items":[{"index":{"status":400,"error":{"type":"mapper_parsing_exception","reason":"'x\udbbbrm'","caused_by":{"type":"\udc00"}}}}]}"#;
     super::targets::es_bulk_answer(&[b"\x01", &reason[..]].concat());
     let name = br#"{"items":[{"\udbbb":{"status":200}}]}"#;
-    assert!(super::bulk_answer(name, 1).is_err_and(|r| r.syntax));
+    assert!(super::bulk_answer(name, 1).is_err());
     super::targets::es_bulk_answer(&[b"\x01", &name[..]].concat());
+    // Found by es_bulk_answer when its property first asked this of every answer serde_json
+    // refuses for its syntax: a body that is a string, not an answer, is refused for its shape
+    // (serde_json reads the string to name it in the error, and says "unexpected end of hex
+    // escape"). The input is in fuzz/regressions/es_bulk_answer/.
+    super::targets::es_bulk_answer(b"\x01\"\\udbcby\"");
 }

@@ -4,24 +4,11 @@
 use super::bulk::{self, BulkKind};
 use super::{coalesce, partial};
 
-/// An answer refused: why, and whether serde_json found fault with its syntax (rather than its
-/// shape: a missing field, a value of another type).
-#[derive(Debug)]
-pub struct Refused {
-    /// The error's message.
-    pub reason: String,
-    /// A syntax error (or the end of the body), not a shape one.
-    pub syntax: bool,
-}
-
 /// Parse a `_bulk` answer for `sent` actions and classify every item as the answer to an
 /// `index` and to a `delete` (as `bulk::send_until_done` does). Returns the outcomes, two per
-/// item, in their `Debug` form.
-pub fn bulk_answer(body: &[u8], sent: usize) -> Result<Vec<String>, Refused> {
-    let items = bulk::parse_answer(body, sent).map_err(|e| Refused {
-        syntax: matches!(&e, bulk::AnswerError::NotJson(j) if matches!(j.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof)),
-        reason: e.to_string(),
-    })?;
+/// item, in their `Debug` form; a typed error as its message.
+pub fn bulk_answer(body: &[u8], sent: usize) -> Result<Vec<String>, String> {
+    let items = bulk::parse_answer(body, sent).map_err(|e| e.to_string())?;
     let mut outcomes = Vec::with_capacity(items.len() * 2);
     for item in &items {
         for kind in [BulkKind::Index, BulkKind::Delete] {

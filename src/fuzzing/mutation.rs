@@ -297,7 +297,8 @@ fn mutants_of_the_committed_inputs_pass_their_targets() {
     for t in &only {
         assert!(TARGETS.iter().any(|(name, _)| name == t), "WALCAST_FUZZ_TARGETS names {t:?}, not a target");
     }
-    println!("fuzz: mutation pass, WALCAST_FUZZ_SEED={seed}");
+    // A line of its own: libtest has just printed the test's name without a newline.
+    println!("\nfuzz: mutation pass, WALCAST_FUZZ_SEED={seed}");
     let mut failures = Vec::new();
     for target in TARGETS.iter().filter(|(name, _)| only.is_empty() || only.contains(name)) {
         let start = Instant::now();

@@ -11,6 +11,8 @@ use crate::lsn::Lsn;
 pub use crate::sink::elasticsearch::fuzzing::{bulk_answer, mget_answer};
 pub use targets::*;
 
+#[cfg(test)]
+mod mutation;
 mod targets;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use reqwest::Method;
 use serde::Deserialize;
 
+use super::client::AnswerText;
 use super::{auth_failure, client, fatal, Cluster, NAME};
 use crate::config::EsRefresh;
 use crate::decode::write_json_str;
@@ -77,10 +78,10 @@ pub struct ItemResult {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ItemError {
     /// `type`, e.g. `mapper_parsing_exception`.
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "answer_text")]
     pub kind: String,
     /// `reason`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "answer_text_opt")]
     pub reason: Option<String>,
     /// `caused_by`, for a more precise reason.
     #[serde(default)]
@@ -102,6 +103,16 @@ impl ItemError {
         }
         s
     }
+}
+
+/// An error's text, unpaired surrogate escapes and all (see [`AnswerText`]): one such item
+/// must not make the whole answer unreadable, which would resend the batch for ever.
+fn answer_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    AnswerText::deserialize(d).map(|t| t.0)
+}
+
+fn answer_text_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<AnswerText>::deserialize(d).map(|t| t.map(|t| t.0))
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,5 +431,23 @@ mod tests {
         // Items without an id (auto-id dead letters) parse.
         let ok = br#"{"errors":false,"items":[{"index":{"_index":"dlq","_id":"x","status":201,"result":"created"}}]}"#;
         assert_eq!(parse_answer(ok, 1).expect("ok")[0].status, 201);
+    }
+    #[test]
+    fn a_reason_with_a_lone_surrogate_escape_is_read() {
+        // Jackson writes every surrogate of a Java string as a \u escape, an unpaired one too:
+        // Elasticsearch answers so when a rejected value held one (a stored document's, copied
+        // by a partial update). The item is still rejected for its own reason, not the whole
+        // answer refused and resent.
+        let body = br#"{"errors":true,"items":[{"index":{"_id":"1","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [n] of type [long]. Preview of field's value: 'x\udbbbrm'","caused_by":{"type":"illegal_argument_exception","reason":"\udc00\ud83d\ude00"}}}},{"delete":{"_id":"\udbbb","status":200}}]}"#;
+        let items = parse_answer(body, 2).expect("an answer with lone surrogate escapes");
+        assert_eq!(
+            classify(BulkKind::Index, &items[0]),
+            ItemOutcome::Rejected(
+                "mapper_parsing_exception: failed to parse field [n] of type [long]. Preview of field's value: 'x\u{fffd}rm' (caused by illegal_argument_exception: \u{fffd}\u{1f600})".into()
+            )
+        );
+        assert_eq!(classify(BulkKind::Delete, &items[1]), ItemOutcome::Done);
+        // Broken escapes are still refused.
+        assert!(parse_answer(br#"{"items":[{"index":{"status":400,"error":{"type":"x","reason":"\udbb"}}}]}"#, 1).is_err());
     }
 }

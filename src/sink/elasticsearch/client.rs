@@ -8,6 +8,7 @@ use std::io::Write as _;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::Method;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::config::{ElasticsearchSinkConfig, EsAuth};
 
@@ -94,23 +95,83 @@ impl EsError {
     }
 }
 
-/// `{"error": {"type": ..., "reason": ...}}` (or `{"error": "text"}` on some servers).
+/// `{"error": {"type": ..., "reason": ...}}` (or `{"error": "text"}` on some servers). Kept raw
+/// so that a string serde_json would refuse in a `String` (see [`AnswerText`]) does not lose the
+/// whole body.
 #[derive(Debug, Deserialize)]
 struct ErrorBody {
-    error: Option<serde_json::Value>,
+    error: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorObject {
+    #[serde(rename = "type")]
+    kind: Option<Box<RawValue>>,
+    reason: Option<Box<RawValue>>,
 }
 
 /// `error.type` and `error.reason` of an error answer, with fallbacks for bodies in other shapes.
 pub fn error_parts(body: &[u8]) -> (String, String) {
-    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
-    match parsed.and_then(|b| b.error) {
-        Some(serde_json::Value::Object(e)) => {
-            let kind = e.get("type").and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
-            let reason = e.get("reason").and_then(|v| v.as_str()).unwrap_or("").to_string();
-            (kind, reason)
+    let text = |raw: Option<&RawValue>| raw.and_then(|r| serde_json::from_str::<AnswerText>(r.get()).ok()).map(|t| t.0);
+    if let Some(error) = serde_json::from_slice::<ErrorBody>(body).ok().and_then(|b| b.error) {
+        if let Ok(e) = serde_json::from_str::<ErrorObject>(error.get()) {
+            return (text(e.kind.as_deref()).unwrap_or_else(|| "unknown".into()), text(e.reason.as_deref()).unwrap_or_default());
         }
-        Some(serde_json::Value::String(s)) => ("http_error".into(), s),
-        _ => ("http_error".into(), String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()),
+        if let Some(s) = text(Some(&error)) {
+            return ("http_error".into(), s);
+        }
+    }
+    ("http_error".into(), String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned())
+}
+
+/// A string of an Elasticsearch answer (an error's type or reason). Jackson writes each UTF-16
+/// surrogate of a Java string as a `\u` escape, an unpaired one too (a value echoed in a reason,
+/// a preview cut between the two halves of a pair); serde_json refuses an unpaired one in a
+/// `String`, which would lose the whole answer, so it is read as U+FFFD instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct AnswerText(pub(super) String);
+
+impl<'de> Deserialize<'de> for AnswerText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AnswerText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<AnswerText, E> {
+                Ok(AnswerText(s.to_owned()))
+            }
+            fn visit_bytes<E>(self, b: &[u8]) -> Result<AnswerText, E> {
+                Ok(AnswerText(lossy_wtf8(b)))
+            }
+        }
+        // serde_json hands a string over as bytes without pairing its surrogate escapes: WTF-8.
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Text of WTF-8 bytes (UTF-8 that may hold surrogates, ED A0..BF 80..BF): each surrogate, and
+/// each byte that is not UTF-8, becomes one U+FFFD.
+fn lossy_wtf8(mut bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                out.push_str(s);
+                return out;
+            }
+            Err(e) => {
+                let (good, bad) = bytes.split_at(e.valid_up_to());
+                out.push_str(&String::from_utf8_lossy(good));
+                out.push(char::REPLACEMENT_CHARACTER);
+                let skip = match bad {
+                    [0xed, 0xa0..=0xbf, 0x80..=0xbf, ..] => 3,
+                    _ => e.error_len().unwrap_or(bad.len()),
+                };
+                bytes = &bad[skip..];
+            }
+        }
     }
 }
 
@@ -297,6 +358,13 @@ mod tests {
         assert_eq!((k.as_str(), r.as_str()), ("http_error", "no handler found"));
         let (k, r) = error_parts(b"<html>bad gateway</html>");
         assert_eq!((k.as_str(), r.as_str()), ("http_error", "<html>bad gateway</html>"));
+        let (k, r) = error_parts(br#"{"error":{"type":5,"reason":["x"]}}"#);
+        assert_eq!((k.as_str(), r.as_str()), ("unknown", ""));
+        // Unpaired surrogate escapes (Jackson writes them) cost the text they are in, not the type.
+        let (k, r) =
+            error_parts(br#"{"error":{"type":"cluster_block_exception","reason":"index [\udbbbx] \ud83d\ude00 \udc00"},"status":403}"#);
+        assert_eq!((k.as_str(), r.as_str()), ("cluster_block_exception", "index [\u{fffd}x] \u{1f600} \u{fffd}"));
+        assert_eq!(lossy_wtf8(b"a\xed\xa0\x80b\xffc\xe2\x82"), "a\u{fffd}b\u{fffd}c\u{fffd}");
     }
 
     #[test]

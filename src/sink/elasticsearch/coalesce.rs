@@ -92,39 +92,69 @@ pub(super) fn coalesce(actions: Vec<EsAction>, mut reject: impl FnMut(&Entry, St
     entries
 }
 
-/// `base` with every field of `fields` set (both JSON objects). Values are kept as raw JSON, so
-/// nothing is lost (big numbers, key order within values).
+/// `base` with every field of `fields` set (both JSON objects). Names and values are kept as raw
+/// JSON, so nothing is lost (big numbers, key order within values, escapes); a name is matched
+/// by the text it stands for, as JSON defines it (`"a\u0062"` is `"ab"`).
 pub(super) fn merge_objects(base: &[u8], fields: &[u8]) -> Result<Vec<u8>, String> {
-    let mut merged: Vec<(String, Box<RawValue>)> = Vec::new();
     let base: RawObject = serde_json::from_slice(base).map_err(|e| format!("stored document: {e}"))?;
     let fields: RawObject = serde_json::from_slice(fields).map_err(|e| format!("fields: {e}"))?;
-    merged.extend(base.0);
-    for (k, v) in fields.0 {
-        match merged.iter_mut().find(|(name, _)| *name == k) {
-            Some(slot) => slot.1 = v,
-            None => merged.push((k, v)),
+    let mut merged = base.0;
+    for field in fields.0 {
+        match merged.iter_mut().find(|m| m.name == field.name) {
+            Some(slot) => slot.value = field.value,
+            None => merged.push(field),
         }
     }
-    let mut out = Vec::with_capacity(base_len_hint(&merged));
+    let mut out = Vec::with_capacity(merged.iter().map(|m| m.raw_name.get().len() + m.value.get().len() + 1).sum::<usize>() + 2);
     out.push(b'{');
-    for (n, (k, v)) in merged.iter().enumerate() {
+    for (n, m) in merged.iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
-        crate::decode::write_json_str(&mut out, k);
+        out.extend_from_slice(m.raw_name.get().as_bytes());
         out.push(b':');
-        out.extend_from_slice(v.get().as_bytes());
+        out.extend_from_slice(m.value.get().as_bytes());
     }
     out.push(b'}');
     Ok(out)
 }
 
-fn base_len_hint(fields: &[(String, Box<RawValue>)]) -> usize {
-    fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 2
+/// One member of a [`RawObject`].
+struct Member {
+    /// The name as written (a JSON string, escapes and all).
+    raw_name: Box<RawValue>,
+    /// The bytes the name stands for: WTF-8, so an unpaired surrogate escape (which
+    /// Elasticsearch stores and returns as sent; serde_json refuses it in a `String`) is kept
+    /// and told apart from any other.
+    name: Vec<u8>,
+    /// The value as written.
+    value: Box<RawValue>,
 }
 
-/// A JSON object as (key, raw value) pairs in document order.
-struct RawObject(Vec<(String, Box<RawValue>)>);
+/// A JSON object as its members in document order.
+struct RawObject(Vec<Member>);
+
+/// A JSON string's bytes, surrogate escapes unpaired or not.
+struct NameBytes(Vec<u8>);
+
+impl<'de> Deserialize<'de> for NameBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = NameBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON string")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<NameBytes, E> {
+                Ok(NameBytes(s.as_bytes().to_vec()))
+            }
+            fn visit_bytes<E>(self, b: &[u8]) -> Result<NameBytes, E> {
+                Ok(NameBytes(b.to_vec()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
 
 impl<'de> Deserialize<'de> for RawObject {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -136,8 +166,9 @@ impl<'de> Deserialize<'de> for RawObject {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
-                    out.push((k, v));
+                while let Some((raw_name, value)) = map.next_entry::<Box<RawValue>, Box<RawValue>>()? {
+                    let NameBytes(name) = serde_json::from_str(raw_name.get()).map_err(serde::de::Error::custom)?;
+                    out.push(Member { raw_name, name, value });
                 }
                 Ok(RawObject(out))
             }
@@ -167,6 +198,18 @@ mod tests {
         let merged = merge_objects(br#"{"n":1.000000000000000000001}"#, br#"{}"#).expect("merge");
         assert_eq!(String::from_utf8(merged).expect("utf8"), r#"{"n":1.000000000000000000001}"#);
         assert!(merge_objects(b"[1]", b"{}").is_err());
+    }
+
+    #[test]
+    fn merge_keeps_names_as_written() {
+        // Elasticsearch returns a stored document as it was sent: unpaired surrogate escapes
+        // (RFC 8259 grammar, refused by serde_json in a `String`) and escaped names stay as they
+        // are; a name is matched by what it stands for.
+        let merged =
+            merge_objects(br#"{"\udbbb":1,"a\u0062":2,"x\udBBBrm":"v\udc00","\udbbc":3}"#, br#"{"ab":3,"c":4,"\udbbc":5}"#).expect("merge");
+        assert_eq!(String::from_utf8(merged).expect("utf8"), r#"{"\udbbb":1,"a\u0062":3,"x\udBBBrm":"v\udc00","\udbbc":5,"c":4}"#);
+        assert!(merge_objects(br#"{"\udbb":1}"#, b"{}").is_err());
+        assert!(merge_objects(br#"{"a":1,}"#, b"{}").is_err());
     }
 
     #[test]

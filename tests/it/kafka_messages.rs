@@ -180,7 +180,7 @@ async fn with_schemas_messages_and_heartbeats_carry_debeziums_connect_schemas() 
     for r in &messages {
         let key = r.key.as_ref().expect("key");
         assert_eq!(key["schema"]["name"], "io.debezium.connector.postgresql.MessageKey");
-        assert_eq!(key["schema"]["fields"], json!([{"type": "string", "optional": false, "field": "prefix"}]));
+        assert_eq!(key["schema"]["fields"], json!([{"type": "string", "optional": true, "field": "prefix"}]));
         assert_eq!(key["payload"], json!({"prefix": "audit"}));
         let value = r.value.as_ref().expect("value");
         let schema = &value["schema"];

@@ -188,7 +188,7 @@ pub fn write_heartbeat_value(out: &mut Vec<u8>, processed_us: i64) {
 }
 
 fn message_key_schema() -> Value {
-    json!({"type": "struct", "fields": [{"type": "string", "optional": false, "field": "prefix"}], "optional": false,
+    json!({"type": "struct", "fields": [{"type": "string", "optional": true, "field": "prefix"}], "optional": false,
            "name": MESSAGE_KEY_NAME, "version": 1})
 }
 

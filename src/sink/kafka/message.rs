@@ -12,7 +12,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::envelope::{now_unix_micros, pg_micros_to_unix_micros, SourceStatic, CONNECTOR};
-use super::render::{BatchWrite, Rec};
+use super::render::{append, BatchWrite, Rec};
 use super::schema::{prefix_of, source_schema};
 use super::KafkaSink;
 use crate::decode::{write_json_str, MessageEvent};
@@ -92,14 +92,13 @@ impl KafkaSink {
             let (topic, key, value) = if m.is_heartbeat() {
                 let Some(topic) = self.messages.heartbeat_topic.clone() else { continue };
                 let s = self.messages.schemas.clone();
-                let key = wrapped(&mut p.arena, s.as_ref().map(|s| &s[2]), |b| write_heartbeat_key(b, &self.source.name));
-                let value = wrapped(&mut p.arena, s.as_ref().map(|s| &s[3]), |b| write_heartbeat_value(b, now_unix_micros()));
+                let key = append(&mut p.arena, s.as_ref().map(|s| &s[2]), |b| write_heartbeat_key(b, &self.source.name));
+                let value = append(&mut p.arena, s.as_ref().map(|s| &s[3]), |b| write_heartbeat_value(b, now_unix_micros()));
                 (topic, key, value)
             } else if self.cfg.publishes_message(&m.message.prefix) {
                 let s = self.messages.schemas.clone();
-                let key = wrapped(&mut p.arena, s.as_ref().map(|s| &s[0]), |b| write_message_key(b, &m.message.prefix));
-                let value =
-                    wrapped(&mut p.arena, s.as_ref().map(|s| &s[1]), |b| write_message_value(b, m, &self.source, now_unix_micros()));
+                let key = append(&mut p.arena, s.as_ref().map(|s| &s[0]), |b| write_message_key(b, &m.message.prefix));
+                let value = append(&mut p.arena, s.as_ref().map(|s| &s[1]), |b| write_message_value(b, m, &self.source, now_unix_micros()));
                 (Arc::clone(&self.messages.topic), key, value)
             } else {
                 continue;
@@ -109,19 +108,6 @@ impl KafkaSink {
         }
         Ok(())
     }
-}
-
-/// Append what `f` writes, inside `{"schema":...,"payload":...}` when `wrap` is the prefix.
-fn wrapped(arena: &mut Vec<u8>, wrap: Option<&Arc<[u8]>>, f: impl FnOnce(&mut Vec<u8>)) -> std::ops::Range<usize> {
-    let start = arena.len();
-    if let Some(w) = wrap {
-        arena.extend_from_slice(w);
-    }
-    f(arena);
-    if wrap.is_some() {
-        arena.push(b'}');
-    }
-    start..arena.len()
 }
 
 /// Key of a message event: `{"prefix":"..."}`.

@@ -282,7 +282,7 @@ fn key_changed(change: &Change, key_cols: &[usize]) -> bool {
 }
 
 /// Append what `f` writes, inside `{"schema":...,"payload":...}` when `wrap` is the schema prefix.
-fn append(arena: &mut Vec<u8>, wrap: Option<&Arc<[u8]>>, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+pub(super) fn append(arena: &mut Vec<u8>, wrap: Option<&Arc<[u8]>>, f: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
     let start = arena.len();
     if let Some(w) = wrap {
         arena.extend_from_slice(w);

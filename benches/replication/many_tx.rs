@@ -78,18 +78,7 @@ async fn many_run(env: &Env, admin: &Client, db: &Client, kind: Kind, round: usi
         let ws_cpu0 = walsender.and_then(|p| proc_cpu_secs(p, env.clk_tck));
         let start = Instant::now();
         let per_client = (env.many_tx / 4).max(1);
-        let status = Command::new(pgbench)
-            .args(["-n", "-c", "4", "-j", "2", "-t", &per_client.to_string(), "-f"])
-            .arg(script)
-            .args(["-h", &env.pg.host, "-p", &env.pg.port.to_string(), "-U", &env.pg.user, DB])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .context("run pgbench")?;
-        if !status.success() {
-            bail!("pgbench failed ({status})");
-        }
+        pgbench_four_clients(env, pgbench, script, ["-t", &per_client.to_string()]).await?;
         let target: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
         let last_row = wait_confirmed(admin, &slot, &target, &mut child, kind, Some(Path::new(output))).await?;
         Ok(ManyRun {
@@ -106,6 +95,26 @@ async fn many_run(env: &Env, admin: &Client, db: &Client, kind: Kind, round: usi
     drop_slot(admin, &slot).await?;
     let _ = std::fs::remove_file(output);
     outcome
+}
+
+/// The single-row `script` from 4 clients on 2 threads; `limit` is pgbench's `-t N` (transactions
+/// per client) or `-T SECS`.
+async fn pgbench_four_clients(env: &Env, pgbench: &Path, script: &Path, limit: [&str; 2]) -> Result<()> {
+    let status = Command::new(pgbench)
+        .args(["-n", "-c", "4", "-j", "2"])
+        .args(limit)
+        .arg("-f")
+        .arg(script)
+        .args(["-h", &env.pg.host, "-p", &env.pg.port.to_string(), "-U", &env.pg.user, DB])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .context("run pgbench")?;
+    if !status.success() {
+        bail!("pgbench failed ({status})");
+    }
+    Ok(())
 }
 
 /// Poll until the slot's confirmed_flush_lsn reaches `target`; returns when `output` (if given)
@@ -228,18 +237,7 @@ pub(super) async fn confirm(env: &Env, admin: &Client, db: &Client) -> Result<Co
         let spaced = r2.rates_since(&r1, t2.duration_since(t1).as_secs_f64());
 
         // Under load: single-row transactions as fast as 4 clients go.
-        let status = Command::new(&pgbench)
-            .args(["-n", "-c", "4", "-j", "2", "-T", &LOAD_SECS.to_string(), "-f"])
-            .arg(&script)
-            .args(["-h", &env.pg.host, "-p", &env.pg.port.to_string(), "-U", &env.pg.user, DB])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .context("run pgbench")?;
-        if !status.success() {
-            bail!("pgbench failed ({status})");
-        }
+        pgbench_four_clients(env, &pgbench, &script, ["-T", &LOAD_SECS.to_string()]).await?;
         let target: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
         wait_confirmed(admin, &slot, &target, &mut child, Kind::Walcast, None).await?;
         let (t3, r3) = (Instant::now(), counts.read());

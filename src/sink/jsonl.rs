@@ -3,6 +3,7 @@
 
 use std::io::{ErrorKind, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use super::line_file::LineFile;
 use super::{release_output_buf, render_line, Batch, Sink, SinkError, OUTPUT_BUF_CAPACITY};
@@ -59,30 +60,75 @@ impl Sink for JsonlSink {
             return Ok(());
         }
         self.buf.clear();
-        for change in &batch.changes {
-            render_line(change, &mut self.buf)?;
-        }
-        // A snapshot chunk may leave its fsync to a later chunk (`SnapshotPart::sync`).
-        let sync = batch.snapshot.as_ref().is_none_or(|part| part.sync);
+        render_lines(&batch.changes, &mut self.buf)?;
+        let sync = needs_sync(batch);
         let result = match &mut self.target {
             Target::File(file) => file.append_with(&mut self.buf, sync).await.map_err(|e| e.into_sink_error(NAME)),
             Target::Stdout => {
-                // Pipe writes block; keep them off the async workers.
-                let buf = std::mem::take(&mut self.buf);
-                let (buf, result) = tokio::task::spawn_blocking(move || {
-                    let result = write_stdout(&buf);
-                    (buf, result)
-                })
-                .await
-                .map_err(|e| SinkError::Fatal { sink: NAME, reason: format!("writer task failed: {e}") })?;
-                self.buf = buf;
-                result
+                let rendered = std::mem::take(&mut self.buf);
+                self.write_stdout_off_thread(rendered, |_| Ok(())).await
             }
         };
         // The lines are written (or are rendered again on retry): no huge value's buffer stays.
         release_output_buf(&mut self.buf);
         result
     }
+
+    /// The batch rendered and written on the blocking pool: a 4,096-change batch or a snapshot
+    /// chunk costs the runtime thread (which reads the next one meanwhile) only the hand-over.
+    async fn write_shared(&mut self, batch: &Arc<Batch>) -> Result<(), SinkError> {
+        if batch.changes.is_empty() {
+            return Ok(());
+        }
+        let sync = needs_sync(batch);
+        let shared = Arc::clone(batch);
+        let render = move |buf: &mut Vec<u8>| {
+            buf.clear();
+            render_lines(&shared.changes, buf)
+        };
+        let result = match &mut self.target {
+            Target::File(file) => match file.render_and_append(&mut self.buf, sync, render).await {
+                Ok(written) => written.map_err(|e| e.into_sink_error(NAME)),
+                Err(e) => Err(e),
+            },
+            Target::Stdout => {
+                let buf = std::mem::take(&mut self.buf);
+                self.write_stdout_off_thread(buf, render).await
+            }
+        };
+        release_output_buf(&mut self.buf);
+        result
+    }
+}
+
+impl JsonlSink {
+    /// `render` into `buf`, then `buf` to standard output, on the blocking pool (pipe writes
+    /// block); the buffer comes back for the next batch.
+    async fn write_stdout_off_thread(
+        &mut self,
+        mut buf: Vec<u8>,
+        render: impl FnOnce(&mut Vec<u8>) -> Result<(), SinkError> + Send + 'static,
+    ) -> Result<(), SinkError> {
+        let (buf, result) = tokio::task::spawn_blocking(move || {
+            let result = render(&mut buf).and_then(|()| write_stdout(&buf));
+            (buf, result)
+        })
+        .await
+        .map_err(|e| SinkError::Fatal { sink: NAME, reason: format!("writer task failed: {e}") })?;
+        self.buf = buf;
+        result
+    }
+}
+
+/// Every change as its JSON line, appended to `buf`.
+fn render_lines(changes: &[crate::decode::Change], buf: &mut Vec<u8>) -> Result<(), SinkError> {
+    changes.iter().try_for_each(|change| render_line(change, buf))
+}
+
+/// Whether the batch must be durable when written: a snapshot chunk may leave its fsync to a
+/// later chunk (`SnapshotPart::sync`).
+fn needs_sync(batch: &Batch) -> bool {
+    batch.snapshot.as_ref().is_none_or(|part| part.sync)
 }
 
 /// Write all of `buf` to standard output and flush it.

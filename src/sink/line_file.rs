@@ -174,24 +174,47 @@ impl LineFile {
         if self.repaired && buf.is_empty() {
             return Ok(());
         }
+        match self.render_and_append(buf, sync, |_| Ok::<(), std::convert::Infallible>(())).await {
+            Ok(result) => result,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`LineFile::append_with`] of the lines `render` writes into the emptied `buf`, rendered
+    /// on the blocking thread that then writes them: a large batch's rendering does not hold up
+    /// the runtime thread (the snapshot's reads, the stream). When `render` fails nothing is
+    /// written and its error is the outer one; the inner one is the file's.
+    pub(crate) async fn render_and_append<E: Send + 'static>(
+        &mut self,
+        buf: &mut Vec<u8>,
+        sync: bool,
+        render: impl FnOnce(&mut Vec<u8>) -> Result<(), E> + Send + 'static,
+    ) -> Result<Result<(), LineFileError>, E> {
         let lost = |reason: String| LineFileError::Lost { path: Arc::clone(&self.path), reason };
-        let file = self.file.take().ok_or_else(|| lost("lost after an earlier failure".into()))?;
-        let data = std::mem::take(buf);
+        let Some(file) = self.file.take() else { return Ok(Err(lost("lost after an earlier failure".into()))) };
+        let mut data = std::mem::take(buf);
         let (path, repair, regular) = (Arc::clone(&self.path), !self.repaired, self.regular);
         let joined = tokio::task::spawn_blocking(move || {
+            if let Err(e) = render(&mut data) {
+                return (file, data, Err(e));
+            }
             let repaired = if repair {
                 cut_torn_line(&file, &path).map_err(|source| LineFileError::Repair { path: Arc::clone(&path), source })
             } else {
                 Ok(())
             };
             let result = repaired.and_then(|()| append_blocking(&file, &path, &data, regular, sync));
-            (file, data, result)
+            (file, data, Ok(result))
         })
         .await;
-        let (file, data, result) = joined.map_err(|e| lost(e.to_string()))?;
+        let (file, data, result) = match joined {
+            Ok(done) => done,
+            Err(e) => return Ok(Err(lost(e.to_string()))),
+        };
         self.file = Some(file);
         *buf = data;
-        if !matches!(result, Err(LineFileError::Repair { .. })) {
+        // Unless rendering failed first or the cut itself failed, the torn end is gone.
+        if matches!(&result, Ok(r) if !matches!(r, Err(LineFileError::Repair { .. }))) {
             self.repaired = true;
         }
         result

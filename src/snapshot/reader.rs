@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use std::pin::Pin;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use futures_core::Stream;
 use tokio_postgres::{Client, CopyOutStream};
 
@@ -286,47 +286,47 @@ impl Reader {
     pub(super) async fn next_chunk(&mut self, t: &mut TableReader, limit: usize, point: Lsn, commit_ts: i64) -> Result<Chunk, SourceError> {
         let rel = Arc::clone(&t.relation);
         let what = || format!("reading {}.{}", rel.schema, rel.table);
-        // Every value of the chunk in one buffer, each a slice of it: one allocation per chunk
-        // instead of one per value.
         let columns = t.relation.columns.len();
-        let mut text = BytesMut::new();
-        let mut spans = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS) * columns);
-        let mut take = |row: &tokio_postgres::Row| -> Result<(), SourceError> {
-            for i in 0..columns {
-                let v: Option<&str> = row.try_get(i).map_err(|e| query_error(&what(), &e))?;
-                spans.push(v.map(|s| {
-                    let at = text.len();
-                    text.extend_from_slice(s.as_bytes());
-                    at..text.len()
-                }));
-            }
-            Ok(())
-        };
-        let mut rows = 0usize;
+        let mut changes = Vec::with_capacity(limit.min(MAX_PREALLOCATED_ROWS));
         if let Some(cursor) = &t.cursor {
             let fetched = self.client.query(&format!("FETCH {limit} FROM {cursor}"), &[]).await.map_err(|e| query_error(&what(), &e))?;
+            // Every value of the chunk in one buffer, each a slice of it: one allocation per
+            // chunk instead of one per value.
+            let mut text = BytesMut::new();
+            let mut spans = Vec::with_capacity(fetched.len() * columns);
             for row in &fetched {
-                take(row)?;
+                for i in 0..columns {
+                    let v: Option<&str> = row.try_get(i).map_err(|e| query_error(&what(), &e))?;
+                    spans.push(v.map(|s| {
+                        let at = text.len();
+                        text.extend_from_slice(s.as_bytes());
+                        at..text.len()
+                    }));
+                }
             }
-            rows = fetched.len();
+            let text = text.freeze();
+            for row in spans.chunks(columns) {
+                let values = row.iter().map(|span| span.clone().map_or(Datum::Null, |range| Datum::Text(text.slice(range)))).collect();
+                changes.push(t.read_change(values, point, commit_ts));
+            }
         } else {
             let bad = |e: String| SourceError::Query(format!("snapshot: {}: {e}", what()));
-            while rows < limit && !t.exhausted {
+            while changes.len() < limit && !t.exhausted {
                 if t.window.is_none() {
                     // The next window starts after the last row read.
-                    if rows > 0 {
-                        t.after = Some(last_key(&text, &spans, rows, columns, &t.key).map_err(bad)?);
+                    if let Some(last) = changes.last() {
+                        t.after = Some(last_key(last, &t.key).map_err(bad)?);
                     }
                     let window = limit.saturating_mul(READ_AHEAD_CHUNKS);
                     let stream = self.client.copy_out(t.copy_query(window).as_str()).await.map_err(|e| query_error(&what(), &e))?;
                     t.window = Some(Window { stream: Box::pin(stream), left: window as u64, rest: Bytes::new() });
                 }
                 let Some(w) = t.window.as_mut() else { continue };
-                if let Some(end) = w.rest.iter().position(|&b| b == b'\n') {
-                    let line = w.rest.split_to(end + 1);
-                    copy_text::split_row(&line[..end], columns, &mut text, &mut spans).map_err(bad)?;
+                // Values are slices of the received message: no copy.
+                if let Some((values, used)) = copy_text::next_row(&w.rest, columns).map_err(bad)? {
+                    w.rest.advance(used);
                     w.left = w.left.saturating_sub(1);
-                    rows += 1;
+                    changes.push(t.read_change(values, point, commit_ts));
                     continue;
                 }
                 match std::future::poll_fn(|cx| w.stream.as_mut().poll_next(cx)).await {
@@ -348,40 +348,9 @@ impl Reader {
                     }
                 }
             }
-            // The server sends the client encoding, UTF-8; COPY's escapes and delimiters are
-            // ASCII, so a whole valid buffer has valid values.
-            if std::str::from_utf8(&text).is_err() {
-                return Err(bad("a value is not valid UTF-8".into()));
+            if let Some(last) = changes.last() {
+                t.after = Some(last_key(last, &t.key).map_err(bad)?);
             }
-            if rows > 0 {
-                t.after = Some(last_key(&text, &spans, rows, columns, &t.key).map_err(bad)?);
-            }
-        }
-        let text = text.freeze();
-        let mut spans = spans.into_iter();
-        let mut changes = Vec::with_capacity(rows);
-        for _ in 0..rows {
-            let values = spans
-                .by_ref()
-                .take(columns)
-                .map(|span| match span {
-                    Some(range) => Datum::Text(text.slice(range)),
-                    None => Datum::Null,
-                })
-                .collect();
-            changes.push(Change {
-                lsn: point,
-                commit_lsn: point,
-                xid: 0,
-                commit_ts,
-                seq: t.seq,
-                relation: Arc::clone(&t.relation),
-                op: Op::Read,
-                old: None,
-                new: Some(values),
-                truncate: TruncateOptions::default(),
-            });
-            t.seq += 1;
         }
         Ok(Chunk { changes, after: t.after.clone() })
     }
@@ -433,6 +402,23 @@ impl Reader {
 }
 
 impl TableReader {
+    /// The next row of the table as an [`Op::Read`] change at `point`.
+    fn read_change(&mut self, values: Vec<Datum>, point: Lsn, commit_ts: i64) -> Change {
+        self.seq += 1;
+        Change {
+            lsn: point,
+            commit_lsn: point,
+            xid: 0,
+            commit_ts,
+            seq: self.seq - 1,
+            relation: Arc::clone(&self.relation),
+            op: Op::Read,
+            old: None,
+            new: Some(values),
+            truncate: TruncateOptions::default(),
+        }
+    }
+
     /// The truncate a re-sync sends before the table's first chunk: every sink drops what it
     /// holds of the table, then the chunks load what exists now.
     pub(super) fn resync_truncate(&self, point: Lsn, commit_ts: i64) -> Change {
@@ -473,20 +459,14 @@ fn plan_rows(line: &str) -> Option<u64> {
     rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
 }
 
-/// The primary-key values (text) of the last of `rows` rows whose values are `spans` of `text`.
-fn last_key(
-    text: &[u8],
-    spans: &[Option<std::ops::Range<usize>>],
-    rows: usize,
-    columns: usize,
-    key: &[usize],
-) -> Result<Vec<String>, String> {
-    let row = spans.get((rows - 1) * columns..rows * columns).ok_or("a row without its values")?;
+/// The primary-key values (text) of a row read by [`Reader::next_chunk`].
+fn last_key(row: &Change, key: &[usize]) -> Result<Vec<String>, String> {
+    let values = row.new.as_deref().ok_or("a row without its values")?;
     key.iter()
-        .map(|&i| {
+        .map(|&i| match values.get(i) {
+            Some(Datum::Text(text)) => String::from_utf8(text.to_vec()).map_err(|_| "a key value is not valid UTF-8".to_string()),
             // Primary-key columns are never NULL.
-            let span = row.get(i).cloned().flatten().unwrap_or_default();
-            String::from_utf8(text.get(span).unwrap_or_default().to_vec()).map_err(|_| "a key value is not valid UTF-8".to_string())
+            _ => Err("a row without its key".to_string()),
         })
         .collect()
 }

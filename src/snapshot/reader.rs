@@ -15,7 +15,7 @@ use tokio_postgres::{Client, CopyOutStream};
 use super::copy_text;
 
 use crate::config::TableName;
-use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
+use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, Slot, TruncateOptions, Tuple};
 use crate::lsn::Lsn;
 use crate::source::{classify_query, quote_ident, SourceError, TypeRules};
 
@@ -361,14 +361,16 @@ impl Reader {
         let mut spans = spans.into_iter();
         let mut changes = Vec::with_capacity(rows);
         for _ in 0..rows {
-            let values = spans
+            let slots = spans
                 .by_ref()
                 .take(columns)
                 .map(|span| match span {
-                    Some(range) => Datum::Text(text.slice(range)),
-                    None => Datum::Null,
+                    Some(range) => Slot::Text { start: range.start, end: range.end },
+                    None => Slot::Null,
                 })
                 .collect();
+            let values = Tuple::from_slots(text.clone(), slots)
+                .ok_or_else(|| SourceError::Query(format!("snapshot: {}: a value lies outside the rows read", what())))?;
             changes.push(Change {
                 lsn: point,
                 commit_lsn: point,
@@ -399,10 +401,10 @@ impl Reader {
         let what = || format!("checking which rows of {}.{} still exist", t.relation.schema, t.relation.table);
         let mut arrays: Vec<Vec<&str>> = vec![Vec::with_capacity(rows.len()); t.key.len()];
         for row in rows {
-            let values = row.new.as_deref().unwrap_or_default();
+            let values = row.new.as_ref();
             for (array, &i) in arrays.iter_mut().zip(&t.key) {
                 // Read by `next_chunk` from a String: key columns are text, never NULL.
-                let text = match values.get(i) {
+                let text = match values.and_then(|v| v.get(i)) {
                     Some(Datum::Text(b)) => {
                         std::str::from_utf8(b).map_err(|_| SourceError::Query(format!("snapshot: {}: a key is not UTF-8", what())))?
                     }

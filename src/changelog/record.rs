@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::decode::{Change, Column, Datum, OldTuple, OldTupleKind, Op, Relation, ReplicaIdentity, TruncateOptions};
+use crate::decode::{Change, Column, Datum, OldTuple, OldTupleKind, Op, Relation, ReplicaIdentity, Slot, TruncateOptions, Tuple};
 use crate::lsn::Lsn;
 
 const TAG_RELATION: u8 = b'R';
@@ -86,7 +86,7 @@ pub(super) fn put_relation(out: &mut Vec<u8>, rel: &Relation) {
     });
 }
 
-fn put_datums(b: &mut Vec<u8>, datums: &[Datum]) {
+fn put_datums(b: &mut Vec<u8>, datums: &Tuple) {
     put_varint(b, datums.len() as u64);
     for d in datums {
         match d {
@@ -215,9 +215,10 @@ impl<'a> Cursor<'a> {
         Ok((tag, len))
     }
 
-    fn bytes(&mut self) -> Result<Bytes, RecordError> {
+    /// A length-prefixed byte string: where it lies in the payload.
+    fn bytes_range(&mut self) -> Result<std::ops::Range<usize>, RecordError> {
         let n = self.len()?;
-        Ok(self.buf.slice(self.take(n)?))
+        self.take(n)
     }
 
     fn string(&mut self) -> Result<String, RecordError> {
@@ -226,19 +227,26 @@ impl<'a> Cursor<'a> {
         String::from_utf8(self.buf[r].to_vec()).map_err(|_| bad("a name is not UTF-8"))
     }
 
-    fn datums(&mut self) -> Result<Vec<Datum>, RecordError> {
+    fn datums(&mut self) -> Result<Tuple, RecordError> {
         let n = self.len()?; // at least one byte per datum: bounded by the entry
-        let mut out = Vec::with_capacity(n);
+        let mut slots = Vec::with_capacity(n);
         for _ in 0..n {
-            out.push(match self.u8()? {
-                b'n' => Datum::Null,
-                b'u' => Datum::Unchanged,
-                b't' => Datum::Text(self.bytes()?),
-                b'b' => Datum::Binary(self.bytes()?),
+            slots.push(match self.u8()? {
+                b'n' => Slot::Null,
+                b'u' => Slot::Unchanged,
+                b't' => {
+                    let r = self.bytes_range()?;
+                    Slot::Text { start: r.start, end: r.end }
+                }
+                b'b' => {
+                    let r = self.bytes_range()?;
+                    Slot::Binary { start: r.start, end: r.end }
+                }
                 other => return Err(bad(format!("unknown datum kind {other}"))),
             });
         }
-        Ok(out)
+        // Every range was taken inside the payload.
+        Tuple::from_slots(self.buf.clone(), slots).ok_or_else(|| bad("a value lies outside its block"))
     }
 }
 

@@ -5,12 +5,10 @@ use std::fs::OpenOptions;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-
 use super::segment::{self, HEADER_LEN};
 use super::*;
 use crate::config::{ChangelogConfig, Compression};
-use crate::decode::{Column, Datum, OldTuple, OldTupleKind, Op, Relation, ReplicaIdentity, TruncateOptions};
+use crate::decode::{Column, Datum, OldTuple, OldTupleKind, Op, Relation, ReplicaIdentity, TruncateOptions, Tuple};
 
 fn rel(oid: u32, cols: &[&str]) -> Arc<Relation> {
     Arc::new(Relation {
@@ -22,8 +20,8 @@ fn rel(oid: u32, cols: &[&str]) -> Arc<Relation> {
     })
 }
 
-fn text(s: &str) -> Datum {
-    Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+fn text(s: &str) -> Datum<'_> {
+    Datum::Text(s.as_bytes())
 }
 
 /// An insert of `rel` in the transaction committed at `commit`, at position `seq`.
@@ -37,7 +35,7 @@ fn ins(rel: &Arc<Relation>, commit: u64, seq: u64) -> Change {
         relation: Arc::clone(rel),
         op: Op::Insert,
         old: None,
-        new: Some((0..rel.columns.len()).map(|i| text(&format!("{commit}:{seq}:{i}"))).collect()),
+        new: Some((0..rel.columns.len()).map(|i| format!("{commit}:{seq}:{i}")).collect::<Vec<_>>().iter().map(|s| text(s)).collect()),
         truncate: TruncateOptions::default(),
     }
 }
@@ -96,18 +94,18 @@ fn every_kind_of_change_round_trips_through_the_files() {
     let r = rel(7, &["id", "body"]);
     let base = ins(&r, 500, 0);
     let changes = vec![
-        Change { new: Some(vec![Datum::Null, Datum::Binary(Bytes::from_static(b"\0\xff"))]), ..base.clone() },
+        Change { new: Some(Tuple::from_datums([Datum::Null, Datum::Binary(b"\0\xff")])), ..base.clone() },
         Change {
             seq: 1,
             op: Op::Update,
-            old: Some(OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), Datum::Null] }),
-            new: Some(vec![text("1"), Datum::Unchanged]),
+            old: Some(OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("1"), Datum::Null]) }),
+            new: Some(Tuple::from_datums([text("1"), Datum::Unchanged])),
             ..base.clone()
         },
         Change {
             seq: 2,
             op: Op::Delete,
-            old: Some(OldTuple { kind: OldTupleKind::Full, values: vec![text("1"), text("x")] }),
+            old: Some(OldTuple { kind: OldTupleKind::Full, values: Tuple::from_datums([text("1"), text("x")]) }),
             new: None,
             ..base.clone()
         },

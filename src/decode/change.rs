@@ -5,8 +5,9 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::pgoutput::{Datum, OldTuple, OldTupleKind};
+use super::pgoutput::{OldTuple, OldTupleKind};
 use super::relation::Relation;
+use super::tuple::{Datum, Tuple};
 use super::value::write_json_value;
 use super::DecodeError;
 use crate::lsn::Lsn;
@@ -59,7 +60,7 @@ pub struct Change {
     /// Old key or old row (updates and deletes, when the server sent one).
     pub old: Option<OldTuple>,
     /// New row (inserts and updates).
-    pub new: Option<Vec<Datum>>,
+    pub new: Option<Tuple>,
     /// TRUNCATE options.
     pub truncate: TruncateOptions,
 }
@@ -225,15 +226,15 @@ impl Change {
         if old.kind != OldTupleKind::Full || old.values.len() != new.len() {
             return;
         }
-        for (datum, before) in new.iter_mut().zip(&old.values) {
-            if matches!(datum, Datum::Unchanged) && !matches!(before, Datum::Unchanged) {
-                *datum = before.clone();
-            }
+        if !new.iter().zip(&old.values).any(|(d, before)| d == Datum::Unchanged && before != Datum::Unchanged) {
+            return;
         }
+        // The values come from two payloads: the filled tuple is a copy (a rare path).
+        *new = new.iter().zip(&old.values).map(|(d, before)| if d == Datum::Unchanged { before } else { d }).collect();
     }
 
     /// The tuple the primary key is read from: the new row, or for deletes the old key/row.
-    pub(crate) fn key_source(&self) -> Option<&[Datum]> {
+    pub(crate) fn key_source(&self) -> Option<&Tuple> {
         match (&self.new, &self.old) {
             (Some(new), _) => Some(new),
             (None, Some(old)) => Some(&old.values),
@@ -257,7 +258,7 @@ pub(crate) enum UnchangedToast<'a> {
 pub(crate) fn write_row_object(
     out: &mut Vec<u8>,
     rel: &Relation,
-    values: &[Datum],
+    values: &Tuple,
     include: impl Fn(usize) -> bool,
     unchanged: UnchangedToast<'_>,
 ) -> Result<(), DecodeError> {
@@ -268,7 +269,7 @@ pub(crate) fn write_row_object(
 fn write_row(
     out: &mut Vec<u8>,
     rel: &Relation,
-    values: &[Datum],
+    values: &Tuple,
     include: impl Fn(usize) -> bool,
     unchanged: UnchangedToast<'_>,
     names: Option<&RelationText>,

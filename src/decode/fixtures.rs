@@ -3,14 +3,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use super::{Change, Column, Datum, OldTuple, Op, Relation, ReplicaIdentity, TruncateOptions};
+use super::{Change, Column, Datum, OldTuple, Op, Relation, ReplicaIdentity, TruncateOptions, Tuple};
 use crate::lsn::Lsn;
 
 /// A text value, as pgoutput sends it.
-pub(crate) fn text(s: &str) -> Datum {
-    Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+pub(crate) fn text(s: &str) -> Datum<'_> {
+    Datum::Text(s.as_bytes())
 }
 
 /// Relation OID 16384 `schema.table` with `columns` as `(name, is key, type OID)`.
@@ -25,7 +23,7 @@ pub(crate) fn relation(schema: &str, table: &str, identity: ReplicaIdentity, col
 }
 
 /// A change of `relation`: LSN 0/10, commit LSN 1/20, xid 7, commit time 0, position 0.
-pub(crate) fn change(relation: Arc<Relation>, op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
+pub(crate) fn change(relation: Arc<Relation>, op: Op, old: Option<OldTuple>, new: Option<Tuple>) -> Change {
     Change {
         lsn: Lsn(0x10),
         commit_lsn: Lsn(0x1_0000_0020),

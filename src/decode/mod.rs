@@ -1,8 +1,8 @@
 //! pgoutput (protocol version 1) decoding: wire messages, the relation cache, and text values -> JSON.
 //!
-//! The decoder is zero-copy for column values: a [`Datum::Text`] is a slice of the `XLogData`
-//! payload it came from, so a change costs one allocation for its column vector and nothing per
-//! value until a sink renders it.
+//! The decoder is zero-copy for column values: a [`Tuple`] holds the `XLogData` payload it came
+//! from once and where each value lies in it, so a change costs one allocation for its slot table
+//! and one reference count, and nothing per value until a sink renders it.
 
 mod change;
 #[cfg(test)]
@@ -12,15 +12,17 @@ mod pgoutput;
 #[cfg(test)]
 mod proptests;
 mod relation;
+mod tuple;
 mod value;
 
 pub(crate) use change::{write_json_str, write_row_object, UnchangedToast};
 pub use change::{Change, Op, TruncateOptions};
 pub use message::{now_pg_micros, MessageEvent, HEARTBEAT_PREFIX};
 pub use pgoutput::{
-    parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
+    parse, Begin, Column, Commit, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
 };
 pub use relation::{ColumnChanges, Relation, RelationCache};
+pub use tuple::{Datum, Iter as TupleIter, Slot, Tuple};
 pub(crate) use value::array_element;
 pub use value::{to_json_value, value_rule, write_json_value, UserType, FIRST_USER_OID};
 

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::tuple::Tuple;
 use crate::lsn::Lsn;
 
 mod parse;
@@ -28,7 +29,7 @@ pub enum Message {
         /// Relation OID.
         relation: u32,
         /// The new row.
-        new: Vec<Datum>,
+        new: Tuple,
     },
     /// 'U': a row was updated.
     Update {
@@ -36,8 +37,8 @@ pub enum Message {
         relation: u32,
         /// The old key ('K') or the whole old row ('O'), when the server sent one.
         old: Option<OldTuple>,
-        /// The new row; unchanged TOASTed columns are [`Datum::Unchanged`].
-        new: Vec<Datum>,
+        /// The new row; unchanged TOASTed columns are [`Datum::Unchanged`](super::Datum::Unchanged).
+        new: Tuple,
     },
     /// 'D': a row was deleted.
     Delete {
@@ -173,18 +174,5 @@ pub struct OldTuple {
     /// Key or full row.
     pub kind: OldTupleKind,
     /// Column values, one per relation column.
-    pub values: Vec<Datum>,
-}
-
-/// One column value of a tuple.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Datum {
-    /// 'n': SQL NULL.
-    Null,
-    /// 'u': an unchanged TOASTed value the server did not send.
-    Unchanged,
-    /// 't': the value in the type's text output format (a slice of the received payload).
-    Text(Bytes),
-    /// 'b': the value in binary format (only with the `binary` option, which walcast does not use).
-    Binary(Bytes),
+    pub values: Tuple,
 }

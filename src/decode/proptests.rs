@@ -11,8 +11,9 @@ use proptest::sample::Index;
 use serde_json::Value;
 
 use super::pgoutput::{
-    parse, Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
+    parse, Begin, Column, Commit, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
 };
+use super::tuple::{Datum, Tuple};
 use super::value::{array_element, write_json_value};
 use crate::lsn::Lsn;
 
@@ -35,7 +36,7 @@ fn put_namespace(out: &mut Vec<u8>, s: &str) {
     put_str(out, if s == "pg_catalog" { "" } else { s });
 }
 
-fn put_tuple(out: &mut Vec<u8>, values: &[Datum]) {
+fn put_tuple(out: &mut Vec<u8>, values: &Tuple) {
     out.extend_from_slice(&(values.len() as i16).to_be_bytes());
     for v in values {
         match v {
@@ -161,12 +162,25 @@ fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
 }
 
-fn datum() -> impl Strategy<Value = Datum> {
-    prop_oneof![Just(Datum::Null), Just(Datum::Unchanged), bytes(24).prop_map(Datum::Text), bytes(24).prop_map(Datum::Binary),]
+/// One value as (kind byte, bytes): 'n', 'u', 't' or 'b'.
+fn datum() -> impl Strategy<Value = (u8, Bytes)> {
+    prop_oneof![
+        Just((b'n', Bytes::new())),
+        Just((b'u', Bytes::new())),
+        bytes(24).prop_map(|b| (b't', b)),
+        bytes(24).prop_map(|b| (b'b', b)),
+    ]
 }
 
-fn tuple() -> impl Strategy<Value = Vec<Datum>> {
-    proptest::collection::vec(datum(), 0..8)
+fn tuple() -> impl Strategy<Value = Tuple> {
+    proptest::collection::vec(datum(), 0..8).prop_map(|values| {
+        Tuple::from_datums(values.iter().map(|(kind, b)| match kind {
+            b'n' => Datum::Null,
+            b'u' => Datum::Unchanged,
+            b't' => Datum::Text(b),
+            _ => Datum::Binary(b),
+        }))
+    })
 }
 
 fn old_tuple() -> impl Strategy<Value = OldTuple> {

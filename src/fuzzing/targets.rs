@@ -129,7 +129,7 @@ pub fn pgoutput_parse(data: &[u8]) {
     let payload = Bytes::copy_from_slice(data);
     let Ok(message) = parse(&payload) else { return };
     // Every value slice lies inside the payload: the decoder is zero-copy.
-    let inside = |d: &Datum| match d {
+    let inside = |d: Datum<'_>| match d {
         Datum::Text(b) | Datum::Binary(b) => b.len() <= data.len(),
         Datum::Null | Datum::Unchanged => true,
     };

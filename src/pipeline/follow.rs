@@ -267,7 +267,7 @@ mod tests {
     /// Transaction `n`: one insert committing at `n * 0x100`.
     fn tx(n: u64) -> Vec<Change> {
         let rel = relation("public", "t", ReplicaIdentity::Default, &[("id", true, 23)]);
-        let c = change(rel, Op::Insert, None, Some(vec![text(&n.to_string())]));
+        let c = change(rel, Op::Insert, None, Some(crate::decode::Tuple::from_datums([text(&n.to_string())])));
         vec![Change { lsn: Lsn(n * 0x100 - 0x10), commit_lsn: Lsn(n * 0x100), xid: n as u32, ..c }]
     }
 

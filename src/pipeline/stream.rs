@@ -453,7 +453,7 @@ impl<'a, S: SessionSource> Streamer<'a, S> {
         lsn: Lsn,
         op: Op,
         old: Option<decode::OldTuple>,
-        new: Option<Vec<decode::Datum>>,
+        new: Option<decode::Tuple>,
     ) -> Result<Change, PipelineError> {
         let relation = Arc::clone(self.relations.get(oid).map_err(SourceError::from)?);
         let tx = self.tx.as_mut().ok_or_else(|| {

@@ -10,7 +10,7 @@ const EXIT_SETUP: u8 = 3;
 
 fn row(table: &str, commit: u64, seq: u64) -> Change {
     let rel = relation("public", table, ReplicaIdentity::Default, &[("id", true, 23)]);
-    Change { commit_lsn: Lsn(commit), seq, ..change(rel, Op::Insert, None, Some(vec![text("1")])) }
+    Change { commit_lsn: Lsn(commit), seq, ..change(rel, Op::Insert, None, Some(crate::decode::Tuple::from_datums([text("1")]))) }
 }
 
 fn commits(b: &Batch) -> Vec<(String, u64)> {

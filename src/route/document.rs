@@ -268,7 +268,7 @@ fn row_values(change: &Change, column: &str) -> Result<Vec<String>, String> {
         return Err(format!("table {} has no column {column:?}", rel.qualified_name()));
     };
     let mut out = Vec::with_capacity(2);
-    let text = |d: &Datum| -> Result<Option<String>, String> {
+    let text = |d: Datum<'_>| -> Result<Option<String>, String> {
         match d {
             Datum::Text(b) => std::str::from_utf8(b).map(|s| Some(s.to_string())).map_err(|_| format!("column {column:?} is not UTF-8")),
             Datum::Null => Ok(None),
@@ -311,7 +311,7 @@ fn row_values(change: &Change, column: &str) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
     use crate::decode::fixtures::{self, text as t};
-    use crate::decode::{OldTuple, Relation, ReplicaIdentity};
+    use crate::decode::{OldTuple, Relation, ReplicaIdentity, Tuple};
 
     fn rules() -> DocumentRules {
         let cfg: crate::config::ElasticsearchSinkConfig = toml::from_str(
@@ -341,7 +341,7 @@ root_ids_query = "SELECT film_id FROM content.link WHERE person_id = ANY($1)"
         fixtures::relation("content", table, identity, &columns)
     }
 
-    fn change(relation: Arc<Relation>, op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>, commit: u64) -> Change {
+    fn change(relation: Arc<Relation>, op: Op, old: Option<OldTuple>, new: Option<Tuple>, commit: u64) -> Change {
         Change { lsn: Lsn(commit - 1), commit_lsn: Lsn(commit), ..fixtures::change(relation, op, old, new) }
     }
 
@@ -352,18 +352,24 @@ root_ids_query = "SELECT film_id FROM content.link WHERE person_id = ANY($1)"
         let link = rel("link", &[("id", true), ("film_id", false), ("person_id", false)], ReplicaIdentity::Full);
         let person = rel("person", &[("id", true), ("name", false)], ReplicaIdentity::Default);
         let changes = vec![
-            change(film.clone(), Op::Update, None, Some(vec![t("f1"), t("x")]), 10),
-            change(film, Op::Delete, Some(OldTuple { kind: OldTupleKind::Key, values: vec![t("f2"), Datum::Null] }), None, 11),
+            change(film.clone(), Op::Update, None, Some(Tuple::from_datums([t("f1"), t("x")])), 10),
+            change(
+                film,
+                Op::Delete,
+                Some(OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([t("f2"), Datum::Null]) }),
+                None,
+                11,
+            ),
             // A link moved from f3 to f4: both rebuild.
             change(
                 link.clone(),
                 Op::Update,
-                Some(OldTuple { kind: OldTupleKind::Full, values: vec![t("l1"), t("f3"), t("p1")] }),
-                Some(vec![t("l1"), t("f4"), t("p1")]),
+                Some(OldTuple { kind: OldTupleKind::Full, values: Tuple::from_datums([t("l1"), t("f3"), t("p1")]) }),
+                Some(Tuple::from_datums([t("l1"), t("f4"), t("p1")])),
                 12,
             ),
-            change(person, Op::Update, None, Some(vec![t("p9"), t("new name")]), 13),
-            change(link, Op::Insert, None, Some(vec![t("l2"), t("f1"), t("p9")]), 14),
+            change(person, Op::Update, None, Some(Tuple::from_datums([t("p9"), t("new name")])), 13),
+            change(link, Op::Insert, None, Some(Tuple::from_datums([t("l2"), t("f1"), t("p9")])), 14),
         ];
         let work = r.collect(&changes);
         assert_eq!(work.len(), 1);
@@ -379,7 +385,13 @@ root_ids_query = "SELECT film_id FROM content.link WHERE person_id = ANY($1)"
     fn a_link_delete_without_the_column_is_rejected_with_the_fix() {
         let r = rules();
         let link = rel("link", &[("id", true), ("film_id", false)], ReplicaIdentity::Default);
-        let del = change(link, Op::Delete, Some(OldTuple { kind: OldTupleKind::Key, values: vec![t("l1"), Datum::Null] }), None, 5);
+        let del = change(
+            link,
+            Op::Delete,
+            Some(OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([t("l1"), Datum::Null]) }),
+            None,
+            5,
+        );
         let w = &r.collect(&[del])[0];
         assert!(w.roots.is_empty());
         assert_eq!(w.rejected.len(), 1);
@@ -396,8 +408,10 @@ root_ids_query = "SELECT film_id FROM content.link WHERE person_id = ANY($1)"
         let w = &r.collect(&[change(person.clone(), Op::Truncate, None, None, 3)])[0];
         assert!(w.rebuild_all && !w.delete_all);
         // A snapshot reads roots; a dependent's rows read by a snapshot do nothing.
-        let w =
-            &r.collect(&[change(film, Op::Read, None, Some(vec![t("f1")]), 3), change(person, Op::Read, None, Some(vec![t("p1")]), 3)])[0];
+        let w = &r.collect(&[
+            change(film, Op::Read, None, Some(Tuple::from_datums([t("f1")])), 3),
+            change(person, Op::Read, None, Some(Tuple::from_datums([t("p1")])), 3),
+        ])[0];
         assert_eq!(w.roots.len(), 1);
         assert!(w.lookups[1].is_empty());
     }
@@ -412,15 +426,21 @@ root_ids_query = "SELECT film_id FROM content.link WHERE person_id = ANY($1)"
         let link = rel("link", &[("id", true), ("film_id", false)], ReplicaIdentity::Full);
         let commit = 1_000;
         let mut changes: Vec<Change> =
-            (0..6_000).map(|f| change(film.clone(), Op::Insert, None, Some(vec![t(&format!("f{f}"))]), commit)).collect();
+            (0..6_000).map(|f| change(film.clone(), Op::Insert, None, Some(Tuple::from_datums([t(&format!("f{f}"))])), commit)).collect();
         for l in 0..12_000 {
             let f = if l < 6_000 { l } else { (l * 7) % 6_000 };
-            changes.push(change(link.clone(), Op::Insert, None, Some(vec![t(&format!("l{l}")), t(&format!("f{f}"))]), commit));
+            changes.push(change(
+                link.clone(),
+                Op::Insert,
+                None,
+                Some(Tuple::from_datums([t(&format!("l{l}")), t(&format!("f{f}"))])),
+                commit,
+            ));
         }
         // The commit's end LSN, after the transaction's commit LSN; then a small transaction
         // that is still open at the end of the last batch.
         let end = Lsn(commit + 8);
-        changes.push(change(film.clone(), Op::Insert, None, Some(vec![t("next")]), commit + 100));
+        changes.push(change(film.clone(), Op::Insert, None, Some(Tuple::from_datums([t("next")])), commit + 100));
         let batches: Vec<&[Change]> = changes.chunks(4_096).collect();
         let mut rebuilt: HashMap<String, usize> = HashMap::new();
         let mut old_rebuilt: HashMap<String, usize> = HashMap::new();

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use super::action::{ChangeOrigin, EsAction, EsOp, Rejected};
 use super::index_time;
 use crate::config::{DateParts, EsOpName, EsTableRule, EsTruncate, IndexPattern, TimeSource};
-use crate::decode::{write_json_str, write_json_value, Change, Datum, OldTupleKind, Op, Relation, ReplicaIdentity};
+use crate::decode::{write_json_str, write_json_value, Change, Datum, OldTupleKind, Op, Relation, ReplicaIdentity, Tuple};
 
 /// What one change turned into.
 pub type Routed = Result<EsAction, Rejected>;
@@ -104,7 +104,7 @@ impl FlatRules {
     }
 
     /// The index of a row under `plan`: `values` is the new row, or the old one (`old_kind` set).
-    fn index_of(&mut self, plan: &Plan, change: &Change, values: &[Datum], old_kind: Option<OldTupleKind>) -> Result<Arc<str>, String> {
+    fn index_of(&mut self, plan: &Plan, change: &Change, values: &Tuple, old_kind: Option<OldTupleKind>) -> Result<Arc<str>, String> {
         let date = match plan.time.as_ref().map_err(Clone::clone)? {
             IndexTime::Fixed => return Ok(Arc::clone(&plan.rule.index)),
             IndexTime::Commit => index_time::from_pg_micros(change.commit_ts),
@@ -319,7 +319,7 @@ fn plan(rule: &Arc<Rule>, rel: &Relation) -> Plan {
 pub fn document_id(
     rel: &Relation,
     id: &Result<Vec<usize>, String>,
-    values: &[Datum],
+    values: &Tuple,
     old_kind: Option<OldTupleKind>,
 ) -> Result<String, String> {
     let cols = id.as_ref().map_err(Clone::clone)?;
@@ -342,7 +342,7 @@ pub fn document_id(
                 col.name
             ));
         }
-        match &values[i] {
+        match values.get(i).unwrap_or(Datum::Null) {
             Datum::Null if cols.len() == 1 => return Err(format!("id column {:?} is null", col.name)),
             Datum::Null => out.extend_from_slice(b"null"),
             Datum::Unchanged => return Err(format!("id column {:?} is an unchanged TOASTed value the server did not send", col.name)),
@@ -367,7 +367,7 @@ pub fn document_id(
 
 /// `{"field": value, ...}` over the plan's fields into `out`. Unchanged TOASTed values are left
 /// out; returns whether there was one (then the object is a partial document).
-fn render_document(rel: &Relation, fields: &[(usize, Vec<u8>)], values: &[Datum], out: &mut Vec<u8>) -> Result<bool, String> {
+fn render_document(rel: &Relation, fields: &[(usize, Vec<u8>)], values: &Tuple, out: &mut Vec<u8>) -> Result<bool, String> {
     if values.len() != rel.columns.len() {
         return Err(format!("{} has {} columns but the tuple carried {}", rel.qualified_name(), rel.columns.len(), values.len()));
     }
@@ -375,7 +375,7 @@ fn render_document(rel: &Relation, fields: &[(usize, Vec<u8>)], values: &[Datum]
     out.push(b'{');
     let mut first = true;
     for (i, key) in fields {
-        let datum = &values[*i];
+        let datum = values.get(*i).unwrap_or(Datum::Null);
         if matches!(datum, Datum::Unchanged) {
             partial = true;
             continue;

@@ -387,7 +387,12 @@ mod tests {
         let mut sink = ChangelogSink::new(log, pins, Arc::clone(&metrics));
         let rel = relation("public", "t", ReplicaIdentity::Default, &[("id", true, 23), ("v", false, 25)]);
         for n in 1..=40u64 {
-            let row = change(Arc::clone(&rel), Op::Insert, None, Some(vec![text(&n.to_string()), text(&"x".repeat(400))]));
+            let row = change(
+                Arc::clone(&rel),
+                Op::Insert,
+                None,
+                Some(crate::decode::Tuple::from_datums([text(&n.to_string()), text(&"x".repeat(400))])),
+            );
             let c = crate::decode::Change { commit_lsn: Lsn(n * 0x100), ..row };
             sink.write_shared(&Arc::new(Batch {
                 changes: vec![c],
@@ -400,7 +405,7 @@ mod tests {
         }
         assert!(metrics.encode().contains("walcast_log_dropped_segments_total 0"), "retention ran at the first append only");
         sink.last_retention = None; // due now
-        let row = change(rel, Op::Insert, None, Some(vec![text("41"), text("y")]));
+        let row = change(rel, Op::Insert, None, Some(crate::decode::Tuple::from_datums([text("41"), text("y")])));
         let c = crate::decode::Change { commit_lsn: Lsn(41 * 0x100), ..row };
         sink.write_shared(&Arc::new(Batch { changes: vec![c], checkpoint: Some(Lsn(41 * 0x100)), snapshot: None, messages: Vec::new() }))
             .await
@@ -431,7 +436,7 @@ mod tests {
         let _ = sink.start_handle().set(Lsn(0x50));
         let mut end = sink.subscribe();
         let rel = relation("public", "t", ReplicaIdentity::Default, &[("id", true, 23)]);
-        let row = change(rel, Op::Insert, None, Some(vec![text("1")]));
+        let row = change(rel, Op::Insert, None, Some(crate::decode::Tuple::from_datums([text("1")])));
         let c = crate::decode::Change { commit_lsn: Lsn(0x100), ..row.clone() };
         let snapshot_row = crate::decode::Change { op: Op::Read, ..row };
         let snapshot = Batch {

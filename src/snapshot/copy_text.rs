@@ -6,7 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::decode::Datum;
+use crate::decode::{Slot, Tuple};
 
 /// Bytes [`next_row`] stops at: the delimiter, the row end, an escape, and (to know whether a
 /// row needs UTF-8 validation) any non-ASCII byte.
@@ -23,29 +23,20 @@ const STOPS: [bool; 256] = {
     stops
 };
 
-/// The first row of `data` (received messages: the server sends one row per message) as its
-/// values and the bytes it took with its newline; `None` when `data` holds no whole row yet.
-/// One pass: a value without escapes is a slice of `data` (no copy); an escaped one is
-/// unescaped into its own buffer (text holding tabs, newlines or backslashes: rare); `\N` is
-/// NULL. The row must be UTF-8 (the client encoding); an error says what is wrong with it.
-pub(super) fn next_row(data: &Bytes, columns: usize) -> Result<Option<(Vec<Datum>, usize)>, String> {
+/// The first row of `data` (received messages: the server sends one row per message) as a
+/// tuple and the bytes it took with its newline; `None` when `data` holds no whole row yet.
+/// One pass: the tuple's payload is the row itself (no copy) unless a value holds escapes (text
+/// with tabs, newlines or backslashes: rare), then the row's values are copied unescaped. `\N`
+/// is NULL. The row must be UTF-8 (the client encoding); an error says what is wrong with it.
+pub(super) fn next_row(data: &Bytes, columns: usize) -> Result<Option<(Tuple, usize)>, String> {
     let bytes = &data[..];
-    let mut values = Vec::with_capacity(columns);
+    let mut slots = Vec::with_capacity(columns);
     let (mut start, mut escaped, mut ascii) = (0usize, false, true);
-    let push = |values: &mut Vec<Datum>, start: usize, end: usize, escaped: bool| -> Result<(), String> {
-        if values.len() == columns {
+    let push = |slots: &mut Vec<Slot>, start: usize, end: usize| -> Result<(), String> {
+        if slots.len() == columns {
             return Err(format!("a row of COPY has more than {columns} values"));
         }
-        let field = &bytes[start..end];
-        values.push(if field == b"\\N" {
-            Datum::Null
-        } else if escaped {
-            let mut out = BytesMut::with_capacity(field.len());
-            unescape(field, &mut out)?;
-            Datum::Text(out.freeze())
-        } else {
-            Datum::Text(data.slice(start..end))
-        });
+        slots.push(if &bytes[start..end] == b"\\N" { Slot::Null } else { Slot::Text { start, end } });
         Ok(())
     };
     let mut i = 0;
@@ -66,25 +57,44 @@ pub(super) fn next_row(data: &Bytes, columns: usize) -> Result<Option<(Vec<Datum
                 continue;
             }
             b'\t' => {
-                push(&mut values, start, i, escaped)?;
-                (start, escaped) = (i + 1, false);
+                push(&mut slots, start, i)?;
+                start = i + 1;
             }
             b'\n' => {
-                push(&mut values, start, i, escaped)?;
-                if values.len() != columns {
-                    return Err(format!("a row of COPY has {} values, expected {columns}", values.len()));
+                push(&mut slots, start, i)?;
+                if slots.len() != columns {
+                    return Err(format!("a row of COPY has {} values, expected {columns}", slots.len()));
                 }
                 // COPY's escapes and delimiters are ASCII: a valid row has valid values.
                 if !ascii && std::str::from_utf8(&bytes[..i]).is_err() {
                     return Err("a value is not valid UTF-8".into());
                 }
-                return Ok(Some((values, i + 1)));
+                let row = data.slice(..i);
+                let tuple = if escaped { unescaped(&row, slots)? } else { Tuple::from_slots(row, slots) };
+                return tuple.map(|t| Some((t, i + 1))).ok_or_else(|| "a value lies outside its row".to_string());
             }
             _ => ascii = false,
         }
         i += 1;
     }
     Ok(None)
+}
+
+/// The tuple of a row holding escapes: its values unescaped into a payload of their own.
+fn unescaped(row: &[u8], slots: Vec<Slot>) -> Result<Option<Tuple>, String> {
+    let mut payload = BytesMut::with_capacity(row.len());
+    let mut out = Vec::with_capacity(slots.len());
+    for slot in slots {
+        out.push(match slot {
+            Slot::Text { start, end } => {
+                let at = payload.len();
+                unescape(row.get(start..end).unwrap_or_default(), &mut payload)?;
+                Slot::Text { start: at, end: payload.len() }
+            }
+            other => other,
+        });
+    }
+    Ok(Tuple::from_slots(payload.freeze(), out))
 }
 
 /// Undo COPY's escapes of one value into `out`.
@@ -132,13 +142,14 @@ pub(super) fn literal(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::Datum;
 
     fn row(line: &[u8], columns: usize) -> Result<Vec<Option<Vec<u8>>>, String> {
         let data = Bytes::from([line, b"\n"].concat());
         let (values, used) = next_row(&data, columns)?.ok_or("no whole row")?;
         assert_eq!(used, data.len(), "the row and its newline");
         Ok(values
-            .into_iter()
+            .iter()
             .map(|d| match d {
                 Datum::Text(b) => Some(b.to_vec()),
                 Datum::Null => None,
@@ -171,6 +182,7 @@ mod tests {
     fn a_row_is_taken_only_whole_and_one_at_a_time() {
         let data = Bytes::from_static(b"1\tab\n2\tc");
         let (values, used) = next_row(&data, 2).expect("valid").expect("the first row is whole");
+        let values: Vec<Datum> = values.iter().collect();
         assert_eq!((values.len(), used), (2, 5));
         assert!(next_row(&data.slice(used..), 2).expect("valid so far").is_none(), "the second row has no newline yet");
         // A backslash at the end of the data waits for its escaped byte.
@@ -213,7 +225,7 @@ mod tests {
             for row in &rows {
                 let (values, used) = next_row(&data, 3).expect("valid").expect("whole");
                 let got: Vec<Option<String>> = values
-                    .into_iter()
+                    .iter()
                     .map(|d| match d {
                         Datum::Text(b) => Some(String::from_utf8(b.to_vec()).expect("utf-8")),
                         _ => None,

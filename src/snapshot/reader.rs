@@ -15,7 +15,7 @@ use tokio_postgres::{Client, CopyOutStream};
 use super::copy_text;
 
 use crate::config::TableName;
-use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
+use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, Slot, TruncateOptions, Tuple};
 use crate::lsn::Lsn;
 use crate::source::{classify_query, quote_ident, SourceError, TypeRules};
 
@@ -306,7 +306,9 @@ impl Reader {
             }
             let text = text.freeze();
             for row in spans.chunks(columns) {
-                let values = row.iter().map(|span| span.clone().map_or(Datum::Null, |range| Datum::Text(text.slice(range)))).collect();
+                let slots = row.iter().map(|span| span.clone().map_or(Slot::Null, |r| Slot::Text { start: r.start, end: r.end })).collect();
+                let values = Tuple::from_slots(text.clone(), slots)
+                    .ok_or_else(|| SourceError::Query(format!("snapshot: {}: a value lies outside the rows read", what())))?;
                 changes.push(t.read_change(values, point, commit_ts));
             }
         } else {
@@ -368,10 +370,10 @@ impl Reader {
         let what = || format!("checking which rows of {}.{} still exist", t.relation.schema, t.relation.table);
         let mut arrays: Vec<Vec<&str>> = vec![Vec::with_capacity(rows.len()); t.key.len()];
         for row in rows {
-            let values = row.new.as_deref().unwrap_or_default();
+            let values = row.new.as_ref();
             for (array, &i) in arrays.iter_mut().zip(&t.key) {
                 // Read by `next_chunk` from a String: key columns are text, never NULL.
-                let text = match values.get(i) {
+                let text = match values.and_then(|v| v.get(i)) {
                     Some(Datum::Text(b)) => {
                         std::str::from_utf8(b).map_err(|_| SourceError::Query(format!("snapshot: {}: a key is not UTF-8", what())))?
                     }
@@ -403,7 +405,7 @@ impl Reader {
 
 impl TableReader {
     /// The next row of the table as an [`Op::Read`] change at `point`.
-    fn read_change(&mut self, values: Vec<Datum>, point: Lsn, commit_ts: i64) -> Change {
+    fn read_change(&mut self, values: Tuple, point: Lsn, commit_ts: i64) -> Change {
         self.seq += 1;
         Change {
             lsn: point,
@@ -461,7 +463,7 @@ fn plan_rows(line: &str) -> Option<u64> {
 
 /// The primary-key values (text) of a row read by [`Reader::next_chunk`].
 fn last_key(row: &Change, key: &[usize]) -> Result<Vec<String>, String> {
-    let values = row.new.as_deref().ok_or("a row without its values")?;
+    let values = row.new.as_ref().ok_or("a row without its values")?;
     key.iter()
         .map(|&i| match values.get(i) {
             Some(Datum::Text(text)) => String::from_utf8(text.to_vec()).map_err(|_| "a key value is not valid UTF-8".to_string()),

@@ -8,9 +8,8 @@
 use std::sync::Arc;
 
 use crate::support::kafka::*;
-use bytes::Bytes;
 use serde_json::Value;
-use walcast::decode::{Change, Column, Datum, OldTuple, OldTupleKind, Op, Relation, ReplicaIdentity, TruncateOptions};
+use walcast::decode::{Change, Column, Datum, OldTuple, OldTupleKind, Op, Relation, ReplicaIdentity, TruncateOptions, Tuple};
 use walcast::lsn::Lsn;
 use walcast::sink::kafka::envelope::{
     split_key_change, transaction_id, write_value, Event, EventOp, SnapshotMarker, SourceStatic, TxBlock,
@@ -27,11 +26,11 @@ fn rel() -> Arc<Relation> {
     })
 }
 
-fn text(s: &str) -> Datum {
-    Datum::Text(Bytes::copy_from_slice(s.as_bytes()))
+fn text(s: &str) -> Datum<'_> {
+    Datum::Text(s.as_bytes())
 }
 
-fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
+fn change(op: Op, old: Option<OldTuple>, new: Option<Tuple>) -> Change {
     Change {
         lsn: Lsn(24_023_128),
         commit_lsn: Lsn(24_023_200),
@@ -55,14 +54,14 @@ fn render(event: &Event<'_>, tx: Option<TxBlock<'_>>) -> Value {
 
 #[test]
 fn every_op_has_the_documented_fields_with_the_documented_types() {
-    let row = || Some(vec![text("1"), text("Anne"), text("annek@noanswer.org")]);
-    let key_only = || Some(OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), Datum::Null, Datum::Null] });
+    let row = || Some(Tuple::from_datums([text("1"), text("Anne"), text("annek@noanswer.org")]));
+    let key_only = || Some(OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("1"), Datum::Null, Datum::Null]) });
     let insert = change(Op::Insert, None, row());
     let update = change(Op::Update, None, row());
     let update_full = change(Op::Update, Some(OldTuple { kind: OldTupleKind::Full, values: row().expect("row") }), row());
     let delete = change(Op::Delete, key_only(), None);
     let truncate = change(Op::Truncate, None, None);
-    let key_change = change(Op::Update, key_only(), Some(vec![text("2"), text("Anne"), text("a@b")]));
+    let key_change = change(Op::Update, key_only(), Some(Tuple::from_datums([text("2"), text("Anne"), text("a@b")])));
     let (kc_delete, kc_create) = split_key_change(&key_change);
     let events = [
         ("c", Event::streamed(&insert)),
@@ -93,7 +92,7 @@ fn every_op_has_the_documented_fields_with_the_documented_types() {
 /// The checker itself must catch what it is for.
 #[test]
 fn the_checker_rejects_missing_renamed_and_mistyped_fields() {
-    let insert = change(Op::Insert, None, Some(vec![text("1"), text("a"), text("b")]));
+    let insert = change(Op::Insert, None, Some(Tuple::from_datums([text("1"), text("a"), text("b")])));
     let good = render(&Event::streamed(&insert), None);
     assert!(check_debezium_envelope(&good).is_ok());
     type Mutation = Box<dyn Fn(&mut Value)>;

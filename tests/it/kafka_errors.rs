@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::kafka::*;
-use bytes::Bytes;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value;
 use walcast::config::KafkaSinkConfig;
-use walcast::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions};
+use walcast::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, TruncateOptions, Tuple};
 use walcast::lsn::Lsn;
 use walcast::sink::{Batch, KafkaSink, Sink, SinkError};
 
@@ -38,7 +37,7 @@ fn insert(rel: &Arc<Relation>, id: u32, body: &str) -> Change {
         relation: Arc::clone(rel),
         op: Op::Insert,
         old: None,
-        new: Some(vec![Datum::Text(Bytes::from(id.to_string())), Datum::Text(Bytes::copy_from_slice(body.as_bytes()))]),
+        new: Some(Tuple::from_datums([Datum::Text(id.to_string().as_bytes()), Datum::Text(body.as_bytes())])),
         truncate: TruncateOptions::default(),
     }
 }

@@ -9,13 +9,26 @@ fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
-fn datum() -> impl Strategy<Value = Datum> {
+/// One value as (kind byte, bytes): 'n', 'u', 't' or 'b'.
+fn datum() -> impl Strategy<Value = (u8, Vec<u8>)> {
     prop_oneof![
-        Just(Datum::Null),
-        Just(Datum::Unchanged),
-        proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| Datum::Text(Bytes::from(b))),
-        proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| Datum::Binary(Bytes::from(b))),
+        Just((b'n', Vec::new())),
+        Just((b'u', Vec::new())),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| (b't', b)),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| (b'b', b)),
     ]
+}
+
+/// `n` random values.
+fn tuple(n: usize) -> impl Strategy<Value = Tuple> {
+    proptest::collection::vec(datum(), n..=n).prop_map(|values| {
+        Tuple::from_datums(values.iter().map(|(kind, b)| match kind {
+            b'n' => Datum::Null,
+            b'u' => Datum::Unchanged,
+            b't' => Datum::Text(b),
+            _ => Datum::Binary(b),
+        }))
+    })
 }
 
 fn relation(oid: u32) -> impl Strategy<Value = Relation> {
@@ -40,8 +53,8 @@ fn change(rel: Arc<Relation>) -> impl Strategy<Value = Change> {
     let n = rel.columns.len();
     let op = prop_oneof![Just(Op::Insert), Just(Op::Update), Just(Op::Delete), Just(Op::Truncate), Just(Op::Read)];
     let kind = prop_oneof![Just(OldTupleKind::Key), Just(OldTupleKind::Full)];
-    let old = proptest::option::of((kind, proptest::collection::vec(datum(), n..=n)).prop_map(|(kind, values)| OldTuple { kind, values }));
-    let new = proptest::option::of(proptest::collection::vec(datum(), n..=n));
+    let old = proptest::option::of((kind, tuple(n)).prop_map(|(kind, values)| OldTuple { kind, values }));
+    let new = proptest::option::of(tuple(n));
     let truncate = (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(cascade, restart_identity, resync)| TruncateOptions {
         cascade,
         restart_identity,
@@ -157,7 +170,7 @@ fn skipped_changes_and_commits_are_left_out() {
         relation: Arc::clone(&rel),
         op: Op::Insert,
         old: None,
-        new: Some(vec![]),
+        new: Some(Tuple::from_datums([])),
         truncate: TruncateOptions::default(),
     };
     let payload = Bytes::from(encode(&[(0, c(10)), (0, c(20))]));

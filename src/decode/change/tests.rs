@@ -12,13 +12,13 @@ fn render(c: &Change) -> serde_json::Value {
     serde_json::from_slice(&out).expect("valid json")
 }
 
-fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
+fn change(op: Op, old: Option<OldTuple>, new: Option<Tuple>) -> Change {
     Change { seq: 3, ..fixtures::change(rel(), op, old, new) }
 }
 
 #[test]
 fn update_with_unchanged_toast_lists_it_and_omits_it() {
-    let c = change(Op::Update, None, Some(vec![text("1"), Datum::Unchanged, Datum::Null]));
+    let c = change(Op::Update, None, Some(Tuple::from_datums([text("1"), Datum::Unchanged, Datum::Null])));
     let v = render(&c);
     assert_eq!(v["lsn"], "0/10");
     assert_eq!(v["commit_lsn"], "1/20");
@@ -35,8 +35,8 @@ fn update_with_unchanged_toast_lists_it_and_omits_it() {
 fn full_old_row_completes_unchanged_toast_in_key_and_after() {
     // REPLICA IDENTITY FULL without a primary key: every column is key.
     let rel = fixtures::relation("public", "t", ReplicaIdentity::Full, &[("big", true, 25), ("n", true, 23)]);
-    let old = OldTuple { kind: OldTupleKind::Full, values: vec![text("long"), text("1")] };
-    let mut c = fixtures::change(rel, Op::Update, Some(old), Some(vec![Datum::Unchanged, text("2")]));
+    let old = OldTuple { kind: OldTupleKind::Full, values: Tuple::from_datums([text("long"), text("1")]) };
+    let mut c = fixtures::change(rel, Op::Update, Some(old), Some(Tuple::from_datums([Datum::Unchanged, text("2")])));
     c.fill_unchanged_from_old();
     let v = render(&c);
     assert_eq!(v["key"], serde_json::json!({"big": "long", "n": 2}));
@@ -46,15 +46,15 @@ fn full_old_row_completes_unchanged_toast_in_key_and_after() {
 
 #[test]
 fn key_old_tuple_does_not_fill_unchanged() {
-    let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), Datum::Null, Datum::Null] };
-    let mut c = change(Op::Update, Some(old), Some(vec![text("1"), Datum::Unchanged, Datum::Null]));
+    let old = OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("1"), Datum::Null, Datum::Null]) };
+    let mut c = change(Op::Update, Some(old), Some(Tuple::from_datums([text("1"), Datum::Unchanged, Datum::Null])));
     c.fill_unchanged_from_old();
     assert_eq!(render(&c)["unchanged"], serde_json::json!(["body"]));
 }
 
 #[test]
 fn delete_takes_key_from_old_key_tuple() {
-    let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("5"), Datum::Null, Datum::Null] };
+    let old = OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("5"), Datum::Null, Datum::Null]) };
     let v = render(&change(Op::Delete, Some(old), None));
     assert_eq!(v["key"], serde_json::json!({"id": 5}));
     assert_eq!(v["before"], serde_json::json!({"id": 5}));
@@ -63,13 +63,13 @@ fn delete_takes_key_from_old_key_tuple() {
 
 #[test]
 fn column_count_mismatch_is_an_error() {
-    let c = change(Op::Insert, None, Some(vec![text("1")]));
+    let c = change(Op::Insert, None, Some(Tuple::from_datums([text("1")])));
     assert!(matches!(c.write_json(&mut Vec::new()), Err(DecodeError::ColumnCount { .. })));
 }
 
 #[test]
 fn change_id_is_position_for_streamed_changes_and_key_for_snapshot_rows() {
-    let c = change(Op::Insert, None, Some(vec![text("1"), text("x"), Datum::Null]));
+    let c = change(Op::Insert, None, Some(Tuple::from_datums([text("1"), text("x"), Datum::Null])));
     let v = render(&c);
     assert_eq!(v["change_id"], "1/20:3");
     // write_json copies the text; the Kafka envelope calls write_change_id: the same id.
@@ -82,7 +82,7 @@ fn change_id_is_position_for_streamed_changes_and_key_for_snapshot_rows() {
         lsn: Lsn(0x16B_3748),
         commit_lsn: Lsn(0x16B_3748),
         seq,
-        ..fixtures::change(rel(), Op::Read, None, Some(vec![text(key), text(body), Datum::Null]))
+        ..fixtures::change(rel(), Op::Read, None, Some(Tuple::from_datums([text(key), text(body), Datum::Null])))
     };
     let a = render(&read("5", "old", 0));
     assert_eq!(a["change_id"], "0/16B3748:r16384:{\"id\":5}");
@@ -94,7 +94,7 @@ fn change_id_is_position_for_streamed_changes_and_key_for_snapshot_rows() {
         commit_lsn: Lsn(0x16B_3748),
         commit_ts,
         seq,
-        ..fixtures::change(Arc::clone(&nokey), Op::Read, None, Some(vec![text("1")]))
+        ..fixtures::change(Arc::clone(&nokey), Op::Read, None, Some(Tuple::from_datums([text("1")])))
     };
     assert_eq!(render(&keyless(42, 3))["change_id"], "0/16B3748:r16384:42:3");
     assert_ne!(render(&keyless(43, 3))["change_id"], render(&keyless(42, 3))["change_id"]);
@@ -107,7 +107,7 @@ fn a_snapshot_rows_change_id_in_its_line_is_write_change_id_byte_for_byte() {
     for key in ["plain", "q\"uote", "back\\slash", "tab\tnl\n\u{1}", "ünï\u{2028}", ""] {
         let c = Change {
             commit_lsn: Lsn(0xA_0000_16B0),
-            ..fixtures::change(Arc::clone(&rel), Op::Read, None, Some(vec![text(key), text("7"), text("x")]))
+            ..fixtures::change(Arc::clone(&rel), Op::Read, None, Some(Tuple::from_datums([text(key), text("7"), text("x")])))
         };
         let mut line = Vec::new();
         c.write_json(&mut line).expect("renders");
@@ -166,7 +166,7 @@ fn fast_writers_match_core_fmt_and_serde() {
 
 #[test]
 fn transaction_text_follows_each_change_across_interleaved_transactions() {
-    let row = || Some(vec![text("1"), text("x"), Datum::Null]);
+    let row = || Some(Tuple::from_datums([text("1"), text("x"), Datum::Null]));
     let tx = |commit_lsn: u64, xid: u32, commit_ts: i64, seq: u64| Change {
         commit_lsn: Lsn(commit_lsn),
         xid,

@@ -2,16 +2,14 @@
 
 use bytes::Bytes;
 
-use super::{
-    Begin, Column, Commit, Datum, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
-};
+use super::{Begin, Column, Commit, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody};
+use crate::decode::tuple::{Slot, Tuple};
 use crate::decode::DecodeError;
 use crate::lsn::Lsn;
 
 /// Parse one pgoutput message. `payload` is the `XLogData` data; values borrow from it.
 ///
-/// Column values ([`Datum::Text`], [`Datum::Binary`]) and [`LogicalMessage::content`] are
-/// slices of `payload` (no copy). Every malformed input — truncation, negative or oversized
+/// Tuples ([`Tuple`]) and [`LogicalMessage::content`] share `payload` (no copy). Every malformed input — truncation, negative or oversized
 /// lengths, unknown kinds or flags, non-UTF-8 names, trailing bytes — is a [`DecodeError`];
 /// announced counts are checked against the bytes actually present before anything is
 /// allocated for them.
@@ -218,30 +216,43 @@ impl<'a> Reader<'a> {
         Ok(RelationBody { oid, namespace, name, replica_identity, columns })
     }
 
-    /// TupleData: Int16 column count, then one kind byte (and maybe a value) per column.
-    fn tuple(&mut self, payload: &Bytes) -> Result<Vec<Datum>, DecodeError> {
+    /// TupleData: Int16 column count, then one kind byte (and maybe a value) per column. The
+    /// tuple shares `payload`; its slots are where the values lie.
+    fn tuple(&mut self, payload: &Bytes) -> Result<Tuple, DecodeError> {
         let ncols = self.len_i16("column count")?;
         // Every column takes at least its kind byte, so this bounds the allocation.
-        let mut values = Vec::with_capacity(ncols.min(self.remaining()));
+        let mut slots = Vec::with_capacity(ncols.min(self.remaining()));
         for _ in 0..ncols {
-            let datum = match self.u8()? {
-                b'n' => Datum::Null,
-                b'u' => Datum::Unchanged,
-                b't' => Datum::Text(self.value(payload)?),
-                b'b' => Datum::Binary(self.value(payload)?),
+            let slot = match self.u8()? {
+                b'n' => Slot::Null,
+                b'u' => Slot::Unchanged,
+                b't' => {
+                    let (start, end) = self.value_range()?;
+                    Slot::Text { start, end }
+                }
+                b'b' => {
+                    let (start, end) = self.value_range()?;
+                    Slot::Binary { start, end }
+                }
                 other => return Err(self.malformed_at(1, format!("unknown tuple column kind {:?}", other as char))),
             };
-            values.push(datum);
+            slots.push(slot);
         }
-        Ok(values)
+        Ok(Tuple::from_checked_slots(payload.clone(), slots))
+    }
+
+    /// Int32 length + bytes: where they lie.
+    #[inline]
+    fn value_range(&mut self) -> Result<(usize, usize), DecodeError> {
+        let len = self.len_i32("value length")?;
+        let start = self.take(len)?;
+        Ok((start, start + len))
     }
 
     /// Int32 length + bytes, as a zero-copy slice of the payload.
-    #[inline]
     fn value(&mut self, payload: &Bytes) -> Result<Bytes, DecodeError> {
-        let len = self.len_i32("value length")?;
-        let start = self.take(len)?;
-        Ok(payload.slice(start..start + len))
+        let (start, end) = self.value_range()?;
+        Ok(payload.slice(start..end))
     }
 
     fn truncate(&mut self) -> Result<Message, DecodeError> {

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::decode::fixtures::text;
-use crate::decode::DecodeError;
+use crate::decode::{Datum, DecodeError, Tuple};
 
 /// Builds payloads field by field, as the server's `pq_send*` calls do.
 #[derive(Default)]
@@ -148,37 +148,41 @@ fn insert_with_every_column_kind() {
     let w = W::new(b'I').i32(16384).u8(b'N').i16(5).text(b"42").u8(b'n').u8(b'u').u8(b'b').i32(2).raw(&[0, 1]).text(b"");
     let expect = Message::Insert {
         relation: 16384,
-        new: vec![text("42"), Datum::Null, Datum::Unchanged, Datum::Binary(Bytes::from_static(&[0, 1])), text("")],
+        new: Tuple::from_datums([text("42"), Datum::Null, Datum::Unchanged, Datum::Binary(&[0, 1]), text("")]),
     };
     assert_eq!(ok(w), expect);
-    assert_eq!(ok(W::new(b'I').i32(1).u8(b'N').i16(0)), Message::Insert { relation: 1, new: vec![] });
+    assert_eq!(ok(W::new(b'I').i32(1).u8(b'N').i16(0)), Message::Insert { relation: 1, new: Tuple::from_datums([]) });
 }
 
 #[test]
 fn values_are_slices_of_the_payload() {
     let b = W::new(b'I').i32(1).u8(b'N').i16(1).text(b"hello").done();
     let Ok(Message::Insert { new, .. }) = parse(&b) else { panic!() };
-    let Datum::Text(v) = &new[0] else { panic!() };
+    let Some(Datum::Text(v)) = new.get(0) else { panic!() };
     assert_eq!(v.as_ptr(), b[b.len() - 5..].as_ptr());
 }
 
 #[test]
 fn update_variants() {
     let new = W::new(b'U').i32(9).u8(b'N').i16(1).text(b"x");
-    assert_eq!(ok(new), Message::Update { relation: 9, old: None, new: vec![text("x")] });
+    assert_eq!(ok(new), Message::Update { relation: 9, old: None, new: Tuple::from_datums([text("x")]) });
     let key = W::new(b'U').i32(9).u8(b'K').i16(2).text(b"1").u8(b'n').u8(b'N').i16(2).text(b"1").u8(b'u');
     assert_eq!(
         ok(key),
         Message::Update {
             relation: 9,
-            old: Some(OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), Datum::Null] }),
-            new: vec![text("1"), Datum::Unchanged],
+            old: Some(OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("1"), Datum::Null]) }),
+            new: Tuple::from_datums([text("1"), Datum::Unchanged]),
         }
     );
     let full = W::new(b'U').i32(9).u8(b'O').i16(1).text(b"a").u8(b'N').i16(1).text(b"b");
     assert_eq!(
         ok(full),
-        Message::Update { relation: 9, old: Some(OldTuple { kind: OldTupleKind::Full, values: vec![text("a")] }), new: vec![text("b")] }
+        Message::Update {
+            relation: 9,
+            old: Some(OldTuple { kind: OldTupleKind::Full, values: Tuple::from_datums([text("a")]) }),
+            new: Tuple::from_datums([text("b")])
+        }
     );
     let e = fails(W::new(b'U').i32(9).u8(b'K').i16(1).text(b"a").u8(b'K').i16(1).text(b"b"));
     assert!(matches!(e, DecodeError::Malformed { tag: 'U', .. }), "{e}");
@@ -191,9 +195,15 @@ fn update_variants() {
 #[test]
 fn delete_variants() {
     let key = W::new(b'D').i32(3).u8(b'K').i16(1).text(b"7");
-    assert_eq!(ok(key), Message::Delete { relation: 3, old: OldTuple { kind: OldTupleKind::Key, values: vec![text("7")] } });
+    assert_eq!(
+        ok(key),
+        Message::Delete { relation: 3, old: OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("7")]) } }
+    );
     let full = W::new(b'D').i32(3).u8(b'O').i16(2).text(b"7").u8(b'n');
-    assert_eq!(ok(full), Message::Delete { relation: 3, old: OldTuple { kind: OldTupleKind::Full, values: vec![text("7"), Datum::Null] } });
+    assert_eq!(
+        ok(full),
+        Message::Delete { relation: 3, old: OldTuple { kind: OldTupleKind::Full, values: Tuple::from_datums([text("7"), Datum::Null]) } }
+    );
     let e = fails(W::new(b'D').i32(3).u8(b'N').i16(1).text(b"7"));
     assert!(matches!(e, DecodeError::Malformed { tag: 'D', .. }), "{e}");
 }

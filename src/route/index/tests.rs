@@ -10,7 +10,7 @@ fn rel(identity: ReplicaIdentity) -> Arc<Relation> {
     fixtures::relation("public", "orders", identity, &columns)
 }
 
-fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
+fn change(op: Op, old: Option<OldTuple>, new: Option<Tuple>) -> Change {
     fixtures::change(rel(ReplicaIdentity::Default), op, old, new)
 }
 
@@ -33,8 +33,8 @@ fn doc(a: &EsAction) -> Value {
     }
 }
 
-fn row(id: &str) -> Vec<Datum> {
-    vec![text(id), text("eu"), text("hello"), text("5"), text("pw")]
+fn row(id: &str) -> Tuple {
+    Tuple::from_datums([text(id), text("eu"), text("hello"), text("5"), text("pw")])
 }
 
 #[test]
@@ -70,13 +70,13 @@ fn single_column_ids() {
     // Strings with JSON specials come out unescaped.
     let r2 = rule("id_columns = [\"body\"]");
     let mut new = row("1");
-    new[2] = text("a\"b/é");
+    new = new.with(2, text("a\"b/é"));
     let out = route(&[r2], &change(Op::Insert, None, Some(new)));
     assert_eq!(out[0].as_ref().expect("action").id, "a\"b/é");
     // A null single id is rejected.
     let r3 = rule("id_columns = [\"body\"]");
     let mut new = row("1");
-    new[2] = Datum::Null;
+    new = new.with(2, Datum::Null);
     let out = route(&[r3], &change(Op::Insert, None, Some(new)));
     let rej = out[0].as_ref().expect_err("rejected");
     assert!(rej.reason.contains("is null"), "{}", rej.reason);
@@ -86,7 +86,7 @@ fn single_column_ids() {
 #[test]
 fn unchanged_toast_makes_a_partial_update() {
     let mut new = row("1");
-    new[2] = Datum::Unchanged;
+    new = new.with(2, Datum::Unchanged);
     let out = route(&[rule("")], &change(Op::Update, None, Some(new)));
     let a = out[0].as_ref().expect("action");
     match &a.op {
@@ -95,31 +95,21 @@ fn unchanged_toast_makes_a_partial_update() {
     }
     assert_eq!(doc(a), json!({"id": 1, "region": "eu", "n": 5, "secret": "pw"}));
     // Excluded unchanged columns do not make the update partial.
-    let out = route(
-        &[rule("exclude = [\"body\"]")],
-        &change(
-            Op::Update,
-            None,
-            Some({
-                let mut n = row("1");
-                n[2] = Datum::Unchanged;
-                n
-            }),
-        ),
-    );
+    let out = route(&[rule("exclude = [\"body\"]")], &change(Op::Update, None, Some(row("1").with(2, Datum::Unchanged))));
     assert!(matches!(out[0].as_ref().expect("action").op, EsOp::Index(_)));
 }
 
 #[test]
 fn delete_uses_the_old_key_and_key_change_moves_the_document() {
-    let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), text("eu"), Datum::Null, Datum::Null, Datum::Null] };
+    let old =
+        OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("1"), text("eu"), Datum::Null, Datum::Null, Datum::Null]) };
     let out = route(&[rule("")], &change(Op::Delete, Some(old.clone()), None));
     let a = out[0].as_ref().expect("action");
     assert_eq!((a.id.as_str(), &a.op), (r#"[1,"eu"]"#, &EsOp::Delete));
 
     // Key change with an unchanged TOAST column: partial update based on the old id, then delete the old id.
     let mut new = row("2");
-    new[2] = Datum::Unchanged;
+    new = new.with(2, Datum::Unchanged);
     let out = route(&[rule("")], &change(Op::Update, Some(old.clone()), Some(new)));
     assert_eq!(out.len(), 2);
     let (w, d) = (out[0].as_ref().expect("write"), out[1].as_ref().expect("delete"));
@@ -206,8 +196,8 @@ fn reading_rule(index: &str, extra: &str) -> EsTableRule {
     toml::from_str(&format!("table = \"public.readings\"\nindex = \"{index}\"\n{extra}")).expect("rule")
 }
 
-fn reading(device: &str, ts: &str) -> Vec<Datum> {
-    vec![text(device), text(ts), text("21.5")]
+fn reading(device: &str, ts: &str) -> Tuple {
+    Tuple::from_datums([text(device), text(ts), text("21.5")])
 }
 
 fn target(r: &Routed) -> (String, String, &'static str) {
@@ -231,7 +221,7 @@ fn a_timestamp_column_names_the_daily_index() {
     assert!(Arc::ptr_eq(&a.index, &c.index));
 
     // A delete goes to the day of its old key; an update that changes the day moves the document.
-    let old = |ts: &str| Some(OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), text(ts), Datum::Null] });
+    let old = |ts: &str| Some(OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("1"), text(ts), Datum::Null]) });
     let mut out = Vec::new();
     rules.route(&fixtures::change(Arc::clone(&rel), Op::Delete, old("2026-03-07 10:00:00+00"), None), 0, &mut out);
     assert_eq!(target(&out[0]).0, "telemetry-2026.03.07");
@@ -258,7 +248,7 @@ fn the_time_column_must_reach_deletes_and_be_a_time() {
     let mut rules = FlatRules::new(std::slice::from_ref(&r));
     let mut out = Vec::new();
     rules.route(&fixtures::change(Arc::clone(&rel), Op::Insert, None, Some(reading("1", "2026-03-07 10:00:00+00"))), 0, &mut out);
-    let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("1"), Datum::Null, Datum::Null] };
+    let old = OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("1"), Datum::Null, Datum::Null]) };
     rules.route(&fixtures::change(Arc::clone(&rel), Op::Delete, Some(old.clone()), None), 0, &mut out);
     assert_eq!(target(&out[0]).0, "t-2026.03.07");
     let rej = out[1].as_ref().expect_err("delete without the time");
@@ -284,14 +274,14 @@ fn the_time_column_must_reach_deletes_and_be_a_time() {
         ("t-{column:temp:%Y}", text("2026-03-07"), "not a timestamptz"),
     ] {
         let mut row = reading("1", "");
-        row[1] = ts;
+        row = row.with(1, ts);
         let out = route_rel(&reading_rule(rule, ""), &rel, row);
         let rej = out[0].as_ref().expect_err(rule);
         assert!(rej.reason.contains(says), "{rule}: {}", rej.reason);
     }
 }
 
-fn route_rel(r: &EsTableRule, rel: &Arc<Relation>, row: Vec<Datum>) -> Vec<Routed> {
+fn route_rel(r: &EsTableRule, rel: &Arc<Relation>, row: Tuple) -> Vec<Routed> {
     let mut out = Vec::new();
     FlatRules::new(std::slice::from_ref(r)).route(&fixtures::change(Arc::clone(rel), Op::Insert, None, Some(row)), 0, &mut out);
     out

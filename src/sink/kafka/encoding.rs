@@ -9,7 +9,7 @@ use base64::Engine as _;
 use super::decimal::{bits_bytes, money_text, numeric_typmod, point_wkb, point_xy, Decimal};
 use super::temporal::{date_days, time_micros, timestamp_micros, timetz_utc, Interval, Point};
 use crate::config::{DecimalHandling, IntervalHandling, JsonHandling, TimePrecision, ValueEncoding};
-use crate::decode::{array_element, write_json_str, write_json_value, Datum, DecodeError, Relation};
+use crate::decode::{array_element, write_json_str, write_json_value, Datum, DecodeError, Relation, Tuple};
 
 /// Built-in type OIDs whose encoding can differ from walcast's.
 mod oid {
@@ -161,7 +161,7 @@ impl Encoder {
         &self,
         out: &mut Vec<u8>,
         rel: &Relation,
-        values: &[Datum],
+        values: &Tuple,
         include: impl Fn(usize) -> bool,
         placeholder: &str,
     ) -> Result<(), DecodeError> {

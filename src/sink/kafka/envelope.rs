@@ -4,7 +4,7 @@
 use std::io::Write as _;
 
 use super::encoding::Encoder;
-use crate::decode::{write_json_str, write_row_object, Change, Datum, DecodeError, Op, Relation, UnchangedToast};
+use crate::decode::{write_json_str, write_row_object, Change, DecodeError, Op, Relation, Tuple, UnchangedToast};
 use crate::lsn::Lsn;
 
 /// Debezium's stand-in for a TOASTed value that did not change and was not sent by Postgres
@@ -120,9 +120,9 @@ pub struct Event<'a> {
     /// `source.snapshot`.
     pub snapshot: SnapshotMarker,
     /// Tuple for `before` (`None`: null).
-    pub before: Option<&'a [Datum]>,
+    pub before: Option<&'a Tuple>,
     /// Tuple for `after` (`None`: null).
-    pub after: Option<&'a [Datum]>,
+    pub after: Option<&'a Tuple>,
 }
 
 impl<'a> Event<'a> {
@@ -137,8 +137,8 @@ impl<'a> Event<'a> {
     /// Like [`Event::streamed`] with an explicit op and snapshot marker (a snapshot row is an
     /// insert-shaped change rendered with [`EventOp::Read`]).
     pub fn with_op(change: &'a Change, op: EventOp, snapshot: SnapshotMarker) -> Self {
-        let old = change.old.as_ref().map(|o| o.values.as_slice());
-        let new = change.new.as_deref();
+        let old = change.old.as_ref().map(|o| &o.values);
+        let new = change.new.as_ref();
         let (before, after) = match op {
             EventOp::Create | EventOp::Read => (None, new),
             EventOp::Update => (old, new),
@@ -152,8 +152,8 @@ impl<'a> Event<'a> {
 /// An update that changed the row's key becomes, as in Debezium, a delete of the old key
 /// (followed by its tombstone) and a create under the new key. Returns `(delete, create)`.
 pub fn split_key_change(change: &Change) -> (Event<'_>, Event<'_>) {
-    let old = change.old.as_ref().map(|o| o.values.as_slice());
-    let new = change.new.as_deref();
+    let old = change.old.as_ref().map(|o| &o.values);
+    let new = change.new.as_ref();
     (
         Event { change, op: EventOp::Delete, snapshot: SnapshotMarker::False, before: old, after: None },
         Event { change, op: EventOp::Create, snapshot: SnapshotMarker::False, before: None, after: new },
@@ -182,7 +182,7 @@ pub fn now_unix_micros() -> i64 {
 /// Append the record key: `{"col": value, ...}` over `key_columns` of `values`. Returns false
 /// (and writes nothing) when there is no key (no key columns or no tuple): the record key is
 /// then null.
-pub fn write_key(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>, key_columns: &[usize]) -> Result<bool, DecodeError> {
+pub fn write_key(out: &mut Vec<u8>, rel: &Relation, values: Option<&Tuple>, key_columns: &[usize]) -> Result<bool, DecodeError> {
     write_key_with(out, rel, values, key_columns, None)
 }
 
@@ -190,7 +190,7 @@ pub fn write_key(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>, ke
 pub(crate) fn write_key_with(
     out: &mut Vec<u8>,
     rel: &Relation,
-    values: Option<&[Datum]>,
+    values: Option<&Tuple>,
     key_columns: &[usize],
     enc: Option<&Encoder>,
 ) -> Result<bool, DecodeError> {
@@ -255,7 +255,7 @@ pub(crate) fn write_value_with(
     Ok(())
 }
 
-fn write_row(out: &mut Vec<u8>, rel: &Relation, values: Option<&[Datum]>, enc: Option<&Encoder>) -> Result<(), DecodeError> {
+fn write_row(out: &mut Vec<u8>, rel: &Relation, values: Option<&Tuple>, enc: Option<&Encoder>) -> Result<(), DecodeError> {
     match values {
         Some(values) => match enc {
             Some(e) => e.write_row(out, rel, values, |_| true, UNAVAILABLE_VALUE_PLACEHOLDER),
@@ -355,13 +355,13 @@ mod tests {
 
     use super::*;
     use crate::decode::fixtures::{self, text};
-    use crate::decode::{OldTuple, OldTupleKind, ReplicaIdentity};
+    use crate::decode::{Datum, OldTuple, OldTupleKind, ReplicaIdentity, Tuple};
 
     fn rel() -> Arc<Relation> {
         fixtures::relation("public", "orders", ReplicaIdentity::Default, &[("id", true, 23), ("body", false, 25), ("amount", false, 1700)])
     }
 
-    fn change(op: Op, old: Option<OldTuple>, new: Option<Vec<Datum>>) -> Change {
+    fn change(op: Op, old: Option<OldTuple>, new: Option<Tuple>) -> Change {
         Change {
             lsn: Lsn(0x1_0000_0010),
             commit_lsn: Lsn(0x1_0000_0200),
@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn insert_envelope_has_every_field() {
-        let c = change(Op::Insert, None, Some(vec![text("1"), text("hello"), text("12.50")]));
+        let c = change(Op::Insert, None, Some(Tuple::from_datums([text("1"), text("hello"), text("12.50")])));
         let v = value(&Event::streamed(&c), None);
         assert_eq!(
             v,
@@ -408,7 +408,7 @@ mod tests {
 
     #[test]
     fn sequence_starts_with_the_previous_commit_in_debeziums_mode() {
-        let c = change(Op::Insert, None, Some(vec![text("1"), text("a"), text("1")]));
+        let c = change(Op::Insert, None, Some(Tuple::from_datums([text("1"), text("a"), text("1")])));
         let seq = |first| {
             let mut out = Vec::new();
             write_value_with(&mut out, &Event::streamed(&c), &source(), 0, None, None, first).expect("renders");
@@ -421,7 +421,7 @@ mod tests {
 
     #[test]
     fn unchanged_toast_gets_debeziums_placeholder() {
-        let c = change(Op::Update, None, Some(vec![text("1"), Datum::Unchanged, Datum::Null]));
+        let c = change(Op::Update, None, Some(Tuple::from_datums([text("1"), Datum::Unchanged, Datum::Null])));
         let v = value(&Event::streamed(&c), None);
         assert_eq!(v["op"], "u");
         assert_eq!(v["before"], Value::Null);
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn delete_before_has_key_and_nulls() {
-        let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("5"), Datum::Null, Datum::Null] };
+        let old = OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("5"), Datum::Null, Datum::Null]) };
         let c = change(Op::Delete, Some(old), None);
         let v = value(&Event::streamed(&c), None);
         assert_eq!(v["op"], "d");
@@ -444,8 +444,8 @@ mod tests {
 
     #[test]
     fn key_change_splits_into_delete_and_create() {
-        let old = OldTuple { kind: OldTupleKind::Key, values: vec![text("5"), Datum::Null, Datum::Null] };
-        let c = change(Op::Update, Some(old), Some(vec![text("6"), text("x"), Datum::Null]));
+        let old = OldTuple { kind: OldTupleKind::Key, values: Tuple::from_datums([text("5"), Datum::Null, Datum::Null]) };
+        let c = change(Op::Update, Some(old), Some(Tuple::from_datums([text("6"), text("x"), Datum::Null])));
         let (d, cr) = split_key_change(&c);
         let (d, cr) = (value(&d, None), value(&cr, None));
         // One change, two events: (change_id, op) tells them apart.
@@ -466,11 +466,11 @@ mod tests {
     /// parameter so "last" can be emitted.
     #[test]
     fn snapshot_rows_are_op_r_with_snapshot_marker() {
-        let read = change(Op::Read, None, Some(vec![text("1"), text("a"), text("1")]));
+        let read = change(Op::Read, None, Some(Tuple::from_datums([text("1"), text("a"), text("1")])));
         let v = value(&Event::streamed(&read), None);
         assert_eq!((v["op"].clone(), v["source"]["snapshot"].clone(), v["before"].clone()), (json!("r"), json!("true"), Value::Null));
         assert_eq!(v["source"]["change_id"], "1/200:r16384:{\"id\":1}", "a snapshot row is identified by its key");
-        let c = change(Op::Insert, None, Some(vec![text("1"), text("a"), text("1")]));
+        let c = change(Op::Insert, None, Some(Tuple::from_datums([text("1"), text("a"), text("1")])));
         for (marker, expected) in [(SnapshotMarker::True, "true"), (SnapshotMarker::Last, "last")] {
             let v = value(&Event::with_op(&c, EventOp::Read, marker), None);
             assert_eq!(v["op"], "r");
@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn transaction_block_and_records() {
-        let c = change(Op::Insert, None, Some(vec![text("1"), text("a"), text("1")]));
+        let c = change(Op::Insert, None, Some(Tuple::from_datums([text("1"), text("a"), text("1")])));
         let id = transaction_id(c.xid, c.commit_lsn);
         let v = value(&Event::streamed(&c), Some(TxBlock { id: &id, total_order: 3, data_collection_order: 2 }));
         assert_eq!(v["transaction"], json!({"id": id, "total_order": 3, "data_collection_order": 2}));

@@ -357,7 +357,12 @@ mod tests {
         Change {
             commit_lsn: Lsn(commit_lsn),
             seq,
-            ..fixtures::change(fixtures::relation("s", "t", ReplicaIdentity::Default, &[]), Op::Insert, None, Some(vec![]))
+            ..fixtures::change(
+                fixtures::relation("s", "t", ReplicaIdentity::Default, &[]),
+                Op::Insert,
+                None,
+                Some(crate::decode::Tuple::default()),
+            )
         }
     }
 

@@ -15,7 +15,7 @@ use super::schema::RelationSchemas;
 use super::tx::OpenTx;
 use super::KafkaSink;
 use crate::config::SkippedOperation;
-use crate::decode::{Change, Datum, DecodeError, OldTupleKind, Op, Relation, ReplicaIdentity};
+use crate::decode::{Change, Datum, DecodeError, OldTupleKind, Op, Relation, ReplicaIdentity, Tuple};
 use crate::lsn::Lsn;
 use crate::sink::{Batch, ChunkPlace, SinkError};
 
@@ -210,7 +210,7 @@ impl KafkaSink {
         &self,
         arena: &mut Vec<u8>,
         rel: &Relation,
-        values: Option<&[Datum]>,
+        values: Option<&Tuple>,
         key_cols: &[usize],
         schemas: Option<&RelationSchemas>,
     ) -> Result<Option<Range<usize>>, DecodeError> {
@@ -314,9 +314,9 @@ fn snapshot_marker(place: ChunkPlace, idx: usize, len: usize) -> SnapshotMarker 
 mod tests {
     use super::*;
     use crate::decode::fixtures::{self, text};
-    use crate::decode::OldTuple;
+    use crate::decode::{OldTuple, Tuple};
 
-    fn update(old: Option<OldTuple>, new: Vec<Datum>) -> Change {
+    fn update(old: Option<OldTuple>, new: Tuple) -> Change {
         let rel = fixtures::relation("s", "t", ReplicaIdentity::Default, &[("id", true, 23), ("v", false, 23)]);
         fixtures::change(rel, Op::Update, old, Some(new))
     }
@@ -324,14 +324,14 @@ mod tests {
     #[test]
     fn key_change_is_detected_from_the_old_key() {
         let old = |id: &str, kind| {
-            Some(OldTuple { kind, values: vec![text(id), if kind == OldTupleKind::Key { Datum::Null } else { text("9") }] })
+            Some(OldTuple { kind, values: Tuple::from_datums([text(id), if kind == OldTupleKind::Key { Datum::Null } else { text("9") }]) })
         };
-        assert!(key_changed(&update(old("1", OldTupleKind::Key), vec![text("2"), text("x")]), &[0]));
-        assert!(!key_changed(&update(old("1", OldTupleKind::Full), vec![text("1"), text("x")]), &[0]));
-        assert!(key_changed(&update(old("1", OldTupleKind::Full), vec![text("3"), text("x")]), &[0]));
-        assert!(!key_changed(&update(None, vec![text("1"), text("x")]), &[0]));
+        assert!(key_changed(&update(old("1", OldTupleKind::Key), Tuple::from_datums([text("2"), text("x")])), &[0]));
+        assert!(!key_changed(&update(old("1", OldTupleKind::Full), Tuple::from_datums([text("1"), text("x")])), &[0]));
+        assert!(key_changed(&update(old("1", OldTupleKind::Full), Tuple::from_datums([text("3"), text("x")])), &[0]));
+        assert!(!key_changed(&update(None, Tuple::from_datums([text("1"), text("x")])), &[0]));
         // A key-only old tuple says nothing about a non-identity column used as key.
-        assert!(!key_changed(&update(old("1", OldTupleKind::Key), vec![text("1"), text("x")]), &[1]));
+        assert!(!key_changed(&update(old("1", OldTupleKind::Key), Tuple::from_datums([text("1"), text("x")])), &[1]));
     }
 
     #[test]

@@ -107,7 +107,12 @@ mod tests {
             commit_lsn: Lsn(commit_lsn),
             xid: (commit_lsn / 100) as u32,
             seq,
-            ..fixtures::change(fixtures::relation("s", "t", ReplicaIdentity::Default, &[]), Op::Insert, None, Some(vec![]))
+            ..fixtures::change(
+                fixtures::relation("s", "t", ReplicaIdentity::Default, &[]),
+                Op::Insert,
+                None,
+                Some(crate::decode::Tuple::default()),
+            )
         }
     }
 

@@ -55,7 +55,7 @@ async fn a_full_log_disk_stops_confirming(decoupled: bool) {
     assert_eq!(result.expect("clean stop").confirmed, Lsn(0x2000));
     let mut scan = LogReader::open(&log_dir).expect("reader").scan_after(Lsn::ZERO).expect("scan");
     let batch = scan.next_batch(100).expect("read").expect("a batch");
-    let logged: Vec<String> = batch.changes.iter().filter_map(|c| c.new.as_ref()?.first().map(|d| format!("{d:?}"))).collect();
+    let logged: Vec<String> = batch.changes.iter().filter_map(|c| c.new.as_ref()?.get(0).map(|d| format!("{d:?}"))).collect();
     assert_eq!((logged.len(), batch.checkpoint), (2, Some(Lsn(0x2000))), "the transaction is in the log once: {logged:?}");
     assert!(scan.next_batch(100).expect("read").is_none());
 }

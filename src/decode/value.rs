@@ -55,10 +55,27 @@ type Fail = &'static str;
 /// text.
 ///
 /// On error `out` is left as it was.
+#[inline]
 pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), DecodeError> {
     let start = out.len();
+    match write_value(out, type_oid, text) {
+        Ok(()) => Ok(()),
+        Err(reason) => Err(value_error(out, start, type_oid, reason)),
+    }
+}
+
+/// Undoes a rejected value's partial output; the error for it.
+#[cold]
+#[inline(never)]
+fn value_error(out: &mut Vec<u8>, start: usize, type_oid: u32, reason: Fail) -> DecodeError {
+    out.truncate(start);
+    DecodeError::Value { type_oid, reason: reason.to_owned() }
+}
+
+/// [`write_json_value`] without the error's allocation.
+fn write_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), Fail> {
     // The scalar types first: most values are, and the array table is a long match.
-    let result = match type_oid {
+    match type_oid {
         oid::BOOL
         | oid::BYTEA
         | oid::INT8
@@ -81,11 +98,7 @@ pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result
             Some((elem, delim)) => write_array(out, elem, delim, text),
             None => write_scalar(out, type_oid, text),
         },
-    };
-    result.map_err(|reason| {
-        out.truncate(start);
-        DecodeError::Value { type_oid, reason: reason.to_owned() }
-    })
+    }
 }
 
 /// The JSON form of one text-format value, as a `serde_json::Value`.
@@ -381,7 +394,7 @@ fn write_plain_string(out: &mut Vec<u8>, text: &[u8]) {
 
 /// An integer copied as is after checking it is `-?(0|[1-9][0-9]*)` within `[-max_neg, max_pos]`
 /// (a leading zero would not be JSON; Postgres never prints one). `max_neg == 0` means unsigned.
-#[inline]
+#[inline(always)]
 fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Result<(), Fail> {
     let (neg, digits) = match text {
         // Unsigned types (max_neg 0) never print a sign, not even "-0".
@@ -394,30 +407,69 @@ fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Resu
     if digits.len() > 1 && digits[0] == b'0' {
         return Err("integer has a leading zero");
     }
-    let mut v: u64 = 0;
-    if digits.len() <= 19 {
-        // Nineteen digits stay below u64::MAX: no overflow check per digit.
-        for &d in digits {
-            let d = d.wrapping_sub(b'0');
-            if d > 9 {
-                return Err("integer has a non-digit");
-            }
-            v = v * 10 + u64::from(d);
-        }
-    } else {
-        for &d in digits {
-            let d = d.wrapping_sub(b'0');
-            if d > 9 {
-                return Err("integer has a non-digit");
-            }
-            v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))).ok_or("integer out of range")?;
-        }
+    if !all_digits(digits) {
+        return Err("integer has a non-digit");
     }
-    if v > if neg { max_neg } else { max_pos } {
+    let max = if neg { max_neg } else { max_pos };
+    // Fewer digits than the bound has cannot exceed it, more always do: the value is only
+    // needed at the bound's length (at most 20 digits; 19 for the signed bounds).
+    let max_len = decimal_len(max);
+    if digits.len() > max_len {
         return Err("integer out of range for its type");
+    }
+    if digits.len() == max_len {
+        let v = if max_len < 20 {
+            // Below 10^19: no overflow, and no check per digit on this hot path.
+            Some(digits.iter().fold(0u64, |v, &d| v * 10 + u64::from(d - b'0')))
+        } else {
+            digits.iter().try_fold(0u64, |v, &d| v.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        };
+        if v.is_none_or(|v| v > max) {
+            return Err("integer out of range for its type");
+        }
     }
     out.extend_from_slice(text);
     Ok(())
+}
+
+/// Number of decimal digits of `v` (1 for 0).
+#[inline]
+fn decimal_len(v: u64) -> usize {
+    v.checked_ilog10().map_or(1, |l| l as usize + 1)
+}
+
+/// Eight bytes as a little-endian word (`bytes` has at least eight).
+#[inline]
+fn word(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(w)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// Whether every byte of `w` selected by `mask` (0xff bytes) is an ASCII digit: its high nibble
+/// is 3 and adding 6 keeps it 3 (no byte carries: each is at most 0x3f before the add).
+#[inline]
+fn word_digits(w: u64, mask: u64) -> bool {
+    let hi = ONES * 0xf0 & mask;
+    let three = ONES * 0x30 & mask;
+    w & hi == three && ((w & mask).wrapping_add(ONES * 0x06 & mask)) & hi == three
+}
+
+/// Whether `text` is all ASCII digits, eight bytes at a time.
+#[inline]
+fn all_digits(text: &[u8]) -> bool {
+    if text.len() < 8 {
+        return text.iter().fold(true, |ok, b| ok & b.is_ascii_digit());
+    }
+    let mut words = text.chunks_exact(8);
+    let mut ok = true;
+    for w in &mut words {
+        ok &= word_digits(word(w), u64::MAX);
+    }
+    // The last eight bytes cover the remainder (overlapping is harmless for a check).
+    ok && word_digits(word(&text[text.len() - 8..]), u64::MAX)
 }
 
 /// Length of the JSON number (RFC 8259 grammar) that `text` starts with; 0 if none.
@@ -484,11 +536,13 @@ fn write_numeric(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
         b"NaN" | b"Infinity" | b"-Infinity" => true,
         _ => {
             let body = text.strip_prefix(b"-").unwrap_or(text);
-            let (int, frac) = match body.iter().position(|&b| b == b'.') {
+            // One pass: the dot's position (a second dot is a non-digit to the check after).
+            let dot = body.iter().position(|&b| b == b'.');
+            let (int, frac) = match dot {
                 Some(dot) => (&body[..dot], Some(&body[dot + 1..])),
                 None => (body, None),
             };
-            !int.is_empty() && int.iter().all(u8::is_ascii_digit) && frac.is_none_or(|f| !f.is_empty() && f.iter().all(u8::is_ascii_digit))
+            !int.is_empty() && all_digits(int) && frac.is_none_or(|f| !f.is_empty() && all_digits(f))
         }
     };
     if !valid {
@@ -686,8 +740,86 @@ fn write_date(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     Ok(())
 }
 
+/// An eight-byte shape for [`fits`]: `d` stands for a digit, any other byte for itself.
+struct Shape {
+    /// 0xff where a digit goes.
+    digits: u64,
+    /// 0xff where a literal byte goes.
+    literals: u64,
+    /// The literal bytes, in place.
+    literal: u64,
+}
+
+impl Shape {
+    const fn new(p: &[u8; 8]) -> Shape {
+        let (mut digits, mut literals, mut literal) = (0u64, 0u64, 0u64);
+        let mut i = 0;
+        while i < 8 {
+            if p[i] == b'd' {
+                digits |= 0xff << (8 * i);
+            } else {
+                literals |= 0xff << (8 * i);
+                literal |= (p[i] as u64) << (8 * i);
+            }
+            i += 1;
+        }
+        Shape { digits, literals, literal }
+    }
+}
+
+/// Whether the eight bytes at the start of `bytes` have `shape`.
+#[inline]
+fn fits(bytes: &[u8], shape: &Shape) -> bool {
+    let w = word(bytes);
+    w & shape.literals == shape.literal && word_digits(w, shape.digits)
+}
+
+/// The shape nearly every timestamp has (a four-digit year, no era, a `+00` offset when with time
+/// zone): its JSON in one copy, the space turned into `T`. False, with nothing written, for any
+/// other text, which the general path then decides on.
+#[inline]
+fn write_common_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> bool {
+    const DATE: Shape = Shape::new(b"dddd-dd-");
+    const DAY_HOUR: Shape = Shape::new(b"dd dd:dd");
+    const TIME: Shape = Shape::new(b"dd:dd:dd");
+    if text.len() < 19 || !(fits(text, &DATE) && fits(&text[8..], &DAY_HOUR) && fits(&text[11..], &TIME)) {
+        return false;
+    }
+    let mut end = 19;
+    if text.get(19) == Some(&b'.') {
+        let f = digit_run(&text[20..]);
+        if f == 0 {
+            return false;
+        }
+        end = 20 + f;
+    }
+    let offset = &text[end..];
+    let common = if with_tz { offset.len() == 3 && offset[0] == b'+' && offset[1] == b'0' && offset[2] == b'0' } else { offset.is_empty() };
+    if !common {
+        return false;
+    }
+    out.reserve(end + 3);
+    out.push(b'"');
+    let at = out.len();
+    out.extend_from_slice(&text[..end]);
+    out[at + 10] = b'T';
+    if with_tz {
+        out.push(b'Z');
+    }
+    out.push(b'"');
+    true
+}
+
 /// `YYYY-MM-DD HH:MM:SS[.ffffff][offset][ BC]` -> `[-]YYYY-MM-DDTHH:MM:SS[.ffffff][Z|offset]`.
 fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), Fail> {
+    if write_common_timestamp(out, text, with_tz) {
+        return Ok(());
+    }
+    write_any_timestamp(out, text, with_tz)
+}
+
+/// [`write_timestamp`] for every shape.
+fn write_any_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), Fail> {
     if text == b"infinity" || text == b"-infinity" {
         write_plain_string(out, text);
         return Ok(());
@@ -1319,6 +1451,62 @@ mod tests {
             b"2026-11-22 16:33:20+0a",
         ] {
             err(1184, bad);
+        }
+    }
+
+    /// The one-copy path writes what the general one does, and leaves every other shape to it.
+    #[test]
+    fn the_common_timestamp_path_agrees_with_the_general_one() {
+        let texts = [
+            "2026-11-22 16:33:20+00",
+            "2026-11-22 16:33:20.5+00",
+            "2026-11-22 16:33:20.123456+00",
+            "0001-01-01 00:00:00+00",
+            "2026-11-22 16:33:20",
+            "2026-11-22 16:33:20.000001",
+            "2026-11-22 16:33:20+01",
+            "2026-11-22 16:33:20-00",
+            "2026-11-22 16:33:20+00 BC",
+            "2026-11-22 16:33:20 BC",
+            "12026-11-22 16:33:20+00",
+            "2026-11-22 16:33:20.+00",
+            "2026-11-22 16:33:2x+00",
+            "2026-11-22T16:33:20+00",
+            "2026/11/22 16:33:20+00",
+            "2026-11-22 16:33:20+0",
+            "2026-11-22 16:33:20+000",
+            "infinity",
+        ];
+        for text in texts {
+            for with_tz in [true, false] {
+                let (mut fast, mut general) = (Vec::new(), Vec::new());
+                let took = write_common_timestamp(&mut fast, text.as_bytes(), with_tz);
+                let ok = write_any_timestamp(&mut general, text.as_bytes(), with_tz).is_ok();
+                if took {
+                    assert!(ok, "{text:?} {with_tz}: the general path refuses it");
+                    assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&general), "{text:?} {with_tz}");
+                } else {
+                    assert!(fast.is_empty(), "{text:?} {with_tz}: wrote before giving up");
+                }
+            }
+        }
+        // The shape bench_rows and every UTC session print takes the one-copy path.
+        assert!(write_common_timestamp(&mut Vec::new(), b"2026-11-22 16:33:20.123456+00", true));
+        assert!(write_common_timestamp(&mut Vec::new(), b"2026-11-22 16:33:20", false));
+    }
+
+    #[test]
+    fn digit_checks_agree_with_the_byte_rule() {
+        for len in 0..24 {
+            for bad_at in 0..=len {
+                for bad in [b'/', b':', b'a', b' ', 0x80, 0xb0, 0x3a, 0x3f] {
+                    let mut text = vec![b'7'; len];
+                    if bad_at < len {
+                        text[bad_at] = bad;
+                    }
+                    assert_eq!(all_digits(&text), text.iter().all(u8::is_ascii_digit), "{text:?}");
+                }
+            }
         }
     }
 

@@ -74,13 +74,16 @@ fn value_error(out: &mut Vec<u8>, start: usize, type_oid: u32, reason: Fail) -> 
 
 /// [`write_json_value`] without the error's allocation.
 fn write_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), Fail> {
-    // The scalar types first: most values are, and the array table is a long match.
+    // The scalar types first: most values are, and the array table is a long match. The most
+    // common ones are written here, without a second dispatch.
     match type_oid {
+        oid::INT8 => write_int(out, text, i64::MAX as u64, 1 << 63),
+        oid::INT4 => write_int(out, text, i32::MAX as u64, 1 << 31),
+        oid::TIMESTAMPTZ => write_timestamp(out, text, true),
+        oid::NUMERIC => write_numeric(out, text),
         oid::BOOL
         | oid::BYTEA
-        | oid::INT8
         | oid::INT2
-        | oid::INT4
         | oid::OID
         | oid::JSON
         | oid::FLOAT4
@@ -88,9 +91,7 @@ fn write_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), Fail
         | oid::DATE
         | oid::TIME
         | oid::TIMESTAMP
-        | oid::TIMESTAMPTZ
         | oid::TIMETZ
-        | oid::NUMERIC
         | oid::UUID
         | oid::JSONB => write_scalar(out, type_oid, text),
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => write_string(out, text),
@@ -410,10 +411,10 @@ fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Resu
     if !all_digits(digits) {
         return Err("integer has a non-digit");
     }
-    let max = if neg { max_neg } else { max_pos };
     // Fewer digits than the bound has cannot exceed it, more always do: the value is only
-    // needed at the bound's length (at most 20 digits; 19 for the signed bounds).
-    let max_len = decimal_len(max);
+    // needed at the bound's length (at most 20 digits; 19 for the signed bounds). Both lengths
+    // are constants where this is inlined.
+    let (max, max_len) = if neg { (max_neg, decimal_len(max_neg)) } else { (max_pos, decimal_len(max_pos)) };
     if digits.len() > max_len {
         return Err("integer out of range for its type");
     }
@@ -531,6 +532,7 @@ fn parses_finite(text: &[u8]) -> bool {
 }
 
 /// numeric: a string, so no consumer rounds it through a double.
+#[inline]
 fn write_numeric(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     let valid = match text {
         b"NaN" | b"Infinity" | b"-Infinity" => true,
@@ -811,6 +813,7 @@ fn write_common_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> bool
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.ffffff][offset][ BC]` -> `[-]YYYY-MM-DDTHH:MM:SS[.ffffff][Z|offset]`.
+#[inline]
 fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), Fail> {
     if write_common_timestamp(out, text, with_tz) {
         return Ok(());

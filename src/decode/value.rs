@@ -538,13 +538,12 @@ fn write_numeric(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
         b"NaN" | b"Infinity" | b"-Infinity" => true,
         _ => {
             let body = text.strip_prefix(b"-").unwrap_or(text);
-            // One pass: the dot's position (a second dot is a non-digit to the check after).
-            let dot = body.iter().position(|&b| b == b'.');
-            let (int, frac) = match dot {
-                Some(dot) => (&body[..dot], Some(&body[dot + 1..])),
-                None => (body, None),
-            };
-            !int.is_empty() && all_digits(int) && frac.is_none_or(|f| !f.is_empty() && all_digits(f))
+            // `digits[.digits]`: only digits and at most one dot, which is neither first nor
+            // last; counted in one pass without branches.
+            let (dots, others) = body.iter().fold((0usize, 0usize), |(dots, others), &b| {
+                (dots + usize::from(b == b'.'), others + usize::from(!b.is_ascii_digit() && b != b'.'))
+            });
+            others == 0 && dots <= 1 && body.first().is_some_and(u8::is_ascii_digit) && body.last().is_some_and(u8::is_ascii_digit)
         }
     };
     if !valid {
@@ -1266,7 +1265,7 @@ mod tests {
         assert_eq!(js(1700, "NaN"), json!("NaN"));
         assert_eq!(js(1700, "Infinity"), json!("Infinity"));
         assert_eq!(js(1700, "-Infinity"), json!("-Infinity"));
-        for bad in [&b""[..], b"-", b"1.", b".1", b"1e5", b"abc", b"1\"", b"nan"] {
+        for bad in [&b""[..], b"-", b"1.", b".1", b"1e5", b"abc", b"1\"", b"nan", b"1.2.3", b"1..2", b"-.5", b"--1", b"1-", b"."] {
             err(1700, bad);
         }
     }

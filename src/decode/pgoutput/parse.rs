@@ -30,7 +30,12 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
         b'I' => {
             let relation = r.u32()?;
             match r.u8()? {
-                b'N' => Message::Insert { relation, new: r.tuple(payload)? },
+                b'N' => {
+                    // Row changes return from here: built in place, not copied after the check.
+                    let new = r.tuple(payload)?;
+                    r.at_end()?;
+                    return Ok(Message::Insert { relation, new });
+                }
                 other => return Err(r.malformed_at(1, format!("expected 'N' before the new tuple, got {:?}", other as char))),
             }
         }
@@ -61,9 +66,7 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
         b'M' => Message::Message(r.logical_message(payload)?),
         other => return Err(DecodeError::UnknownTag(other)),
     };
-    if r.pos != payload.len() {
-        return Err(r.malformed(format!("{} trailing bytes after the message", payload.len() - r.pos)));
-    }
+    r.at_end()?;
     Ok(msg)
 }
 
@@ -288,6 +291,15 @@ impl<'a> Reader<'a> {
         let prefix = self.string()?;
         let content = self.value(payload)?;
         Ok(LogicalMessage { transactional: flags & MESSAGE_TRANSACTIONAL != 0, lsn, prefix, content })
+    }
+
+    /// The message must end where its last field did.
+    #[inline]
+    fn at_end(&self) -> Result<(), DecodeError> {
+        if self.pos != self.buf.len() {
+            return Err(self.malformed(format!("{} trailing bytes after the message", self.buf.len() - self.pos)));
+        }
+        Ok(())
     }
 
     #[cold]

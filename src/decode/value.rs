@@ -531,6 +531,31 @@ fn parses_finite(text: &[u8]) -> bool {
     std::str::from_utf8(text).ok().and_then(|s| s.parse::<f64>().ok()).is_some_and(f64::is_finite)
 }
 
+/// The number of dots in `text` if it holds only digits and dots; eight bytes at a time.
+#[inline]
+fn digits_and_dots(text: &[u8]) -> Option<u32> {
+    const HIGH: u64 = ONES * 0x80;
+    const LOW7: u64 = ONES * 0x7f;
+    let mut words = text.chunks_exact(8);
+    let (mut dots, mut others) = (0u32, 0u64);
+    for w in &mut words {
+        let w = word(w);
+        // Exact per-byte tests (no carry leaves a byte): `x` is zero where the byte is a dot,
+        // `y` below ten where it is a digit.
+        let x = w ^ (ONES * u64::from(b'.'));
+        let dot = !(((x & LOW7) + LOW7) | x) & HIGH;
+        let y = w ^ (ONES * u64::from(b'0'));
+        let non_digit = (((y & LOW7) + ONES * 0x76) | y) & HIGH;
+        dots += dot.count_ones();
+        others |= non_digit & !dot;
+    }
+    for &b in words.remainder() {
+        dots += u32::from(b == b'.');
+        others |= u64::from(!b.is_ascii_digit() && b != b'.');
+    }
+    (others == 0).then_some(dots)
+}
+
 /// numeric: a string, so no consumer rounds it through a double.
 #[inline]
 fn write_numeric(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
@@ -538,12 +563,10 @@ fn write_numeric(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
         b"NaN" | b"Infinity" | b"-Infinity" => true,
         _ => {
             let body = text.strip_prefix(b"-").unwrap_or(text);
-            // `digits[.digits]`: only digits and at most one dot, which is neither first nor
-            // last; counted in one pass without branches.
-            let (dots, others) = body.iter().fold((0usize, 0usize), |(dots, others), &b| {
-                (dots + usize::from(b == b'.'), others + usize::from(!b.is_ascii_digit() && b != b'.'))
-            });
-            others == 0 && dots <= 1 && body.first().is_some_and(u8::is_ascii_digit) && body.last().is_some_and(u8::is_ascii_digit)
+            // `digits[.digits]`: only digits and at most one dot, which is neither first nor last.
+            digits_and_dots(body).is_some_and(|dots| dots <= 1)
+                && body.first().is_some_and(u8::is_ascii_digit)
+                && body.last().is_some_and(u8::is_ascii_digit)
         }
     };
     if !valid {
@@ -1495,6 +1518,30 @@ mod tests {
         // The shape bench_rows and every UTC session print takes the one-copy path.
         assert!(write_common_timestamp(&mut Vec::new(), b"2026-11-22 16:33:20.123456+00", true));
         assert!(write_common_timestamp(&mut Vec::new(), b"2026-11-22 16:33:20", false));
+    }
+
+    #[test]
+    fn the_numeric_word_check_agrees_with_the_byte_rule() {
+        for len in 0..20usize {
+            for at in 0..=len {
+                for other in [b'.', b'/', b':', b'-', b'e', 0x80, 0xae, 0xb0, 0x2e, 0x7f, 0x00] {
+                    for dot_at in [None, Some(0), Some(len / 2), Some(len.saturating_sub(1))] {
+                        let mut text = vec![b'5'; len];
+                        if let Some(d) = dot_at.filter(|&d| d < len) {
+                            text[d] = b'.';
+                        }
+                        if at < len {
+                            text[at] = other;
+                        }
+                        let want = text
+                            .iter()
+                            .all(|b| b.is_ascii_digit() || *b == b'.')
+                            .then(|| text.iter().filter(|&&b| b == b'.').count() as u32);
+                        assert_eq!(digits_and_dots(&text), want, "{text:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

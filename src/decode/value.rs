@@ -479,9 +479,9 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 /// is 3 and adding 6 keeps it 3 (no byte carries: each is at most 0x3f before the add).
 #[inline]
 fn word_digits(w: u64, mask: u64) -> bool {
-    let hi = ONES * 0xf0 & mask;
-    let three = ONES * 0x30 & mask;
-    w & hi == three && ((w & mask).wrapping_add(ONES * 0x06 & mask)) & hi == three
+    let hi = (ONES * 0xf0) & mask;
+    let three = (ONES * 0x30) & mask;
+    w & hi == three && ((w & mask).wrapping_add((ONES * 0x06) & mask)) & hi == three
 }
 
 /// Whether `text` is all ASCII digits, eight bytes at a time.

@@ -1,8 +1,8 @@
 //! pgoutput (protocol version 1) decoding: wire messages, the relation cache, and text values -> JSON.
 //!
-//! The decoder is zero-copy for column values: a [`Tuple`] holds the `XLogData` payload it came
-//! from once and where each value lies in it, so a change costs one allocation for its slot table
-//! and one reference count, and nothing per value until a sink renders it.
+//! Column values are not copied one by one: a [`Tuple`] holds its row's bytes once (a small row
+//! copied out of the `XLogData` payload, a large one sharing it) and where each value lies in
+//! them, so nothing is allocated per value until a sink renders it.
 
 mod change;
 #[cfg(test)]

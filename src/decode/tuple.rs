@@ -1,7 +1,7 @@
 //! A row's column values: one shared payload and where each value lies in it.
 //!
-//! A tuple holds its message's bytes once (one reference count per row, not one per value) and
-//! a small table of slots; [`Datum`]s are borrowed views into it.
+//! A tuple holds its bytes once (no reference count per value) and a small table of slots;
+//! [`Datum`]s are borrowed views into it.
 
 use bytes::Bytes;
 

@@ -55,15 +55,35 @@ type Fail = &'static str;
 /// text.
 ///
 /// On error `out` is left as it was.
+#[inline]
 pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), DecodeError> {
     let start = out.len();
-    // The scalar types first: most values are, and the array table is a long match.
-    let result = match type_oid {
+    match write_value(out, type_oid, text) {
+        Ok(()) => Ok(()),
+        Err(reason) => Err(value_error(out, start, type_oid, reason)),
+    }
+}
+
+/// Undoes a rejected value's partial output; the error for it.
+#[cold]
+#[inline(never)]
+fn value_error(out: &mut Vec<u8>, start: usize, type_oid: u32, reason: Fail) -> DecodeError {
+    out.truncate(start);
+    DecodeError::Value { type_oid, reason: reason.to_owned() }
+}
+
+/// [`write_json_value`] without the error's allocation.
+fn write_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result<(), Fail> {
+    // The scalar types first: most values are, and the array table is a long match. The most
+    // common ones are written here, without a second dispatch.
+    match type_oid {
+        oid::INT8 => write_int(out, text, i64::MAX as u64, 1 << 63),
+        oid::INT4 => write_int(out, text, i32::MAX as u64, 1 << 31),
+        oid::TIMESTAMPTZ => write_timestamp(out, text, true),
+        oid::NUMERIC => write_numeric(out, text),
         oid::BOOL
         | oid::BYTEA
-        | oid::INT8
         | oid::INT2
-        | oid::INT4
         | oid::OID
         | oid::JSON
         | oid::FLOAT4
@@ -71,9 +91,7 @@ pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result
         | oid::DATE
         | oid::TIME
         | oid::TIMESTAMP
-        | oid::TIMESTAMPTZ
         | oid::TIMETZ
-        | oid::NUMERIC
         | oid::UUID
         | oid::JSONB => write_scalar(out, type_oid, text),
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => write_string(out, text),
@@ -81,11 +99,7 @@ pub fn write_json_value(out: &mut Vec<u8>, type_oid: u32, text: &[u8]) -> Result
             Some((elem, delim)) => write_array(out, elem, delim, text),
             None => write_scalar(out, type_oid, text),
         },
-    };
-    result.map_err(|reason| {
-        out.truncate(start);
-        DecodeError::Value { type_oid, reason: reason.to_owned() }
-    })
+    }
 }
 
 /// The JSON form of one text-format value, as a `serde_json::Value`.
@@ -372,8 +386,34 @@ fn write_string(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
 fn write_plain_string(out: &mut Vec<u8>, text: &[u8]) {
     out.reserve(text.len() + 2);
     out.push(b'"');
-    out.extend_from_slice(text);
+    put(out, text);
     out.push(b'"');
+}
+
+/// Appends `bytes`; up to 32 of them with fixed-size copies (two, overlapping, of the largest
+/// width that fits) into a zeroed window that is then cut to size, instead of a call to
+/// `memcpy`, which costs more than the copy for the short values most columns hold.
+#[inline(always)]
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    let n = bytes.len();
+    if !(4..=32).contains(&n) {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    let at = out.len();
+    out.extend_from_slice(&[0u8; 32]);
+    let dst = &mut out[at..at + n];
+    if n >= 16 {
+        dst[..16].copy_from_slice(&bytes[..16]);
+        dst[n - 16..].copy_from_slice(&bytes[n - 16..]);
+    } else if n >= 8 {
+        dst[..8].copy_from_slice(&bytes[..8]);
+        dst[n - 8..].copy_from_slice(&bytes[n - 8..]);
+    } else {
+        dst[..4].copy_from_slice(&bytes[..4]);
+        dst[n - 4..].copy_from_slice(&bytes[n - 4..]);
+    }
+    out.truncate(at + n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,7 +421,7 @@ fn write_plain_string(out: &mut Vec<u8>, text: &[u8]) {
 
 /// An integer copied as is after checking it is `-?(0|[1-9][0-9]*)` within `[-max_neg, max_pos]`
 /// (a leading zero would not be JSON; Postgres never prints one). `max_neg == 0` means unsigned.
-#[inline]
+#[inline(always)]
 fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Result<(), Fail> {
     let (neg, digits) = match text {
         // Unsigned types (max_neg 0) never print a sign, not even "-0".
@@ -394,30 +434,69 @@ fn write_int(out: &mut Vec<u8>, text: &[u8], max_pos: u64, max_neg: u64) -> Resu
     if digits.len() > 1 && digits[0] == b'0' {
         return Err("integer has a leading zero");
     }
-    let mut v: u64 = 0;
-    if digits.len() <= 19 {
-        // Nineteen digits stay below u64::MAX: no overflow check per digit.
-        for &d in digits {
-            let d = d.wrapping_sub(b'0');
-            if d > 9 {
-                return Err("integer has a non-digit");
-            }
-            v = v * 10 + u64::from(d);
-        }
-    } else {
-        for &d in digits {
-            let d = d.wrapping_sub(b'0');
-            if d > 9 {
-                return Err("integer has a non-digit");
-            }
-            v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d))).ok_or("integer out of range")?;
-        }
+    if !all_digits(digits) {
+        return Err("integer has a non-digit");
     }
-    if v > if neg { max_neg } else { max_pos } {
+    // Fewer digits than the bound has cannot exceed it, more always do: the value is only
+    // needed at the bound's length (at most 20 digits; 19 for the signed bounds). Both lengths
+    // are constants where this is inlined.
+    let (max, max_len) = if neg { (max_neg, decimal_len(max_neg)) } else { (max_pos, decimal_len(max_pos)) };
+    if digits.len() > max_len {
         return Err("integer out of range for its type");
     }
-    out.extend_from_slice(text);
+    if digits.len() == max_len {
+        let v = if max_len < 20 {
+            // Below 10^19: no overflow, and no check per digit on this hot path.
+            Some(digits.iter().fold(0u64, |v, &d| v * 10 + u64::from(d - b'0')))
+        } else {
+            digits.iter().try_fold(0u64, |v, &d| v.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        };
+        if v.is_none_or(|v| v > max) {
+            return Err("integer out of range for its type");
+        }
+    }
+    put(out, text);
     Ok(())
+}
+
+/// Number of decimal digits of `v` (1 for 0).
+#[inline]
+fn decimal_len(v: u64) -> usize {
+    v.checked_ilog10().map_or(1, |l| l as usize + 1)
+}
+
+/// Eight bytes as a little-endian word (`bytes` has at least eight).
+#[inline]
+fn word(bytes: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(w)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// Whether every byte of `w` selected by `mask` (0xff bytes) is an ASCII digit: its high nibble
+/// is 3 and adding 6 keeps it 3 (no byte carries: each is at most 0x3f before the add).
+#[inline]
+fn word_digits(w: u64, mask: u64) -> bool {
+    let hi = (ONES * 0xf0) & mask;
+    let three = (ONES * 0x30) & mask;
+    w & hi == three && ((w & mask).wrapping_add((ONES * 0x06) & mask)) & hi == three
+}
+
+/// Whether `text` is all ASCII digits, eight bytes at a time.
+#[inline]
+fn all_digits(text: &[u8]) -> bool {
+    if text.len() < 8 {
+        return text.iter().fold(true, |ok, b| ok & b.is_ascii_digit());
+    }
+    let mut words = text.chunks_exact(8);
+    let mut ok = true;
+    for w in &mut words {
+        ok &= word_digits(word(w), u64::MAX);
+    }
+    // The last eight bytes cover the remainder (overlapping is harmless for a check).
+    ok && word_digits(word(&text[text.len() - 8..]), u64::MAX)
 }
 
 /// Length of the JSON number (RFC 8259 grammar) that `text` starts with; 0 if none.
@@ -478,17 +557,42 @@ fn parses_finite(text: &[u8]) -> bool {
     std::str::from_utf8(text).ok().and_then(|s| s.parse::<f64>().ok()).is_some_and(f64::is_finite)
 }
 
+/// The number of dots in `text` if it holds only digits and dots; eight bytes at a time.
+#[inline]
+fn digits_and_dots(text: &[u8]) -> Option<u32> {
+    const HIGH: u64 = ONES * 0x80;
+    const LOW7: u64 = ONES * 0x7f;
+    let mut words = text.chunks_exact(8);
+    let (mut dots, mut others) = (0u32, 0u64);
+    for w in &mut words {
+        let w = word(w);
+        // Exact per-byte tests (no carry leaves a byte): `x` is zero where the byte is a dot,
+        // `y` below ten where it is a digit.
+        let x = w ^ (ONES * u64::from(b'.'));
+        let dot = !(((x & LOW7) + LOW7) | x) & HIGH;
+        let y = w ^ (ONES * u64::from(b'0'));
+        let non_digit = (((y & LOW7) + ONES * 0x76) | y) & HIGH;
+        dots += dot.count_ones();
+        others |= non_digit & !dot;
+    }
+    for &b in words.remainder() {
+        dots += u32::from(b == b'.');
+        others |= u64::from(!b.is_ascii_digit() && b != b'.');
+    }
+    (others == 0).then_some(dots)
+}
+
 /// numeric: a string, so no consumer rounds it through a double.
+#[inline]
 fn write_numeric(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     let valid = match text {
         b"NaN" | b"Infinity" | b"-Infinity" => true,
         _ => {
             let body = text.strip_prefix(b"-").unwrap_or(text);
-            let (int, frac) = match body.iter().position(|&b| b == b'.') {
-                Some(dot) => (&body[..dot], Some(&body[dot + 1..])),
-                None => (body, None),
-            };
-            !int.is_empty() && int.iter().all(u8::is_ascii_digit) && frac.is_none_or(|f| !f.is_empty() && f.iter().all(u8::is_ascii_digit))
+            // `digits[.digits]`: only digits and at most one dot, which is neither first nor last.
+            digits_and_dots(body).is_some_and(|dots| dots <= 1)
+                && body.first().is_some_and(u8::is_ascii_digit)
+                && body.last().is_some_and(u8::is_ascii_digit)
         }
     };
     if !valid {
@@ -686,8 +790,87 @@ fn write_date(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     Ok(())
 }
 
+/// An eight-byte shape for [`fits`]: `d` stands for a digit, any other byte for itself.
+struct Shape {
+    /// 0xff where a digit goes.
+    digits: u64,
+    /// 0xff where a literal byte goes.
+    literals: u64,
+    /// The literal bytes, in place.
+    literal: u64,
+}
+
+impl Shape {
+    const fn new(p: &[u8; 8]) -> Shape {
+        let (mut digits, mut literals, mut literal) = (0u64, 0u64, 0u64);
+        let mut i = 0;
+        while i < 8 {
+            if p[i] == b'd' {
+                digits |= 0xff << (8 * i);
+            } else {
+                literals |= 0xff << (8 * i);
+                literal |= (p[i] as u64) << (8 * i);
+            }
+            i += 1;
+        }
+        Shape { digits, literals, literal }
+    }
+}
+
+/// Whether the eight bytes at the start of `bytes` have `shape`.
+#[inline]
+fn fits(bytes: &[u8], shape: &Shape) -> bool {
+    let w = word(bytes);
+    w & shape.literals == shape.literal && word_digits(w, shape.digits)
+}
+
+/// The shape nearly every timestamp has (a four-digit year, no era, a `+00` offset when with time
+/// zone): its JSON in one copy, the space turned into `T`. False, with nothing written, for any
+/// other text, which the general path then decides on.
+#[inline]
+fn write_common_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> bool {
+    const DATE: Shape = Shape::new(b"dddd-dd-");
+    const DAY_HOUR: Shape = Shape::new(b"dd dd:dd");
+    const TIME: Shape = Shape::new(b"dd:dd:dd");
+    if text.len() < 19 || !(fits(text, &DATE) && fits(&text[8..], &DAY_HOUR) && fits(&text[11..], &TIME)) {
+        return false;
+    }
+    let mut end = 19;
+    if text.get(19) == Some(&b'.') {
+        let f = digit_run(&text[20..]);
+        if f == 0 {
+            return false;
+        }
+        end = 20 + f;
+    }
+    let offset = &text[end..];
+    let common = if with_tz { offset.len() == 3 && offset[0] == b'+' && offset[1] == b'0' && offset[2] == b'0' } else { offset.is_empty() };
+    if !common {
+        return false;
+    }
+    out.reserve(end + 3);
+    out.push(b'"');
+    let at = out.len();
+    put(out, &text[..end]);
+    out[at + 10] = b'T';
+    if with_tz {
+        out.push(b'Z');
+    }
+    out.push(b'"');
+    true
+}
+
 /// `YYYY-MM-DD HH:MM:SS[.ffffff][offset][ BC]` -> `[-]YYYY-MM-DDTHH:MM:SS[.ffffff][Z|offset]`.
+#[inline]
 fn write_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), Fail> {
+    if write_common_timestamp(out, text, with_tz) {
+        return Ok(());
+    }
+    write_any_timestamp(out, text, with_tz)
+}
+
+/// [`write_timestamp`] for every shape.
+fn write_any_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> Result<(), Fail> {
     if text == b"infinity" || text == b"-infinity" {
         write_plain_string(out, text);
         return Ok(());
@@ -1131,7 +1314,7 @@ mod tests {
         assert_eq!(js(1700, "NaN"), json!("NaN"));
         assert_eq!(js(1700, "Infinity"), json!("Infinity"));
         assert_eq!(js(1700, "-Infinity"), json!("-Infinity"));
-        for bad in [&b""[..], b"-", b"1.", b".1", b"1e5", b"abc", b"1\"", b"nan"] {
+        for bad in [&b""[..], b"-", b"1.", b".1", b"1e5", b"abc", b"1\"", b"nan", b"1.2.3", b"1..2", b"-.5", b"--1", b"1-", b"."] {
             err(1700, bad);
         }
     }
@@ -1319,6 +1502,97 @@ mod tests {
             b"2026-11-22 16:33:20+0a",
         ] {
             err(1184, bad);
+        }
+    }
+
+    /// The one-copy path writes what the general one does, and leaves every other shape to it.
+    #[test]
+    fn the_common_timestamp_path_agrees_with_the_general_one() {
+        let texts = [
+            "2026-11-22 16:33:20+00",
+            "2026-11-22 16:33:20.5+00",
+            "2026-11-22 16:33:20.123456+00",
+            "0001-01-01 00:00:00+00",
+            "2026-11-22 16:33:20",
+            "2026-11-22 16:33:20.000001",
+            "2026-11-22 16:33:20+01",
+            "2026-11-22 16:33:20-00",
+            "2026-11-22 16:33:20+00 BC",
+            "2026-11-22 16:33:20 BC",
+            "12026-11-22 16:33:20+00",
+            "2026-11-22 16:33:20.+00",
+            "2026-11-22 16:33:2x+00",
+            "2026-11-22T16:33:20+00",
+            "2026/11/22 16:33:20+00",
+            "2026-11-22 16:33:20+0",
+            "2026-11-22 16:33:20+000",
+            "infinity",
+        ];
+        for text in texts {
+            for with_tz in [true, false] {
+                let (mut fast, mut general) = (Vec::new(), Vec::new());
+                let took = write_common_timestamp(&mut fast, text.as_bytes(), with_tz);
+                let ok = write_any_timestamp(&mut general, text.as_bytes(), with_tz).is_ok();
+                if took {
+                    assert!(ok, "{text:?} {with_tz}: the general path refuses it");
+                    assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&general), "{text:?} {with_tz}");
+                } else {
+                    assert!(fast.is_empty(), "{text:?} {with_tz}: wrote before giving up");
+                }
+            }
+        }
+        // The shape bench_rows and every UTC session print takes the one-copy path.
+        assert!(write_common_timestamp(&mut Vec::new(), b"2026-11-22 16:33:20.123456+00", true));
+        assert!(write_common_timestamp(&mut Vec::new(), b"2026-11-22 16:33:20", false));
+    }
+
+    #[test]
+    fn the_numeric_word_check_agrees_with_the_byte_rule() {
+        for len in 0..20usize {
+            for at in 0..=len {
+                for other in [b'.', b'/', b':', b'-', b'e', 0x80, 0xae, 0xb0, 0x2e, 0x7f, 0x00] {
+                    for dot_at in [None, Some(0), Some(len / 2), Some(len.saturating_sub(1))] {
+                        let mut text = vec![b'5'; len];
+                        if let Some(d) = dot_at.filter(|&d| d < len) {
+                            text[d] = b'.';
+                        }
+                        if at < len {
+                            text[at] = other;
+                        }
+                        let want = text
+                            .iter()
+                            .all(|b| b.is_ascii_digit() || *b == b'.')
+                            .then(|| text.iter().filter(|&&b| b == b'.').count() as u32);
+                        assert_eq!(digits_and_dots(&text), want, "{text:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_copies_append_exactly_the_bytes() {
+        let src: Vec<u8> = (0..40u8).collect();
+        for n in 0..=40 {
+            let mut out = b"ab".to_vec();
+            put(&mut out, &src[..n]);
+            assert_eq!(&out[..2], b"ab");
+            assert_eq!(&out[2..], &src[..n], "{n}");
+        }
+    }
+
+    #[test]
+    fn digit_checks_agree_with_the_byte_rule() {
+        for len in 0..24 {
+            for bad_at in 0..=len {
+                for bad in [b'/', b':', b'a', b' ', 0x80, 0xb0, 0x3a, 0x3f] {
+                    let mut text = vec![b'7'; len];
+                    if bad_at < len {
+                        text[bad_at] = bad;
+                    }
+                    assert_eq!(all_digits(&text), text.iter().all(u8::is_ascii_digit), "{text:?}");
+                }
+            }
         }
     }
 

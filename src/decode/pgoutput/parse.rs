@@ -30,7 +30,12 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
         b'I' => {
             let relation = r.u32()?;
             match r.u8()? {
-                b'N' => Message::Insert { relation, new: r.tuple(payload)? },
+                b'N' => {
+                    // Row changes return from here: built in place, not copied after the check.
+                    let new = r.tuple(payload)?;
+                    r.at_end()?;
+                    return Ok(Message::Insert { relation, new });
+                }
                 other => return Err(r.malformed_at(1, format!("expected 'N' before the new tuple, got {:?}", other as char))),
             }
         }
@@ -61,9 +66,7 @@ pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
         b'M' => Message::Message(r.logical_message(payload)?),
         other => return Err(DecodeError::UnknownTag(other)),
     };
-    if r.pos != payload.len() {
-        return Err(r.malformed(format!("{} trailing bytes after the message", payload.len() - r.pos)));
-    }
+    r.at_end()?;
     Ok(msg)
 }
 
@@ -82,6 +85,11 @@ const TRUNCATE_RESTART_SEQS: u8 = 2;
 const COLUMN_KEY: u8 = 1;
 /// Logical message flag: transactional.
 const MESSAGE_TRANSACTIONAL: u8 = 1;
+/// A tuple up to this many bytes is copied out of its message rather than sharing it: the copy
+/// costs about what the shared reference count's round trip (an atomic add and subtract on a
+/// line other threads may hold) does, leaves the values hot for rendering, and never keeps a
+/// whole receive buffer alive for one small row waiting in a batch.
+const COPY_TUPLE_MAX: usize = 256;
 /// Smallest encoding of one Relation column: flags, empty name's NUL, type oid, typmod.
 const MIN_COLUMN_LEN: usize = 1 + 1 + 4 + 4;
 
@@ -217,9 +225,14 @@ impl<'a> Reader<'a> {
     }
 
     /// TupleData: Int16 column count, then one kind byte (and maybe a value) per column. The
-    /// tuple shares `payload`; its slots are where the values lie.
+    /// tuple holds its bytes (a copy when small, see [`COPY_TUPLE_MAX`], else a share of
+    /// `payload`); its slots are where the values lie in them. Inlined: returned through
+    /// memory, the tuple would be copied (and stalled on) twice per row.
+    #[inline(always)]
     fn tuple(&mut self, payload: &Bytes) -> Result<Tuple, DecodeError> {
         let ncols = self.len_i16("column count")?;
+        // Slots count from here: the tuple's bytes start at its first column.
+        let base = self.pos;
         // Every column takes at least its kind byte, so this bounds the allocation.
         let mut slots = Vec::with_capacity(ncols.min(self.remaining()));
         for _ in 0..ncols {
@@ -228,17 +241,19 @@ impl<'a> Reader<'a> {
                 b'u' => Slot::Unchanged,
                 b't' => {
                     let (start, end) = self.value_range()?;
-                    Slot::Text { start, end }
+                    Slot::Text { start: start - base, end: end - base }
                 }
                 b'b' => {
                     let (start, end) = self.value_range()?;
-                    Slot::Binary { start, end }
+                    Slot::Binary { start: start - base, end: end - base }
                 }
                 other => return Err(self.malformed_at(1, format!("unknown tuple column kind {:?}", other as char))),
             };
             slots.push(slot);
         }
-        Ok(Tuple::from_checked_slots(payload.clone(), slots))
+        let bytes = &payload[base..self.pos];
+        let held = if bytes.len() <= COPY_TUPLE_MAX { Bytes::copy_from_slice(bytes) } else { payload.slice(base..self.pos) };
+        Ok(Tuple::from_checked_slots(held, slots))
     }
 
     /// Int32 length + bytes: where they lie.
@@ -286,6 +301,15 @@ impl<'a> Reader<'a> {
         let prefix = self.string()?;
         let content = self.value(payload)?;
         Ok(LogicalMessage { transactional: flags & MESSAGE_TRANSACTIONAL != 0, lsn, prefix, content })
+    }
+
+    /// The message must end where its last field did.
+    #[inline]
+    fn at_end(&self) -> Result<(), DecodeError> {
+        if self.pos != self.buf.len() {
+            return Err(self.malformed(format!("{} trailing bytes after the message", self.buf.len() - self.pos)));
+        }
+        Ok(())
     }
 
     #[cold]

@@ -155,11 +155,19 @@ fn insert_with_every_column_kind() {
 }
 
 #[test]
-fn values_are_slices_of_the_payload() {
-    let b = W::new(b'I').i32(1).u8(b'N').i16(1).text(b"hello").done();
+fn large_tuples_share_the_payload_and_small_ones_are_copied() {
+    let long = vec![b'x'; 300];
+    let b = W::new(b'I').i32(1).u8(b'N').i16(2).text(b"hello").text(&long).done();
+    let Ok(Message::Insert { new, .. }) = parse(&b) else { panic!() };
+    let Some(Datum::Text(v)) = new.get(1) else { panic!() };
+    assert_eq!(v.as_ptr(), b[b.len() - 300..].as_ptr(), "a large tuple is not copied");
+    assert_eq!(new.get(0), Some(Datum::Text(b"hello")));
+    let b = W::new(b'I').i32(1).u8(b'N').i16(2).text(b"hello").u8(b'n').done();
     let Ok(Message::Insert { new, .. }) = parse(&b) else { panic!() };
     let Some(Datum::Text(v)) = new.get(0) else { panic!() };
-    assert_eq!(v.as_ptr(), b[b.len() - 5..].as_ptr());
+    assert_eq!(v, b"hello");
+    assert!(!b.as_ptr_range().contains(&v.as_ptr()), "a small tuple holds its own copy");
+    assert_eq!(new.get(1), Some(Datum::Null));
 }
 
 #[test]

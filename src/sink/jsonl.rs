@@ -59,19 +59,10 @@ impl Sink for JsonlSink {
         if batch.changes.is_empty() {
             return Ok(());
         }
+        // Given only a borrowed batch, the lines are rendered here; the writer thread only writes.
         self.buf.clear();
         render_lines(&batch.changes, &mut self.buf)?;
-        let sync = needs_sync(batch);
-        let result = match &mut self.target {
-            Target::File(file) => file.append_with(&mut self.buf, sync).await.map_err(|e| e.into_sink_error(NAME)),
-            Target::Stdout => {
-                let rendered = std::mem::take(&mut self.buf);
-                self.write_stdout_off_thread(rendered, |_| Ok(())).await
-            }
-        };
-        // The lines are written (or are rendered again on retry): no huge value's buffer stays.
-        release_output_buf(&mut self.buf);
-        result
+        self.write_lines(needs_sync(batch), |_| Ok(())).await
     }
 
     /// The batch rendered and written on the blocking pool: a 4,096-change batch or a snapshot
@@ -80,42 +71,47 @@ impl Sink for JsonlSink {
         if batch.changes.is_empty() {
             return Ok(());
         }
-        let sync = needs_sync(batch);
         let shared = Arc::clone(batch);
-        let render = move |buf: &mut Vec<u8>| {
+        self.write_lines(needs_sync(batch), move |buf| {
             buf.clear();
             render_lines(&shared.changes, buf)
-        };
+        })
+        .await
+    }
+}
+
+impl JsonlSink {
+    /// On the blocking pool, `render` fills the sink's buffer (or leaves what was rendered into
+    /// it), then the lines go to the target: a file written, flushed and fsynced when `sync`, or
+    /// standard output (pipe writes block) written and flushed.
+    async fn write_lines(
+        &mut self,
+        sync: bool,
+        render: impl FnOnce(&mut Vec<u8>) -> Result<(), SinkError> + Send + 'static,
+    ) -> Result<(), SinkError> {
         let result = match &mut self.target {
             Target::File(file) => match file.render_and_append(&mut self.buf, sync, render).await {
                 Ok(written) => written.map_err(|e| e.into_sink_error(NAME)),
                 Err(e) => Err(e),
             },
             Target::Stdout => {
-                let buf = std::mem::take(&mut self.buf);
-                self.write_stdout_off_thread(buf, render).await
+                let mut buf = std::mem::take(&mut self.buf);
+                let joined = tokio::task::spawn_blocking(move || {
+                    let result = render(&mut buf).and_then(|()| write_stdout(&buf));
+                    (buf, result)
+                })
+                .await;
+                match joined {
+                    Ok((buf, result)) => {
+                        self.buf = buf;
+                        result
+                    }
+                    Err(e) => Err(SinkError::Fatal { sink: NAME, reason: format!("writer task failed: {e}") }),
+                }
             }
         };
+        // The lines are written (or are rendered again on retry): no huge value's buffer stays.
         release_output_buf(&mut self.buf);
-        result
-    }
-}
-
-impl JsonlSink {
-    /// `render` into `buf`, then `buf` to standard output, on the blocking pool (pipe writes
-    /// block); the buffer comes back for the next batch.
-    async fn write_stdout_off_thread(
-        &mut self,
-        mut buf: Vec<u8>,
-        render: impl FnOnce(&mut Vec<u8>) -> Result<(), SinkError> + Send + 'static,
-    ) -> Result<(), SinkError> {
-        let (buf, result) = tokio::task::spawn_blocking(move || {
-            let result = render(&mut buf).and_then(|()| write_stdout(&buf));
-            (buf, result)
-        })
-        .await
-        .map_err(|e| SinkError::Fatal { sink: NAME, reason: format!("writer task failed: {e}") })?;
-        self.buf = buf;
         result
     }
 }

@@ -370,15 +370,8 @@ impl Reader {
         let what = || format!("checking which rows of {}.{} still exist", t.relation.schema, t.relation.table);
         let mut arrays: Vec<Vec<&str>> = vec![Vec::with_capacity(rows.len()); t.key.len()];
         for row in rows {
-            let values = row.new.as_ref();
-            for (array, &i) in arrays.iter_mut().zip(&t.key) {
-                // Read by `next_chunk` from a String: key columns are text, never NULL.
-                let text = match values.and_then(|v| v.get(i)) {
-                    Some(Datum::Text(b)) => {
-                        std::str::from_utf8(b).map_err(|_| SourceError::Query(format!("snapshot: {}: a key is not UTF-8", what())))?
-                    }
-                    _ => return Err(SourceError::Query(format!("snapshot: {}: a row without its key", what()))),
-                };
+            let keys = key_texts(row, &t.key).map_err(|e| SourceError::Query(format!("snapshot: {}: {e}", what())))?;
+            for (array, text) in arrays.iter_mut().zip(keys) {
                 array.push(text);
             }
         }
@@ -463,11 +456,16 @@ fn plan_rows(line: &str) -> Option<u64> {
 
 /// The primary-key values (text) of a row read by [`Reader::next_chunk`].
 fn last_key(row: &Change, key: &[usize]) -> Result<Vec<String>, String> {
+    Ok(key_texts(row, key)?.into_iter().map(str::to_string).collect())
+}
+
+/// The text of the `key` columns of a row read by [`Reader::next_chunk`] (read as text; key
+/// columns are never NULL).
+fn key_texts<'a>(row: &'a Change, key: &[usize]) -> Result<Vec<&'a str>, String> {
     let values = row.new.as_ref().ok_or("a row without its values")?;
     key.iter()
         .map(|&i| match values.get(i) {
-            Some(Datum::Text(text)) => String::from_utf8(text.to_vec()).map_err(|_| "a key value is not valid UTF-8".to_string()),
-            // Primary-key columns are never NULL.
+            Some(Datum::Text(text)) => std::str::from_utf8(text).map_err(|_| "a key value is not valid UTF-8".to_string()),
             _ => Err("a row without its key".to_string()),
         })
         .collect()

@@ -13,7 +13,7 @@ use crate::config::{Config, DeadLetterDestination, LogFormat, SnapshotMode, Tabl
 use crate::lsn::Lsn;
 use crate::pipeline::{self, PipelineError};
 use crate::snapshot::SnapshotState;
-use crate::source::{self, connect_sql, preflight, ConnParams, Severity, SourceError};
+use crate::source::{self, connect_sql, preflight, ConnParams, Severity, SlotRecord, SourceError};
 
 pub use crate::policy::{EXIT_CONFIG, EXIT_FAILURE, EXIT_SETUP, EXIT_SINK};
 
@@ -311,15 +311,17 @@ async fn check(config: &Config) -> ExitCode {
         }
     };
     println!("ok    config is valid");
-    // What `run` refuses when the slot is gone: the state dir remembers it existed.
-    let gone_slot = match SnapshotState::load(&config.snapshot.state_dir, &config.source.slot) {
-        Ok(state) => state.as_ref().and_then(SnapshotState::gone_slot),
+    // What `run` refuses when the slot is gone (the state dir remembers it existed), and warns
+    // of when it has no record of a slot that exists.
+    let record = match SnapshotState::load(&config.snapshot.state_dir, &config.source.slot) {
+        Ok(None) => SlotRecord::Unrecorded,
+        Ok(Some(state)) => state.gone_slot().map_or(SlotRecord::Recorded, |(problem, fix)| SlotRecord::Gone(problem, fix)),
         Err(e) => {
             eprintln!("walcast: cannot read the state in {}: {e}", config.snapshot.state_dir.display());
             return ExitCode::from(EXIT_SETUP);
         }
     };
-    let mut findings = preflight(config, &params, gone_slot).await;
+    let mut findings = preflight(config, &params, record).await;
     // Kafka sink: brokers reachable, topics exist or can be created.
     findings.extend(crate::sink::kafka::kafka_findings(config, &params).await);
     // Elasticsearch sink: cluster reachable, credentials accepted, indexes exist or can be created.

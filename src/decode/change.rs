@@ -156,7 +156,7 @@ impl Change {
                 // key columns for a read, as write_change_id does).
                 Some(_) if rel.key_columns().next().is_some() => {
                     out.push(b'"');
-                    write_lsn(out, self.commit_lsn);
+                    out.extend_from_within(commit_lsn);
                     out.extend_from_slice(b":r");
                     write_u64(out, u64::from(rel.oid));
                     out.push(b':');
@@ -397,10 +397,13 @@ pub(crate) fn write_lsn(out: &mut Vec<u8>, lsn: Lsn) {
 /// Upper-case hexadecimal without leading zeros (`0` for zero), as `{:X}` writes it.
 fn write_hex(out: &mut Vec<u8>, v: u32) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let digits = (8 - v.leading_zeros() / 4).max(1) as usize;
-    for i in (0..digits).rev() {
-        out.push(HEX[((v >> (i * 4)) & 0xF) as usize]);
+    // All eight digits into a buffer, then one copy of the significant ones.
+    let mut text = [0u8; 8];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[((v >> (28 - 4 * i)) & 0xF) as usize];
     }
+    let digits = (8 - v.leading_zeros() / 4).max(1) as usize;
+    out.extend_from_slice(&text[8 - digits..]);
 }
 
 /// The text of a line that is the same for every change of a transaction, from `"commit_lsn"` up

@@ -142,9 +142,13 @@ pub(super) async fn prepare_slot(
                             None
                         }
                         Some(_) => None,
-                        // First start on a slot made by `walcast slot create` or by hand: record
-                        // that it exists, so losing it later is noticed.
+                        // First start on a slot made by hand (`walcast slot create` records its
+                        // slot): record that it exists, so losing it later is noticed.
                         None => {
+                            if snapshots {
+                                let (problem, fix) = source::unrecorded_slot(&src.slot, dir);
+                                tracing::warn!(slot = %src.slot, %problem, %fix, "streaming a slot the state directory has no record of; existing rows are not loaded");
+                            }
                             let mut state = SnapshotState::new(dir, &src.slot, SnapshotStatus::Done);
                             state.point = Some(lsn.to_string());
                             state.publication_oid = publication_oid;

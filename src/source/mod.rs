@@ -14,14 +14,14 @@ mod types;
 pub(crate) use catalog::Catalog;
 pub use lease::{lease_key, Lease, LeaseEnd};
 pub use monitor::{heartbeat, monitor_slot};
-pub use preflight::{preflight, Finding, Severity};
+pub use preflight::{preflight, Finding, Severity, SlotRecord};
 pub use replication::{create_slot_exporting, ExportedSnapshot, ReplicationStream, SourceEvent, StreamSettings};
 #[cfg(test)]
 pub(crate) use sql::fake;
 pub(crate) use sql::{classify, classify_query};
 pub use sql::{
-    connect_sql, create_slot, drop_slot, ensure_publication, publication_oid, published_tables, quote_ident, slot_info, Published,
-    SlotInfo, RESYNC_FIX,
+    connect_sql, create_slot, drop_slot, ensure_publication, publication_oid, published_tables, quote_ident, slot_info, unrecorded_slot,
+    Published, SlotInfo, RESYNC_FIX,
 };
 pub use types::TypeRules;
 

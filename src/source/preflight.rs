@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 use super::replication::probe_replication;
 use super::sql::{classify, slot_info};
 use super::{quote_ident, ConnParams, SourceError};
-use crate::config::{Config, TableSelector};
+use crate::config::{Config, SnapshotMode, TableSelector};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +45,25 @@ impl Finding {
     }
 }
 
+/// What walcast's state directory says of the configured slot, read as `run` reads it, so that
+/// `walcast check` reports what `run` does with the slot.
+pub enum SlotRecord {
+    /// No record: a slot that exists was made by hand (or `state_dir` was lost or changed).
+    Unrecorded,
+    /// walcast created the slot, or already started on it.
+    Recorded,
+    /// The slot existed and is gone: the (problem, fix) `run` refuses with.
+    Gone(String, String),
+}
+
 /// Run every preflight check against the server. Connection failures are findings too, so the
-/// caller always gets a report. `gone_slot` is what to report (problem, fix) when the slot is
-/// missing although walcast's state says it streamed from it before (as `run` refuses then).
-pub async fn preflight(config: &Config, params: &ConnParams, gone_slot: Option<(String, String)>) -> Vec<Finding> {
+/// caller always gets a report.
+pub async fn preflight(config: &Config, params: &ConnParams, record: SlotRecord) -> Vec<Finding> {
     let mut out = Vec::new();
     match super::connect_sql(params).await {
         Ok(client) => {
             out.push(Finding::ok(format!("connected to {} as {}", params.display(), params.user)));
-            if let Err(e) = run_checks(&client, config, params, gone_slot, &mut out).await {
+            if let Err(e) = run_checks(&client, config, params, record, &mut out).await {
                 out.push(Finding::fail(format!("a check query failed: {}", classify(&e, params)), "see the error above"));
             }
         }
@@ -92,7 +102,7 @@ async fn run_checks(
     client: &Client,
     config: &Config,
     params: &ConnParams,
-    gone_slot: Option<(String, String)>,
+    record: SlotRecord,
     out: &mut Vec<Finding>,
 ) -> Result<(), tokio_postgres::Error> {
     let src = &config.source;
@@ -154,6 +164,10 @@ async fn run_checks(
                     src.slot,
                     s.wal_status.as_deref().unwrap_or("-")
                 )));
+                if matches!(record, SlotRecord::Unrecorded) && config.snapshot.mode == SnapshotMode::Initial {
+                    let (problem, fix) = super::unrecorded_slot(&src.slot, &config.snapshot.state_dir);
+                    out.push(Finding::warn(problem, fix));
+                }
                 if s.active {
                     out.push(Finding::warn(
                         format!("slot {:?} is in use by process {}", src.slot, s.active_pid.unwrap_or_default()),
@@ -162,8 +176,8 @@ async fn run_checks(
                 }
             }
         },
-        None if gone_slot.is_some() => {
-            if let Some((problem, fix)) = gone_slot {
+        None if matches!(record, SlotRecord::Gone(..)) => {
+            if let SlotRecord::Gone(problem, fix) = record {
                 out.push(Finding::fail(problem, fix));
             }
         }

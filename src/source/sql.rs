@@ -161,6 +161,20 @@ pub struct SlotInfo {
 /// resync` does is the only way back to sinks equal to Postgres.
 pub const RESYNC_FIX: &str = "run `walcast resync --config FILE`, then start walcast again: it creates the slot anew and reloads every table, removing from the sinks what was deleted meanwhile (docs/snapshot.md, \"re-sync after a lost slot\")";
 
+/// What `walcast run` logs and `walcast check` warns when the slot exists, `snapshot.mode` is
+/// `"initial"` and `state_dir` has no record of the slot: walcast streams it from its confirmed
+/// position and loads no existing rows. Right for a slot made by hand; a `state_dir` lost or
+/// changed while a load ran looks the same, and then rows are missing from the sinks.
+pub fn unrecorded_slot(slot: &str, state_dir: &std::path::Path) -> (String, String) {
+    (
+        format!(
+            "replication slot {slot:?} exists but {} holds no record of it: walcast streams it from its confirmed position and loads none of the existing rows (right for a slot made by hand)",
+            state_dir.display()
+        ),
+        "if snapshot.state_dir was lost or changed while walcast used this slot, load each table again beside the stream: `walcast snapshot --config FILE --table SCHEMA.TABLE`".into(),
+    )
+}
+
 impl SlotInfo {
     /// Why walcast cannot stream this slot for `database`, as (problem, fix); `None` when it can.
     /// `walcast check` and `walcast run` both ask this, so they agree.

@@ -7,7 +7,7 @@
 //! left untouched.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 use serde_json::Value;
@@ -345,4 +345,58 @@ async fn a_lost_slot_is_refused_and_resync_recovers() {
         "after the re-sync the sink equals the table (row 5 deleted while the slot was lost)"
     );
     wc.stop().await;
+}
+
+/// An operator loses `snapshot.state_dir` (a container restarted without its volume) while the
+/// first load runs: the slot survives, the record of the unfinished load does not, and walcast
+/// cannot tell that slot from one made by hand. `walcast check` and `walcast run` both say that
+/// existing rows are not loaded and how to load them; the printed fix (`walcast snapshot
+/// --table`, beside the running stream) makes the output equal to the table again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_dir_lost_during_the_load_is_reported_and_the_printed_fix_loads_the_rows() {
+    let db = TestDb::create("slot_unrecorded").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    exec(&sql, "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 20000) g").await;
+    db.create_publication(&["t"]).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().join("state");
+    let extra = format!("[snapshot]\nstate_dir = {}\nchunk_rows = 20\n", toml_str(&state_dir.to_string_lossy()));
+    let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });
+    wc.start();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = read_snapshot_state(&state_dir, &db.slot);
+        assert!(st.as_ref().is_none_or(|s| s["status"] != "done"), "the load finished before it could be interrupted; make t bigger");
+        if st.as_ref().and_then(|s| s["tables"]["public.t"]["rows"].as_u64()).is_some_and(|rows| rows >= 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot progress\n{}", wc.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    wc.kill().await;
+    std::fs::remove_dir_all(&state_dir).expect("remove the state directory");
+
+    let config = wc.config_path.to_string_lossy().into_owned();
+    let check = walcast_cmd(&["check", "--config", &config]).await;
+    assert_eq!(check.code, Some(0), "a slot made by hand is fine to stream\n{check}");
+    assert!(check.stdout.contains("warn") && check.stdout.contains("holds no record of it"), "{check}");
+    let fix = check.stdout.lines().find(|l| l.contains("walcast snapshot --config FILE --table SCHEMA.TABLE")).unwrap_or_default();
+    assert!(!fix.is_empty(), "check names the way to load the rows\n{check}");
+    wc.start();
+    wc.wait_log("has no record of", WAIT).await;
+    let log = wc.log_tail(40);
+    assert!(log.contains("walcast snapshot --config FILE --table SCHEMA.TABLE"), "run says what check says\n{log}");
+    exec(&sql, "UPDATE t SET v = 'streamed' WHERE id = 19999").await;
+    wc.wait_for("the streamed update", WAIT, |l| l["op"] == "update").await;
+    assert_ne!(applied(wc.lines()), id_v_rows(&sql).await, "rows were not loaded: that is what the warning is about");
+
+    // The printed fix, pasted with the config and the table filled in.
+    let snapshot = walcast_cmd(&["snapshot", "--config", &config, "--table", "public.t"]).await;
+    assert_eq!(snapshot.code, Some(0), "{snapshot}");
+    exec(&sql, "DELETE FROM t WHERE id = 1").await;
+    let lines = wc.wait_for("the delete after the load", WAIT, |l| l["op"] == "delete").await;
+    assert_eq!(applied(&lines), id_v_rows(&sql).await, "after the fix the output equals the table");
+    wc.stop().await;
+    db.drop().await;
 }

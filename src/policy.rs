@@ -446,7 +446,7 @@ mod tests {
         for stop in [
             ChangelogError::Corrupt { segment: "/x".into(), offset: 1, reason: "x".into() },
             ChangelogError::Locked { dir: "/x".into() },
-            ChangelogError::NotInLog { requested: Lsn(1), oldest: Lsn(2) },
+            ChangelogError::NotInLog { requested: Lsn(1), oldest: Lsn(2), start: Lsn(1) },
         ] {
             assert_eq!(stop.action(), Action::Stop(EXIT_SETUP), "{stop}");
             assert!(!stop.is_retryable());

@@ -83,12 +83,14 @@ pub enum ReplayError {
     #[error(transparent)]
     Log(ChangelogError),
     /// The log no longer holds (or never held) the start.
-    #[error("the change log no longer holds the changes after {requested}: its oldest commit is {oldest} (older segments were dropped by retention, or the log started later)")]
+    #[error("the change log no longer holds the changes after {requested}: its oldest commit is {oldest}, and `--from {start}` replays every change it holds (older segments were dropped by retention, or the log started later)")]
     NotInLog {
         /// The start asked for.
         requested: Lsn,
         /// The oldest commit the log holds.
         oldest: Lsn,
+        /// The `--from` that replays every change the log holds.
+        start: Lsn,
     },
     /// `--from-mark` names no mark.
     #[error("there is no mark named {name:?} ({})", if known.is_empty() { "there are no marks".to_string() } else { format!("marks: {}", known.join(", ")) })]
@@ -109,7 +111,7 @@ pub enum ReplayError {
 impl From<ChangelogError> for ReplayError {
     fn from(e: ChangelogError) -> Self {
         match e {
-            ChangelogError::NotInLog { requested, oldest } => ReplayError::NotInLog { requested, oldest },
+            ChangelogError::NotInLog { requested, oldest, start } => ReplayError::NotInLog { requested, oldest, start },
             e => ReplayError::Log(e),
         }
     }

@@ -74,13 +74,15 @@ pub enum ChangelogError {
     },
     /// A scan was asked to start before what the log still holds.
     #[error(
-        "the change log no longer holds the changes after {requested} (its oldest commit is {oldest}: older segments were dropped by retention, or the log started later); fix: `walcast snapshot` loads the tables again, or replay from a later LSN or mark"
+        "the change log no longer holds the changes after {requested} (its oldest commit is {oldest}: older segments were dropped by retention, or the log started later); fix: `walcast snapshot` loads the tables again, or replay from a later LSN or mark (`--from {start}` sends every change the log holds)"
     )]
     NotInLog {
         /// The LSN asked for (changes after it).
         requested: Lsn,
         /// The oldest commit LSN the log holds.
         oldest: Lsn,
+        /// The start that gets every change the log holds (`--from` is exclusive: below `oldest`).
+        start: Lsn,
     },
 }
 

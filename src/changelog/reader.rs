@@ -78,6 +78,28 @@ impl LogReader {
         })
     }
 
+    /// The LSN from which a scan gets every change the log holds (`scan_after(start)`, `walcast
+    /// replay --from START`): what its oldest segment starts after. Below the oldest commit,
+    /// which `--from` (exclusive) would skip. `None` while the log is empty.
+    pub fn start(&self) -> Result<Option<Lsn>, ChangelogError> {
+        for _ in 0..RACE_RETRIES {
+            let Some(s) = segment::list(&self.dir)?.into_iter().next() else { return Ok(None) };
+            let file = match File::open(&s.path) {
+                Ok(f) => f,
+                // Dropped by retention meanwhile: the next one is the oldest now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ChangelogError::io("open", &s.path, e)),
+            };
+            return match segment::read_header(&file).map_err(|e| ChangelogError::io("read", &s.path, e))? {
+                Header::Base(base) => Ok(Some(base)),
+                // Being created: it holds nothing yet.
+                Header::Short if s.name.last.is_none() => Ok(None),
+                Header::Short | Header::Bad => Err(ChangelogError::corrupt(&s.path, 0, "no valid segment header")),
+            };
+        }
+        Ok(None)
+    }
+
     /// A scan returning the changes with a commit LSN after `after`.
     /// [`ChangelogError::NotInLog`] when the log no longer holds all of them.
     pub fn scan_after(&self, after: Lsn) -> Result<LogScan, ChangelogError> {
@@ -254,7 +276,7 @@ impl LogScan {
             Err(e) => return Err(ChangelogError::io("open", &s.path, e)),
         };
         match segment::read_header(&file).map_err(|e| ChangelogError::io("read", &s.path, e))? {
-            Header::Base(base) if base > need => Err(ChangelogError::NotInLog { requested, oldest: s.name.first }),
+            Header::Base(base) if base > need => Err(ChangelogError::NotInLog { requested, oldest: s.name.first, start: base }),
             Header::Base(_) => Ok(Opened::Reading(Reading { seq: s.name.seq, path: s.path.clone(), file, offset: HEADER_LEN })),
             Header::Short if s.name.last.is_none() => Ok(Opened::NotYet),
             Header::Short | Header::Bad => Err(ChangelogError::corrupt(&s.path, 0, "no valid segment header")),

@@ -429,8 +429,12 @@ fn retention_by_age_honours_pins() {
     // Scanning from before what is left: refused.
     log.append(&tx(&r, 70_000, 1), Some(Lsn(70_000))).expect("append");
     match LogReader::open(dir.path()).expect("reader").scan_after(Lsn(1000)) {
-        Err(ChangelogError::NotInLog { requested, oldest }) => {
+        Err(ChangelogError::NotInLog { requested, oldest, start }) => {
             assert_eq!((requested, oldest), (Lsn(1000), Lsn(70_000)));
+            // What the log starts after: the pasted start gets everything it holds.
+            assert_eq!(LogReader::open(dir.path()).expect("reader").start().expect("start"), Some(start));
+            assert!(start < oldest);
+            assert_eq!(read_all(dir.path(), start), (ids(&[(70_000, 1)]), Some(Lsn(70_000))));
         }
         other => panic!("expected NotInLog, got {other:?}"),
     }
@@ -456,6 +460,9 @@ fn retention_by_size_drops_pinned_segments_and_says_so() {
     assert_eq!(r1.lost_pins, [Lsn(500), Lsn(2000)]);
     let oldest = after.oldest.expect("oldest");
     assert!(matches!(LogReader::open(dir.path()).expect("r").scan_after(Lsn(500)), Err(ChangelogError::NotInLog { .. })));
+    // The reported start loses nothing: the scan from it begins with the oldest commit.
+    let start = LogReader::open(dir.path()).expect("r").start().expect("start").expect("not empty");
+    assert_eq!(read_all(dir.path(), start).0.first(), Some(&(oldest.0, 0)));
     // From the commit before the oldest kept segment on, nothing is missing.
     let (got, _) = read_all(dir.path(), Lsn(oldest.0 - 1000));
     assert_eq!(got.first(), Some(&(oldest.0, 0)));
@@ -470,7 +477,11 @@ fn a_started_log_refuses_scans_from_before_its_start() {
     log.append(&tx(&r, 200, 1), Some(Lsn(200))).expect("append");
     log.set_start(Lsn(9999)); // ignored: the log holds something
     let reader = LogReader::open(dir.path()).expect("reader");
-    assert!(matches!(reader.scan_after(Lsn(100)), Err(ChangelogError::NotInLog { requested: Lsn(100), oldest: Lsn(200) })));
+    assert!(matches!(
+        reader.scan_after(Lsn(100)),
+        Err(ChangelogError::NotInLog { requested: Lsn(100), oldest: Lsn(200), start: Lsn(150) })
+    ));
+    assert_eq!(reader.start().expect("start"), Some(Lsn(150)), "--from the log's start replays its first commit");
     assert_eq!(read_all(dir.path(), Lsn(150)), (ids(&[(200, 1)]), Some(Lsn(200))));
 }
 

@@ -19,8 +19,8 @@ use crate::source::{self, connect_sql, ConnParams, SlotInfo, SourceError};
 /// What walcast keeps on local disk, each part read on its own (one unreadable part does not
 /// hide the others).
 struct Local {
-    /// `None`: the log is disabled.
-    log: Option<Result<LogStats, String>>,
+    /// `None`: the log is disabled. With the stats, where `--from` gets everything it holds.
+    log: Option<Result<(LogStats, Option<Lsn>), String>>,
     /// Each sink's durable position in the log (`STATE_DIR/cursors-SLOT.json`, written by
     /// `walcast run`); none until the run records them.
     cursors: Result<SinkCursors, String>,
@@ -33,7 +33,9 @@ fn read_local(config: &Config) -> Local {
     let (dir, slot) = (&config.snapshot.state_dir, &config.source.slot);
     let log = config.changelog.enabled.then(|| {
         let log_dir = crate::replay::log_dir(config);
-        LogReader::open(&log_dir).and_then(|r| r.stats()).map_err(|e| format!("cannot read the change log in {}: {e}", log_dir.display()))
+        LogReader::open(&log_dir)
+            .and_then(|r| Ok((r.stats()?, r.start()?)))
+            .map_err(|e| format!("cannot read the change log in {}: {e}", log_dir.display()))
     });
     Local {
         log,
@@ -106,12 +108,13 @@ fn lsn_text(l: Option<Lsn>) -> Value {
     l.map_or(Value::Null, |l| json!(l.to_string()))
 }
 
-fn log_json(log: &Option<Result<LogStats, String>>) -> Value {
+fn log_json(log: &Option<Result<(LogStats, Option<Lsn>), String>>) -> Value {
     match log {
         None => json!({"enabled": false}),
         Some(Err(e)) => json!({"enabled": true, "error": e}),
-        Some(Ok(s)) => json!({
+        Some(Ok((s, start))) => json!({
             "enabled": true,
+            "start_lsn": lsn_text(*start),
             "oldest_lsn": lsn_text(s.oldest),
             "durable_lsn": lsn_text(s.durable_end),
             "bytes": s.bytes,
@@ -140,7 +143,7 @@ struct SinkRow {
 /// server's WAL it is.
 fn sink_rows(config: &Config, local: &Local, current_wal: Option<Lsn>) -> Vec<SinkRow> {
     let log_end = match &local.log {
-        Some(Ok(s)) => s.durable_end,
+        Some(Ok((s, _))) => s.durable_end,
         _ => None,
     };
     crate::replay::configured_sinks(config)
@@ -169,11 +172,12 @@ fn print_local(config: &Config, local: &Local, current_wal: Option<Lsn>) {
     match &local.log {
         None => println!("{:<20} disabled (changelog.enabled = false)", "change log"),
         Some(Err(e)) => println!("{:<20} {e}", "change log"),
-        Some(Ok(s)) => println!(
-            "{:<20} {} .. {} ({} segments, {} bytes) in {}",
+        Some(Ok((s, start))) => println!(
+            "{:<20} commits {} .. {} (replay all: --from {}; {} segments, {} bytes) in {}",
             "change log",
             show(s.oldest),
             show(s.durable_end),
+            show(*start),
             s.segments,
             s.bytes,
             crate::replay::log_dir(config).display()

@@ -51,7 +51,7 @@ fn start_scan(reader: &LogReader, sink: &str, cursor: Option<Lsn>, start: Lsn) -
         None => reader.stats()?.oldest.map_or(start, |oldest| Lsn(oldest.0.saturating_sub(1))),
     };
     match reader.scan_after(after) {
-        Err(ChangelogError::NotInLog { requested, oldest }) => {
+        Err(ChangelogError::NotInLog { requested, oldest, .. }) => {
             lost(sink, requested, oldest);
             reader.scan_after(Lsn(oldest.0.saturating_sub(1)))
         }
@@ -100,7 +100,7 @@ impl Reader {
                 let b = match scan.next_batch(self.max_changes) {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
-                    Err(ChangelogError::NotInLog { requested, oldest }) => {
+                    Err(ChangelogError::NotInLog { requested, oldest, .. }) => {
                         lost(self.sink, requested, oldest);
                         scan = reader.scan_after(Lsn(oldest.0.saturating_sub(1)))?;
                         continue;

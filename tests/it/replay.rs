@@ -184,6 +184,18 @@ async fn replay_rebuilds_a_deleted_flat_index_and_rolls_nothing_back() {
     let out = walcast_cmd(&["replay", "--from", "0/1", "--config", &config]).await;
     assert_eq!(out.code, Some(3), "{out}");
     assert!(out.stderr.contains("walcast snapshot"), "{out}");
+    // It names the start that replays everything the log holds, as status does; pasted, the
+    // replay begins with the log's oldest commit (the warm-up), which `--from OLDEST` would skip.
+    let start = status["log"]["start_lsn"].as_str().unwrap_or_else(|| panic!("{status}")).to_string();
+    assert!(out.stderr.contains(&format!("--from {start}")), "{out}");
+    let all_lines = wc.dir.as_ref().expect("dir").path().join("all.jsonl");
+    let all_arg = all_lines.to_string_lossy().into_owned();
+    let out = walcast_cmd(&["replay", "--from", &start, "--jsonl-path", &all_arg, "--config", &config]).await;
+    assert_eq!(out.code, Some(0), "{out}");
+    let text = std::fs::read_to_string(&all_lines).expect("replayed lines");
+    let first: Value = serde_json::from_str(text.lines().next().unwrap_or_else(|| panic!("nothing replayed: {out}"))).expect("a JSON line");
+    assert_eq!(commit_lsn(&first), warm, "the replay from the log's start begins with its oldest commit");
+    assert_eq!(status["log"]["oldest_lsn"], json!(warm.to_string()), "{status}");
     let out = walcast_cmd(&["replay", "--from-mark", "nope", "--config", &config]).await;
     assert_eq!(out.code, Some(3), "{out}");
     assert!(out.stderr.contains("before-workload") && out.stderr.contains("walcast snapshot"), "{out}");

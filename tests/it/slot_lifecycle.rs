@@ -7,7 +7,7 @@
 //! left untouched.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::support::*;
 use serde_json::Value;
@@ -364,16 +364,7 @@ async fn a_state_dir_lost_during_the_load_is_reported_and_the_printed_fix_loads_
     let extra = format!("[snapshot]\nstate_dir = {}\nchunk_rows = 20\n", toml_str(&state_dir.to_string_lossy()));
     let mut wc = Walcast::with_options(&db, &Options { extra, ..Options::default() });
     wc.start();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let st = read_snapshot_state(&state_dir, &db.slot);
-        assert!(st.as_ref().is_none_or(|s| s["status"] != "done"), "the load finished before it could be interrupted; make t bigger");
-        if st.as_ref().and_then(|s| s["tables"]["public.t"]["rows"].as_u64()).is_some_and(|rows| rows >= 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no snapshot progress\n{}", wc.log_tail(30));
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_load_in_flight(&wc, &state_dir, &db.slot, "public.t", 200).await;
     wc.kill().await;
     std::fs::remove_dir_all(&state_dir).expect("remove the state directory");
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use super::pg::{current_wal_lsn, exec, pg_url, PgUrl, TestDb};
-use super::process::{read_snapshot_state, Walcast, WAIT};
+use super::process::{read_snapshot_state, wait_load_in_flight, Walcast, WAIT};
 use super::{env_var, repo_root};
 use walcast::lsn::Lsn;
 
@@ -268,16 +268,7 @@ pub async fn interrupt_snapshot_in_flight(wc: &mut Walcast, state_dir: &Path, sl
         wc.start();
     }
     assert!(resent > 0, "no kill caught a chunk written but not recorded ({kills} kills); make the snapshot slower");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let st = read_snapshot_state(state_dir, slot);
-        assert!(st.as_ref().is_none_or(|s| s["status"] != "done"), "nopk was loaded before it could be interrupted; make it bigger");
-        if st.as_ref().and_then(|s| s["tables"]["public.nopk"]["rows"].as_u64()).is_some_and(|rows| rows >= 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no snapshot progress on nopk\n{}", wc.log_tail(40));
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_load_in_flight(wc, state_dir, slot, "public.nopk", 200).await;
     wc.kill().await;
     kills += 1;
     wc.start();

@@ -316,6 +316,22 @@ pub fn read_snapshot_state(state_dir: &Path, slot: &str) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// Wait until the load `wc` runs has recorded at least `rows` rows of `table` (`schema.table`)
+/// in its progress file and is not done: a kill then interrupts it. Fails when the load
+/// finished first (the table is too small to be caught in flight) or makes no progress.
+pub async fn wait_load_in_flight(wc: &Walcast, state_dir: &Path, slot: &str, table: &str, rows: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = read_snapshot_state(state_dir, slot);
+        assert!(st.as_ref().is_none_or(|s| s["status"] != "done"), "{table} was loaded before it could be interrupted; make it bigger");
+        if st.as_ref().and_then(|s| s["tables"][table]["rows"].as_u64()).is_some_and(|n| n >= rows) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no snapshot progress on {table}\n{}", wc.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Counts the newlines appended to a file (walcast's output), reading only what is new and never
 /// parsing a line: for outputs too big to hold (a million rows, a 200 MB value).
 #[derive(Default)]

@@ -22,13 +22,15 @@ use crate::lsn::Lsn;
 /// A Relation or Type message's empty namespace is reported as `"pg_catalog"`, which is what
 /// the server means by it.
 ///
-/// Inlined for inserts, most of a stream: the message is then built where the caller uses it,
-/// instead of in memory the caller reads back at once, which stalls on the stores still in
-/// flight. Every other message is parsed out of line.
-#[inline]
+/// Inlined for inserts (most of a stream) and the Begin and Commit around them: the message is
+/// then built where the caller uses it, instead of in memory the caller reads back at once,
+/// which stalls on the stores still in flight. Every other message is parsed out of line.
+#[inline(always)]
 pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
     match payload.first() {
         Some(b'I') => insert(payload),
+        Some(b'B') => begin(payload),
+        Some(b'C') => commit(payload),
         _ => parse_other(payload),
     }
 }
@@ -48,6 +50,24 @@ fn insert(payload: &Bytes) -> Result<Message, DecodeError> {
     }
 }
 
+/// A Begin message ('B'); `payload` starts with its tag.
+#[inline(always)]
+fn begin(payload: &Bytes) -> Result<Message, DecodeError> {
+    let mut r = Reader { buf: payload, pos: 1, tag: 'B' };
+    let msg = Message::Begin(Begin { final_lsn: Lsn(r.u64()?), commit_ts: r.i64()?, xid: r.u32()? });
+    r.at_end()?;
+    Ok(msg)
+}
+
+/// A Commit message ('C'); `payload` starts with its tag.
+#[inline(always)]
+fn commit(payload: &Bytes) -> Result<Message, DecodeError> {
+    let mut r = Reader { buf: payload, pos: 1, tag: 'C' };
+    let msg = Message::Commit(Commit { flags: r.u8()?, commit_lsn: Lsn(r.u64()?), end_lsn: Lsn(r.u64()?), commit_ts: r.i64()? });
+    r.at_end()?;
+    Ok(msg)
+}
+
 /// [`parse`] for every message.
 fn parse_other(payload: &Bytes) -> Result<Message, DecodeError> {
     let Some(&tag) = payload.first() else {
@@ -55,8 +75,8 @@ fn parse_other(payload: &Bytes) -> Result<Message, DecodeError> {
     };
     let mut r = Reader { buf: payload, pos: 1, tag: tag as char };
     let msg = match tag {
-        b'B' => Message::Begin(Begin { final_lsn: Lsn(r.u64()?), commit_ts: r.i64()?, xid: r.u32()? }),
-        b'C' => Message::Commit(Commit { flags: r.u8()?, commit_lsn: Lsn(r.u64()?), end_lsn: Lsn(r.u64()?), commit_ts: r.i64()? }),
+        b'B' => return begin(payload),
+        b'C' => return commit(payload),
         b'O' => Message::Origin(Origin { commit_lsn: Lsn(r.u64()?), name: r.string()? }),
         b'R' => Message::Relation(r.relation()?),
         b'Y' => Message::Type(TypeBody { oid: r.u32()?, namespace: r.namespace()?, name: r.string()? }),

@@ -233,7 +233,7 @@ fn wire_datum(row: &[u8], at: u8) -> Datum<'_> {
 fn wire_value(row: &[u8], at: usize) -> &[u8] {
     let Some(&[a, b, c, d]) = row.get(at + 1..at + 5) else { return &[] };
     let start = at + 5;
-    row.get(start..start + u32::from_be_bytes([a, b, c, d]) as usize).unwrap_or_default()
+    row.get(start..start.saturating_add(u32::from_be_bytes([a, b, c, d]) as usize)).unwrap_or_default()
 }
 
 /// The slot of the column whose kind byte is at `at` in a checked row, and where the next

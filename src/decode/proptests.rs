@@ -164,11 +164,13 @@ fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
 
 /// One value as (kind byte, bytes): 'n', 'u', 't' or 'b'.
 fn datum() -> impl Strategy<Value = (u8, Bytes)> {
+    // Now and then a long value, so that rows on both sides of the copy limit are drawn.
     prop_oneof![
-        Just((b'n', Bytes::new())),
-        Just((b'u', Bytes::new())),
-        bytes(24).prop_map(|b| (b't', b)),
-        bytes(24).prop_map(|b| (b'b', b)),
+        3 => Just((b'n', Bytes::new())),
+        3 => Just((b'u', Bytes::new())),
+        3 => bytes(24).prop_map(|b| (b't', b)),
+        3 => bytes(24).prop_map(|b| (b'b', b)),
+        1 => bytes(300).prop_map(|b| (b't', b)),
     ]
 }
 

@@ -349,7 +349,7 @@ fn is_plain_ascii(text: &[u8]) -> bool {
 }
 
 /// A JSON string of `text`, which must be UTF-8.
-#[inline]
+#[inline(always)]
 fn write_string(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     // Most text is plain ASCII: one pass, one copy.
     if is_plain_ascii(text) {
@@ -382,7 +382,7 @@ fn write_string(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
 }
 
 /// A JSON string of text already checked to need no escaping (ASCII, no quote or backslash).
-#[inline]
+#[inline(always)]
 fn write_plain_string(out: &mut Vec<u8>, text: &[u8]) {
     out.reserve(text.len() + 2);
     out.push(b'"');
@@ -583,7 +583,7 @@ fn digits_and_dots(text: &[u8]) -> Option<u32> {
 }
 
 /// numeric: a string, so no consumer rounds it through a double.
-#[inline]
+#[inline(always)]
 fn write_numeric(out: &mut Vec<u8>, text: &[u8]) -> Result<(), Fail> {
     let valid = match text {
         b"NaN" | b"Infinity" | b"-Infinity" => true,
@@ -827,7 +827,7 @@ fn fits(bytes: &[u8], shape: &Shape) -> bool {
 /// The shape nearly every timestamp has (a four-digit year, no era, a `+00` offset when with time
 /// zone): its JSON in one copy, the space turned into `T`. False, with nothing written, for any
 /// other text, which the general path then decides on.
-#[inline]
+#[inline(always)]
 fn write_common_timestamp(out: &mut Vec<u8>, text: &[u8], with_tz: bool) -> bool {
     const DATE: Shape = Shape::new(b"dddd-dd-");
     const DAY_HOUR: Shape = Shape::new(b"dd dd:dd");

@@ -3,42 +3,84 @@
 use bytes::Bytes;
 
 use super::{Begin, Column, Commit, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody};
-use crate::decode::tuple::{Slot, Tuple};
+// A tuple up to WIRE_MAX bytes is copied out of its message rather than sharing it: the copy
+// costs about what the shared reference count's round trip (an atomic add and subtract on a
+// line other threads may hold) does, leaves the values hot for rendering, and never keeps a
+// whole receive buffer alive for one small row waiting in a batch.
+use crate::decode::tuple::{Tuple, WIRE_MAX};
 use crate::decode::DecodeError;
 use crate::lsn::Lsn;
 
-/// Parse one pgoutput message. `payload` is the `XLogData` data; values borrow from it.
+/// Parse one pgoutput message. `payload` is the `XLogData` data.
 ///
-/// Tuples ([`Tuple`]) and [`LogicalMessage::content`] share `payload` (no copy). Every malformed input — truncation, negative or oversized
+/// A large tuple ([`Tuple`]) and [`LogicalMessage::content`] share `payload`; a small tuple is
+/// a copy. Every malformed input — truncation, negative or oversized
 /// lengths, unknown kinds or flags, non-UTF-8 names, trailing bytes — is a [`DecodeError`];
 /// announced counts are checked against the bytes actually present before anything is
 /// allocated for them.
 ///
 /// A Relation or Type message's empty namespace is reported as `"pg_catalog"`, which is what
 /// the server means by it.
+///
+/// Inlined for inserts (most of a stream) and the Begin and Commit around them: the message is
+/// then built where the caller uses it, instead of in memory the caller reads back at once,
+/// which stalls on the stores still in flight. Every other message is parsed out of line.
+#[inline(always)]
 pub fn parse(payload: &Bytes) -> Result<Message, DecodeError> {
+    match payload.first() {
+        Some(b'I') => insert(payload),
+        Some(b'B') => begin(payload),
+        Some(b'C') => commit(payload),
+        _ => parse_other(payload),
+    }
+}
+
+/// An Insert message ('I'); `payload` starts with its tag.
+#[inline(always)]
+fn insert(payload: &Bytes) -> Result<Message, DecodeError> {
+    let mut r = Reader { buf: payload, pos: 1, tag: 'I' };
+    let relation = r.u32()?;
+    match r.u8()? {
+        b'N' => {
+            let new = r.tuple(payload)?;
+            r.at_end()?;
+            Ok(Message::Insert { relation, new })
+        }
+        other => Err(r.malformed_at(1, format!("expected 'N' before the new tuple, got {:?}", other as char))),
+    }
+}
+
+/// A Begin message ('B'); `payload` starts with its tag.
+#[inline(always)]
+fn begin(payload: &Bytes) -> Result<Message, DecodeError> {
+    let mut r = Reader { buf: payload, pos: 1, tag: 'B' };
+    let msg = Message::Begin(Begin { final_lsn: Lsn(r.u64()?), commit_ts: r.i64()?, xid: r.u32()? });
+    r.at_end()?;
+    Ok(msg)
+}
+
+/// A Commit message ('C'); `payload` starts with its tag.
+#[inline(always)]
+fn commit(payload: &Bytes) -> Result<Message, DecodeError> {
+    let mut r = Reader { buf: payload, pos: 1, tag: 'C' };
+    let msg = Message::Commit(Commit { flags: r.u8()?, commit_lsn: Lsn(r.u64()?), end_lsn: Lsn(r.u64()?), commit_ts: r.i64()? });
+    r.at_end()?;
+    Ok(msg)
+}
+
+/// [`parse`] for every message.
+fn parse_other(payload: &Bytes) -> Result<Message, DecodeError> {
     let Some(&tag) = payload.first() else {
         return Err(DecodeError::Truncated { tag: '\0', offset: 0, needed: 1 });
     };
     let mut r = Reader { buf: payload, pos: 1, tag: tag as char };
     let msg = match tag {
-        b'B' => Message::Begin(Begin { final_lsn: Lsn(r.u64()?), commit_ts: r.i64()?, xid: r.u32()? }),
-        b'C' => Message::Commit(Commit { flags: r.u8()?, commit_lsn: Lsn(r.u64()?), end_lsn: Lsn(r.u64()?), commit_ts: r.i64()? }),
+        b'B' => return begin(payload),
+        b'C' => return commit(payload),
         b'O' => Message::Origin(Origin { commit_lsn: Lsn(r.u64()?), name: r.string()? }),
         b'R' => Message::Relation(r.relation()?),
         b'Y' => Message::Type(TypeBody { oid: r.u32()?, namespace: r.namespace()?, name: r.string()? }),
-        b'I' => {
-            let relation = r.u32()?;
-            match r.u8()? {
-                b'N' => {
-                    // Row changes return from here: built in place, not copied after the check.
-                    let new = r.tuple(payload)?;
-                    r.at_end()?;
-                    return Ok(Message::Insert { relation, new });
-                }
-                other => return Err(r.malformed_at(1, format!("expected 'N' before the new tuple, got {:?}", other as char))),
-            }
-        }
+        b'I' => return insert(payload),
         b'U' => {
             let relation = r.u32()?;
             let old = match r.u8()? {
@@ -85,11 +127,6 @@ const TRUNCATE_RESTART_SEQS: u8 = 2;
 const COLUMN_KEY: u8 = 1;
 /// Logical message flag: transactional.
 const MESSAGE_TRANSACTIONAL: u8 = 1;
-/// A tuple up to this many bytes is copied out of its message rather than sharing it: the copy
-/// costs about what the shared reference count's round trip (an atomic add and subtract on a
-/// line other threads may hold) does, leaves the values hot for rendering, and never keeps a
-/// whole receive buffer alive for one small row waiting in a batch.
-const COPY_TUPLE_MAX: usize = 256;
 /// Smallest encoding of one Relation column: flags, empty name's NUL, type oid, typmod.
 const MIN_COLUMN_LEN: usize = 1 + 1 + 4 + 4;
 
@@ -224,36 +261,35 @@ impl<'a> Reader<'a> {
         Ok(RelationBody { oid, namespace, name, replica_identity, columns })
     }
 
-    /// TupleData: Int16 column count, then one kind byte (and maybe a value) per column. The
-    /// tuple holds its bytes (a copy when small, see [`COPY_TUPLE_MAX`], else a share of
-    /// `payload`); its slots are where the values lie in them. Inlined: returned through
+    /// TupleData: Int16 column count, then one kind byte (and maybe a value) per column. A
+    /// row up to [`WIRE_MAX`] bytes is copied with where each column starts (one allocation, and
+    /// the values hot for rendering); a longer one shares `payload`. Inlined: returned through
     /// memory, the tuple would be copied (and stalled on) twice per row.
     #[inline(always)]
     fn tuple(&mut self, payload: &Bytes) -> Result<Tuple, DecodeError> {
         let ncols = self.len_i16("column count")?;
-        // Slots count from here: the tuple's bytes start at its first column.
+        // Offsets count from here: the tuple's bytes start at its first column.
         let base = self.pos;
-        // Every column takes at least its kind byte, so this bounds the allocation.
-        let mut slots = Vec::with_capacity(ncols.min(self.remaining()));
-        for _ in 0..ncols {
-            let slot = match self.u8()? {
-                b'n' => Slot::Null,
-                b'u' => Slot::Unchanged,
-                b't' => {
-                    let (start, end) = self.value_range()?;
-                    Slot::Text { start: start - base, end: end - base }
-                }
-                b'b' => {
-                    let (start, end) = self.value_range()?;
-                    Slot::Binary { start: start - base, end: end - base }
+        // Where each column's kind byte lies, while that fits a byte; a row whose offsets do
+        // not fit is longer than WIRE_MAX and not copied, so later entries are never needed.
+        let mut kinds = [0u8; WIRE_MAX];
+        for i in 0..ncols {
+            if let Some(k) = kinds.get_mut(i) {
+                *k = (self.pos - base) as u8;
+            }
+            match self.u8()? {
+                b'n' | b'u' => {}
+                b't' | b'b' => {
+                    let len = self.len_i32("value length")?;
+                    self.take(len)?;
                 }
                 other => return Err(self.malformed_at(1, format!("unknown tuple column kind {:?}", other as char))),
-            };
-            slots.push(slot);
+            }
         }
-        let bytes = &payload[base..self.pos];
-        let held = if bytes.len() <= COPY_TUPLE_MAX { Bytes::copy_from_slice(bytes) } else { payload.slice(base..self.pos) };
-        Ok(Tuple::from_checked_slots(held, slots))
+        let row = &self.buf[base..self.pos];
+        // Each column took at least its kind byte, so a short row's offsets all fit.
+        let small = kinds.get(..ncols).and_then(|kinds| Tuple::from_wire(kinds, row));
+        Ok(small.unwrap_or_else(|| Tuple::from_shared_wire(payload.slice(base..self.pos), ncols)))
     }
 
     /// Int32 length + bytes: where they lie.

@@ -171,6 +171,26 @@ fn large_tuples_share_the_payload_and_small_ones_are_copied() {
 }
 
 #[test]
+fn rows_at_the_copy_limit_read_the_same_copied_or_shared() {
+    // Column 1 is 'n', 'u', 't' of `n` bytes and the last column starts at offset 255 or
+    // later: every kind offset a byte can hold, and the first row that no longer fits.
+    for n in 240..=252 {
+        let value = vec![b'v'; n];
+        let b = W::new(b'I').i32(1).u8(b'N').i16(4).u8(b'n').text(&value).u8(b'u').text(b"end").done();
+        let Ok(Message::Insert { new, .. }) = parse(&b) else { panic!("{n}") };
+        let expected = [Datum::Null, Datum::Text(&value), Datum::Unchanged, Datum::Text(b"end")];
+        assert_eq!(new.len(), 4);
+        assert!(new.iter().eq(expected), "{n}");
+        assert!((0..4).map(|i| new.get(i).unwrap()).eq(expected), "{n}");
+        assert_eq!(new.get(4), None);
+        assert_eq!(new, Tuple::from_datums(expected));
+        let Some(Datum::Text(v)) = new.get(1) else { panic!() };
+        // 1 + (5 + n) + 1 + (5 + 3) row bytes.
+        assert_eq!(b.as_ptr_range().contains(&v.as_ptr()), 15 + n > 256, "{n}");
+    }
+}
+
+#[test]
 fn update_variants() {
     let new = W::new(b'U').i32(9).u8(b'N').i16(1).text(b"x");
     assert_eq!(ok(new), Message::Update { relation: 9, old: None, new: Tuple::from_datums([text("x")]) });

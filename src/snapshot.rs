@@ -31,7 +31,7 @@ use crate::decode::Change;
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, TableLabel};
 use crate::sink::{Batch, ChunkPlace, SinkError, SinkReport, SnapshotPart};
-use crate::source::{connect_sql, ConnParams, SourceError};
+use crate::source::{connect_sql_bulk, ConnParams, SourceError};
 
 /// How often the sinks sync a snapshot's chunks (and every table's last chunk): what a crash
 /// can make the next start read again. At most this long apart...
@@ -131,7 +131,7 @@ pub async fn load(
     let mut sinks = sinks;
     let LoadPlan { tables, point, exported, state } = plan;
     let started = Instant::now();
-    let client = connect_sql(params).await?;
+    let client = connect_sql_bulk(params).await?;
     let mut reader = Reader::begin(client, exported).await?;
     let exported: Option<Arc<str>> = exported.map(Arc::from);
     let mut commit_ts = pg_now_micros();

@@ -20,8 +20,8 @@ pub use replication::{create_slot_exporting, ExportedSnapshot, ReplicationStream
 pub(crate) use sql::fake;
 pub(crate) use sql::{classify, classify_query};
 pub use sql::{
-    connect_sql, create_slot, drop_slot, ensure_publication, publication_oid, published_tables, quote_ident, slot_info, unrecorded_slot,
-    Published, SlotInfo, RESYNC_FIX,
+    connect_sql, connect_sql_bulk, create_slot, drop_slot, ensure_publication, publication_oid, published_tables, quote_ident, slot_info,
+    unrecorded_slot, Published, SlotInfo, RESYNC_FIX,
 };
 pub use types::TypeRules;
 

@@ -2,6 +2,8 @@
 
 use tokio_postgres::{Client, NoTls};
 
+use tokio_postgres::tls::MakeTlsConnect;
+
 use super::tls::{client_config, MakeRustls};
 use crate::config::SslMode;
 
@@ -9,8 +11,57 @@ use super::{find_cause, ConnParams, SourceError, Step, AUTH_FIX, SESSION_OPTIONS
 use crate::config::TableSelector;
 use crate::lsn::Lsn;
 
+/// Bytes a bulk session ([`connect_sql_bulk`]) reads from its socket at once.
+const BULK_READ_BUFFER: usize = 256 * 1024;
+
 /// Connect an ordinary SQL session; its connection task runs in the background.
 pub async fn connect_sql(params: &ConnParams) -> Result<Client, SourceError> {
+    let cfg = session_config(params);
+    if params.sslmode == SslMode::Disable {
+        return finish_connect(cfg.connect(NoTls), params).await;
+    }
+    let mut cfg = cfg;
+    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    finish_connect(cfg.connect(MakeRustls::new(tls_config(params)?)), params).await
+}
+
+/// [`connect_sql`] for a session that reads much (a snapshot's COPY), over TCP: its socket is
+/// read through a buffer of [`BULK_READ_BUFFER`] bytes. tokio-postgres reads into an 8 KB buffer
+/// that the rows received still point into, so on its own each read takes at most 8 KB: some
+/// 60,000 reads, each through the TCP receive path, for a 5M-row table. A Unix socket (a host
+/// that is a path) connects as [`connect_sql`] does.
+pub async fn connect_sql_bulk(params: &ConnParams) -> Result<Client, SourceError> {
+    if params.host.starts_with('/') {
+        return connect_sql(params).await;
+    }
+    let unreachable = |reason: String| SourceError::Connection { target: params.display(), reason };
+    let tcp = tokio::time::timeout(params.connect_timeout, tokio::net::TcpStream::connect((params.host.as_str(), params.port)))
+        .await
+        .map_err(|_| unreachable(format!("no answer within {} ms", params.connect_timeout.as_millis())))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    tcp.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+    let stream = tokio::io::BufReader::with_capacity(BULK_READ_BUFFER, tcp);
+    let mut cfg = session_config(params);
+    if params.sslmode == SslMode::Disable {
+        return finish_connect(cfg.connect_raw(stream, NoTls), params).await;
+    }
+    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let tls = MakeTlsConnect::<tokio::io::BufReader<tokio::net::TcpStream>>::make_tls_connect(
+        &mut MakeRustls::new(tls_config(params)?),
+        &params.host,
+    )
+    .map_err(|e| unreachable(e.to_string()))?;
+    finish_connect(cfg.connect_raw(stream, tls), params).await
+}
+
+/// The TLS settings of `source.sslmode` and `source.sslrootcert`.
+fn tls_config(params: &ConnParams) -> Result<rustls::ClientConfig, SourceError> {
+    client_config(params.sslmode, params.sslrootcert.as_deref())
+        .map_err(|reason| SourceError::setup(format!("TLS setup failed: {reason}"), "check source.sslmode and source.sslrootcert"))
+}
+
+/// The session settings every SQL connection uses.
+fn session_config(params: &ConnParams) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&params.host)
         .port(params.port)
@@ -22,23 +73,20 @@ pub async fn connect_sql(params: &ConnParams) -> Result<Client, SourceError> {
     if let Some(pw) = &params.password {
         cfg.password(pw.expose());
     }
-    if params.sslmode == SslMode::Disable {
-        return finish_connect(&cfg, NoTls, params).await;
-    }
-    cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-    let tls = client_config(params.sslmode, params.sslrootcert.as_deref())
-        .map_err(|reason| SourceError::setup(format!("TLS setup failed: {reason}"), "check source.sslmode and source.sslrootcert"))?;
-    finish_connect(&cfg, MakeRustls::new(tls), params).await
+    cfg
 }
 
-async fn finish_connect<T>(cfg: &tokio_postgres::Config, tls: T, params: &ConnParams) -> Result<Client, SourceError>
+/// Wait for `connecting` (at most `connect_timeout`), then run its connection task in the
+/// background.
+async fn finish_connect<S, T>(
+    connecting: impl std::future::Future<Output = Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>>,
+    params: &ConnParams,
+) -> Result<Client, SourceError>
 where
-    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send + 'static,
-    T::Stream: Send + 'static,
-    T::TlsConnect: Send,
-    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (client, connection) = tokio::time::timeout(params.connect_timeout, cfg.connect(tls))
+    let (client, connection) = tokio::time::timeout(params.connect_timeout, connecting)
         .await
         .map_err(|_| SourceError::Connection {
             target: params.display(),
@@ -511,66 +559,4 @@ pub(crate) mod fake {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unreadable_consistent_point_is_an_error_not_zero() {
-        assert_eq!(consistent_point("s", Some("0/16B3748")).expect("reads"), Lsn(0x16B_3748));
-        for bad in [None, Some(""), Some("16B3748"), Some("x/y")] {
-            let e = consistent_point("s", bad).expect_err("must not become 0/0");
-            assert!(!e.is_retryable(), "{e}");
-            assert!(e.to_string().contains("pg_drop_replication_slot"), "{e}");
-        }
-    }
-
-    #[test]
-    fn publication_sql_quotes_everything() {
-        let tables = vec![TableSelector::Table { schema: "public".into(), table: "or\"ders".into() }, TableSelector::Schema("shop".into())];
-        assert_eq!(
-            create_publication_sql("pub", &tables),
-            r#"CREATE PUBLICATION "pub" FOR TABLE "public"."or""ders", TABLES IN SCHEMA "shop""#
-        );
-        assert_eq!(create_publication_sql("p", &[]), r#"CREATE PUBLICATION "p" FOR ALL TABLES"#);
-    }
-
-    fn params(port: u16, sslmode: SslMode) -> ConnParams {
-        ConnParams {
-            host: "127.0.0.1".into(),
-            port,
-            database: "app".into(),
-            user: "walcast".into(),
-            password: None,
-            sslmode,
-            sslrootcert: None,
-            application_name: "walcast".into(),
-            connect_timeout: std::time::Duration::from_secs(5),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_connection_lost_during_a_statement_is_retried() {
-        let client = fake::client_dropped_at_first_statement().await;
-        let e = client.query("SELECT 1", &[]).await.expect_err("the server hung up");
-        let classified = classify(&e, &params(1, SslMode::Disable));
-        assert!(matches!(classified, SourceError::Connection { .. }), "{classified:?}");
-        assert!(classified.is_retryable());
-        let classified = classify_query(&e, "listing");
-        assert!(classified.is_retryable() && classified.to_string().contains("listing"), "{classified}");
-    }
-
-    #[tokio::test]
-    async fn a_server_without_tls_is_a_setup_error_when_tls_is_required() {
-        let port = fake::serve(fake::Behaviour::RefuseTls).await;
-        let e = connect_sql(&params(port, SslMode::Require)).await.expect_err("no TLS there");
-        assert!(matches!(e, SourceError::Setup { .. }), "{e:?}");
-        assert!(e.to_string().contains("source.sslmode"), "{e}");
-    }
-
-    #[test]
-    fn a_wal_level_below_logical_is_refused_with_the_fix() {
-        assert!(wal_level_problem("logical").is_none());
-        let e = wal_level_problem("replica").expect("refused");
-        assert!(!e.is_retryable() && e.to_string().contains("ALTER SYSTEM SET wal_level = logical"), "{e}");
-    }
-}
+mod tests;

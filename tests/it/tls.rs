@@ -49,6 +49,28 @@ async fn verify_full_streams_over_tls() {
     db.drop().await;
 }
 
+/// The snapshot reads on a session of its own (a buffered socket under TLS, connected by
+/// `connect_sql_bulk`): with verify-full the existing rows arrive, read over TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_snapshot_reads_over_tls() {
+    let ca = env_var("WALCAST_TEST_TLS_CA");
+    let db = TestDb::create("tls_snapshot").await;
+    let sql = db.client().await;
+    exec(&sql, "CREATE TABLE public.t (id int PRIMARY KEY, v text)").await;
+    exec(&sql, "INSERT INTO public.t SELECT g, repeat('x', g % 300) FROM generate_series(1, 3000) g").await;
+    db.create_publication(&["public.t"]).await;
+    let mut wc = Walcast::with_options(&db, &tls_options("verify-full", &ca));
+    use_localhost(&wc);
+    wc.start();
+    let lines = wc.wait_lines(3000, WAIT).await;
+    let read: std::collections::BTreeSet<i64> =
+        lines.iter().filter(|l| l["op"] == "read").map(|l| l["after"]["id"].as_i64().expect("id")).collect();
+    assert_eq!(read, (1..=3000).collect(), "every row, once");
+    assert!(lines.iter().all(|l| l["after"]["v"].as_str().map(str::len) == l["after"]["id"].as_i64().map(|id| (id % 300) as usize)));
+    wc.stop().await;
+    db.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_from_another_ca_stops_with_the_fix() {
     let dir = tempfile::tempdir().expect("tempdir");

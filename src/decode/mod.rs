@@ -22,7 +22,7 @@ pub use pgoutput::{
     parse, Begin, Column, Commit, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelationBody, ReplicaIdentity, TypeBody,
 };
 pub use relation::{ColumnChanges, Relation, RelationCache};
-pub use tuple::{Datum, Iter as TupleIter, Slot, Tuple, DELIMITED_MAX};
+pub use tuple::{Datum, Iter as TupleIter, Slot, Tuple};
 pub(crate) use value::array_element;
 pub use value::{to_json_value, value_rule, write_json_value, UserType, FIRST_USER_OID};
 

@@ -74,19 +74,6 @@ enum Repr {
         /// Number of columns (the table's length).
         columns: usize,
     },
-    /// A row of text values back to back in a shared payload, one separator byte between two
-    /// (COPY's text format): value `i` ends at `ends[i]` and starts one byte after value
-    /// `i - 1` ends (at 0 for the first). No allocation per row.
-    Delimited {
-        /// The row.
-        payload: Bytes,
-        /// Where each value ends; the first `columns` are used.
-        ends: [u16; DELIMITED_MAX],
-        /// Bit `i` set: column `i` is NULL.
-        nulls: u16,
-        /// Number of columns.
-        columns: u8,
-    },
     /// Values anywhere in a shared payload, where `slots` say.
     Slots {
         /// The bytes the slots point into.
@@ -99,10 +86,6 @@ enum Repr {
 /// The longest row [`Tuple::from_wire`] copies: every kind byte then lies at an offset a
 /// `u8` holds.
 pub(super) const WIRE_MAX: usize = 256;
-
-/// The most columns [`Tuple::from_delimited`] takes (its ends are kept inline, its NULLs in a
-/// `u16`); rows of wider tables, or longer than `u16::MAX` bytes, take slots.
-pub const DELIMITED_MAX: usize = 12;
 
 impl Default for Tuple {
     fn default() -> Self {
@@ -119,23 +102,6 @@ impl Tuple {
             Slot::Text { start, end } | Slot::Binary { start, end } => fits(start, end),
         });
         ok.then_some(Tuple { repr: Repr::Slots { payload, slots } })
-    }
-
-    /// A tuple of the text values in `row`, one separator byte between two: value `i` ends at
-    /// `ends[i]`, NULL where bit `i` of `nulls` is set. `None` unless there are at most
-    /// [`DELIMITED_MAX`] values, in order, inside `row`.
-    pub fn from_delimited(row: Bytes, ends: &[u16], nulls: u16) -> Option<Tuple> {
-        let mut start = 0usize;
-        for &end in ends {
-            let end = usize::from(end);
-            if end < start || end > row.len() {
-                return None;
-            }
-            start = end + 1;
-        }
-        let mut inline = [0u16; DELIMITED_MAX];
-        inline.get_mut(..ends.len())?.copy_from_slice(ends);
-        Some(Tuple { repr: Repr::Delimited { payload: row, ends: inline, nulls, columns: ends.len() as u8 } })
     }
 
     /// A copy of `row`, pgoutput TupleData after its column count, which the caller has read
@@ -198,7 +164,6 @@ impl Tuple {
     pub fn len(&self) -> usize {
         match &self.repr {
             Repr::Wire { columns, .. } => *columns,
-            Repr::Delimited { columns, .. } => usize::from(*columns),
             Repr::Slots { slots, .. } => slots.len(),
         }
     }
@@ -217,9 +182,6 @@ impl Tuple {
                 let (kinds, row) = buf.split_at((*columns).min(buf.len()));
                 kinds.get(i).map(|&k| wire_datum(row, k))
             }
-            Repr::Delimited { payload, ends, nulls, columns } => {
-                (i < usize::from(*columns)).then(|| delimited_datum(payload, ends, *nulls, i))
-            }
             Repr::Slots { payload, slots } => slots.get(i).map(|s| datum(payload, s)),
         }
     }
@@ -231,9 +193,6 @@ impl Tuple {
             Repr::Wire { buf, columns } => {
                 let (kinds, row) = buf.split_at((*columns).min(buf.len()));
                 Iter { inner: IterRepr::Wire { row, kinds: kinds.iter() } }
-            }
-            Repr::Delimited { payload, ends, nulls, columns } => {
-                Iter { inner: IterRepr::Delimited { payload, ends, nulls: *nulls, next: 0, columns: usize::from(*columns) } }
             }
             Repr::Slots { payload, slots } => Iter { inner: IterRepr::Slots { payload, slots: slots.iter() } },
         }
@@ -254,21 +213,6 @@ fn datum<'a>(payload: &'a [u8], slot: &Slot) -> Datum<'a> {
         Slot::Text { start, end } => Datum::Text(payload.get(start..end).unwrap_or_default()),
         Slot::Binary { start, end } => Datum::Binary(payload.get(start..end).unwrap_or_default()),
     }
-}
-
-/// Column `i` of a [`Repr::Delimited`] row (`i` below its column count).
-#[inline]
-fn delimited_datum<'a>(payload: &'a [u8], ends: &[u16; DELIMITED_MAX], nulls: u16, i: usize) -> Datum<'a> {
-    if nulls & (1 << i) != 0 {
-        return Datum::Null;
-    }
-    let start = match i.checked_sub(1) {
-        Some(before) => ends.get(before).map_or(0, |&e| usize::from(e) + 1),
-        None => 0,
-    };
-    let end = ends.get(i).map_or(start, |&e| usize::from(e));
-    // In bounds by construction; an empty value otherwise rather than a panic.
-    Datum::Text(payload.get(start..end).unwrap_or_default())
 }
 
 /// The value of the column whose kind byte is at `at` in a checked row ([`Repr::Wire`]).
@@ -336,7 +280,6 @@ pub struct Iter<'a> {
 #[derive(Clone)]
 enum IterRepr<'a> {
     Wire { row: &'a [u8], kinds: std::slice::Iter<'a, u8> },
-    Delimited { payload: &'a [u8], ends: &'a [u16; DELIMITED_MAX], nulls: u16, next: usize, columns: usize },
     Slots { payload: &'a [u8], slots: std::slice::Iter<'a, Slot> },
 }
 
@@ -347,13 +290,6 @@ impl<'a> Iterator for Iter<'a> {
     fn next(&mut self) -> Option<Datum<'a>> {
         match &mut self.inner {
             IterRepr::Wire { row, kinds } => kinds.next().map(|&k| wire_datum(row, k)),
-            IterRepr::Delimited { payload, ends, nulls, next, columns } => {
-                let i = *next;
-                (i < *columns).then(|| {
-                    *next += 1;
-                    delimited_datum(payload, ends, *nulls, i)
-                })
-            }
             IterRepr::Slots { payload, slots } => slots.next().map(|s| datum(payload, s)),
         }
     }
@@ -362,7 +298,6 @@ impl<'a> Iterator for Iter<'a> {
     fn size_hint(&self) -> (usize, Option<usize>) {
         match &self.inner {
             IterRepr::Wire { kinds, .. } => kinds.size_hint(),
-            IterRepr::Delimited { next, columns, .. } => (columns.saturating_sub(*next), Some(columns.saturating_sub(*next))),
             IterRepr::Slots { slots, .. } => slots.size_hint(),
         }
     }

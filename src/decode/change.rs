@@ -5,7 +5,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::pgoutput::{OldTuple, OldTupleKind};
+use super::pgoutput::{Column, OldTuple, OldTupleKind};
 use super::relation::Relation;
 use super::tuple::{Datum, Tuple};
 use super::value::write_json_value;
@@ -107,7 +107,7 @@ impl Change {
         out.extend_from_slice(b"\",\"key\":");
         let key_at = out.len();
         match self.key_source() {
-            Some(values) if names.has_key => write_row(out, rel, values, |i| rel.columns[i].key, UnchangedToast::Omit, Some(names))?,
+            Some(values) if !names.key.is_empty() => write_key(out, rel, values, names)?,
             _ => out.extend_from_slice(b"null"),
         }
         let key = key_at..out.len();
@@ -294,22 +294,53 @@ fn write_row(
                 out.push(b':');
             }
         }
-        match datum {
-            Datum::Unchanged => match unchanged {
-                UnchangedToast::Placeholder(text) => write_json_str(out, text),
-                UnchangedToast::Omit => out.extend_from_slice(b"null"),
-            },
-            Datum::Null => out.extend_from_slice(b"null"),
-            Datum::Text(text) => write_json_value(out, col.type_oid, text)?,
-            // walcast never asks for binary output; keep the bytes rather than guess a format.
-            Datum::Binary(bytes) => {
-                out.push(b'"');
-                out.extend_from_slice(BASE64.encode(bytes).as_bytes());
-                out.push(b'"');
-            }
-        }
+        write_member_value(out, col, datum, &unchanged)?;
     }
     out.push(b'}');
+    Ok(())
+}
+
+/// The key object of a change, `{"k": value, ...}`, as [`write_row`] writes it for the key
+/// columns (table order, unchanged TOAST values left out), reading only those columns.
+fn write_key(out: &mut Vec<u8>, rel: &Relation, values: &Tuple, names: &RelationText) -> Result<(), DecodeError> {
+    if values.len() != rel.columns.len() {
+        return Err(DecodeError::ColumnCount { relation: rel.qualified_name(), expected: rel.columns.len(), got: values.len() });
+    }
+    out.push(b'{');
+    let mut first = true;
+    for &i in &names.key {
+        let (Some(col), Some(datum)) = (rel.columns.get(i), values.get(i)) else { continue };
+        if matches!(datum, Datum::Unchanged) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(names.column(i));
+        write_member_value(out, col, datum, &UnchangedToast::Omit)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// One column's value in a row object.
+#[inline]
+fn write_member_value(out: &mut Vec<u8>, col: &Column, datum: Datum<'_>, unchanged: &UnchangedToast<'_>) -> Result<(), DecodeError> {
+    match datum {
+        Datum::Unchanged => match unchanged {
+            UnchangedToast::Placeholder(text) => write_json_str(out, text),
+            UnchangedToast::Omit => out.extend_from_slice(b"null"),
+        },
+        Datum::Null => out.extend_from_slice(b"null"),
+        Datum::Text(text) => write_json_value(out, col.type_oid, text)?,
+        // walcast never asks for binary output; keep the bytes rather than guess a format.
+        Datum::Binary(bytes) => {
+            out.push(b'"');
+            out.extend_from_slice(BASE64.encode(bytes).as_bytes());
+            out.push(b'"');
+        }
+    }
     Ok(())
 }
 
@@ -455,7 +486,8 @@ struct RelationText {
     names: Vec<u8>,
     ends: Vec<usize>,
     /// The relation has replica identity key columns.
-    has_key: bool,
+    /// The replica identity key columns, in table order (empty: none).
+    key: Vec<usize>,
 }
 
 impl RelationText {
@@ -473,8 +505,8 @@ impl RelationText {
             names.push(b':');
             ends.push(names.len());
         }
-        let has_key = relation.key_columns().next().is_some();
-        Self { relation: Arc::clone(relation), head, names, ends, has_key }
+        let key = relation.key_columns().collect();
+        Self { relation: Arc::clone(relation), head, names, ends, key }
     }
 
     /// `"name":` of column `i`.

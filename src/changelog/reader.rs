@@ -84,18 +84,12 @@ impl LogReader {
     pub fn start(&self) -> Result<Option<Lsn>, ChangelogError> {
         for _ in 0..RACE_RETRIES {
             let Some(s) = segment::list(&self.dir)?.into_iter().next() else { return Ok(None) };
-            let file = match File::open(&s.path) {
-                Ok(f) => f,
+            match open_with_base(&s)? {
                 // Dropped by retention meanwhile: the next one is the oldest now.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ChangelogError::io("open", &s.path, e)),
-            };
-            return match segment::read_header(&file).map_err(|e| ChangelogError::io("read", &s.path, e))? {
-                Header::Base(base) => Ok(Some(base)),
-                // Being created: it holds nothing yet.
-                Header::Short if s.name.last.is_none() => Ok(None),
-                Header::Short | Header::Bad => Err(ChangelogError::corrupt(&s.path, 0, "no valid segment header")),
-            };
+                None => continue,
+                // Being created (`None`): it holds nothing yet.
+                Some((_, base)) => return Ok(base),
+            }
         }
         Ok(None)
     }
@@ -270,16 +264,28 @@ impl LogScan {
     /// Opens a segment to read from its first block, after checking that the log holds every
     /// commit after `need` from it on (else [`ChangelogError::NotInLog`] for `requested`).
     fn open_segment(&self, s: &SegmentFile, need: Lsn, requested: Lsn) -> Result<Opened, ChangelogError> {
-        let file = match File::open(&s.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Vanished),
-            Err(e) => return Err(ChangelogError::io("open", &s.path, e)),
-        };
-        match segment::read_header(&file).map_err(|e| ChangelogError::io("read", &s.path, e))? {
-            Header::Base(base) if base > need => Err(ChangelogError::NotInLog { requested, oldest: s.name.first, start: base }),
-            Header::Base(_) => Ok(Opened::Reading(Reading { seq: s.name.seq, path: s.path.clone(), file, offset: HEADER_LEN })),
-            Header::Short if s.name.last.is_none() => Ok(Opened::NotYet),
-            Header::Short | Header::Bad => Err(ChangelogError::corrupt(&s.path, 0, "no valid segment header")),
+        match open_with_base(s)? {
+            None => Ok(Opened::Vanished),
+            Some((_, None)) => Ok(Opened::NotYet),
+            Some((_, Some(base))) if base > need => Err(ChangelogError::NotInLog { requested, oldest: s.name.first, start: base }),
+            Some((file, Some(_))) => Ok(Opened::Reading(Reading { seq: s.name.seq, path: s.path.clone(), file, offset: HEADER_LEN })),
         }
     }
+}
+
+/// Segment `s` opened, with the base its header records (the log holds every commit after it
+/// from this segment on); the base is `None` while the segment is being created (its header not
+/// written yet). `None` when the segment is gone (retention dropped it meanwhile).
+fn open_with_base(s: &SegmentFile) -> Result<Option<(File, Option<Lsn>)>, ChangelogError> {
+    let file = match File::open(&s.path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ChangelogError::io("open", &s.path, e)),
+    };
+    let base = match segment::read_header(&file).map_err(|e| ChangelogError::io("read", &s.path, e))? {
+        Header::Base(base) => Some(base),
+        Header::Short if s.name.last.is_none() => None,
+        Header::Short | Header::Bad => return Err(ChangelogError::corrupt(&s.path, 0, "no valid segment header")),
+    };
+    Ok(Some((file, base)))
 }

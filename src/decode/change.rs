@@ -154,7 +154,7 @@ impl Change {
             match &self.new {
                 // `<P>:r<oid>:<key>` with the key as rendered above (`key` renders the new row's
                 // key columns for a read, as write_change_id does).
-                Some(_) if rel.key_columns().next().is_some() => {
+                Some(_) if !names.key.is_empty() => {
                     out.push(b'"');
                     out.extend_from_within(commit_lsn);
                     out.extend_from_slice(b":r");
@@ -274,9 +274,7 @@ fn write_row(
     unchanged: UnchangedToast<'_>,
     names: Option<&RelationText>,
 ) -> Result<(), DecodeError> {
-    if values.len() != rel.columns.len() {
-        return Err(DecodeError::ColumnCount { relation: rel.qualified_name(), expected: rel.columns.len(), got: values.len() });
-    }
+    same_columns(rel, values)?;
     out.push(b'{');
     let mut first = true;
     for (i, (col, datum)) in rel.columns.iter().zip(values).enumerate() {
@@ -303,9 +301,7 @@ fn write_row(
 /// The key object of a change, `{"k": value, ...}`, as [`write_row`] writes it for the key
 /// columns (table order, unchanged TOAST values left out), reading only those columns.
 fn write_key(out: &mut Vec<u8>, rel: &Relation, values: &Tuple, names: &RelationText) -> Result<(), DecodeError> {
-    if values.len() != rel.columns.len() {
-        return Err(DecodeError::ColumnCount { relation: rel.qualified_name(), expected: rel.columns.len(), got: values.len() });
-    }
+    same_columns(rel, values)?;
     out.push(b'{');
     let mut first = true;
     for &i in &names.key {
@@ -321,6 +317,14 @@ fn write_key(out: &mut Vec<u8>, rel: &Relation, values: &Tuple, names: &Relation
         write_member_value(out, col, datum, &UnchangedToast::Omit)?;
     }
     out.push(b'}');
+    Ok(())
+}
+
+/// A row must have a value per column of its relation.
+fn same_columns(rel: &Relation, values: &Tuple) -> Result<(), DecodeError> {
+    if values.len() != rel.columns.len() {
+        return Err(DecodeError::ColumnCount { relation: rel.qualified_name(), expected: rel.columns.len(), got: values.len() });
+    }
     Ok(())
 }
 
@@ -485,7 +489,6 @@ struct RelationText {
     /// `"name":` of every column, back to back; column `i`'s ends at `ends[i]`.
     names: Vec<u8>,
     ends: Vec<usize>,
-    /// The relation has replica identity key columns.
     /// The replica identity key columns, in table order (empty: none).
     key: Vec<usize>,
 }

@@ -16,11 +16,10 @@ const BULK_READ_BUFFER: usize = 256 * 1024;
 
 /// Connect an ordinary SQL session; its connection task runs in the background.
 pub async fn connect_sql(params: &ConnParams) -> Result<Client, SourceError> {
-    let cfg = session_config(params);
+    let mut cfg = session_config(params);
     if params.sslmode == SslMode::Disable {
         return finish_connect(cfg.connect(NoTls), params).await;
     }
-    let mut cfg = cfg;
     cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
     finish_connect(cfg.connect(MakeRustls::new(tls_config(params)?)), params).await
 }
@@ -37,7 +36,7 @@ pub async fn connect_sql_bulk(params: &ConnParams) -> Result<Client, SourceError
     let unreachable = |reason: String| SourceError::Connection { target: params.display(), reason };
     let tcp = tokio::time::timeout(params.connect_timeout, tokio::net::TcpStream::connect((params.host.as_str(), params.port)))
         .await
-        .map_err(|_| unreachable(format!("no answer within {} ms", params.connect_timeout.as_millis())))?
+        .map_err(|_| no_answer(params))?
         .map_err(|e| unreachable(e.to_string()))?;
     tcp.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
     let stream = tokio::io::BufReader::with_capacity(BULK_READ_BUFFER, tcp);
@@ -52,6 +51,11 @@ pub async fn connect_sql_bulk(params: &ConnParams) -> Result<Client, SourceError
     )
     .map_err(|e| unreachable(e.to_string()))?;
     finish_connect(cfg.connect_raw(stream, tls), params).await
+}
+
+/// The server did not answer within `connect_timeout`.
+fn no_answer(params: &ConnParams) -> SourceError {
+    SourceError::Connection { target: params.display(), reason: format!("no answer within {} ms", params.connect_timeout.as_millis()) }
 }
 
 /// The TLS settings of `source.sslmode` and `source.sslrootcert`.
@@ -88,10 +92,7 @@ where
 {
     let (client, connection) = tokio::time::timeout(params.connect_timeout, connecting)
         .await
-        .map_err(|_| SourceError::Connection {
-            target: params.display(),
-            reason: format!("no answer within {} ms", params.connect_timeout.as_millis()),
-        })?
+        .map_err(|_| no_answer(params))?
         .map_err(|e| classify_at(&e, Step::Connect, &params.display(), &params.user))?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {

@@ -15,7 +15,7 @@ mod relation;
 mod tuple;
 mod value;
 
-pub(crate) use change::{write_json_str, write_row_object, UnchangedToast};
+pub(crate) use change::{civil_from_days, write_json_str, write_row_object, UnchangedToast};
 pub use change::{Change, Op, TruncateOptions};
 pub use message::{now_pg_micros, MessageEvent, HEARTBEAT_PREFIX};
 pub use pgoutput::{

@@ -4,6 +4,7 @@
 //! variation to undo).
 
 use crate::config::DateParts;
+use crate::decode::civil_from_days;
 
 const DATE_OID: u32 = 1082;
 const TIMESTAMP_OID: u32 = 1114;
@@ -96,18 +97,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,7 +130,7 @@ mod tests {
     fn civil_round_trip() {
         for days in [-1_000_000, -1, 0, 59, 365, 10_957, 20_000, 2_932_896] {
             let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
+            assert_eq!(days_from_civil(y, i64::from(m), i64::from(d)), days);
         }
     }
 }

@@ -16,12 +16,13 @@ const BULK_READ_BUFFER: usize = 256 * 1024;
 
 /// Connect an ordinary SQL session; its connection task runs in the background.
 pub async fn connect_sql(params: &ConnParams) -> Result<Client, SourceError> {
+    let deadline = tokio::time::Instant::now() + params.connect_timeout;
     let mut cfg = session_config(params);
     if params.sslmode == SslMode::Disable {
-        return finish_connect(cfg.connect(NoTls), params).await;
+        return finish_connect(cfg.connect(NoTls), params, deadline).await;
     }
     cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-    finish_connect(cfg.connect(MakeRustls::new(tls_config(params)?)), params).await
+    finish_connect(cfg.connect(MakeRustls::new(tls_config(params)?)), params, deadline).await
 }
 
 /// [`connect_sql`] for a session that reads much (a snapshot's COPY), over TCP: its socket is
@@ -34,7 +35,9 @@ pub async fn connect_sql_bulk(params: &ConnParams) -> Result<Client, SourceError
         return connect_sql(params).await;
     }
     let unreachable = |reason: String| SourceError::Connection { target: params.display(), reason };
-    let tcp = tokio::time::timeout(params.connect_timeout, tokio::net::TcpStream::connect((params.host.as_str(), params.port)))
+    // One deadline for the TCP connect and the handshake after it, as `connect_sql` has.
+    let deadline = tokio::time::Instant::now() + params.connect_timeout;
+    let tcp = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect((params.host.as_str(), params.port)))
         .await
         .map_err(|_| no_answer(params))?
         .map_err(|e| unreachable(e.to_string()))?;
@@ -42,7 +45,7 @@ pub async fn connect_sql_bulk(params: &ConnParams) -> Result<Client, SourceError
     let stream = tokio::io::BufReader::with_capacity(BULK_READ_BUFFER, tcp);
     let mut cfg = session_config(params);
     if params.sslmode == SslMode::Disable {
-        return finish_connect(cfg.connect_raw(stream, NoTls), params).await;
+        return finish_connect(cfg.connect_raw(stream, NoTls), params, deadline).await;
     }
     cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
     let tls = MakeTlsConnect::<tokio::io::BufReader<tokio::net::TcpStream>>::make_tls_connect(
@@ -50,7 +53,7 @@ pub async fn connect_sql_bulk(params: &ConnParams) -> Result<Client, SourceError
         &params.host,
     )
     .map_err(|e| unreachable(e.to_string()))?;
-    finish_connect(cfg.connect_raw(stream, tls), params).await
+    finish_connect(cfg.connect_raw(stream, tls), params, deadline).await
 }
 
 /// The server did not answer within `connect_timeout`.
@@ -80,17 +83,18 @@ fn session_config(params: &ConnParams) -> tokio_postgres::Config {
     cfg
 }
 
-/// Wait for `connecting` (at most `connect_timeout`), then run its connection task in the
-/// background.
+/// Wait for `connecting` (until `deadline`: `connect_timeout` after the connection began), then
+/// run its connection task in the background.
 async fn finish_connect<S, T>(
     connecting: impl std::future::Future<Output = Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>>,
     params: &ConnParams,
+    deadline: tokio::time::Instant,
 ) -> Result<Client, SourceError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (client, connection) = tokio::time::timeout(params.connect_timeout, connecting)
+    let (client, connection) = tokio::time::timeout_at(deadline, connecting)
         .await
         .map_err(|_| no_answer(params))?
         .map_err(|e| classify_at(&e, Step::Connect, &params.display(), &params.user))?;

@@ -115,17 +115,21 @@ impl Change {
         match &self.old {
             Some(old) => {
                 let key_only = old.kind == OldTupleKind::Key;
-                write_row(out, rel, &old.values, |i| !key_only || rel.columns[i].key, UnchangedToast::Omit, Some(names))?
+                write_row(out, rel, &old.values, |i| !key_only || rel.columns[i].key, UnchangedToast::Omit, Some(names))?;
             }
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"after\":");
-        match &self.new {
+        // Whether `after` left out unchanged TOAST values: only then is the list walked again.
+        let any_unchanged = match &self.new {
             Some(new) => write_row(out, rel, new, |_| true, UnchangedToast::Omit, Some(names))?,
-            None => out.extend_from_slice(b"null"),
-        }
+            None => {
+                out.extend_from_slice(b"null");
+                false
+            }
+        };
         out.extend_from_slice(b",\"unchanged\":[");
-        if let Some(new) = &self.new {
+        if let Some(new) = self.new.as_ref().filter(|_| any_unchanged) {
             let mut first = true;
             for (col, datum) in rel.columns.iter().zip(new) {
                 if matches!(datum, Datum::Unchanged) {
@@ -262,10 +266,11 @@ pub(crate) fn write_row_object(
     include: impl Fn(usize) -> bool,
     unchanged: UnchangedToast<'_>,
 ) -> Result<(), DecodeError> {
-    write_row(out, rel, values, include, unchanged, None)
+    write_row(out, rel, values, include, unchanged, None).map(|_| ())
 }
 
-/// [`write_row_object`], copying the column names from `names` (rendered for `rel`) if given.
+/// [`write_row_object`], copying the column names from `names` (rendered for `rel`) if given;
+/// whether a value of the row is an unchanged TOAST value (the `unchanged` list has members).
 fn write_row(
     out: &mut Vec<u8>,
     rel: &Relation,
@@ -273,12 +278,14 @@ fn write_row(
     include: impl Fn(usize) -> bool,
     unchanged: UnchangedToast<'_>,
     names: Option<&RelationText>,
-) -> Result<(), DecodeError> {
+) -> Result<bool, DecodeError> {
     same_columns(rel, values)?;
     out.push(b'{');
-    let mut first = true;
+    let (mut first, mut any_unchanged) = (true, false);
     for (i, (col, datum)) in rel.columns.iter().zip(values).enumerate() {
-        if !include(i) || (matches!(datum, Datum::Unchanged) && matches!(unchanged, UnchangedToast::Omit)) {
+        let is_unchanged = matches!(datum, Datum::Unchanged);
+        any_unchanged |= is_unchanged;
+        if !include(i) || (is_unchanged && matches!(unchanged, UnchangedToast::Omit)) {
             continue;
         }
         if !first {
@@ -295,7 +302,7 @@ fn write_row(
         write_member_value(out, col, datum, &unchanged)?;
     }
     out.push(b'}');
-    Ok(())
+    Ok(any_unchanged)
 }
 
 /// The key object of a change, `{"k": value, ...}`, as [`write_row`] writes it for the key

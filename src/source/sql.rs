@@ -1,8 +1,7 @@
 //! The ordinary SQL connection: slot and publication management.
 
-use tokio_postgres::{Client, NoTls};
-
 use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, NoTls};
 
 use super::tls::{client_config, MakeRustls};
 use crate::config::SslMode;
@@ -42,8 +41,13 @@ pub async fn connect_sql_bulk(params: &ConnParams) -> Result<Client, SourceError
         .map_err(|_| no_answer(params))?
         .map_err(|e| unreachable(e.to_string()))?;
     tcp.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
-    let stream = tokio::io::BufReader::with_capacity(BULK_READ_BUFFER, tcp);
     let mut cfg = session_config(params);
+    // The TCP keepalive tokio-postgres sets on the sockets it connects itself (connect_sql's).
+    if cfg.get_keepalives() {
+        let keepalive = socket2::TcpKeepalive::new().with_time(cfg.get_keepalives_idle());
+        socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive).map_err(|e| unreachable(e.to_string()))?;
+    }
+    let stream = tokio::io::BufReader::with_capacity(BULK_READ_BUFFER, tcp);
     if params.sslmode == SslMode::Disable {
         return finish_connect(cfg.connect_raw(stream, NoTls), params, deadline).await;
     }

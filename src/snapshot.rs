@@ -3,6 +3,7 @@
 //! and handed to the sinks like streamed batches. Progress records the chunks every sink made
 //! durable (saved in the background), so an interrupted snapshot resumes from the last of them.
 
+mod copy_binary;
 mod copy_text;
 mod ledger;
 mod on_demand;

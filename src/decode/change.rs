@@ -2,9 +2,6 @@
 
 use std::sync::Arc;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-
 use super::pgoutput::{Column, OldTuple, OldTupleKind};
 use super::relation::Relation;
 use super::tuple::{Datum, Tuple};
@@ -345,12 +342,8 @@ fn write_member_value(out: &mut Vec<u8>, col: &Column, datum: Datum<'_>, unchang
         },
         Datum::Null => out.extend_from_slice(b"null"),
         Datum::Text(text) => write_json_value(out, col.type_oid, text)?,
-        // walcast never asks for binary output; keep the bytes rather than guess a format.
-        Datum::Binary(bytes) => {
-            out.push(b'"');
-            out.extend_from_slice(BASE64.encode(bytes).as_bytes());
-            out.push(b'"');
-        }
+        // A snapshot reads common built-in types in their send format (`decode::binary`).
+        Datum::Binary(bytes) => super::binary::write_json_binary(out, col.type_oid, bytes)?,
     }
     Ok(())
 }

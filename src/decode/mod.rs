@@ -4,6 +4,7 @@
 //! copied out of the `XLogData` payload, a large one sharing it) and where each value lies in
 //! them, so nothing is allocated per value until a sink renders it.
 
+pub(crate) mod binary;
 mod change;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -15,6 +16,7 @@ mod relation;
 mod tuple;
 mod value;
 
+pub use binary::write_json_binary;
 pub(crate) use change::{civil_from_days, write_json_str, write_row_object, UnchangedToast};
 pub use change::{Change, Op, TruncateOptions};
 pub use message::{now_pg_micros, MessageEvent, HEARTBEAT_PREFIX};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::action::{ChangeOrigin, EsAction, EsOp, Rejected};
 use crate::config::{EsDocumentRule, TableName};
-use crate::decode::{Change, Datum, OldTupleKind, Op};
+use crate::decode::{binary, Change, Datum, OldTupleKind, Op};
 use crate::lsn::Lsn;
 
 /// A document rule as configured.
@@ -267,13 +267,17 @@ fn row_values(change: &Change, column: &str) -> Result<Vec<String>, String> {
     let Some(i) = rel.columns.iter().position(|c| c.name == column) else {
         return Err(format!("table {} has no column {column:?}", rel.qualified_name()));
     };
+    let type_oid = rel.columns[i].type_oid;
     let mut out = Vec::with_capacity(2);
     let text = |d: Datum<'_>| -> Result<Option<String>, String> {
         match d {
             Datum::Text(b) => std::str::from_utf8(b).map(|s| Some(s.to_string())).map_err(|_| format!("column {column:?} is not UTF-8")),
             Datum::Null => Ok(None),
             Datum::Unchanged => Err(format!("column {column:?} is an unchanged TOASTed value; a root id column cannot be TOASTed")),
-            Datum::Binary(_) => Err(format!("column {column:?} arrived in binary format")),
+            Datum::Binary(b) => binary::with_text(type_oid, b, |t| {
+                std::str::from_utf8(t).map(|s| Some(s.to_string())).map_err(|_| format!("column {column:?} is not UTF-8"))
+            })
+            .map_err(|e| format!("column {column:?}: {e}"))?,
         }
     };
     if let Some(new) = &change.new {

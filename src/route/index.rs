@@ -7,13 +7,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-
 use super::action::{ChangeOrigin, EsAction, EsOp, Rejected};
 use super::index_time;
 use crate::config::{DateParts, EsOpName, EsTableRule, EsTruncate, IndexPattern, TimeSource};
-use crate::decode::{write_json_str, write_json_value, Change, Datum, OldTupleKind, Op, Relation, ReplicaIdentity, Tuple};
+use crate::decode::{
+    binary, write_json_binary, write_json_str, write_json_value, Change, Datum, OldTupleKind, Op, Relation, ReplicaIdentity, Tuple,
+};
 
 /// What one change turned into.
 pub type Routed = Result<EsAction, Rejected>;
@@ -122,6 +121,11 @@ impl FlatRules {
                         let text = std::str::from_utf8(text).map_err(|e| format!("column {:?}: {e}", col.name))?;
                         index_time::from_text(text).map_err(|e| format!("column {:?} names the index: {e}", col.name))?
                     }
+                    Some(Datum::Binary(bytes)) => binary::with_text(col.type_oid, bytes, |text| {
+                        let text = std::str::from_utf8(text).map_err(|e| format!("column {:?}: {e}", col.name))?;
+                        index_time::from_text(text).map_err(|e| format!("column {:?} names the index: {e}", col.name))
+                    })
+                    .map_err(|e| format!("column {:?}: {e}", col.name))??,
                     _ => return Err(format!("column {:?} names the index {} but the row has no value for it", col.name, plan.rule.index)),
                 }
             }
@@ -348,9 +352,7 @@ pub fn document_id(
             Datum::Unchanged => return Err(format!("id column {:?} is an unchanged TOASTed value the server did not send", col.name)),
             Datum::Text(text) => write_json_value(&mut out, col.type_oid, text).map_err(|e| format!("id column {:?}: {e}", col.name))?,
             Datum::Binary(bytes) => {
-                out.push(b'"');
-                out.extend_from_slice(BASE64.encode(bytes).as_bytes());
-                out.push(b'"');
+                write_json_binary(&mut out, col.type_oid, bytes).map_err(|e| format!("id column {:?}: {e}", col.name))?
             }
         }
     }
@@ -392,9 +394,8 @@ fn render_document(rel: &Relation, fields: &[(usize, Vec<u8>)], values: &Tuple, 
                 write_json_value(out, col.type_oid, text).map_err(|e| format!("column {:?}: {e}", col.name))?
             }
             Datum::Binary(bytes) => {
-                out.push(b'"');
-                out.extend_from_slice(BASE64.encode(bytes).as_bytes());
-                out.push(b'"');
+                let col = &rel.columns[*i];
+                write_json_binary(out, col.type_oid, bytes).map_err(|e| format!("column {:?}: {e}", col.name))?
             }
         }
     }

@@ -12,9 +12,11 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use futures_core::Stream;
 use tokio_postgres::{Client, CopyOutStream};
 
+use super::copy_binary::{self, Item};
 use super::copy_text;
 
 use crate::config::TableName;
+use crate::decode::binary::{self, CopyForm};
 use crate::decode::{Change, Column, Datum, Op, Relation, ReplicaIdentity, Slot, TruncateOptions, Tuple};
 use crate::lsn::Lsn;
 use crate::source::{classify_query, quote_ident, SourceError, TypeRules};
@@ -52,6 +54,9 @@ pub(super) struct Reader {
     cursors: usize,
     /// User-defined column types, looked up once per type for the whole snapshot.
     types: TypeRules,
+    /// The database is UTF-8: tables are read by binary COPY (see `copy_binary`), which does
+    /// not convert encodings.
+    binary: bool,
 }
 
 /// One table being read.
@@ -59,10 +64,16 @@ pub(super) struct TableReader {
     relation: Arc<Relation>,
     /// Positions of the primary-key columns in key order (empty: no primary key).
     key: Vec<usize>,
-    /// `SELECT <columns> FROM <table>` read by COPY, which writes every value as its type's
-    /// output function's text (what pgoutput streams) without the cast to `text` a query needs
-    /// for text results.
+    /// `SELECT <columns> FROM <table>` read by COPY. In text format COPY writes every value as
+    /// its type's output function's text (what pgoutput streams) without the cast to `text` a
+    /// query needs for text results; in binary format the columns `decode::binary` knows are
+    /// selected as they are and every other one through its output function.
     copy_select: String,
+    /// Per column, how a binary COPY sends it; `None`: the table is read in text format.
+    binary: Option<Vec<CopyForm>>,
+    /// The key columns qualified with the table: `ORDER BY` would take a bare name for an
+    /// output column of that name, which may be another column's text.
+    order_by: String,
     /// The key columns, `k1, k2`, and their types (`format_type`): the order and the bound.
     order: String,
     key_types: Vec<String>,
@@ -87,6 +98,8 @@ struct Window {
     left: u64,
     /// Data received and not read yet (whole rows, but for a row split across messages).
     rest: Bytes,
+    /// A binary COPY's header is still to be read.
+    header: bool,
 }
 
 impl TableReader {
@@ -100,7 +113,8 @@ impl TableReader {
                 format!(" WHERE ({}) > ({})", self.order, values.join(", "))
             }
         };
-        format!("COPY ({}{bound} ORDER BY {} LIMIT {window}) TO STDOUT", self.copy_select, self.order)
+        let format = if self.binary.is_some() { " (FORMAT binary)" } else { "" };
+        format!("COPY ({}{bound} ORDER BY {} LIMIT {window}) TO STDOUT{format}", self.copy_select, self.order_by)
     }
 }
 
@@ -127,7 +141,12 @@ impl Reader {
             sql.push_str(&format!("SET TRANSACTION SNAPSHOT '{name}';"));
         }
         client.batch_execute(&sql).await.map_err(|e| query_error("starting the read transaction", &e))?;
-        Ok(Self { client, cursors: 0, types: TypeRules::new() })
+        let encoding = client
+            .query_one("SELECT current_setting('server_encoding')", &[])
+            .await
+            .map_err(|e| query_error("reading the server encoding", &e))?;
+        let binary = encoding.try_get::<_, String>(0).is_ok_and(|e| e == "UTF8");
+        Ok(Self { client, cursors: 0, types: TypeRules::new(), binary })
     }
 
     /// Rows `table` holds, for progress. `reltuples` when the table was analyzed (or vacuumed).
@@ -221,8 +240,19 @@ impl Reader {
         let key_cols: Vec<String> = key.iter().map(|&i| quote_ident(&columns[i].name)).collect();
         let select = format!("SELECT {} FROM {name}", outputs.join(", "));
         let plain: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let copy_select = format!("SELECT {} FROM {name}", plain.join(", "));
+        let (copy_select, binary) = if self.binary {
+            // By the column's own type: a user-defined type (a domain, an enum) is read as text.
+            let forms: Vec<Option<CopyForm>> =
+                cols.iter().map(|c| u32::try_from(c.get::<_, i64>(1)).ok().and_then(binary::copy_form)).collect();
+            let selected: Vec<&str> =
+                forms.iter().zip(plain.iter().zip(&outputs)).map(|(f, (p, o))| if f.is_some() { p.as_str() } else { o.as_str() }).collect();
+            // A column selected through its output function arrives as its text.
+            (format!("SELECT {} FROM {name}", selected.join(", ")), Some(forms.into_iter().map(|f| f.unwrap_or(CopyForm::Text)).collect()))
+        } else {
+            (format!("SELECT {} FROM {name}", plain.join(", ")), None)
+        };
         let order = key_cols.join(", ");
+        let order_by = key_cols.iter().map(|c| format!("{name}.{c}")).collect::<Vec<_>>().join(", ");
         let key_types: Vec<String> = keyed.iter().map(|(_, _, ty)| ty.clone()).collect();
         // The chunk's first and last keys bound the lookup (`$k+1..$2k`, `$2k+1..$3k`), so the
         // planner can read that key range once (hash anti join) instead of probing every key.
@@ -268,6 +298,8 @@ impl Reader {
             relation,
             key,
             copy_select,
+            binary,
+            order_by,
             order,
             key_types,
             after: if cursor.is_some() { None } else { after },
@@ -317,19 +349,31 @@ impl Reader {
                 if t.window.is_none() {
                     // The next window starts after the last row read.
                     if let Some(last) = changes.last() {
-                        t.after = Some(last_key(last, &t.key).map_err(bad)?);
+                        t.after = Some(key_texts(last, &t.key).map_err(bad)?);
                     }
                     let window = limit.saturating_mul(READ_AHEAD_CHUNKS);
                     let stream = self.client.copy_out(t.copy_query(window).as_str()).await.map_err(|e| query_error(&what(), &e))?;
-                    t.window = Some(Window { stream: Box::pin(stream), left: window as u64, rest: Bytes::new() });
+                    t.window = Some(Window { stream: Box::pin(stream), left: window as u64, rest: Bytes::new(), header: true });
                 }
                 let Some(w) = t.window.as_mut() else { continue };
                 // Values are slices of the received message: no copy.
-                if let Some((values, used)) = copy_text::next_row(&w.rest, columns).map_err(bad)? {
-                    w.rest.advance(used);
-                    w.left = w.left.saturating_sub(1);
-                    changes.push(t.read_change(values, point, commit_ts));
-                    continue;
+                let item = match &t.binary {
+                    Some(forms) => copy_binary::next_row(&w.rest, forms, &mut w.header).map_err(bad)?,
+                    None => copy_text::next_row(&w.rest, columns).map_err(bad)?.map(|(values, used)| Item::Row(values, used)),
+                };
+                match item {
+                    Some(Item::Row(values, used)) => {
+                        w.rest.advance(used);
+                        w.left = w.left.saturating_sub(1);
+                        changes.push(t.read_change(values, point, commit_ts));
+                        continue;
+                    }
+                    // The trailer: the stream ends next.
+                    Some(Item::End(used)) => {
+                        w.rest.advance(used);
+                        continue;
+                    }
+                    None => {}
                 }
                 match std::future::poll_fn(|cx| w.stream.as_mut().poll_next(cx)).await {
                     Some(data) => {
@@ -351,7 +395,7 @@ impl Reader {
                 }
             }
             if let Some(last) = changes.last() {
-                t.after = Some(last_key(last, &t.key).map_err(bad)?);
+                t.after = Some(key_texts(last, &t.key).map_err(bad)?);
             }
         }
         Ok(Chunk { changes, after: t.after.clone() })
@@ -368,7 +412,7 @@ impl Reader {
             return Ok(Vec::new());
         }
         let what = || format!("checking which rows of {}.{} still exist", t.relation.schema, t.relation.table);
-        let mut arrays: Vec<Vec<&str>> = vec![Vec::with_capacity(rows.len()); t.key.len()];
+        let mut arrays: Vec<Vec<String>> = vec![Vec::with_capacity(rows.len()); t.key.len()];
         for row in rows {
             let keys = key_texts(row, &t.key).map_err(|e| SourceError::Query(format!("snapshot: {}: {e}", what())))?;
             for (array, text) in arrays.iter_mut().zip(keys) {
@@ -376,8 +420,8 @@ impl Reader {
             }
         }
         // Rows come in key order: the first and last keys bound the range.
-        let first: Vec<&str> = arrays.iter().map(|a| a.first().copied().unwrap_or_default()).collect();
-        let last: Vec<&str> = arrays.iter().map(|a| a.last().copied().unwrap_or_default()).collect();
+        let first: Vec<&str> = arrays.iter().map(|a| a.first().map_or("", String::as_str)).collect();
+        let last: Vec<&str> = arrays.iter().map(|a| a.last().map_or("", String::as_str)).collect();
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
             .iter()
             .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
@@ -454,18 +498,18 @@ fn plan_rows(line: &str) -> Option<u64> {
     rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
 }
 
-/// The primary-key values (text) of a row read by [`Reader::next_chunk`].
-fn last_key(row: &Change, key: &[usize]) -> Result<Vec<String>, String> {
-    Ok(key_texts(row, key)?.into_iter().map(str::to_string).collect())
-}
-
-/// The text of the `key` columns of a row read by [`Reader::next_chunk`] (read as text; key
-/// columns are never NULL).
-fn key_texts<'a>(row: &'a Change, key: &[usize]) -> Result<Vec<&'a str>, String> {
+/// The text of the `key` columns of a row read by [`Reader::next_chunk`] (key columns are never
+/// NULL), as their output function writes it.
+fn key_texts(row: &Change, key: &[usize]) -> Result<Vec<String>, String> {
     let values = row.new.as_ref().ok_or("a row without its values")?;
+    let utf8 = |text: &[u8]| std::str::from_utf8(text).map(str::to_string).map_err(|_| "a key value is not valid UTF-8".to_string());
     key.iter()
         .map(|&i| match values.get(i) {
-            Some(Datum::Text(text)) => std::str::from_utf8(text).map_err(|_| "a key value is not valid UTF-8".to_string()),
+            Some(Datum::Text(text)) => utf8(text),
+            Some(Datum::Binary(bytes)) => {
+                let type_oid = row.relation.columns.get(i).map_or(0, |c| c.type_oid);
+                binary::with_text(type_oid, bytes, utf8)?
+            }
             _ => Err("a row without its key".to_string()),
         })
         .collect()

@@ -37,7 +37,19 @@ fn state_file(dir: &std::path::Path, slot: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_rows_render_like_streamed_inserts() {
-    let db = TestDb::create("snap_types").await;
+    // A UTF-8 database: the snapshot reads by binary COPY.
+    rows_render_like_streamed_inserts(TestDb::create("snap_types").await).await;
+}
+
+/// Another encoding: binary COPY would skip the conversion to UTF-8, so the snapshot reads in
+/// text format, and reads the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_rows_of_a_latin1_database_render_like_streamed_inserts() {
+    let db = TestDb::create_with("snap_latin1", "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0").await;
+    rows_render_like_streamed_inserts(db).await;
+}
+
+async fn rows_render_like_streamed_inserts(db: TestDb) {
     let sql = db.client().await;
     exec(&sql, &format!("CREATE TABLE t ({COLUMNS}); CREATE TABLE t2 ({COLUMNS})")).await;
     exec(&sql, &format!("INSERT INTO t VALUES {ROWS}")).await;

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use super::decimal::{bits_bytes, money_text, numeric_typmod, point_wkb, point_xy, Decimal};
 use super::temporal::{date_days, time_micros, timestamp_micros, timetz_utc, Interval, Point};
 use crate::config::{DecimalHandling, IntervalHandling, JsonHandling, TimePrecision, ValueEncoding};
-use crate::decode::{array_element, write_json_str, write_json_value, Datum, DecodeError, Relation, Tuple};
+use crate::decode::{array_element, binary, write_json_str, write_json_value, Datum, DecodeError, Relation, Tuple};
 
 /// Built-in type OIDs whose encoding can differ from walcast's.
 mod oid {
@@ -184,6 +184,10 @@ impl Encoder {
                 Datum::Null => out.extend_from_slice(b"null"),
                 Datum::Unchanged => write_json_str(out, placeholder),
                 Datum::Text(text) => self.write_value(out, col.type_oid, col.type_modifier, text)?,
+                Datum::Binary(bytes) if binary::is_send_format(col.type_oid) => {
+                    binary::with_text(col.type_oid, bytes, |text| self.write_value(out, col.type_oid, col.type_modifier, text))
+                        .map_err(|reason| DecodeError::Value { type_oid: col.type_oid, reason })??
+                }
                 Datum::Binary(bytes) => write_base64(out, bytes),
             }
         }

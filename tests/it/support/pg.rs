@@ -178,7 +178,16 @@ impl TestDb {
         Self::create_on(&pg_url(), test).await
     }
 
+    /// A database created with `options` after `CREATE DATABASE name` (an encoding, say).
+    pub async fn create_with(test: &str, options: &str) -> Self {
+        Self::create_full(&pg_url(), test, options).await
+    }
+
     pub async fn create_on(server: &PgUrl, test: &str) -> Self {
+        Self::create_full(server, test, "").await
+    }
+
+    async fn create_full(server: &PgUrl, test: &str, options: &str) -> Self {
         assert!(
             test.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') && test.len() <= 30,
             "test name {test:?}: lower-case letters, digits and _ only, at most 30 bytes"
@@ -192,7 +201,7 @@ impl TestDb {
         let admin = connect(&server).await;
         drop_leftovers(&admin, test).await;
         drop_database(&admin, &name).await;
-        exec(&admin, &format!("CREATE DATABASE {name}")).await;
+        exec(&admin, &format!("CREATE DATABASE {name} {options}")).await;
         Self { url: server.with_database(&name), server, slot: name.clone(), publication: name.clone(), name }
     }
 

@@ -297,3 +297,23 @@ fn the_commit_date_names_append_only_indexes() {
     FlatRules::new(&[r]).route(&c, 0, &mut out);
     assert_eq!(target(&out[0]).0, "telemetry-2024.02.29-13");
 }
+
+/// A snapshot row read by binary COPY (integers and timestamps in their send format) names the
+/// same index and document id as the same row in text.
+#[test]
+fn a_binary_snapshot_row_routes_like_its_text() {
+    let rel = readings(true, ReplicaIdentity::Default);
+    let r = reading_rule("telemetry-{column:ts:%Y.%m.%d}", "id_columns = [\"device_id\", \"ts\"]");
+    let mut rules = FlatRules::new(std::slice::from_ref(&r));
+    // 2026-03-07 23:59:59.5 UTC: 9,562 days after 2000-01-01, then 86,399.5 s.
+    let micros: i64 = 9_562 * 86_400_000_000 + 86_399_500_000;
+    let device = 1i32.to_be_bytes();
+    let ts = micros.to_be_bytes();
+    let binary = Tuple::from_datums([Datum::Binary(&device), Datum::Binary(&ts), text("21.5")]);
+    let mut out = Vec::new();
+    rules.route(&fixtures::change(Arc::clone(&rel), Op::Read, None, Some(binary)), 0, &mut out);
+    rules.route(&fixtures::change(Arc::clone(&rel), Op::Read, None, Some(reading("1", "2026-03-07 23:59:59.5+00"))), 0, &mut out);
+    let (from_binary, from_text) = (target(&out[0]), target(&out[1]));
+    assert_eq!(from_binary.0, "telemetry-2026.03.07");
+    assert_eq!(from_binary, from_text);
+}

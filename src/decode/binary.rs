@@ -10,7 +10,8 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
-use super::{write_json_value, DecodeError};
+use super::value::oid;
+use super::{civil_from_days, write_json_value, DecodeError, UNIX_TO_PG_DAYS};
 
 /// How a binary COPY sends a column of some type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +28,8 @@ pub(crate) enum CopyForm {
 /// select through its output function (a user-defined type, an array and every other type).
 pub(crate) fn copy_form(type_oid: u32) -> Option<CopyForm> {
     match type_oid {
-        25 | 19 | 114 | 1042 | 1043 => Some(CopyForm::Text),
-        3802 => Some(CopyForm::Jsonb),
+        oid::TEXT | oid::NAME | oid::JSON | oid::BPCHAR | oid::VARCHAR => Some(CopyForm::Text),
+        oid::JSONB => Some(CopyForm::Jsonb),
         _ => Kind::of(type_oid).map(|_| CopyForm::Send),
     }
 }
@@ -50,15 +51,15 @@ enum Kind {
 impl Kind {
     fn of(type_oid: u32) -> Option<Kind> {
         Some(match type_oid {
-            16 => Kind::Bool,
-            20 => Kind::Int8,
-            21 => Kind::Int2,
-            23 => Kind::Int4,
-            1082 => Kind::Date,
-            1114 => Kind::Timestamp,
-            1184 => Kind::Timestamptz,
-            1700 => Kind::Numeric,
-            2950 => Kind::Uuid,
+            oid::BOOL => Kind::Bool,
+            oid::INT8 => Kind::Int8,
+            oid::INT2 => Kind::Int2,
+            oid::INT4 => Kind::Int4,
+            oid::DATE => Kind::Date,
+            oid::TIMESTAMP => Kind::Timestamp,
+            oid::TIMESTAMPTZ => Kind::Timestamptz,
+            oid::NUMERIC => Kind::Numeric,
+            oid::UUID => Kind::Uuid,
             _ => return None,
         })
     }
@@ -138,7 +139,7 @@ fn write_common_json(out: &mut Vec<u8>, kind: Kind, v: &[u8]) -> bool {
         (Kind::Timestamp | Kind::Timestamptz, 8) => {
             let micros = i64::from_be_bytes(v.try_into().unwrap_or_default());
             let (days, of_day) = (micros.div_euclid(MICROS_PER_DAY), micros.rem_euclid(MICROS_PER_DAY));
-            let (year, month, day) = crate::decode::civil_from_days(days + UNIX_TO_PG_DAYS);
+            let (year, month, day) = civil_from_days(days + UNIX_TO_PG_DAYS);
             if !(1..=9999).contains(&year) {
                 return false;
             }
@@ -237,14 +238,12 @@ fn write_kind(out: &mut Vec<u8>, kind: Kind, v: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Days between 1970-01-01 and 2000-01-01, Postgres's epoch for dates and timestamps.
-const UNIX_TO_PG_DAYS: i64 = 10_957;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// `YYYY-MM-DD` of `days` since 2000-01-01 (the year of a BC date as its number before Christ,
 /// at least four digits); returns the astronomical year (0 is 1 BC).
 fn write_date(out: &mut Vec<u8>, days: i64) -> i64 {
-    let (year, month, day) = crate::decode::civil_from_days(days + UNIX_TO_PG_DAYS);
+    let (year, month, day) = civil_from_days(days + UNIX_TO_PG_DAYS);
     let shown = if year > 0 { year } else { 1 - year }.unsigned_abs();
     if shown < 10_000 {
         let shown = shown as u32;

@@ -379,7 +379,6 @@ fn escape_within(out: &mut Vec<u8>, range: std::ops::Range<usize>) {
 
 /// Microseconds since 2000-01-01 UTC (Postgres's epoch) as ISO 8601 with microseconds and `Z`.
 pub fn write_pg_timestamp(out: &mut Vec<u8>, micros_since_2000: i64) {
-    const UNIX_TO_PG_DAYS: i64 = 10_957;
     let secs = micros_since_2000.div_euclid(1_000_000);
     let micros = micros_since_2000.rem_euclid(1_000_000);
     let days = secs.div_euclid(86_400) + UNIX_TO_PG_DAYS;
@@ -556,6 +555,9 @@ thread_local! {
     /// See [`LineText`].
     static LINE_TEXT: std::cell::RefCell<LineText> = std::cell::RefCell::new(LineText::default());
 }
+
+/// Days from 1970-01-01 to 2000-01-01, Postgres's epoch for dates and timestamps.
+pub(crate) const UNIX_TO_PG_DAYS: i64 = 10_957;
 
 /// Days since 1970-01-01 -> (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's public-domain civil-from-days algorithm).

@@ -17,7 +17,7 @@ mod tuple;
 mod value;
 
 pub use binary::write_json_binary;
-pub(crate) use change::{civil_from_days, write_json_str, write_row_object, UnchangedToast};
+pub(crate) use change::{civil_from_days, write_json_str, write_row_object, UnchangedToast, UNIX_TO_PG_DAYS};
 pub use change::{Change, Op, TruncateOptions};
 pub use message::{now_pg_micros, MessageEvent, HEARTBEAT_PREFIX};
 pub use pgoutput::{

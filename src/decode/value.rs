@@ -11,7 +11,7 @@ use base64::Engine as _;
 use super::DecodeError;
 
 /// Built-in type OIDs (Postgres 15 `pg_type`) that get a rule other than "JSON string".
-mod oid {
+pub(super) mod oid {
     pub const BOOL: u32 = 16;
     pub const BYTEA: u32 = 17;
     pub const NAME: u32 = 19;

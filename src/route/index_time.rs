@@ -4,14 +4,11 @@
 //! variation to undo).
 
 use crate::config::DateParts;
-use crate::decode::civil_from_days;
+use crate::decode::{civil_from_days, UNIX_TO_PG_DAYS};
 
 const DATE_OID: u32 = 1082;
 const TIMESTAMP_OID: u32 = 1114;
 const TIMESTAMPTZ_OID: u32 = 1184;
-
-/// Days from 1970-01-01 to 2000-01-01, the epoch of Postgres timestamps.
-const PG_EPOCH_DAYS: i64 = 10_957;
 
 /// Whether a column of this type can name an index.
 pub(super) fn is_time_type(type_oid: u32) -> bool {
@@ -20,7 +17,7 @@ pub(super) fn is_time_type(type_oid: u32) -> bool {
 
 /// The UTC date of a commit timestamp (microseconds since 2000-01-01 UTC).
 pub(super) fn from_pg_micros(micros: i64) -> DateParts {
-    let secs = micros.div_euclid(1_000_000) + PG_EPOCH_DAYS * 86_400;
+    let secs = micros.div_euclid(1_000_000) + UNIX_TO_PG_DAYS * 86_400;
     from_unix_secs(secs)
 }
 
